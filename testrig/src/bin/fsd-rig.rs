@@ -1,0 +1,122 @@
+//! Command-line face of the rig, for scripts (scripts/demo.sh) and people:
+//! populate a busybox root directory, boot a diskless guest on a running
+//! vhost-user-fs daemon, show where the guest kernel lives.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use testrig::{rootfs, GuestKernel, InitramfsBuilder, QemuConfig, Vm};
+
+#[derive(Parser)]
+#[command(
+    name = "fsd-rig",
+    about = "Real-guest rig for fsd: root filesystems and QEMU guests"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Populate DIR as a minimal busybox root filesystem.
+    Rootfs {
+        dir: PathBuf,
+        /// Run this shell script at boot instead of an interactive shell.
+        #[arg(long)]
+        script: Option<PathBuf>,
+    },
+    /// Boot a guest whose root filesystem is the share of a running daemon.
+    BootRoot {
+        /// The daemon's vhost-user socket.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Mount tag.
+        #[arg(long, default_value = "rootfs")]
+        tag: String,
+        /// Interactive console on this terminal (Ctrl-A X quits QEMU).
+        #[arg(long)]
+        shell: bool,
+        /// Seconds before the guest is killed (non-interactive).
+        #[arg(long, default_value_t = 180)]
+        timeout: u64,
+        /// Also write the console to this file.
+        #[arg(long)]
+        console_log: Option<PathBuf>,
+        /// Print the whole console, not only the script output.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Print the guest kernel, vmlinux and virtiofsd paths.
+    Paths,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fsd-rig: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> testrig::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Rootfs { dir, script } => {
+            rootfs::populate_busybox_root(&dir)?;
+            match script {
+                Some(p) => {
+                    let text = std::fs::read_to_string(&p)
+                        .map_err(|source| testrig::Error::Io { path: p, source })?;
+                    rootfs::set_script(&dir, &text)?;
+                }
+                None => rootfs::clear_script(&dir)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BootRoot {
+            socket,
+            tag,
+            shell,
+            timeout,
+            console_log,
+            verbose,
+        } => {
+            let kernel = GuestKernel::locate()?;
+            let initrd = InitramfsBuilder::switch_root(&tag).build(&kernel)?;
+            let mut cfg = QemuConfig::new(&kernel, &initrd).fs(&socket, &tag);
+            cfg.timeout = Duration::from_secs(timeout);
+            cfg.console_log = console_log;
+            if shell {
+                let status = Vm::interactive(&cfg)?;
+                return Ok(if status.success() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
+            let t = Vm::start(&cfg)?.wait()?;
+            if verbose {
+                print!("{}", t.console);
+            } else {
+                print!("{}", t.output()?);
+            }
+            let code = t.exit_code.unwrap_or(1);
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
+        Cmd::Paths => {
+            let kernel = GuestKernel::locate()?;
+            println!("release   {}", kernel.release);
+            println!("vmlinuz   {}", kernel.vmlinuz.display());
+            println!("modules   {}", kernel.modules_dir.display());
+            if let Some(v) = &kernel.vmlinux {
+                println!("vmlinux   {}", v.display());
+            }
+            println!("virtiofsd {}", testrig::paths::virtiofsd().display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

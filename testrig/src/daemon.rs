@@ -1,0 +1,255 @@
+//! Starting a vhost-user-fs daemon (fsd or virtiofsd) for a guest.
+//!
+//! Two ways to hand over the socket, both used in production:
+//! - the daemon creates and listens on `--socket-path` ([`Daemon::spawn_on_path`]);
+//! - the caller creates the listening socket and passes the fd, as libvirt
+//!   does with `--fd=N` ([`Daemon::spawn_on_listener`]).
+//!
+//! The daemon's stdout and stderr go to a log file, read back in error
+//! messages and by tests. The process is killed when the handle is dropped.
+
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::paths;
+
+/// How to start a daemon.
+#[derive(Debug, Clone)]
+pub struct DaemonSpec {
+    /// Program to run.
+    pub program: PathBuf,
+    /// Its arguments (including the socket flag when it uses one).
+    pub args: Vec<OsString>,
+    /// Log file for its stdout and stderr.
+    pub log: PathBuf,
+    /// Extra environment, e.g. `RUST_LOG`.
+    pub env: Vec<(OsString, OsString)>,
+    /// How long it may take to create its socket.
+    pub ready_timeout: Duration,
+}
+
+impl DaemonSpec {
+    /// `program args…` logging to `log`.
+    pub fn new(program: impl Into<PathBuf>, args: Vec<OsString>, log: impl Into<PathBuf>) -> Self {
+        DaemonSpec {
+            program: program.into(),
+            args,
+            log: log.into(),
+            env: Vec::new(),
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// A daemon speaking virtiofsd's command line (virtiofsd itself or fsd):
+    /// `--socket-path=S --shared-dir=D --cache=C --sandbox=none`, plus `extra`.
+    pub fn virtiofsd_style(
+        program: impl Into<PathBuf>,
+        socket: &Path,
+        shared_dir: &Path,
+        cache: &str,
+        extra: &[&str],
+        log: impl Into<PathBuf>,
+    ) -> Self {
+        let mut args: Vec<OsString> = vec![
+            flag("--socket-path=", socket),
+            flag("--shared-dir=", shared_dir),
+            format!("--cache={cache}").into(),
+            "--sandbox=none".into(),
+        ];
+        args.extend(extra.iter().map(OsString::from));
+        Self::new(program, args, log)
+    }
+
+    /// The reference virtiofsd from the cache (see [`paths::virtiofsd`]).
+    pub fn virtiofsd(
+        socket: &Path,
+        shared_dir: &Path,
+        cache: &str,
+        log: impl Into<PathBuf>,
+    ) -> Self {
+        Self::virtiofsd_style(paths::virtiofsd(), socket, shared_dir, cache, &[], log)
+    }
+}
+
+fn flag(name: &str, path: &Path) -> OsString {
+    let mut s = OsString::from(name);
+    s.push(path.as_os_str());
+    s
+}
+
+/// A running daemon; killed on drop.
+pub struct Daemon {
+    child: Child,
+    program: String,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon and waits until `socket` exists.
+    pub fn spawn_on_path(spec: &DaemonSpec, socket: &Path) -> Result<Daemon> {
+        let mut d = Self::spawn(spec, None)?;
+        let deadline = Instant::now() + spec.ready_timeout;
+        loop {
+            if let Some(status) = d.child.try_wait().ok().flatten() {
+                return Err(Error::DaemonExited {
+                    program: d.program.clone(),
+                    status: status.to_string(),
+                    log: d.log_text(),
+                });
+            }
+            if socket.exists() {
+                return Ok(d);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::DaemonTimeout {
+                    program: d.program.clone(),
+                    socket: socket.to_path_buf(),
+                    secs: spec.ready_timeout.as_secs(),
+                    log: d.log_text(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the daemon with `listener` inherited as file descriptor `fd`
+    /// (close-on-exec cleared), as libvirt does; the spec's args should
+    /// contain `--fd=<fd>`. The socket is ready before the daemon runs.
+    pub fn spawn_on_listener(
+        spec: &DaemonSpec,
+        listener: UnixListener,
+        fd: RawFd,
+    ) -> Result<Daemon> {
+        let d = Self::spawn(spec, Some((listener.as_raw_fd(), fd)))?;
+        // The child holds its own copy now.
+        drop(listener);
+        Ok(d)
+    }
+
+    fn spawn(spec: &DaemonSpec, inherit: Option<(RawFd, RawFd)>) -> Result<Daemon> {
+        let log = std::fs::File::create(&spec.log).map_err(Error::io(&spec.log))?;
+        let log2 = log.try_clone().map_err(Error::io(&spec.log))?;
+        let mut cmd = Command::new(&spec.program);
+        cmd.args(&spec.args)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        if let Some((from, to)) = inherit {
+            // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork
+            // and exec, on descriptors this process owns.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if from == to {
+                        let flags = libc::fcntl(to, libc::F_GETFD);
+                        if flags < 0
+                            || libc::fcntl(to, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
+                        {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    } else if libc::dup2(from, to) < 0 {
+                        // dup2 leaves the new descriptor without FD_CLOEXEC.
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().map_err(|source| Error::Spawn {
+            program: spec.program.display().to_string(),
+            source,
+        })?;
+        Ok(Daemon {
+            child,
+            program: spec.program.display().to_string(),
+            log: spec.log.clone(),
+        })
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits up to `timeout` for the daemon to exit by itself (a vhost-user
+    /// daemon exits when its frontend disconnects); returns the exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Path of the log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn early_exit_is_reported_with_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = DaemonSpec::new(
+            "/bin/sh",
+            vec!["-c".into(), "echo boom >&2; exit 3".into()],
+            dir.path().join("log"),
+        );
+        let err = Daemon::spawn_on_path(&spec, &dir.path().join("never.sock"))
+            .err()
+            .unwrap();
+        let msg = err.to_string();
+        assert!(msg.contains("boom") && msg.contains('3'), "{msg}");
+    }
+
+    #[test]
+    fn listener_is_inherited_at_the_requested_fd() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        // The child shows that its fd 5 is a socket (without CLOEXEC cleared
+        // it would not exist in the child at all).
+        let spec = DaemonSpec::new(
+            "/bin/sh",
+            vec!["-c".into(), "ls -l /proc/self/fd/5 >&2".into()],
+            dir.path().join("log"),
+        );
+        let mut d = Daemon::spawn_on_listener(&spec, listener, 5).unwrap();
+        assert!(d.wait_exit(Duration::from_secs(10)).is_some());
+        assert!(d.log_text().contains("socket:"), "{}", d.log_text());
+    }
+}
