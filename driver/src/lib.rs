@@ -15,6 +15,7 @@
 //! - [`fuse`]: FUSE requests and replies as bytes;
 //! - [`session`]: typed FUSE operations on one queue;
 //! - [`daemon`]: starting fsd or virtiofsd on a scratch socket;
+//! - [`harness`]: a daemon on a scratch share fenced by sentinels;
 //! - [`hostile`]: the hostile-guest battery;
 //! - [`bench`]: the side-by-side benchmark workloads.
 
@@ -24,6 +25,7 @@ pub mod daemon;
 pub mod device;
 pub mod error;
 pub mod fuse;
+pub mod harness;
 pub mod hostile;
 pub mod memory;
 pub mod queue;
@@ -34,6 +36,7 @@ pub use daemon::{Daemon, DaemonKind, DaemonSpec};
 pub use device::{Device, DeviceConfig};
 pub use error::{Error, Result};
 pub use fuse::{Reply, Request};
+pub use harness::{Harness, HarnessOptions};
 pub use memory::GuestMem;
 pub use queue::{Completion, Queue};
 pub use session::Session;
