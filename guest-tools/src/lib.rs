@@ -1,0 +1,11 @@
+//! Small helpers that run inside guests. They are conveniences for tests and
+//! operators, never part of the trust base: the host enforces everything.
+//!
+//! Only `std` and raw libc bindings, linked statically (`+crt-static`), so a
+//! binary runs in a busybox initramfs with no C library installed.
+//!
+//! - [`lock`]: take, hold and release `flock`, POSIX (`fcntl` process-owned)
+//!   and OFD locks, and query them with `F_GETLK`, printing what happened;
+//!   the `lockprobe` binary wraps it.
+
+pub mod lock;
