@@ -1,0 +1,255 @@
+//! Wire types. One JSON object per line in each direction. Every request
+//! carries `"v": 1` and an `id` chosen by the caller; every reply carries the
+//! same `id`, so answers cannot be confused when a connection has several
+//! requests in flight. Pushed events carry `"event"` and no `id`.
+
+use serde::{Deserialize, Serialize};
+
+/// Protocol version spoken by this build.
+pub const VERSION: u32 = 1;
+
+/// Longest accepted request line; longer lines close the connection.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// What the guest says it is doing. Every field is guest-controlled and is
+/// shown to the user as such; none of it is used for a security decision.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reason {
+    /// File operation, e.g. `open`, `read`, `unlink`.
+    pub operation: String,
+    /// Path as seen by the guest.
+    pub path: String,
+    /// Process id as reported in the FUSE header (guest-written).
+    pub pid: u32,
+    /// Process name as reported by the guest.
+    pub process: String,
+}
+
+/// Which grants a revoke call ends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeScope {
+    Grant(String),
+    Vm(String),
+    All,
+}
+
+/// A request line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub v: u32,
+    pub id: u64,
+    #[serde(flatten)]
+    pub call: Call,
+}
+
+/// The calls of protocol version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Call {
+    /// Ask the person at the host to let `vm` act as `principal`.
+    Authenticate {
+        vm: String,
+        principal: String,
+        reason: Reason,
+        /// Grant lifetime wanted by fsd's policy; capped by the daemon.
+        lifetime_secs: u64,
+    },
+    /// List live grants.
+    ListGrants,
+    /// End grants early.
+    Revoke { scope: RevokeScope },
+    /// End every grant (screen lock, user leaving).
+    Lock,
+    /// Receive `grant_ended` events on this connection from now on.
+    Subscribe,
+}
+
+/// A time-limited permission for one VM to act as one principal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// Random 128-bit id, hex.
+    pub id: String,
+    pub vm: String,
+    pub principal: String,
+    /// Unix time in milliseconds at which the grant ends.
+    pub expires_at_ms: u64,
+    /// Lifetime actually granted (after the daemon's cap).
+    pub lifetime_secs: u64,
+}
+
+/// Why a request was denied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenyReason {
+    /// The password typed was wrong.
+    WrongPassword,
+    /// Too many recent failures for this principal.
+    Locked,
+    /// This VM asked for too many prompts recently.
+    RateLimited,
+    /// The user pressed Esc, Cancel or closed the dialog.
+    Cancelled,
+    /// Nobody answered in time.
+    Timeout,
+    /// No such principal is enrolled.
+    UnknownPrincipal,
+    /// No display or terminal to ask on.
+    NoFrontend,
+    /// Malformed request.
+    BadRequest,
+    /// Something failed inside authd; failing closed.
+    Internal,
+}
+
+/// A reply line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub v: u32,
+    pub id: u64,
+    #[serde(flatten)]
+    pub body: ReplyBody,
+}
+
+/// Result of a call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ReplyBody {
+    Granted {
+        grant: Grant,
+    },
+    Denied {
+        why: DenyReason,
+        /// When retrying makes sense again (lockout, rate limit).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+    Grants {
+        grants: Vec<Grant>,
+    },
+    Revoked {
+        count: usize,
+    },
+    Subscribed,
+    Error {
+        message: String,
+    },
+}
+
+/// Why a grant ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndCause {
+    Expired,
+    Revoked,
+    Locked,
+}
+
+/// A pushed event line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub v: u32,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    GrantEnded { grant: Grant, cause: EndCause },
+}
+
+/// Anything the daemon sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ServerMessage {
+    Event(Event),
+    Reply(Reply),
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_format() {
+        let r = Request {
+            v: 1,
+            id: 7,
+            call: Call::Authenticate {
+                vm: "vm1".into(),
+                principal: "alice".into(),
+                reason: Reason {
+                    operation: "open".into(),
+                    path: "/home/alice/k".into(),
+                    pid: 42,
+                    process: "cat".into(),
+                },
+                lifetime_secs: 300,
+            },
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert!(s.contains(r#""op":"authenticate""#), "{s}");
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        let revoke: Request =
+            serde_json::from_str(r#"{"v":1,"id":2,"op":"revoke","scope":{"vm":"vm1"}}"#).unwrap();
+        assert_eq!(
+            revoke.call,
+            Call::Revoke {
+                scope: RevokeScope::Vm("vm1".into())
+            }
+        );
+        let all: Request =
+            serde_json::from_str(r#"{"v":1,"id":3,"op":"revoke","scope":"all"}"#).unwrap();
+        assert_eq!(
+            all.call,
+            Call::Revoke {
+                scope: RevokeScope::All
+            }
+        );
+    }
+
+    #[test]
+    fn server_messages_are_told_apart() {
+        let g = Grant {
+            id: "ab".into(),
+            vm: "vm1".into(),
+            principal: "alice".into(),
+            expires_at_ms: 5,
+            lifetime_secs: 1,
+        };
+        let ev = serde_json::to_string(&Event {
+            v: 1,
+            kind: EventKind::GrantEnded {
+                grant: g.clone(),
+                cause: EndCause::Expired,
+            },
+        })
+        .unwrap();
+        assert!(matches!(
+            serde_json::from_str::<ServerMessage>(&ev).unwrap(),
+            ServerMessage::Event(_)
+        ));
+        let rep = serde_json::to_string(&Reply {
+            v: 1,
+            id: 9,
+            body: ReplyBody::Denied {
+                why: DenyReason::Locked,
+                retry_after_ms: Some(10),
+            },
+        })
+        .unwrap();
+        match serde_json::from_str::<ServerMessage>(&rep).unwrap() {
+            ServerMessage::Reply(r) => assert_eq!(r.id, 9),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! The daemon: listens on a Unix socket, admits peers by uid (SO_PEERCRED),
+//! reads JSON-lines requests and answers each with its own id. An
+//! authentication runs on its own thread so one open prompt never blocks
+//! other calls; grant ends are pushed to every subscriber.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::audit::{Audit, Record};
+use crate::config::Config;
+use crate::dialog::DialogRequest;
+use crate::error::{Error, Result};
+use crate::grants::GrantTable;
+use crate::limits::{FailState, Faillock, PromptRate};
+use crate::password;
+use crate::prompt::{Answer, Broker, Frontend};
+use crate::protocol::{
+    Call, DenyReason, EndCause, Event, EventKind, Grant, Reason, Reply, ReplyBody, Request,
+    RevokeScope, MAX_LINE, VERSION,
+};
+use crate::store::{validate_principal, Store};
+
+/// A connection's write half, shared by request threads and broadcasts.
+struct Conn {
+    writer: Mutex<UnixStream>,
+}
+
+impl Conn {
+    fn send<T: serde::Serialize>(&self, msg: &T) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        w.write_all(&line)
+    }
+
+    fn reply(&self, id: u64, body: ReplyBody) {
+        let _ = self.send(&Reply {
+            v: VERSION,
+            id,
+            body,
+        });
+    }
+}
+
+/// The daemon's state.
+pub struct Daemon {
+    cfg: Config,
+    store: Store,
+    grants: GrantTable,
+    faillock: Faillock,
+    rate: PromptRate,
+    broker: Broker<ReplyBody>,
+    frontend: Frontend,
+    audit: Audit,
+    subscribers: Mutex<Vec<Arc<Conn>>>,
+}
+
+fn deny(why: DenyReason) -> ReplyBody {
+    ReplyBody::Denied {
+        why,
+        retry_after_ms: None,
+    }
+}
+
+/// Checks the guest-reported and fsd-supplied fields of a request.
+fn validate(vm: &str, principal: &str, reason: &Reason) -> bool {
+    let plain = |s: &str, max: usize| s.len() <= max && !s.chars().any(char::is_control);
+    !vm.is_empty()
+        && plain(vm, 128)
+        && validate_principal(principal).is_ok()
+        && plain(&reason.operation, 64)
+        && plain(&reason.path, 4096)
+        && plain(&reason.process, 256)
+}
+
+impl Daemon {
+    pub fn new(cfg: Config) -> Result<Arc<Daemon>> {
+        let audit = Audit::open(&cfg.audit_log)?;
+        let frontend = Frontend::from_config(&cfg);
+        Ok(Arc::new(Daemon {
+            store: Store::new(cfg.state_dir.clone()),
+            grants: GrantTable::new(),
+            faillock: Faillock::new(cfg.faillock.clone()),
+            rate: PromptRate::new(cfg.prompt_rate.clone()),
+            broker: Broker::default(),
+            frontend,
+            audit,
+            subscribers: Mutex::new(Vec::new()),
+            cfg,
+        }))
+    }
+
+    /// Binds the socket and serves forever.
+    pub fn serve(self: &Arc<Self>) -> Result<()> {
+        let path = &self.cfg.socket;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        }
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(Error::io(
+                    format!("{} exists and is not a socket", path.display()),
+                    std::io::ErrorKind::AlreadyExists.into(),
+                ));
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        let listener = UnixListener::bind(path)
+            .map_err(|e| Error::io(format!("binding {}", path.display()), e))?;
+        // The uid allow-list is the real gate; the mode keeps strangers out early.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+            .map_err(|e| Error::io("chmod socket", e))?;
+        self.audit.record(Record::Started {
+            pid: std::process::id(),
+        });
+        log::info!(
+            "listening on {} (frontend: {})",
+            path.display(),
+            self.frontend.name()
+        );
+
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("grant-expiry".into())
+            .spawn(move || me.grants.run_expiry(|g, cause| me.grant_ended(g, cause)))
+            .map_err(|e| Error::io("spawning expiry thread", e))?;
+
+        for stream in listener.incoming() {
+            match stream {
+                Ok(s) => {
+                    let me = self.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("conn".into())
+                        .spawn(move || me.handle_conn(s));
+                }
+                Err(e) => log::warn!("accept: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_conn(self: Arc<Self>, stream: UnixStream) {
+        let cred = match rustix::net::sockopt::socket_peercred(&stream) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("SO_PEERCRED: {e}");
+                return;
+            }
+        };
+        let uid = cred.uid.as_raw();
+        let writer = match stream.try_clone() {
+            Ok(w) => w,
+            Err(_) => return,
+        };
+        // A subscriber that stops reading must not stall broadcasts for long.
+        let _ = writer.set_write_timeout(Some(Duration::from_secs(5)));
+        let conn = Arc::new(Conn {
+            writer: Mutex::new(writer),
+        });
+        if !self.cfg.allow_uids.contains(&uid) {
+            self.audit.record(Record::PeerRejected {
+                uid,
+                pid: cred.pid.as_raw_nonzero().get(),
+            });
+            conn.reply(
+                0,
+                ReplyBody::Error {
+                    message: format!("uid {uid} is not allowed"),
+                },
+            );
+            return;
+        }
+
+        let mut reader = BufReader::new(stream);
+        loop {
+            let mut buf = Vec::new();
+            match (&mut reader)
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut buf)
+            {
+                Ok(0) | Err(_) => break,
+                Ok(_) if buf.last() != Some(&b'\n') => {
+                    conn.reply(
+                        0,
+                        ReplyBody::Error {
+                            message: "line too long".into(),
+                        },
+                    );
+                    break;
+                }
+                Ok(_) => {}
+            }
+            let req: Request = match serde_json::from_slice(&buf) {
+                Ok(r) => r,
+                Err(e) => {
+                    // Still answer with the id if it can be read.
+                    let id = serde_json::from_slice::<serde_json::Value>(&buf)
+                        .ok()
+                        .and_then(|v| v.get("id").and_then(|i| i.as_u64()))
+                        .unwrap_or(0);
+                    conn.reply(
+                        id,
+                        ReplyBody::Error {
+                            message: format!("bad request: {e}"),
+                        },
+                    );
+                    continue;
+                }
+            };
+            if req.v != VERSION {
+                conn.reply(
+                    req.id,
+                    ReplyBody::Error {
+                        message: format!("unsupported version {}, this is {VERSION}", req.v),
+                    },
+                );
+                continue;
+            }
+            self.dispatch(req, &conn);
+        }
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|c| !Arc::ptr_eq(c, &conn));
+    }
+
+    fn dispatch(self: &Arc<Self>, req: Request, conn: &Arc<Conn>) {
+        let id = req.id;
+        match req.call {
+            Call::Authenticate {
+                vm,
+                principal,
+                reason,
+                lifetime_secs,
+            } => {
+                let me = self.clone();
+                let to = conn.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("authenticate".into())
+                    .spawn(move || {
+                        let body = me.authenticate(&vm, &principal, &reason, lifetime_secs);
+                        to.reply(id, body);
+                    });
+                if spawned.is_err() {
+                    conn.reply(id, deny(DenyReason::Internal));
+                }
+            }
+            Call::ListGrants => conn.reply(
+                id,
+                ReplyBody::Grants {
+                    grants: self.grants.list(),
+                },
+            ),
+            Call::Revoke { scope } => {
+                let ended = self.grants.revoke(&scope);
+                let count = ended.len();
+                for g in &ended {
+                    self.grant_ended(g, EndCause::Revoked);
+                }
+                conn.reply(id, ReplyBody::Revoked { count });
+            }
+            Call::Lock => {
+                let count = self.lock_all();
+                conn.reply(id, ReplyBody::Revoked { count });
+            }
+            Call::Subscribe => {
+                self.subscribers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(conn.clone());
+                conn.reply(id, ReplyBody::Subscribed);
+            }
+        }
+    }
+
+    /// Ends every grant; returns how many there were.
+    pub fn lock_all(&self) -> usize {
+        let ended = self.grants.revoke(&RevokeScope::All);
+        for g in &ended {
+            self.grant_ended(g, EndCause::Locked);
+        }
+        ended.len()
+    }
+
+    fn grant_ended(&self, grant: &Grant, cause: EndCause) {
+        self.audit.record(Record::GrantEnded { grant, cause });
+        let event = Event {
+            v: VERSION,
+            kind: EventKind::GrantEnded {
+                grant: grant.clone(),
+                cause,
+            },
+        };
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|c| c.send(&event).is_ok());
+    }
+
+    /// Decides one authentication request (coalesced with identical ones).
+    pub fn authenticate(
+        &self,
+        vm: &str,
+        principal: &str,
+        reason: &Reason,
+        lifetime_secs: u64,
+    ) -> ReplyBody {
+        if !validate(vm, principal, reason) || lifetime_secs == 0 {
+            return deny(DenyReason::BadRequest);
+        }
+        let lifetime = Duration::from_secs(lifetime_secs.min(self.cfg.max_grant_secs));
+        let body = self.broker.run(
+            vm,
+            principal,
+            || self.authenticate_alone(vm, principal, reason, lifetime),
+            deny(DenyReason::Internal),
+        );
+        if let ReplyBody::Denied { why, .. } = &body {
+            self.audit.record(Record::Denied {
+                vm,
+                principal,
+                reason,
+                why: *why,
+            });
+        }
+        body
+    }
+
+    /// The decision proper; the broker guarantees no other prompt for this VM runs.
+    fn authenticate_alone(
+        &self,
+        vm: &str,
+        principal: &str,
+        reason: &Reason,
+        lifetime: Duration,
+    ) -> ReplyBody {
+        if let Some(grant) = self.grants.find_live(vm, principal) {
+            self.audit.record(Record::Granted {
+                vm,
+                principal,
+                reason,
+                grant: &grant,
+                reused: true,
+            });
+            return ReplyBody::Granted { grant };
+        }
+        let user = match self.store.user(principal) {
+            Ok(Some(u)) => u,
+            Ok(None) => return deny(DenyReason::UnknownPrincipal),
+            Err(e) => {
+                log::error!("store: {e}");
+                return deny(DenyReason::Internal);
+            }
+        };
+        let delay = match self.faillock.state(principal, Instant::now()) {
+            FailState::Locked { remaining } => {
+                return ReplyBody::Denied {
+                    why: DenyReason::Locked,
+                    retry_after_ms: Some(remaining.as_millis() as u64),
+                }
+            }
+            FailState::Allowed { delay } => delay,
+        };
+        if matches!(self.frontend, Frontend::None) {
+            return deny(DenyReason::NoFrontend);
+        }
+        if let Err(wait) = self.rate.try_take(vm, Instant::now()) {
+            return ReplyBody::Denied {
+                why: DenyReason::RateLimited,
+                retry_after_ms: Some(wait.as_millis() as u64),
+            };
+        }
+        std::thread::sleep(delay);
+
+        let request = DialogRequest {
+            vm: vm.to_owned(),
+            principal: principal.to_owned(),
+            reason: reason.clone(),
+            seal: user.seal.clone(),
+            timeout_secs: self.cfg.prompt_timeout_secs,
+            focus_delay_ms: self.cfg.focus_delay_ms,
+        };
+        self.audit.record(Record::Prompt {
+            vm,
+            principal,
+            reason,
+            frontend: self.frontend.name(),
+        });
+        let asked = Instant::now();
+        let mut on_shown = || {
+            self.audit.record(Record::PromptShown {
+                vm,
+                principal,
+                latency_ms: asked.elapsed().as_secs_f64() * 1e3,
+            })
+        };
+        let password = match self.frontend.ask(&request, &mut on_shown) {
+            Ok(Answer::Password(p)) => p,
+            Ok(Answer::Cancelled) => return deny(DenyReason::Cancelled),
+            Ok(Answer::TimedOut) => return deny(DenyReason::Timeout),
+            Err(e) => {
+                log::error!("prompt: {e}");
+                return deny(DenyReason::Internal);
+            }
+        };
+        let t = Instant::now();
+        let ok = password::verify(password.as_bytes(), &user.phc);
+        drop(password);
+        let verify_ms = t.elapsed().as_secs_f64() * 1e3;
+        match ok {
+            Ok(true) => {
+                self.audit.record(Record::Verified {
+                    principal,
+                    ok: true,
+                    verify_ms,
+                });
+                self.faillock.record_success(principal);
+                let grant = self.grants.issue(vm, principal, lifetime);
+                self.audit.record(Record::Granted {
+                    vm,
+                    principal,
+                    reason,
+                    grant: &grant,
+                    reused: false,
+                });
+                ReplyBody::Granted { grant }
+            }
+            Ok(false) => {
+                self.audit.record(Record::Verified {
+                    principal,
+                    ok: false,
+                    verify_ms,
+                });
+                if self.faillock.record_failure(principal, Instant::now()) {
+                    log::warn!("principal {principal} locked after repeated failures");
+                }
+                deny(DenyReason::WrongPassword)
+            }
+            Err(e) => {
+                log::error!("verify {principal}: {e}");
+                deny(DenyReason::Internal)
+            }
+        }
+    }
+}
