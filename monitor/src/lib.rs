@@ -5,15 +5,21 @@
 //! - [`mem`]: guest-physical RAM as mapped from QEMU's memory backend.
 //! - [`paging`]: 4- and 5-level page-table walks.
 //! - [`qmp`] and [`gdb`]: QEMU's control and debug sockets.
+//! - [`vm`] and [`config`]: one attached VM, and where VMs are found.
 //! - [`vmi`]: a live view of one guest kernel (KASLR, virtual reads).
 //! - [`smbios`]: VM identity from the firmware tables.
 //! - [`process`]: the task list.
-//! - [`freeze`]: parking and waking a process from outside.
-//! - [`inject`]: running a guest kernel function by call injection.
-//! - [`pagecache`]: finding and flushing the cached pages of a file.
-//! - [`config`]: which VMs exist and where their sockets are.
 
+pub mod config;
 pub mod error;
+pub mod gdb;
 pub mod kernel;
+pub mod mem;
+pub mod paging;
+pub mod process;
+pub mod qmp;
+pub mod smbios;
+pub mod vm;
+pub mod vmi;
 
 pub use error::{Error, Result};

@@ -1,1 +1,179 @@
-fn main() {}
+//! `monitor`: look into a running QEMU guest from the host.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use monitor::config::{Config, VmSpec};
+use monitor::kernel::{KernelImage, Profile};
+use monitor::vm::Vm;
+use monitor::{process, smbios, Error, Result};
+
+#[derive(Parser)]
+#[command(
+    name = "monitor",
+    about = "VMM-side introspection of Linux guests under QEMU"
+)]
+struct Cli {
+    /// JSON file naming VMs (see docs/monitor.md).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Where kernel profiles are cached.
+    #[arg(long, global = true)]
+    profile_cache: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Which VM to look at: a name from the config, or the endpoints directly.
+#[derive(Args, Clone)]
+struct Target {
+    /// VM name from the config file.
+    #[arg(long)]
+    vm: Option<String>,
+    /// QMP socket.
+    #[arg(long)]
+    qmp: Option<PathBuf>,
+    /// gdbstub socket.
+    #[arg(long)]
+    gdb: Option<PathBuf>,
+    /// Guest RAM backing file.
+    #[arg(long)]
+    mem: Option<PathBuf>,
+    /// Guest kernel (vmlinux or vmlinuz).
+    #[arg(long)]
+    vmlinux: Option<PathBuf>,
+    /// System.map, if a real one exists.
+    #[arg(long)]
+    system_map: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build (or load) the profile of a kernel image and print a summary.
+    Profile {
+        vmlinux: PathBuf,
+        #[arg(long)]
+        system_map: Option<PathBuf>,
+    },
+    /// Print the VM's SMBIOS UUID, cross-checked with QEMU's.
+    Uuid(Target),
+    /// List guest processes.
+    Ps(Target),
+}
+
+fn resolve(cli: &Cli, t: &Target) -> Result<VmSpec> {
+    if let Some(name) = &t.vm {
+        let path = cli
+            .config
+            .clone()
+            .ok_or_else(|| Error::Config("--vm needs --config".into()))?;
+        let mut spec = Config::load(&path)?.vm(name)?.clone();
+        if let Some(g) = &t.gdb {
+            spec.gdb = Some(g.clone());
+        }
+        return Ok(spec);
+    }
+    let need = |o: &Option<PathBuf>, flag: &str| {
+        o.clone()
+            .ok_or_else(|| Error::Config(format!("give --vm NAME or {flag}")))
+    };
+    Ok(VmSpec {
+        qmp: need(&t.qmp, "--qmp")?,
+        gdb: t.gdb.clone(),
+        mem: need(&t.mem, "--mem")?,
+        vmlinux: need(&t.vmlinux, "--vmlinux")?,
+        system_map: t.system_map.clone(),
+    })
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).map_err(|e| Error::Config(e.to_string()))?
+    );
+    Ok(())
+}
+
+fn run(cli: &Cli) -> Result<()> {
+    match &cli.cmd {
+        Cmd::Profile {
+            vmlinux,
+            system_map,
+        } => {
+            let image = KernelImage::load(vmlinux)?;
+            let p = Profile::build(&image, system_map.as_deref())?;
+            let cache = cli
+                .profile_cache
+                .clone()
+                .unwrap_or_else(monitor::kernel::profile::default_cache_dir);
+            let path = p.store(&cache)?;
+            println!("banner:   {}", p.banner.trim_end());
+            println!("build id: {}", p.build_id);
+            println!("symbols:  {} from {}", p.symbol_count, p.symbol_source);
+            println!("cached:   {}", path.display());
+        }
+        Cmd::Uuid(t) => {
+            let mut vm = Vm::attach(resolve(cli, t)?, cli.profile_cache.clone())?;
+            let qmp_uuid = vm.qmp.uuid()?;
+            let found = smbios::read_uuid(&vm.ram).ok();
+            let id = smbios::Identity::compare(&qmp_uuid, found.as_ref());
+            if t.json {
+                print_json(&id)?;
+            } else {
+                println!("qemu:   {}", id.qmp_uuid);
+                println!(
+                    "smbios: {}",
+                    id.smbios_uuid.as_deref().unwrap_or("(not found)")
+                );
+                if id.tampered {
+                    println!("TAMPERED: the guest's SMBIOS UUID does not match QEMU's");
+                }
+            }
+            if id.tampered {
+                return Err(Error::Refused("SMBIOS identity tampered".into()));
+            }
+        }
+        Cmd::Ps(t) => {
+            let mut vm = Vm::attach(resolve(cli, t)?, cli.profile_cache.clone())?;
+            let procs = vm.paused(|vm| {
+                let paging = vm.paging()?;
+                let k = vm.kernel(paging)?;
+                process::list(&k)
+            })?;
+            if t.json {
+                print_json(&procs)?;
+            } else {
+                println!("{:>7} {:>7} {:>6} S NAME", "PID", "PPID", "UID");
+                for p in procs {
+                    let name = if p.kernel_thread {
+                        format!("[{}]", p.name)
+                    } else {
+                        p.name
+                    };
+                    println!(
+                        "{:>7} {:>7} {:>6} {} {}",
+                        p.pid, p.ppid, p.uid, p.state, name
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("monitor: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
