@@ -1,0 +1,545 @@
+//! The command line, compatible with virtiofsd's.
+//!
+//! libvirt, Cloud Hypervisor and many scripts start virtiofsd by name, so fsd
+//! takes the same flags, in both of virtiofsd's forms: separate options
+//! (`--shared-dir=… --cache=…`, which libvirt uses once `--print-capabilities`
+//! lists `separate-options`) and the legacy `-o source=…,cache=…,xattr`.
+//! A virtiofsd flag that fsd does not implement is refused with an error
+//! that names it; it is never accepted silently.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Parser, ValueEnum};
+
+/// Guest cache policy, with virtiofsd's semantics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CacheMode {
+    /// Metadata and data are cached with short timeouts (1 s); data is
+    /// invalidated when a file is opened and found changed.
+    Auto,
+    /// Metadata and data are cached without expiry: only for shares no one
+    /// else changes.
+    Always,
+    /// Metadata is cached, file data never (direct I/O).
+    Metadata,
+    /// Nothing is cached: every access reaches fsd. `none` is an alias.
+    #[value(alias = "none")]
+    Never,
+}
+
+/// How fsd confines itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SandboxMode {
+    /// New mount, PID, IPC and network namespaces; the share becomes `/`
+    /// through pivot_root. Needs CAP_SYS_ADMIN.
+    Namespace,
+    /// chroot(2) into the share. Needs CAP_SYS_CHROOT.
+    Chroot,
+    /// No confinement beyond fsd's own checks (for unprivileged use).
+    None,
+}
+
+/// What the seccomp filter does with a system call not on the allow-list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SeccompMode {
+    /// Kill the daemon.
+    Kill,
+    /// Log the call (audit) and allow it.
+    Log,
+    /// Send SIGSYS to the daemon.
+    Trap,
+    /// Install no filter.
+    None,
+}
+
+/// Whether the passthrough layer refers to inodes by file handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InodeFileHandles {
+    /// Keep an O_PATH descriptor per inode (can exhaust descriptors on big trees).
+    Never,
+    /// Use file handles where the file system supports them, O_PATH otherwise.
+    Prefer,
+    /// Refuse to start unless the share supports file handles.
+    Mandatory,
+}
+
+/// Log verbosity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+    Off,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+            LogLevel::Off => log::LevelFilter::Off,
+        }
+    }
+}
+
+/// fsd: serve a host directory to a VM over vhost-user virtio-fs.
+///
+/// A drop-in for virtiofsd: it takes virtiofsd's flags (and its legacy
+/// `-o source=…` form) and adds real POSIX/flock locks, several request
+/// queues and strict checks of everything the guest sends.
+#[derive(Debug, Parser)]
+#[command(name = "fsd", version, about, long_about = None, max_term_width = 100)]
+pub struct Opt {
+    /// Directory to share with the guest.
+    #[arg(long, value_name = "DIR")]
+    pub shared_dir: Option<PathBuf>,
+
+    /// Listen on this vhost-user UNIX socket (created, replacing a stale one).
+    #[arg(long, value_name = "PATH")]
+    pub socket_path: Option<PathBuf>,
+
+    /// Use this inherited, already listening socket (as libvirt does).
+    #[arg(long, value_name = "FD")]
+    pub fd: Option<i32>,
+
+    /// Give this group ownership of the socket created with --socket-path.
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+
+    /// Tag served in the device configuration space, for VMMs that read it
+    /// from the daemon (at most 36 bytes).
+    #[arg(long)]
+    pub tag: Option<String>,
+
+    /// Guest caching of metadata and data.
+    #[arg(long, value_enum, default_value_t = CacheMode::Auto)]
+    pub cache: CacheMode,
+
+    /// Self-confinement.
+    #[arg(long, value_enum, default_value_t = SandboxMode::Namespace)]
+    pub sandbox: SandboxMode,
+
+    /// Action on a system call outside the allow-list.
+    #[arg(long, value_enum, default_value_t = SeccompMode::Kill)]
+    pub seccomp: SeccompMode,
+
+    /// Worker threads; 0 handles requests on each queue's own thread.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub thread_pool_size: usize,
+
+    /// Number of request queues offered (the guest may use fewer).
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub request_queues: u16,
+
+    /// Serve extended attributes.
+    #[arg(long)]
+    pub xattr: bool,
+
+    /// Tell the guest about submounts so it gives them their own st_dev.
+    #[arg(long)]
+    pub announce_submounts: bool,
+
+    /// Refuse every change to the share.
+    #[arg(long)]
+    pub readonly: bool,
+
+    /// Raise the open-file limit to N (default: as high as the host allows).
+    #[arg(long, value_name = "N")]
+    pub rlimit_nofile: Option<u64>,
+
+    /// Refer to inodes by file handles rather than by open descriptors.
+    #[arg(long, value_enum, default_value_t = InodeFileHandles::Never)]
+    pub inode_file_handles: InodeFileHandles,
+
+    /// Let the guest cache writes (FUSE writeback cache).
+    #[arg(long)]
+    pub writeback: bool,
+
+    /// Do not offer READDIRPLUS.
+    #[arg(long)]
+    pub no_readdirplus: bool,
+
+    /// Honour O_DIRECT opens from the guest.
+    #[arg(long)]
+    pub allow_direct_io: bool,
+
+    /// Let the guest kernel drop setuid/setgid bits on writes (FUSE killpriv v2).
+    #[arg(long)]
+    pub killpriv_v2: bool,
+
+    /// Log verbosity.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+
+    /// Log to syslog instead of stderr.
+    #[arg(long)]
+    pub syslog: bool,
+
+    /// Same as --log-level=debug.
+    #[arg(short = 'd')]
+    pub debug: bool,
+
+    /// Accepted for compatibility; fsd always runs in the foreground.
+    #[arg(short = 'f', hide = true)]
+    pub foreground: bool,
+
+    /// Print the features understood, as JSON for libvirt, and exit.
+    #[arg(long)]
+    pub print_capabilities: bool,
+
+    /// Legacy options: source=PATH,cache=auto|always|none,sandbox=…,xattr,…
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+
+    /// virtiofsd flags that fsd does not implement (refused with a message).
+    #[command(flatten)]
+    pub unsupported: Unsupported,
+}
+
+/// virtiofsd flags fsd knows but does not implement.
+#[derive(Debug, Default, clap::Args)]
+pub struct Unsupported {
+    #[arg(long, hide = true)]
+    xattrmap: Option<String>,
+    #[arg(long, hide = true)]
+    uid_map: Option<String>,
+    #[arg(long, hide = true)]
+    gid_map: Option<String>,
+    #[arg(long, hide = true)]
+    translate_uid: Vec<String>,
+    #[arg(long, hide = true)]
+    translate_gid: Vec<String>,
+    #[arg(long, hide = true)]
+    posix_acl: bool,
+    #[arg(long, hide = true)]
+    security_label: bool,
+    #[arg(long, hide = true)]
+    preserve_noatime: bool,
+    #[arg(long, hide = true)]
+    modcaps: Option<String>,
+    #[arg(long, hide = true)]
+    allow_mmap: bool,
+    #[arg(long, hide = true)]
+    migration_mode: Option<String>,
+    #[arg(long, hide = true)]
+    migration_on_error: Option<String>,
+    #[arg(long, hide = true)]
+    migration_verify_handles: bool,
+    #[arg(long, hide = true)]
+    migration_confirm_paths: bool,
+}
+
+impl Unsupported {
+    /// The first unsupported flag given, by its name.
+    fn first(&self) -> Option<&'static str> {
+        let flags: [(&'static str, bool); 14] = [
+            ("--xattrmap", self.xattrmap.is_some()),
+            ("--uid-map", self.uid_map.is_some()),
+            ("--gid-map", self.gid_map.is_some()),
+            ("--translate-uid", !self.translate_uid.is_empty()),
+            ("--translate-gid", !self.translate_gid.is_empty()),
+            ("--posix-acl", self.posix_acl),
+            ("--security-label", self.security_label),
+            ("--preserve-noatime", self.preserve_noatime),
+            ("--modcaps", self.modcaps.is_some()),
+            ("--allow-mmap", self.allow_mmap),
+            ("--migration-mode", self.migration_mode.is_some()),
+            ("--migration-on-error", self.migration_on_error.is_some()),
+            ("--migration-verify-handles", self.migration_verify_handles),
+            ("--migration-confirm-paths", self.migration_confirm_paths),
+        ];
+        flags.iter().find(|(_, set)| *set).map(|(n, _)| *n)
+    }
+}
+
+/// Errors in the command line, beyond what clap reports itself.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CliError {
+    #[error("{0} is a virtiofsd option that fsd does not support")]
+    Unsupported(String),
+    #[error("unknown legacy option -o {0}")]
+    UnknownLegacy(String),
+    #[error("invalid value in -o {key}={value}: {why}")]
+    BadLegacyValue {
+        key: String,
+        value: String,
+        why: String,
+    },
+    #[error("a shared directory is required (--shared-dir DIR or -o source=DIR)")]
+    NoSharedDir,
+    #[error("a socket is required: --socket-path PATH or --fd N")]
+    NoSocket,
+    #[error("--socket-path and --fd exclude each other")]
+    TwoSockets,
+    #[error("--socket-group only applies to a socket created with --socket-path")]
+    GroupWithoutPath,
+    #[error("the tag is {0} bytes long; at most 36 fit the device configuration")]
+    TagTooLong(usize),
+}
+
+/// Everything the daemon needs, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub shared_dir: PathBuf,
+    pub socket: SocketSpec,
+    pub socket_group: Option<String>,
+    pub tag: Option<String>,
+    pub cache: CacheMode,
+    pub sandbox: SandboxMode,
+    pub seccomp: SeccompMode,
+    pub thread_pool_size: usize,
+    pub request_queues: usize,
+    pub xattr: bool,
+    pub announce_submounts: bool,
+    pub readonly: bool,
+    pub rlimit_nofile: Option<u64>,
+    pub inode_file_handles: InodeFileHandles,
+    pub writeback: bool,
+    pub readdirplus: bool,
+    pub allow_direct_io: bool,
+    pub killpriv_v2: bool,
+    pub log_level: LogLevel,
+    pub syslog: bool,
+}
+
+/// Where the vhost-user connection comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketSpec {
+    Path(PathBuf),
+    Fd(i32),
+}
+
+fn legacy_value<T: FromStr>(key: &str, value: &str) -> Result<T, CliError> {
+    T::from_str(value).map_err(|_| CliError::BadLegacyValue {
+        key: key.into(),
+        value: value.into(),
+        why: "not understood".into(),
+    })
+}
+
+fn enum_value<T: ValueEnum>(key: &str, value: &str) -> Result<T, CliError> {
+    T::from_str(value, false).map_err(|why| CliError::BadLegacyValue {
+        key: key.into(),
+        value: value.into(),
+        why,
+    })
+}
+
+impl Opt {
+    /// The JSON libvirt reads to learn that fsd takes separate options.
+    pub fn capabilities_json() -> &'static str {
+        "{\n  \"type\": \"fs\",\n  \"features\": [\n    \"separate-options\"\n  ]\n}"
+    }
+
+    /// Applies the legacy `-o` options on top of the separate ones and checks
+    /// the combination.
+    pub fn into_settings(mut self) -> Result<Settings, CliError> {
+        if let Some(flag) = self.unsupported.first() {
+            return Err(CliError::Unsupported(flag.into()));
+        }
+        let legacy: Vec<String> = self
+            .options
+            .iter()
+            .flat_map(|o| o.split(','))
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        for item in legacy {
+            let (key, value) = match item.split_once('=') {
+                Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+                None => (item.clone(), None),
+            };
+            match (key.as_str(), value.as_deref()) {
+                ("source", Some(v)) => self.shared_dir = Some(PathBuf::from(v)),
+                ("cache", Some(v)) => self.cache = enum_value(&key, v)?,
+                ("sandbox", Some(v)) => self.sandbox = enum_value(&key, v)?,
+                ("seccomp", Some(v)) => self.seccomp = enum_value(&key, v)?,
+                ("log_level", Some(v)) => self.log_level = enum_value(&key, v)?,
+                ("thread_pool_size", Some(v)) => self.thread_pool_size = legacy_value(&key, v)?,
+                ("xattr", None) => self.xattr = true,
+                ("no_xattr", None) => self.xattr = false,
+                ("readdirplus", None) => self.no_readdirplus = false,
+                ("no_readdirplus", None) => self.no_readdirplus = true,
+                ("writeback", None) => self.writeback = true,
+                ("no_writeback", None) => self.writeback = false,
+                ("announce_submounts", None) => self.announce_submounts = true,
+                ("killpriv_v2", None) => self.killpriv_v2 = true,
+                ("no_killpriv_v2", None) => self.killpriv_v2 = false,
+                // Locks always work in fsd; the C virtiofsd's switches for
+                // them are accepted, their "off" form too, as no-ops.
+                ("flock" | "no_flock" | "posix_lock" | "no_posix_lock", None) => {}
+                ("allow_direct_io", None) => self.allow_direct_io = true,
+                ("xattrmap" | "modcaps" | "timeout", _) => {
+                    return Err(CliError::Unsupported(format!("-o {key}")))
+                }
+                _ => return Err(CliError::UnknownLegacy(item.clone())),
+            }
+        }
+        let shared_dir = self.shared_dir.ok_or(CliError::NoSharedDir)?;
+        let socket = match (self.socket_path, self.fd) {
+            (Some(p), None) => SocketSpec::Path(p),
+            (None, Some(fd)) => SocketSpec::Fd(fd),
+            (Some(_), Some(_)) => return Err(CliError::TwoSockets),
+            (None, None) => return Err(CliError::NoSocket),
+        };
+        if self.socket_group.is_some() && !matches!(socket, SocketSpec::Path(_)) {
+            return Err(CliError::GroupWithoutPath);
+        }
+        if let Some(t) = &self.tag {
+            if t.len() > 36 {
+                return Err(CliError::TagTooLong(t.len()));
+            }
+        }
+        Ok(Settings {
+            shared_dir,
+            socket,
+            socket_group: self.socket_group,
+            tag: self.tag,
+            cache: self.cache,
+            sandbox: self.sandbox,
+            seccomp: self.seccomp,
+            thread_pool_size: self.thread_pool_size,
+            request_queues: self.request_queues as usize,
+            xattr: self.xattr,
+            announce_submounts: self.announce_submounts,
+            readonly: self.readonly,
+            rlimit_nofile: self.rlimit_nofile,
+            inode_file_handles: self.inode_file_handles,
+            writeback: self.writeback,
+            readdirplus: !self.no_readdirplus,
+            allow_direct_io: self.allow_direct_io,
+            killpriv_v2: self.killpriv_v2,
+            log_level: if self.debug {
+                LogLevel::Debug
+            } else {
+                self.log_level
+            },
+            syslog: self.syslog,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, CliError> {
+        let mut v = vec!["fsd"];
+        v.extend_from_slice(args);
+        Opt::try_parse_from(v)
+            .expect("clap accepts")
+            .into_settings()
+    }
+
+    #[test]
+    fn separate_options_as_libvirt_passes_them() {
+        let s = parse(&[
+            "--fd=3",
+            "--shared-dir",
+            "/srv/share",
+            "--cache",
+            "never",
+            "--sandbox",
+            "chroot",
+            "--xattr",
+            "--thread-pool-size=4",
+            "--log-level",
+            "debug",
+        ])
+        .unwrap();
+        assert_eq!(s.socket, SocketSpec::Fd(3));
+        assert_eq!(s.shared_dir, PathBuf::from("/srv/share"));
+        assert_eq!(s.cache, CacheMode::Never);
+        assert_eq!(s.sandbox, SandboxMode::Chroot);
+        assert!(s.xattr);
+        assert_eq!(s.thread_pool_size, 4);
+        assert_eq!(s.log_level, LogLevel::Debug);
+    }
+
+    #[test]
+    fn legacy_options() {
+        let s = parse(&[
+            "--fd=4",
+            "-o",
+            "source=/srv/x,cache=none,sandbox=none,xattr,no_readdirplus",
+        ])
+        .unwrap();
+        assert_eq!(s.shared_dir, PathBuf::from("/srv/x"));
+        assert_eq!(s.cache, CacheMode::Never);
+        assert_eq!(s.sandbox, SandboxMode::None);
+        assert!(s.xattr);
+        assert!(!s.readdirplus);
+    }
+
+    #[test]
+    fn defaults() {
+        let s = parse(&["--socket-path=/tmp/s", "--shared-dir=/d"]).unwrap();
+        assert_eq!(s.cache, CacheMode::Auto);
+        assert_eq!(s.sandbox, SandboxMode::Namespace);
+        assert_eq!(s.seccomp, SeccompMode::Kill);
+        assert_eq!(s.thread_pool_size, 0);
+        assert!(s.readdirplus && !s.readonly && !s.xattr);
+    }
+
+    #[test]
+    fn unsupported_flags_are_named() {
+        assert_eq!(
+            parse(&[
+                "--socket-path=/s",
+                "--shared-dir=/d",
+                "--xattrmap=:ok:all::"
+            ]),
+            Err(CliError::Unsupported("--xattrmap".into()))
+        );
+        assert_eq!(
+            parse(&["--socket-path=/s", "--shared-dir=/d", "--posix-acl"]),
+            Err(CliError::Unsupported("--posix-acl".into()))
+        );
+        assert_eq!(
+            parse(&["--socket-path=/s", "-o", "source=/d,frobnicate"]),
+            Err(CliError::UnknownLegacy("frobnicate".into()))
+        );
+        assert!(matches!(
+            parse(&["--socket-path=/s", "-o", "source=/d,cache=sometimes"]),
+            Err(CliError::BadLegacyValue { .. })
+        ));
+    }
+
+    #[test]
+    fn socket_rules() {
+        assert_eq!(parse(&["--shared-dir=/d"]), Err(CliError::NoSocket));
+        assert_eq!(
+            parse(&["--shared-dir=/d", "--fd=3", "--socket-path=/s"]),
+            Err(CliError::TwoSockets)
+        );
+        assert_eq!(
+            parse(&["--fd=3", "--shared-dir=/d", "--socket-group=kvm"]),
+            Err(CliError::GroupWithoutPath)
+        );
+        assert_eq!(parse(&["--socket-path=/s"]), Err(CliError::NoSharedDir));
+        assert_eq!(
+            parse(&[
+                "--socket-path=/s",
+                "--shared-dir=/d",
+                &format!("--tag={}", "t".repeat(37))
+            ]),
+            Err(CliError::TagTooLong(37))
+        );
+    }
+
+    #[test]
+    fn capabilities_are_json() {
+        let v: serde_json::Value = serde_json::from_str(Opt::capabilities_json()).unwrap();
+        assert_eq!(v["type"], "fs");
+        assert!(v["features"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("separate-options")));
+    }
+}

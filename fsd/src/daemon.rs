@@ -1,0 +1,163 @@
+//! Start-up order and the serving loop.
+//!
+//! 1. the socket (it lives outside the share, so before confinement);
+//! 2. the open-file limit;
+//! 3. namespaces (fork; before any thread);
+//! 4. the file system (while `/proc` and the host paths still exist);
+//! 5. pivot_root or chroot, then fewer privileges, then seccomp;
+//! 6. serve one vhost-user connection; exit when the VMM disconnects, as
+//!    virtiofsd does (the VMM restarts the daemon with the VM).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuse_backend_rs::passthrough::{CachePolicy, Config};
+use log::info;
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::{Error as VhostUserError, Listener};
+use vhost_user_backend::{Error as DaemonError, VhostUserDaemon};
+
+use crate::cli::{CacheMode, InodeFileHandles, SandboxMode, Settings, SocketSpec};
+use crate::dispatch::{AtomicMem, Dispatcher, GuestMem};
+use crate::error::{Error, Result};
+use crate::fs::{SharedFs, SharedFsOptions};
+use crate::vhost_user::{DeviceConfig, FsBackend};
+use crate::{sandbox, seccomp, socket};
+
+/// Passthrough settings for a cache mode, with virtiofsd's timeouts.
+pub fn passthrough_config(s: &Settings, root_dir: &str) -> Config {
+    let (policy, timeout) = match s.cache {
+        CacheMode::Never => (CachePolicy::Never, Duration::ZERO),
+        CacheMode::Metadata => (CachePolicy::Metadata, Duration::from_secs(86400)),
+        CacheMode::Auto => (CachePolicy::Auto, Duration::from_secs(1)),
+        CacheMode::Always => (CachePolicy::Always, Duration::from_secs(86400)),
+    };
+    Config {
+        entry_timeout: timeout,
+        attr_timeout: timeout,
+        cache_policy: policy,
+        writeback: s.writeback,
+        root_dir: root_dir.to_owned(),
+        // xattrs are served by SharedFs itself; the flag only gates them there.
+        xattr: s.xattr,
+        do_import: true,
+        killpriv_v2: s.killpriv_v2,
+        inode_file_handles: s.inode_file_handles != InodeFileHandles::Never,
+        // Guests see host inode numbers, as with virtiofsd, so that host
+        // tools (and the monitor) can name a guest's cached inode.
+        use_host_ino: true,
+        allow_direct_io: s.allow_direct_io,
+        ..Default::default()
+    }
+}
+
+/// Checks that the share supports file handles, for `--inode-file-handles=mandatory`.
+fn file_handles_supported(dir: &std::path::Path) -> bool {
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()))
+        .unwrap_or_default();
+    let mut buf = [0u8; 8 + 128];
+    buf[..4].copy_from_slice(&128u32.to_ne_bytes());
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: buf holds a file_handle header with room for 128 bytes.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            buf.as_mut_ptr(),
+            &mut mount_id,
+            0,
+        )
+    };
+    r == 0
+}
+
+/// Runs the daemon until the VMM disconnects.
+pub fn run(s: Settings) -> Result<()> {
+    let shared = std::fs::canonicalize(&s.shared_dir).map_err(|source| Error::SharedDir {
+        path: s.shared_dir.clone(),
+        source,
+    })?;
+    if !shared.is_dir() {
+        return Err(Error::SharedDir {
+            path: shared,
+            source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
+        });
+    }
+    if s.inode_file_handles == InodeFileHandles::Mandatory && !file_handles_supported(&shared) {
+        return Err(Error::SharedDir {
+            path: shared,
+            source: std::io::Error::other(
+                "file handles are not supported here (--inode-file-handles=mandatory)",
+            ),
+        });
+    }
+    let listener = match &s.socket {
+        SocketSpec::Path(p) => socket::bind(p, s.socket_group.as_deref())?,
+        SocketSpec::Fd(fd) => socket::adopt(*fd)?,
+    };
+    let nofile = sandbox::raise_nofile(s.rlimit_nofile)?;
+    sandbox::prepare(s.sandbox)?;
+
+    let cfg = passthrough_config(&s, &shared.to_string_lossy());
+    let fs = SharedFs::new(
+        cfg,
+        SharedFsOptions {
+            readonly: s.readonly,
+            xattr: s.xattr,
+            announce_submounts: s.announce_submounts,
+            readdirplus: s.readdirplus,
+            root_prefix: sandbox::root_prefix(s.sandbox, &shared),
+        },
+    )
+    .map_err(Error::Fs)?;
+    sandbox::confine(s.sandbox, &shared)?;
+    sandbox::drop_privileges(s.inode_file_handles != InodeFileHandles::Never)?;
+    if s.sandbox == SandboxMode::None {
+        info!("running without a sandbox (--sandbox=none)");
+    }
+
+    let dispatcher = Arc::new(Dispatcher::new(Arc::new(fs)));
+    let backend = Arc::new(
+        FsBackend::new(
+            DeviceConfig {
+                tag: s.tag.clone(),
+                request_queues: s.request_queues,
+                thread_pool_size: s.thread_pool_size,
+            },
+            dispatcher,
+        )
+        .map_err(Error::Device)?,
+    );
+    let mem = AtomicMem::new(GuestMem::new());
+    let mut daemon = VhostUserDaemon::new("fsd".into(), backend, mem)
+        .map_err(|e| Error::Daemon(e.to_string()))?;
+    seccomp::install(s.seccomp, s.syslog)?;
+    info!(
+        "serving {} ({} request queues, cache={:?}, sandbox={:?}, open-file limit {nofile})",
+        shared.display(),
+        s.request_queues,
+        s.cache,
+        s.sandbox
+    );
+    let _ = VhostUserProtocolFeatures::MQ;
+    let mut listener = Listener::from(listener);
+    daemon
+        .start(&mut listener)
+        .map_err(|e| Error::Daemon(e.to_string()))?;
+    info!("VMM connected");
+    let result = daemon.wait();
+    for h in daemon.get_epoll_handlers() {
+        let _ = h;
+    }
+    match result {
+        Ok(()) => Ok(()),
+        Err(DaemonError::HandleRequest(
+            VhostUserError::Disconnected | VhostUserError::PartialMessage,
+        )) => {
+            info!("VMM disconnected");
+            Ok(())
+        }
+        Err(e) => Err(Error::Daemon(e.to_string())),
+    }
+}

@@ -1,0 +1,251 @@
+//! One request, from descriptor chain to reply.
+//!
+//! The guest writes every byte of a request, including the descriptor chain
+//! that carries it. The dispatcher makes sure that each chain ends in exactly
+//! one of two ways: a FUSE reply (an error reply if nothing better can be
+//! said), or, when the chain cannot even carry a header (addresses outside
+//! guest memory, no room for a reply), a used entry of length 0. It never
+//! panics on guest input and never blocks a queue on a lock wait.
+//!
+//! Lock requests (GETLK, SETLK, SETLKW) are answered here rather than by the
+//! fuse-backend-rs server, which routes SETLKW to the non-blocking call.
+
+use std::io::Write;
+use std::mem::size_of;
+use std::sync::Arc;
+
+use fuse_backend_rs::abi::fuse_abi::{InHeader, LkIn, LkOut, Opcode, OutHeader, LK_FLOCK};
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
+use log::{debug, warn};
+use virtio_queue::DescriptorChain;
+use vm_memory::{
+    ByteValued, Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap,
+};
+
+use crate::fs::locks::{LockKind, LockRequest};
+use crate::fs::SharedFs;
+
+/// Guest memory as fsd maps it (no dirty-page bitmap: fsd does not migrate).
+pub type GuestMem = GuestMemoryMmap<()>;
+/// The shared, swappable view of guest memory.
+pub type AtomicMem = GuestMemoryAtomic<GuestMem>;
+/// A descriptor chain popped from a queue, holding its memory snapshot.
+pub type Chain = DescriptorChain<GuestMemoryLoadGuard<GuestMem>>;
+
+/// Whether a request may wait for a lock held elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocking {
+    /// The caller runs on a thread of its own and may wait.
+    Allowed,
+    /// The caller must not wait; a blocking lock request is refused (ENOLCK).
+    Refused,
+}
+
+/// Routes requests to the FUSE server or to fsd's own handlers.
+pub struct Dispatcher {
+    server: Server<Arc<SharedFs>>,
+    fs: Arc<SharedFs>,
+}
+
+fn out_header_error(unique: u64, errno: i32) -> OutHeader {
+    OutHeader {
+        len: size_of::<OutHeader>() as u32,
+        error: -errno,
+        unique,
+    }
+}
+
+/// Reads back the first bytes the device may write, to learn whether a reply
+/// was already written before an error surfaced.
+fn read_written_header(mem: &GuestMem, chain: &Chain) -> Option<OutHeader> {
+    let mut buf = [0u8; size_of::<OutHeader>()];
+    let mut filled = 0;
+    for d in chain.clone().writable() {
+        if filled == buf.len() {
+            break;
+        }
+        let n = (d.len() as usize).min(buf.len() - filled);
+        mem.read_slice(&mut buf[filled..filled + n], d.addr())
+            .ok()?;
+        filled += n;
+    }
+    (filled == buf.len()).then(|| *OutHeader::from_slice(&buf).unwrap())
+}
+
+/// Zeroes the reply header area, so that [`read_written_header`] can tell
+/// whether the server wrote anything.
+fn clear_header_area(mem: &GuestMem, chain: &Chain) {
+    let zero = [0u8; size_of::<OutHeader>()];
+    let mut left = zero.len();
+    for d in chain.clone().writable() {
+        if left == 0 {
+            break;
+        }
+        let n = (d.len() as usize).min(left);
+        let _ = mem.write_slice(&zero[..n], GuestAddress(d.addr().0));
+        left -= n;
+    }
+}
+
+impl Dispatcher {
+    pub fn new(fs: Arc<SharedFs>) -> Self {
+        Dispatcher {
+            server: Server::new(fs.clone()),
+            fs,
+        }
+    }
+
+    /// The opcode of a chain's request, if its header can be read at all.
+    pub fn peek_opcode(chain: &Chain) -> Option<u32> {
+        let mut r = Reader::from_descriptor_chain(chain.memory(), chain.clone()).ok()?;
+        r.read_obj::<InHeader>().ok().map(|h| h.opcode)
+    }
+
+    /// Whether this chain asks for a blocking lock (FUSE_SETLKW), which must
+    /// run on a thread of its own.
+    pub fn is_blocking(chain: &Chain) -> bool {
+        Self::peek_opcode(chain) == Some(Opcode::Setlkw as u32)
+    }
+
+    /// Handles one chain and returns the number of bytes written into it,
+    /// which is the length to put in the used ring.
+    pub fn handle(&self, chain: Chain, blocking: Blocking) -> u32 {
+        let mem = chain.memory();
+        let mut reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("unusable request chain (readable part): {e}");
+                return 0;
+            }
+        };
+        let header: InHeader = match reader.read_obj() {
+            Ok(h) => h,
+            Err(e) => {
+                warn!("request too short for a FUSE header: {e}");
+                return 0;
+            }
+        };
+        let writer = match VirtioFsWriter::new(mem, chain.clone()) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!("unusable request chain (writable part): {e}");
+                return 0;
+            }
+        };
+        let no_reply = [
+            Opcode::Forget as u32,
+            Opcode::BatchForget as u32,
+            Opcode::Interrupt as u32,
+        ]
+        .contains(&header.opcode);
+
+        let written = match header.opcode {
+            x if x == Opcode::Getlk as u32
+                || x == Opcode::Setlk as u32
+                || x == Opcode::Setlkw as u32 =>
+            {
+                self.handle_lock(&header, reader, writer, blocking)
+            }
+            _ => {
+                let spare = writer.clone();
+                clear_header_area(mem, &chain);
+                let full = Reader::from_descriptor_chain(mem, chain.clone())
+                    .expect("chain was readable a moment ago");
+                match self
+                    .server
+                    .handle_message(full, Writer::VirtioFs(writer), None, None)
+                {
+                    Ok(n) => n,
+                    Err(e) => {
+                        debug!("request {} failed: {e}", header.opcode);
+                        match read_written_header(mem, &chain) {
+                            Some(h) if h.len != 0 => h.len as usize,
+                            _ if no_reply => 0,
+                            _ => reply_error(spare, header.unique, libc::EINVAL),
+                        }
+                    }
+                }
+            }
+        };
+        written as u32
+    }
+
+    fn handle_lock(
+        &self,
+        header: &InHeader,
+        mut reader: Reader<'_, ()>,
+        writer: VirtioFsWriter<'_, ()>,
+        blocking: Blocking,
+    ) -> usize {
+        let lk: LkIn = match reader.read_obj() {
+            Ok(l) => l,
+            Err(_) => return reply_error(writer, header.unique, libc::EINVAL),
+        };
+        let req = LockRequest {
+            start: lk.lk.start,
+            end: lk.lk.end,
+            typ: lk.lk.type_,
+            pid: lk.lk.pid,
+        };
+        let kind = if lk.lk_flags & LK_FLOCK != 0 {
+            LockKind::Flock
+        } else {
+            LockKind::Posix
+        };
+        let inode = header.nodeid;
+        if header.opcode == Opcode::Getlk as u32 {
+            return match self.fs.getlk(inode, lk.owner, &req) {
+                Ok(got) => {
+                    let mut out = LkOut::default();
+                    out.lk.start = got.start;
+                    out.lk.end = got.end;
+                    out.lk.type_ = got.typ;
+                    out.lk.pid = got.pid;
+                    reply_ok(writer, header.unique, out.as_slice())
+                }
+                Err(e) => reply_io_error(writer, header.unique, e),
+            };
+        }
+        let wait = header.opcode == Opcode::Setlkw as u32;
+        if wait && blocking == Blocking::Refused {
+            return reply_error(writer, header.unique, libc::ENOLCK);
+        }
+        match self.fs.setlk(kind, inode, lk.fh, lk.owner, &req, wait) {
+            Ok(()) => reply_ok(writer, header.unique, &[]),
+            Err(e) => reply_io_error(writer, header.unique, e),
+        }
+    }
+}
+
+fn reply_ok(mut w: VirtioFsWriter<'_, ()>, unique: u64, body: &[u8]) -> usize {
+    let h = OutHeader {
+        len: (size_of::<OutHeader>() + body.len()) as u32,
+        error: 0,
+        unique,
+    };
+    let mut buf = Vec::with_capacity(h.len as usize);
+    buf.extend_from_slice(h.as_slice());
+    buf.extend_from_slice(body);
+    match w.write_all(&buf) {
+        Ok(()) => w.bytes_written(),
+        Err(e) => {
+            warn!("reply does not fit the guest's buffer: {e}");
+            0
+        }
+    }
+}
+
+fn reply_io_error(w: VirtioFsWriter<'_, ()>, unique: u64, e: std::io::Error) -> usize {
+    reply_error(w, unique, e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn reply_error(mut w: VirtioFsWriter<'_, ()>, unique: u64, errno: i32) -> usize {
+    match w.write_all(out_header_error(unique, errno).as_slice()) {
+        Ok(()) => w.bytes_written(),
+        Err(e) => {
+            warn!("no room for an error reply: {e}");
+            0
+        }
+    }
+}

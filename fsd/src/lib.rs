@@ -1,0 +1,32 @@
+//! fsd: a vhost-user virtio-fs daemon for diskless guests.
+//!
+//! A drop-in for virtiofsd that serves one host directory to one guest and
+//! treats every request as hostile. Where to look:
+//!
+//! | concern | module |
+//! |---|---|
+//! | command line (virtiofsd-compatible, legacy `-o`, capabilities) | [`cli`] |
+//! | start-up order and the serving loop | [`daemon`] |
+//! | the listening socket (`--socket-path`, `--fd`, `--socket-group`) | [`socket`] |
+//! | the vhost-user device: queues, features, config space | [`vhost_user`] |
+//! | one request: decode, route, always reply | [`dispatch`] |
+//! | worker threads | [`pool`] |
+//! | the file system: passthrough behind name checks, readonly, locks | [`fs`] |
+//! | confinement: namespaces, pivot_root, capabilities, rlimits | [`sandbox`] |
+//! | the seccomp allow-list | [`seccomp`] |
+//! | logging to stderr or syslog | [`logging`] |
+//! | errors | [`error`] |
+
+pub mod cli;
+pub mod daemon;
+pub mod dispatch;
+pub mod error;
+pub mod fs;
+pub mod logging;
+pub mod pool;
+pub mod sandbox;
+pub mod seccomp;
+pub mod socket;
+pub mod vhost_user;
+
+pub use error::{Error, Result};

@@ -1,0 +1,262 @@
+//! Self-confinement: namespaces, pivot_root or chroot, fewer privileges.
+//!
+//! A bug in the file system code must not give a guest the host. With the
+//! default `--sandbox=namespace`, fsd moves into new mount, PID, IPC and
+//! network namespaces and makes the shared directory its root with
+//! pivot_root, so that no host path outside the share exists for it at all;
+//! `--sandbox=chroot` only changes its root. Either way it then drops
+//! supplementary groups (a guest must not act with the daemon's groups) and
+//! every capability a file server does not need.
+//!
+//! The order matters and is driven by `main`: [`prepare`] (fork into the new
+//! namespaces, before any thread exists), then the file system is built while
+//! `/proc` is still reachable, then [`confine`], then [`drop_privileges`],
+//! then seccomp.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::cli::SandboxMode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("cannot create namespaces ({0}); --sandbox=namespace needs root (CAP_SYS_ADMIN); use --sandbox=none to run unprivileged")]
+    Unshare(io::Error),
+    #[error("fork: {0}")]
+    Fork(io::Error),
+    #[error("{what}: {source}")]
+    Mount { what: String, source: io::Error },
+    #[error("pivot_root into {0}: {1}")]
+    PivotRoot(PathBuf, io::Error),
+    #[error("chroot into {0}: {1} (--sandbox=chroot needs CAP_SYS_CHROOT)")]
+    Chroot(PathBuf, io::Error),
+    #[error("dropping supplementary groups: {0}")]
+    Groups(io::Error),
+    #[error("dropping capabilities: {0}")]
+    Caps(String),
+    #[error("raising the open-file limit to {0}: {1}")]
+    Rlimit(u64, io::Error),
+}
+
+fn check(r: libc::c_int) -> io::Result<()> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("paths from the command line have no NUL")
+}
+
+fn mount(
+    src: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    what: &str,
+) -> Result<(), SandboxError> {
+    let src = src.map(|s| CString::new(s).unwrap());
+    let fstype = fstype.map(|s| CString::new(s).unwrap());
+    let target = cstr(target);
+    // SAFETY: all pointers are valid C strings or NULL.
+    check(unsafe {
+        libc::mount(
+            src.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+            target.as_ptr(),
+            fstype.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+            flags,
+            std::ptr::null(),
+        )
+    })
+    .map_err(|source| SandboxError::Mount {
+        what: what.into(),
+        source,
+    })
+}
+
+/// How the daemon names the share root once confined.
+pub fn root_prefix(mode: SandboxMode, shared_dir: &Path) -> PathBuf {
+    match mode {
+        SandboxMode::Namespace | SandboxMode::Chroot => PathBuf::from("/"),
+        SandboxMode::None => shared_dir.to_path_buf(),
+    }
+}
+
+/// First step. For `namespace`: enter new namespaces and fork; the parent
+/// waits for the child and exits with its status, the child returns and
+/// becomes the daemon (PID 1 of its namespace, with its own `/proc`).
+/// Must run before any thread is started.
+pub fn prepare(mode: SandboxMode) -> Result<(), SandboxError> {
+    if mode != SandboxMode::Namespace {
+        return Ok(());
+    }
+    let flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWNET;
+    // SAFETY: plain syscall.
+    check(unsafe { libc::unshare(flags) }).map_err(SandboxError::Unshare)?;
+    // SAFETY: no other thread exists yet, so fork is safe.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(SandboxError::Fork(io::Error::last_os_error()));
+    }
+    if pid > 0 {
+        let mut status = 0;
+        loop {
+            // SAFETY: waiting for our own child.
+            let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+            if r == pid {
+                break;
+            }
+            if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                std::process::exit(1);
+            }
+        }
+        let code = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            128 + libc::WTERMSIG(status)
+        };
+        std::process::exit(code);
+    }
+    // Child: die with the parent, so a supervisor killing fsd kills it all.
+    // SAFETY: plain prctl.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_SLAVE,
+        "making / a slave mount",
+    )?;
+    mount(
+        Some("proc"),
+        Path::new("/proc"),
+        Some("proc"),
+        libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_NOSUID | libc::MS_RELATIME,
+        "mounting /proc for the new PID namespace",
+    )?;
+    Ok(())
+}
+
+/// Second step: make the share the root (pivot_root or chroot).
+pub fn confine(mode: SandboxMode, shared_dir: &Path) -> Result<(), SandboxError> {
+    match mode {
+        SandboxMode::None => Ok(()),
+        SandboxMode::Chroot => {
+            let d = cstr(shared_dir);
+            // SAFETY: valid C strings.
+            check(unsafe { libc::chroot(d.as_ptr()) })
+                .and_then(|_| check(unsafe { libc::chdir(c"/".as_ptr()) }))
+                .map_err(|e| SandboxError::Chroot(shared_dir.into(), e))
+        }
+        SandboxMode::Namespace => {
+            mount(
+                Some(&shared_dir.to_string_lossy()),
+                shared_dir,
+                None,
+                libc::MS_BIND | libc::MS_REC,
+                "bind-mounting the shared directory",
+            )?;
+            let d = cstr(shared_dir);
+            let pivot = || -> io::Result<()> {
+                // SAFETY: valid C strings; the sequence is the documented way
+                // to pivot onto the current directory and drop the old root.
+                check(unsafe { libc::chdir(d.as_ptr()) })?;
+                check(unsafe {
+                    libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int
+                })?;
+                check(unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) })?;
+                check(unsafe { libc::chdir(c"/".as_ptr()) })
+            };
+            pivot().map_err(|e| SandboxError::PivotRoot(shared_dir.into(), e))
+        }
+    }
+}
+
+/// Capabilities a passthrough file server needs: acting on files of any
+/// owner (as the guest's root would) and creating device nodes, nothing more.
+fn kept_caps(file_handles: bool) -> caps::CapsHashSet {
+    use caps::Capability::*;
+    let mut set: caps::CapsHashSet = [
+        CAP_CHOWN,
+        CAP_DAC_OVERRIDE,
+        CAP_FOWNER,
+        CAP_FSETID,
+        CAP_SETGID,
+        CAP_SETUID,
+        CAP_MKNOD,
+        CAP_SETFCAP,
+    ]
+    .into_iter()
+    .collect();
+    if file_handles {
+        set.insert(CAP_DAC_READ_SEARCH);
+    }
+    set
+}
+
+/// Third step: no supplementary groups, only the capabilities needed.
+pub fn drop_privileges(file_handles: bool) -> Result<(), SandboxError> {
+    // SAFETY: plain syscalls.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    check(unsafe { libc::setgroups(0, std::ptr::null()) }).map_err(SandboxError::Groups)?;
+    let keep = kept_caps(file_handles);
+    let err = |e: caps::errors::CapsError| SandboxError::Caps(e.to_string());
+    for cap in caps::all() {
+        if !keep.contains(&cap) && caps::has_cap(None, caps::CapSet::Bounding, cap).unwrap_or(false)
+        {
+            caps::drop(None, caps::CapSet::Bounding, cap).map_err(err)?;
+        }
+    }
+    caps::clear(None, caps::CapSet::Ambient).map_err(err)?;
+    caps::clear(None, caps::CapSet::Inheritable).map_err(err)?;
+    caps::set(None, caps::CapSet::Effective, &keep).map_err(err)?;
+    caps::set(None, caps::CapSet::Permitted, &keep).map_err(err)?;
+    Ok(())
+}
+
+/// Raises RLIMIT_NOFILE: to `want`, or else as high as `fs.nr_open` allows
+/// (capped at one million), since each inode the guest knows may hold a
+/// descriptor. Unprivileged, the hard limit is the ceiling.
+pub fn raise_nofile(want: Option<u64>) -> Result<u64, SandboxError> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into `lim`.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })
+        .map_err(|e| SandboxError::Rlimit(want.unwrap_or(0), e))?;
+    let set = |n: u64| {
+        let l = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: n,
+        };
+        // SAFETY: setrlimit reads `l`.
+        check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) })
+    };
+    if let Some(n) = want {
+        set(n).map_err(|e| SandboxError::Rlimit(n, e))?;
+        return Ok(n);
+    }
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(lim.rlim_max);
+    let target = nr_open.min(1_000_000).max(lim.rlim_cur);
+    if set(target).is_ok() {
+        return Ok(target);
+    }
+    let soft = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: setrlimit reads `soft`.
+    check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) })
+        .map_err(|e| SandboxError::Rlimit(lim.rlim_max, e))?;
+    Ok(lim.rlim_max)
+}

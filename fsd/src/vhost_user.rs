@@ -1,0 +1,258 @@
+//! The vhost-user virtio-fs device.
+//!
+//! Queue 0 is the high-priority queue (FORGET, INTERRUPT), queues 1..=N are
+//! request queues. virtiofsd offers one request queue; fsd offers as many as
+//! asked (`--request-queues`), each served by its own epoll thread, which is
+//! what lets a multi-queue guest (Linux 6.11+) spread load over host cores.
+//!
+//! The device configuration space (tag and number of request queues) is
+//! served through VHOST_USER_GET_CONFIG when a tag is set, for VMMs that read
+//! it from the back-end.
+
+use std::io;
+use std::sync::{Arc, RwLock};
+
+use log::{error, warn};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::QueueOwnedT;
+use vm_memory::GuestAddressSpace;
+use vmm_sys_util::epoll::EventSet;
+
+use crate::dispatch::{AtomicMem, Blocking, Chain, Dispatcher};
+use crate::pool::{LockWaiters, Pool};
+
+/// Largest queue size offered; the guest may choose less.
+pub const QUEUE_SIZE: usize = 1024;
+/// Length of the tag field in the virtio-fs configuration space.
+pub const TAG_LEN: usize = 36;
+
+/// Settings of the device.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    pub tag: Option<String>,
+    pub request_queues: usize,
+    pub thread_pool_size: usize,
+}
+
+/// The vhost-user back-end of one virtio-fs device.
+pub struct FsBackend {
+    cfg: DeviceConfig,
+    dispatcher: Arc<Dispatcher>,
+    pool: Option<Pool>,
+    lock_waiters: LockWaiters,
+    mem: RwLock<Option<AtomicMem>>,
+    event_idx: RwLock<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("event {0} does not belong to any queue")]
+    UnknownEvent(u16),
+    #[error("guest memory is not set up yet")]
+    NoMemory,
+    #[error("the guest's queue is broken: {0}")]
+    Queue(virtio_queue::Error),
+    #[error("the tag is longer than {TAG_LEN} bytes")]
+    TagTooLong,
+}
+
+impl From<DeviceError> for io::Error {
+    fn from(e: DeviceError) -> Self {
+        io::Error::other(e)
+    }
+}
+
+impl FsBackend {
+    pub fn new(cfg: DeviceConfig, dispatcher: Arc<Dispatcher>) -> io::Result<Self> {
+        if cfg.tag.as_ref().is_some_and(|t| t.len() > TAG_LEN) {
+            return Err(DeviceError::TagTooLong.into());
+        }
+        let pool = match cfg.thread_pool_size {
+            0 => None,
+            n => Some(Pool::new(n)?),
+        };
+        Ok(FsBackend {
+            cfg,
+            dispatcher,
+            pool,
+            lock_waiters: LockWaiters::default(),
+            mem: RwLock::new(None),
+            event_idx: RwLock::new(false),
+        })
+    }
+
+    /// Puts a finished chain in the used ring and notifies the guest if it
+    /// asked to be.
+    fn complete(vring: &VringRwLock, event_idx: bool, head: u16, len: u32) {
+        if let Err(e) = vring.add_used(head, len) {
+            error!("cannot add to the used ring: {e}");
+            return;
+        }
+        let notify = if event_idx {
+            vring.needs_notification().unwrap_or(true)
+        } else {
+            true
+        };
+        if notify {
+            if let Err(e) = vring.signal_used_queue() {
+                error!("cannot signal the guest: {e}");
+            }
+        }
+    }
+
+    fn run(&self, chain: Chain, vring: &VringRwLock, event_idx: bool) {
+        let head = chain.head_index();
+        if Dispatcher::is_blocking(&chain) {
+            match self.lock_waiters.try_reserve() {
+                Some(permit) => {
+                    let d = self.dispatcher.clone();
+                    let v = vring.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("fsd-lock-wait".into())
+                        .spawn(move || {
+                            let len = d.handle(chain, Blocking::Allowed);
+                            Self::complete(&v, event_idx, head, len);
+                            drop(permit);
+                        });
+                    if let Err(e) = spawned {
+                        // The chain went down with the closure; complete it empty.
+                        error!("cannot start a lock-wait thread: {e}");
+                        Self::complete(vring, event_idx, head, 0);
+                    }
+                }
+                None => {
+                    warn!("too many lock waiters; refusing a blocking lock");
+                    let len = self.dispatcher.handle(chain, Blocking::Refused);
+                    Self::complete(vring, event_idx, head, len);
+                }
+            }
+            return;
+        }
+        match &self.pool {
+            None => {
+                let len = self.dispatcher.handle(chain, Blocking::Refused);
+                Self::complete(vring, event_idx, head, len);
+            }
+            Some(pool) => {
+                let d = self.dispatcher.clone();
+                let v = vring.clone();
+                let job = Box::new(move || {
+                    let len = d.handle(chain, Blocking::Refused);
+                    Self::complete(&v, event_idx, head, len);
+                });
+                if pool.execute(job).is_err() {
+                    error!("worker pool is gone");
+                }
+            }
+        }
+    }
+
+    fn process_queue(&self, vring: &VringRwLock) -> Result<(), DeviceError> {
+        let mem = self
+            .mem
+            .read()
+            .unwrap()
+            .as_ref()
+            .ok_or(DeviceError::NoMemory)?
+            .memory();
+        let event_idx = *self.event_idx.read().unwrap();
+        let chains: Vec<Chain> = vring
+            .get_mut()
+            .get_queue_mut()
+            .iter(mem)
+            .map_err(DeviceError::Queue)?
+            .collect();
+        for chain in chains {
+            self.run(chain, vring, event_idx);
+        }
+        Ok(())
+    }
+}
+
+impl VhostUserBackend for FsBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        1 + self.cfg.request_queues
+    }
+
+    fn max_queue_size(&self) -> usize {
+        QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        let mut f = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
+        if self.cfg.tag.is_some() {
+            f |= VhostUserProtocolFeatures::CONFIG;
+        }
+        f
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        *self.event_idx.write().unwrap() = enabled;
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let mut space = [0u8; TAG_LEN + 4];
+        if let Some(tag) = &self.cfg.tag {
+            space[..tag.len()].copy_from_slice(tag.as_bytes());
+        }
+        space[TAG_LEN..].copy_from_slice(&(self.cfg.request_queues as u32).to_le_bytes());
+        let start = (offset as usize).min(space.len());
+        let end = start.saturating_add(size as usize).min(space.len());
+        space[start..end].to_vec()
+    }
+
+    fn update_memory(&self, mem: AtomicMem) -> io::Result<()> {
+        *self.mem.write().unwrap() = Some(mem);
+        Ok(())
+    }
+
+    /// One epoll thread per queue, so request queues proceed in parallel.
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.num_queues()).map(|q| 1u64 << q).collect()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Err(io::Error::other("unexpected epoll event set"));
+        }
+        let vring = vrings
+            .get(device_event as usize)
+            .ok_or(DeviceError::UnknownEvent(device_event))?;
+        if *self.event_idx.read().unwrap() {
+            // Process until the guest has stopped adding chains, with
+            // notifications off meanwhile (VIRTIO_RING_F_EVENT_IDX).
+            loop {
+                vring.disable_notification().map_err(DeviceError::Queue)?;
+                self.process_queue(vring)?;
+                if !vring.enable_notification().map_err(DeviceError::Queue)? {
+                    break;
+                }
+            }
+        } else {
+            self.process_queue(vring)?;
+        }
+        Ok(())
+    }
+}
+
+/// The epoll handlers of a running daemon, for tests and shutdown.
+pub type Handlers = Vec<Arc<VringEpollHandler<Arc<FsBackend>>>>;
