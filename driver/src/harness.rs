@@ -88,7 +88,10 @@ impl Harness {
         spec.rlimit_nofile = opts.rlimit_nofile;
         spec.extra_args = opts.extra_args.clone();
         let daemon = Daemon::spawn(spec)?;
-        let device = Device::connect(daemon.socket(), &opts.device)?;
+        let device = Device::connect(daemon.socket(), &opts.device).map_err(|e| Error::Daemon {
+            binary: PathBuf::from(kind.name()),
+            reason: format!("{e}; daemon log:\n{}", daemon.log_tail()),
+        })?;
         let outside_before = snapshot(root.path(), &share);
         Ok(Harness {
             daemon,
