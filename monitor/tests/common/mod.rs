@@ -17,3 +17,5 @@ pub fn vmlinux() -> Option<PathBuf> {
     eprintln!("SKIP: no guest vmlinux (run scripts/install-deps.sh or set MONITOR_VMLINUX)");
     None
 }
+
+pub mod guest;
