@@ -56,6 +56,8 @@ struct App<'f> {
     outcome: Option<Outcome>,
     on_shown: Option<Box<dyn FnOnce() + 'f>>,
     error: Option<Error>,
+    /// Whether the last frame drew OK as live; a change asks for a redraw.
+    drawn_armed: bool,
 }
 
 impl App<'_> {
@@ -89,6 +91,7 @@ impl App<'_> {
             password_len: self.password.chars().count(),
             ok_armed: self.ok_armed(Instant::now()),
         };
+        self.drawn_armed = view.ok_armed;
         let frame = render::render(&view, &self.font);
         let (Some(surface), Some(window)) = (self.surface.as_mut(), self.window.as_ref()) else {
             return Ok(());
@@ -228,10 +231,10 @@ impl ApplicationHandler<External> for App<'_> {
         if let Some(t) = self.armed_at() {
             if t > now {
                 wake = wake.min(t);
-            } else if t + Duration::from_millis(50) > now {
-                // Just armed: draw OK as live.
-                self.request_redraw();
             }
+        }
+        if self.ok_armed(now) != self.drawn_armed {
+            self.request_redraw();
         }
         event_loop.set_control_flow(ControlFlow::WaitUntil(wake));
     }
@@ -272,6 +275,7 @@ pub fn run(
         outcome: None,
         on_shown: Some(on_shown),
         error: None,
+        drawn_armed: false,
     };
     event_loop
         .run_app(&mut app)

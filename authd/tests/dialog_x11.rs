@@ -1,0 +1,314 @@
+//! End-to-end tests of the trusted dialog on a real X server (Xvfb), driven
+//! by xdotool as a person would drive it. Each test starts its own Xvfb and
+//! its own `authd serve`. Missing programs make a test print SKIP and pass.
+
+mod common;
+
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use authd::client::{AuthRequest, Decision, Denial};
+use authd::config::{FaillockConfig, PromptRateConfig};
+use authd::dialog::render::{render, View};
+use authd::dialog::{load_font, DialogRequest, FONT_PATH};
+use authd::protocol::{now_unix_ms, DenyReason, EndCause};
+use authd::seal::Seal;
+use common::{Daemon, Xvfb, PASSWORD};
+
+fn request(lifetime_secs: u64) -> AuthRequest {
+    AuthRequest {
+        vm: "vm-test".into(),
+        principal: "alice".into(),
+        reason: common::reason(),
+        lifetime: Duration::from_secs(lifetime_secs),
+    }
+}
+
+/// Asks on a thread; the test plays the person at the screen meanwhile.
+fn ask(d: &Daemon, lifetime_secs: u64) -> thread::JoinHandle<Decision> {
+    let client = d.client();
+    thread::spawn(move || client.authenticate(&request(lifetime_secs), Duration::from_secs(90)))
+}
+
+/// Fraction of pixels whose channels differ by more than 2 levels.
+fn pixel_difference(a: &[u32], b: &[u32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let differ = a
+        .iter()
+        .zip(b)
+        .filter(|(p, q)| {
+            (0..3).any(|i| {
+                let (x, y) = ((*p >> (8 * i)) & 0xff, (*q >> (8 * i)) & 0xff);
+                x.abs_diff(y) > 2
+            })
+        })
+        .count();
+    differ as f64 / a.len() as f64
+}
+
+#[test]
+fn right_password_after_focus_delay_grants_and_expiry_is_pushed() {
+    let Some(x) = Xvfb::start("right_password_after_focus_delay_grants_and_expiry_is_pushed")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = Daemon::config(tmp.path());
+    cfg.display = Some(x.display.clone());
+    // Long enough that "typed at once" surely falls inside it.
+    cfg.focus_delay_ms = 3000;
+    let d = Daemon::start(tmp.path(), cfg);
+    d.enroll("alice", PASSWORD);
+
+    let mut sub = d.client().subscribe(Duration::from_secs(5)).unwrap();
+    let pending = ask(&d, 2);
+    let win = x
+        .wait_dialog(Duration::from_secs(30))
+        .expect("dialog window appears");
+    x.focus(&win);
+    let focused = Instant::now();
+
+    // Keystrokes aimed elsewhere: Enter right after focus must do nothing.
+    x.type_text(&win, PASSWORD);
+    x.key(&win, "Return");
+    assert!(
+        Instant::now() < focused + Duration::from_millis(3000),
+        "machine too slow to test the focus delay"
+    );
+    thread::sleep(Duration::from_millis(200));
+    assert!(
+        x.dialogs().contains(&win),
+        "Enter inside the focus delay was not inert"
+    );
+    assert!(!pending.is_finished());
+
+    // After the delay: compare the live window with the pure renderer.
+    thread::sleep(
+        (focused + Duration::from_millis(3600)).saturating_duration_since(Instant::now()),
+    );
+    let shot_path = tmp.path().join("live.png");
+    let (w, h, live) = x.screenshot(&win, &shot_path);
+    let font = load_font(std::path::Path::new(FONT_PATH)).unwrap();
+    let font = ab_glyph::FontRef::try_from_slice(&font).unwrap();
+    let dreq = DialogRequest {
+        vm: "vm-test".into(),
+        principal: "alice".into(),
+        reason: common::reason(),
+        seal: Seal::new(common::PHRASE, common::COLOR.parse().unwrap()).unwrap(),
+        timeout_secs: d.cfg.prompt_timeout_secs,
+        focus_delay_ms: d.cfg.focus_delay_ms,
+    };
+    let expected = render(
+        &View {
+            request: &dreq,
+            password_len: PASSWORD.chars().count(),
+            ok_armed: true,
+        },
+        &font,
+    );
+    assert_eq!((w, h), (expected.width, expected.height), "window size");
+    let diff = pixel_difference(&live, &expected.pixels);
+    println!(
+        "live dialog vs renderer: {:.4}% of pixels differ",
+        diff * 100.0
+    );
+    if let Some(dest) = std::env::var_os("AUTHD_SCREENSHOT") {
+        std::fs::copy(&shot_path, PathBuf::from(dest)).unwrap();
+    }
+    assert!(
+        diff <= 0.001,
+        "live window differs from the renderer in {:.3}% of pixels (see {})",
+        diff * 100.0,
+        shot_path.display()
+    );
+
+    x.key(&win, "Return");
+    let decision = pending.join().unwrap();
+    let grant = decision
+        .grant()
+        .unwrap_or_else(|| panic!("not granted: {decision:?}"))
+        .clone();
+    assert_eq!(
+        (grant.vm.as_str(), grant.principal.as_str()),
+        ("vm-test", "alice")
+    );
+    assert_eq!(grant.lifetime_secs, 2);
+    assert_eq!(
+        d.client().list_grants(Duration::from_secs(5)).unwrap(),
+        vec![grant.clone()]
+    );
+
+    // The grant ends by itself, and the subscriber hears of it.
+    let ev = sub
+        .next_event(Some(Duration::from_secs(30)))
+        .unwrap()
+        .expect("grant-end event");
+    assert_eq!(ev.grant, grant);
+    assert_eq!(ev.cause, EndCause::Expired);
+    assert!(now_unix_ms() >= grant.expires_at_ms);
+    assert!(d
+        .client()
+        .list_grants(Duration::from_secs(5))
+        .unwrap()
+        .is_empty());
+
+    let audit = std::fs::read_to_string(&d.cfg.audit_log).unwrap();
+    assert!(
+        !audit.contains(PASSWORD),
+        "password leaked into the audit log"
+    );
+    assert_eq!(d.audit("granted").len(), 1);
+}
+
+#[test]
+fn wrong_password_denies_and_leads_to_lockout() {
+    let Some(x) = Xvfb::start("wrong_password_denies_and_leads_to_lockout") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = Daemon::config(tmp.path());
+    cfg.display = Some(x.display.clone());
+    cfg.focus_delay_ms = 300;
+    cfg.faillock = FaillockConfig {
+        deny: 2,
+        fail_interval_secs: 900,
+        unlock_time_secs: 600,
+        delay_base_ms: 100,
+        delay_max_ms: 1000,
+    };
+    let d = Daemon::start(tmp.path(), cfg);
+    d.enroll("alice", PASSWORD);
+
+    for attempt in 1..=2 {
+        let pending = ask(&d, 60);
+        let win = x
+            .wait_dialog(Duration::from_secs(30))
+            .expect("dialog window");
+        x.focus(&win);
+        thread::sleep(Duration::from_millis(600));
+        x.type_text(&win, "not the password");
+        x.key(&win, "Return");
+        let decision = pending.join().unwrap();
+        assert_eq!(
+            decision.deny_reason(),
+            Some(DenyReason::WrongPassword),
+            "attempt {attempt}: {decision:?}"
+        );
+        assert!(common::wait_for(Duration::from_secs(10), || x
+            .dialogs()
+            .is_empty()));
+    }
+    // Locked: denied at once, without a prompt, even with the right password.
+    let decision = d
+        .client()
+        .authenticate(&request(60), Duration::from_secs(30));
+    match decision {
+        Decision::Denied(Denial::ByDaemon {
+            why: DenyReason::Locked,
+            retry_after: Some(r),
+        }) => assert!(r > Duration::from_secs(500), "{r:?}"),
+        other => panic!("expected lockout, got {other:?}"),
+    }
+    assert_eq!(d.audit("prompt").len(), 2, "no prompt while locked");
+    assert_eq!(d.audit("verified").len(), 2);
+}
+
+#[test]
+fn prompt_flood_is_coalesced_and_rate_limited() {
+    let Some(x) = Xvfb::start("prompt_flood_is_coalesced_and_rate_limited") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = Daemon::config(tmp.path());
+    cfg.display = Some(x.display.clone());
+    cfg.prompt_timeout_secs = 2;
+    cfg.prompt_rate = PromptRateConfig {
+        max_prompts: 3,
+        window_secs: 600,
+    };
+    let d = Daemon::start(tmp.path(), cfg);
+    d.enroll("alice", PASSWORD);
+
+    // Six requests at once for the same VM and principal share one dialog.
+    let burst: Vec<_> = (0..6).map(|_| ask(&d, 60)).collect();
+    let win = x
+        .wait_dialog(Duration::from_secs(30))
+        .expect("dialog window");
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(x.dialogs().len(), 1, "one dialog per VM");
+    x.focus(&win);
+    x.key(&win, "Escape");
+    for h in burst {
+        assert_eq!(h.join().unwrap().deny_reason(), Some(DenyReason::Cancelled));
+    }
+    assert_eq!(d.audit("prompt").len(), 1);
+
+    // A guest looping on authenticate gets at most max_prompts prompts.
+    let mut outcomes = Vec::new();
+    for _ in 0..10 {
+        let decision = d
+            .client()
+            .authenticate(&request(60), Duration::from_secs(30));
+        outcomes.push(decision.deny_reason().expect("denied"));
+    }
+    let timeouts = outcomes
+        .iter()
+        .filter(|w| **w == DenyReason::Timeout)
+        .count();
+    let limited = outcomes
+        .iter()
+        .filter(|w| **w == DenyReason::RateLimited)
+        .count();
+    assert_eq!((timeouts, limited), (2, 8), "{outcomes:?}");
+    assert_eq!(d.audit("prompt").len(), 3);
+    assert_eq!(d.audit("prompt_shown").len(), 3);
+}
+
+#[test]
+fn killed_daemon_denies_and_restarts_with_store_intact() {
+    let Some(x) = Xvfb::start("killed_daemon_denies_and_restarts_with_store_intact") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = Daemon::config(tmp.path());
+    cfg.display = Some(x.display.clone());
+    cfg.focus_delay_ms = 300;
+    let mut d = Daemon::start(tmp.path(), cfg);
+    d.enroll("alice", PASSWORD);
+
+    let pending = ask(&d, 60);
+    let win = x
+        .wait_dialog(Duration::from_secs(30))
+        .expect("dialog window");
+    d.kill();
+    match pending.join().unwrap() {
+        Decision::Denied(Denial::Failed(e)) => println!("fail closed: {e}"),
+        other => panic!("expected a fail-closed denial, got {other:?}"),
+    }
+    assert!(
+        common::wait_for(Duration::from_secs(10), || !x.dialogs().contains(&win)),
+        "dialog outlived the daemon"
+    );
+    // While it is down, every request is denied.
+    assert!(matches!(
+        d.client()
+            .authenticate(&request(60), Duration::from_secs(5)),
+        Decision::Denied(Denial::Failed(_))
+    ));
+
+    d.restart();
+    let pending = ask(&d, 60);
+    let win = x
+        .wait_dialog(Duration::from_secs(30))
+        .expect("dialog window after restart");
+    x.focus(&win);
+    thread::sleep(Duration::from_millis(600));
+    x.type_text(&win, PASSWORD);
+    x.key(&win, "Return");
+    let decision = pending.join().unwrap();
+    assert!(
+        decision.grant().is_some(),
+        "store lost across the kill: {decision:?}"
+    );
+}
