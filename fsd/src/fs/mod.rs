@@ -11,6 +11,7 @@
 //!   share ([`confine`]).
 
 pub mod confine;
+pub mod dirs;
 pub mod locks;
 pub mod names;
 
@@ -32,6 +33,7 @@ use fuse_backend_rs::api::filesystem::{
 use fuse_backend_rs::passthrough::PassthroughFs;
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
+use self::dirs::DirTable;
 use self::locks::{LockKind, LockRequest, LockTable};
 use self::names::{check_component, check_link_target};
 
@@ -47,6 +49,7 @@ pub struct SharedFs {
     announce_submounts: bool,
     readdirplus: bool,
     locks: LockTable,
+    dirs: DirTable,
     /// The share's root directory, for confined reopening.
     root: File,
     /// How the daemon's own view names the share root (`/` once sandboxed).
@@ -86,6 +89,7 @@ impl SharedFs {
             announce_submounts: opts.announce_submounts,
             readdirplus: opts.readdirplus,
             locks: LockTable::new(),
+            dirs: DirTable::default(),
             root,
             root_prefix: opts.root_prefix,
             proc_self_fd,
@@ -102,6 +106,18 @@ impl SharedFs {
 
     /// [`Self::reopen`], read-write for regular files when `write` is set.
     fn reopen_as(&self, inode: u64, write: bool) -> io::Result<File> {
+        // A rename racing between reading the name and opening it shows up
+        // as ESTALE; the next attempt sees the new name.
+        let mut tries = 0;
+        loop {
+            match self.reopen_once(inode, write) {
+                Err(e) if e.raw_os_error() == Some(libc::ESTALE) && tries < 3 => tries += 1,
+                r => return r,
+            }
+        }
+    }
+
+    fn reopen_once(&self, inode: u64, write: bool) -> io::Result<File> {
         let path = self.inner.readlinkat_proc_file(inode)?;
         let rel = path
             .strip_prefix(&self.root_prefix)
@@ -559,24 +575,40 @@ impl FileSystem for SharedFs {
 
     fn opendir(
         &self,
-        ctx: &Context,
+        _ctx: &Context,
         inode: u64,
-        flags: u32,
+        _flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
-        self.inner.opendir(ctx, inode, flags)
+        let dir = self
+            .reopen_as(inode, false)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOLCK) => io::Error::from_raw_os_error(libc::ENOTDIR),
+                _ => e,
+            })?;
+        if confine::identity(&dir)?.2 & libc::S_IFMT != libc::S_IFDIR {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+        Ok((Some(self.dirs.insert(dir)), OpenOptions::empty()))
     }
 
     fn readdir(
         &self,
-        ctx: &Context,
-        inode: u64,
+        _ctx: &Context,
+        _inode: u64,
         handle: u64,
         size: u32,
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.inner
-            .readdir(ctx, inode, handle, size, offset, add_entry)
+        self.dirs.read(handle, offset, size, &mut |d| {
+            let n = add_entry(DirEntry {
+                ino: d.ino,
+                offset: d.next,
+                type_: d.typ as u32,
+                name: d.name,
+            })?;
+            Ok(n != 0)
+        })
     }
 
     fn readdirplus(
@@ -588,23 +620,61 @@ impl FileSystem for SharedFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        if self.announce_submounts {
-            let mut marked =
-                |d: DirEntry, e: Entry| add_entry(d, self.mark_submount(ctx, inode, e));
-            return self
-                .inner
-                .readdirplus(ctx, inode, handle, size, offset, &mut marked);
+        self.dirs.read(handle, offset, size, &mut |d| {
+            let dirent = DirEntry {
+                ino: d.ino,
+                offset: d.next,
+                type_: d.typ as u32,
+                name: d.name,
+            };
+            if d.name == b"." || d.name == b".." {
+                // The guest kernel never uses the attributes of these two;
+                // a zero node id tells it there is no entry to cache.
+                // SAFETY: stat64 is plain old data.
+                let attr: stat64 = unsafe { std::mem::zeroed() };
+                let none = Entry {
+                    inode: 0,
+                    generation: 0,
+                    attr,
+                    attr_flags: 0,
+                    attr_timeout: Duration::ZERO,
+                    entry_timeout: Duration::ZERO,
+                };
+                return Ok(add_entry(dirent, none)? != 0);
+            }
+            let name = std::ffi::CString::new(d.name)
+                .map_err(|_| io::Error::from_raw_os_error(libc::EIO))?;
+            let entry = self.inner.lookup(ctx, inode, &name)?;
+            let entry = self.mark_submount(ctx, inode, entry);
+            let n = add_entry(dirent, entry)?;
+            if n == 0 {
+                // No room: give back the lookup count the entry took.
+                self.inner.forget(ctx, entry.inode, 1);
+            }
+            Ok(n != 0)
+        })
+    }
+
+    fn fsyncdir(&self, _ctx: &Context, _inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        let dir = self.dirs.get(handle)?;
+        let fd = dir.lock().unwrap().as_raw_fd();
+        // SAFETY: fsync on our own descriptor.
+        let r = unsafe {
+            if datasync {
+                libc::fdatasync(fd)
+            } else {
+                libc::fsync(fd)
+            }
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
         }
-        self.inner
-            .readdirplus(ctx, inode, handle, size, offset, add_entry)
+        Ok(())
     }
 
-    fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
-        self.inner.fsyncdir(ctx, inode, datasync, handle)
-    }
-
-    fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
-        self.inner.releasedir(ctx, inode, flags, handle)
+    fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
+        self.dirs.remove(handle);
+        Ok(())
     }
 
     fn setupmapping(
