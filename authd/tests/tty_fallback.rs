@@ -1,0 +1,212 @@
+//! The terminal fallback on a real pseudo-terminal, and grant revocation
+//! through the command line. No display needed.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use authd::client::AuthRequest;
+use authd::config::FrontendKind;
+use authd::protocol::{DenyReason, EndCause};
+use common::{Daemon, PASSWORD, PHRASE};
+use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+
+/// A pty whose master side is read continuously into a buffer.
+struct Pty {
+    master: Arc<OwnedFd>,
+    path: String,
+    out: Arc<Mutex<Vec<u8>>>,
+    stop: Arc<AtomicBool>,
+    _slave: std::fs::File,
+}
+
+impl Pty {
+    fn open() -> Pty {
+        let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+        grantpt(&master).unwrap();
+        unlockpt(&master).unwrap();
+        let path = ptsname(&master, Vec::new()).unwrap().into_string().unwrap();
+        // Held open so the master never sees a hang-up between prompts.
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let master = Arc::new(master);
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, o, s) = (master.clone(), out.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut f = std::fs::File::from(m.as_fd().try_clone_to_owned().unwrap());
+            let mut buf = [0u8; 4096];
+            while !s.load(Ordering::Relaxed) {
+                match f.read(&mut buf) {
+                    Ok(0) | Err(_) => thread::sleep(Duration::from_millis(20)),
+                    Ok(n) => o.lock().unwrap().extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        Pty {
+            master,
+            path,
+            out,
+            stop,
+            _slave: slave,
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until the n-th password prompt has been printed.
+    fn wait_prompt(&self, n: usize) {
+        assert!(
+            common::wait_for(Duration::from_secs(20), || self
+                .text()
+                .matches("Password: ")
+                .count()
+                >= n),
+            "prompt {n} did not appear; terminal shows: {}",
+            self.text()
+        );
+    }
+
+    fn type_line(&self, s: &str) {
+        let mut f = std::fs::File::from(self.master.as_fd().try_clone_to_owned().unwrap());
+        f.write_all(format!("{s}\n").as_bytes()).unwrap();
+    }
+}
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn req(vm: &str, lifetime: u64) -> AuthRequest {
+    AuthRequest {
+        vm: vm.into(),
+        principal: "alice".into(),
+        reason: common::reason(),
+        lifetime: Duration::from_secs(lifetime),
+    }
+}
+
+fn authd_cli(d: &Daemon, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_authd"))
+        .arg("--socket")
+        .arg(&d.cfg.socket)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "authd {args:?} failed");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn tty_prompt_grants_then_revoke_and_lock_push_events() {
+    let pty = Pty::open();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = Daemon::config(tmp.path());
+    cfg.frontend = FrontendKind::Tty;
+    cfg.tty = Some(pty.path.clone().into());
+    cfg.max_grant_secs = 30;
+    let d = Daemon::start(tmp.path(), cfg);
+    d.enroll("alice", PASSWORD);
+    let mut sub = d.client().subscribe(Duration::from_secs(5)).unwrap();
+
+    let ask = |vm: &str, lifetime| {
+        let c = d.client();
+        let r = req(vm, lifetime);
+        thread::spawn(move || c.authenticate(&r, Duration::from_secs(60)))
+    };
+
+    let pending = ask("vm-a", 600);
+    pty.wait_prompt(1);
+    let shown = pty.text();
+    assert!(shown.contains(PHRASE), "seal phrase missing: {shown}");
+    // #6a1b9a as a 24-bit background colour, and as text.
+    assert!(
+        shown.contains("48;2;106;27;154"),
+        "seal colour missing: {shown}"
+    );
+    assert!(shown.contains("#6a1b9a"));
+    assert!(shown.contains("Reported by the guest"));
+    assert!(shown.contains("/home/alice/notes/secret.txt"));
+    pty.type_line(PASSWORD);
+    let a = pending
+        .join()
+        .unwrap()
+        .grant()
+        .cloned()
+        .expect("granted on the tty");
+    assert_eq!(a.lifetime_secs, 30, "lifetime capped by max_grant_secs");
+
+    let pending = ask("vm-b", 600);
+    pty.wait_prompt(2);
+    pty.type_line(PASSWORD);
+    let b = pending
+        .join()
+        .unwrap()
+        .grant()
+        .cloned()
+        .expect("granted for vm-b");
+    assert!(
+        !pty.text().contains(PASSWORD),
+        "password echoed on the terminal"
+    );
+
+    // A second request while the grant lives is answered without a prompt.
+    let again = d
+        .client()
+        .authenticate(&req("vm-a", 60), Duration::from_secs(10));
+    assert_eq!(again.grant().map(|g| g.id.clone()), Some(a.id.clone()));
+    assert_eq!(pty.text().matches("Password: ").count(), 2);
+
+    assert_eq!(
+        authd_cli(&d, &["revoke", "--grant", &a.id]).trim(),
+        "revoked 1"
+    );
+    let ev = sub
+        .next_event(Some(Duration::from_secs(10)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (ev.grant.id.as_str(), ev.cause),
+        (a.id.as_str(), EndCause::Revoked)
+    );
+
+    assert_eq!(authd_cli(&d, &["lock"]).trim(), "ended 1");
+    let ev = sub
+        .next_event(Some(Duration::from_secs(10)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (ev.grant.id.as_str(), ev.cause),
+        (b.id.as_str(), EndCause::Locked)
+    );
+    assert_eq!(authd_cli(&d, &["grants"]), "");
+
+    // Wrong password, then an empty line (which denies).
+    let pending = ask("vm-a", 60);
+    pty.wait_prompt(3);
+    pty.type_line("wrong");
+    assert_eq!(
+        pending.join().unwrap().deny_reason(),
+        Some(DenyReason::WrongPassword)
+    );
+    let pending = ask("vm-a", 60);
+    pty.wait_prompt(4);
+    pty.type_line("");
+    assert_eq!(
+        pending.join().unwrap().deny_reason(),
+        Some(DenyReason::Cancelled)
+    );
+}
