@@ -1,0 +1,62 @@
+//! The diskless deployment: a guest whose root filesystem is served by fsd.
+//! The initramfs only loads the virtio-fs modules, mounts the share and
+//! switches root into it; everything after that runs from fsd.
+
+mod common;
+
+use common::{boot, Server, TAG};
+use testrig::{require, rootfs, Daemon, InitramfsBuilder, Need};
+
+#[test]
+fn guest_boots_and_runs_with_root_on_fsd() {
+    let Some(env) = require(&[Need::Busybox]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    rootfs::populate_busybox_root(&root).unwrap();
+    rootfs::set_script(
+        &root,
+        "echo \"root: $(grep ' / ' /proc/mounts | cut -d' ' -f1-3)\"\n\
+         echo \"init: $(readlink /proc/1/exe)\"\n\
+         echo \"kernel: $(uname -s)\"\n\
+         echo \"hostname: $(hostname)\"\n\
+         echo written-by-guest > /root/note\n\
+         echo \"note: $(cat /root/note)\"\n\
+         echo \"bin entries: $(ls /bin | wc -l)\"\n",
+    )
+    .unwrap();
+    let sock = dir.path().join("fsd.sock");
+    let log = dir.path().join("fsd.log");
+    let spec = Server::Fsd.spec(&env, &sock, &root, &log, &[]);
+    let daemon = Daemon::spawn_on_path(&spec, &sock).unwrap_or_else(|e| panic!("{e}"));
+
+    let t = boot(
+        &env,
+        &InitramfsBuilder::switch_root(TAG),
+        &sock,
+        &daemon,
+        Server::Fsd,
+    );
+    let out = t
+        .output()
+        .unwrap_or_else(|e| panic!("{e}\n--- fsd log ---\n{}", daemon.log_text()));
+    let bin_entries = std::fs::read_dir(root.join("bin")).unwrap().count();
+    common::assert_lines_in_order(
+        out,
+        &[
+            &format!("root: {TAG} / virtiofs"),
+            "init: /bin/busybox",
+            "kernel: Linux",
+            "hostname: fsd-guest",
+            "note: written-by-guest",
+            &format!("bin entries: {bin_entries}"),
+        ],
+        "root-on-fsd transcript",
+    );
+    assert_eq!(t.exit_code, Some(0));
+    assert_eq!(
+        std::fs::read_to_string(root.join("root/note")).unwrap(),
+        "written-by-guest\n"
+    );
+}
