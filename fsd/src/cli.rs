@@ -94,7 +94,7 @@ impl LogLevel {
 /// `-o source=…` form) and adds real POSIX/flock locks, several request
 /// queues and strict checks of everything the guest sends.
 #[derive(Debug, Parser)]
-#[command(name = "fsd", version, about, long_about = None, max_term_width = 100)]
+#[command(name = "fsd", version, about, long_about = None, max_term_width = 100, args_override_self = true)]
 pub struct Opt {
     /// Directory to share with the guest.
     #[arg(long, value_name = "DIR")]

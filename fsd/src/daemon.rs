@@ -40,7 +40,8 @@ pub fn passthrough_config(s: &Settings, root_dir: &str) -> Config {
         root_dir: root_dir.to_owned(),
         // xattrs are served by SharedFs itself; the flag only gates them there.
         xattr: s.xattr,
-        do_import: true,
+        // SharedFs imports the root itself, before sandboxing.
+        do_import: false,
         killpriv_v2: s.killpriv_v2,
         inode_file_handles: s.inode_file_handles != InodeFileHandles::Never,
         // Guests see host inode numbers, as with virtiofsd, so that host

@@ -48,6 +48,8 @@ pub struct SharedFs {
     xattr: bool,
     announce_submounts: bool,
     readdirplus: bool,
+    writeback: bool,
+    killpriv_v2: bool,
     locks: LockTable,
     dirs: DirTable,
     /// The share's root directory, for confined reopening.
@@ -79,6 +81,11 @@ impl SharedFs {
         opts: SharedFsOptions,
     ) -> io::Result<Self> {
         let root = File::open(&cfg.root_dir)?;
+        let (cfg_writeback, cfg_killpriv_v2) = (cfg.writeback, cfg.killpriv_v2);
+        let cfg = fuse_backend_rs::passthrough::Config {
+            do_import: false,
+            ..cfg
+        };
         let inner = PassthroughFs::<()>::new(cfg)?;
         inner.import()?;
         let proc_self_fd = File::open("/proc/self/fd")?;
@@ -88,6 +95,8 @@ impl SharedFs {
             xattr: opts.xattr,
             announce_submounts: opts.announce_submounts,
             readdirplus: opts.readdirplus,
+            writeback: cfg_writeback,
+            killpriv_v2: cfg_killpriv_v2,
             locks: LockTable::new(),
             dirs: DirTable::default(),
             root,
@@ -245,9 +254,33 @@ impl FileSystem for SharedFs {
     type Handle = u64;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        let mut opts = self.inner.init(capable)?;
+        // The passthrough layer is built with `do_import = false` (its root is
+        // imported by path in `new`, before the sandbox hides host paths), and
+        // then takes `capable` as already negotiated: strip what fsd did not
+        // ask for. fsd serves directories itself, so OPENDIR must be sent.
+        let mut offered = capable;
+        offered.remove(FsOptions::ZERO_MESSAGE_OPEN | FsOptions::ZERO_MESSAGE_OPENDIR);
+        offered.remove(FsOptions::PERFILE_DAX);
+        if !self.writeback {
+            offered.remove(FsOptions::WRITEBACK_CACHE);
+        }
+        if !self.killpriv_v2 {
+            offered.remove(FsOptions::HANDLE_KILLPRIV_V2);
+        }
+        let mut opts = self.inner.init(offered)?;
         // Locks are implemented here, so advertise them when the guest can use them.
         opts |= capable & (FsOptions::POSIX_LOCKS | FsOptions::FLOCK_LOCKS);
+        // What virtiofsd negotiates for throughput and cache coherence:
+        // requests up to 1 MiB (MAX_PAGES), several in flight per file and
+        // per directory, and page-cache invalidation when a file changed on
+        // the host (AUTO_INVAL_DATA, used by cache=auto).
+        opts |= capable
+            & (FsOptions::ASYNC_READ
+                | FsOptions::ASYNC_DIO
+                | FsOptions::PARALLEL_DIROPS
+                | FsOptions::BIG_WRITES
+                | FsOptions::MAX_PAGES
+                | FsOptions::AUTO_INVAL_DATA);
         if self.announce_submounts {
             opts |= capable & FsOptions::SUBMOUNTS;
         }
