@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs every test of the project, after installing what they need.
+#
+#   scripts/test.sh            everything (what CI runs)
+#   scripts/test.sh --no-deps  skip scripts/install-deps.sh (already done)
+#
+# On a fresh Debian 12 machine with only the Rust toolchain, gcc and python3
+# this installs QEMU, busybox, the guest kernel, Xvfb and the reference
+# virtiofsd (scripts/install-deps.sh), then checks formatting and lints,
+# builds the workspace and runs the unit tests, the real-guest tests and the
+# host-side guest driver suites. Tests that need something the machine lacks
+# print "SKIP: <why>"; with CI=true they fail instead, since the install step
+# must have provided it.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n=== %s\n' "$*"; }
+
+if [ "${1:-}" != "--no-deps" ]; then
+    step "installing dependencies"
+    scripts/install-deps.sh
+fi
+
+step "formatting and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "building"
+# The driver and rig tests run the fsd binary, so build every binary first.
+cargo build --workspace --all-targets --locked
+
+step "tests"
+cargo test --workspace --locked -- --nocapture 2>&1 | tee target/test-output.log
+for extra in scripts/fuzz-smoke.sh scripts/bench-smoke.sh; do
+    if [ -x "$extra" ]; then
+        step "$extra"
+        "$extra"
+    fi
+done
+
+# One closing line that counts every test binary's results together.
+python3 - target/test-output.log <<'PY'
+import re, sys
+passed = failed = skipped = 0
+for line in open(sys.argv[1], errors="replace"):
+    m = re.match(r"test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored", line)
+    if m:
+        passed += int(m[1]); failed += int(m[2]); skipped += int(m[3])
+    if line.startswith("SKIP:"):
+        skipped += 1
+print(f"\nall tests: {passed} passed, {failed} failed, {skipped} skipped")
+PY
