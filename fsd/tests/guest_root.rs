@@ -1,6 +1,7 @@
 //! The diskless deployment: a guest whose root filesystem is served by fsd.
 //! The initramfs only loads the virtio-fs modules, mounts the share and
-//! switches root into it; everything after that runs from fsd.
+//! switches root into it; everything after that runs from fsd, started as it
+//! is deployed (default sandbox and seccomp filter).
 
 mod common;
 
@@ -23,12 +24,14 @@ fn guest_boots_and_runs_with_root_on_fsd() {
          echo \"hostname: $(hostname)\"\n\
          echo written-by-guest > /root/note\n\
          echo \"note: $(cat /root/note)\"\n\
-         echo \"bin entries: $(ls /bin | wc -l)\"\n",
+         echo \"bin entries: $(ls /bin | wc -l)\"\n\
+         echo \"top: $(ls / | tr '\\n' ' ')\"\n\
+         echo \"df: $(df / | tail -n 1 | tr -s ' ' | cut -d' ' -f1,6)\"\n",
     )
     .unwrap();
     let sock = dir.path().join("fsd.sock");
     let log = dir.path().join("fsd.log");
-    let spec = Server::Fsd.spec(&env, &sock, &root, &log, &[]);
+    let spec = common::fsd_deployed_spec(&sock, &root, &log);
     let daemon = Daemon::spawn_on_path(&spec, &sock).unwrap_or_else(|e| panic!("{e}"));
 
     let t = boot(
@@ -51,6 +54,8 @@ fn guest_boots_and_runs_with_root_on_fsd() {
             "hostname: fsd-guest",
             "note: written-by-guest",
             &format!("bin entries: {bin_entries}"),
+            &format!("top: {}", top_entries(&root)),
+            &format!("df: {TAG} /"),
         ],
         "root-on-fsd transcript",
     );
@@ -59,4 +64,14 @@ fn guest_boots_and_runs_with_root_on_fsd() {
         std::fs::read_to_string(root.join("root/note")).unwrap(),
         "written-by-guest\n"
     );
+}
+
+/// `ls /` of the root directory as the guest prints it, from the host's view.
+fn top_entries(root: &std::path::Path) -> String {
+    let mut names: Vec<String> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names.iter().map(|n| format!("{n} ")).collect()
 }

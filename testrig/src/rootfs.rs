@@ -2,7 +2,7 @@
 //! whose `/` is the virtio-fs share (the directory the daemon serves).
 //!
 //! Layout: `bin/busybox` plus applet symlinks (absolute, to `/bin/busybox`,
-//! resolved inside the guest), `/sbin/init`, `/etc/passwd`, and empty
+//! resolved inside the guest), `/sbin/init`, `/etc/passwd`, `/etc/mtab`, and empty
 //! `proc sys dev tmp root mnt` directories. `/sbin/init` mounts the kernel
 //! filesystems, then runs `/etc/rig/script.sh` between the rig's markers when
 //! present (see [`set_script`]) or an interactive shell otherwise, and powers
@@ -47,6 +47,11 @@ pub fn populate_busybox_root(dir: &Path) -> Result<()> {
     write(dir, "etc/group", "root:x:0:\nnogroup:x:65534:\n", 0o644)?;
     write(dir, "etc/hostname", "fsd-guest\n", 0o644)?;
     write(dir, "sbin/init", &init_script(), 0o755)?;
+    // busybox `mount` and `df` read the mount table from /etc/mtab.
+    let mtab = dir.join("etc/mtab");
+    if mtab.symlink_metadata().is_err() {
+        std::os::unix::fs::symlink("/proc/mounts", &mtab).map_err(Error::io(&mtab))?;
+    }
     set_mode(&dir.join("tmp"), 0o1777)?;
     Ok(())
 }

@@ -57,6 +57,25 @@ impl Server {
     }
 }
 
+/// fsd as deployed: its default sandbox (mount namespace + pivot_root) and
+/// seccomp filter, which need root; unprivileged runs fall back to
+/// `--sandbox=none` (said on stdout).
+pub fn fsd_deployed_spec(socket: &Path, share: &Path, log: &Path) -> DaemonSpec {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut args: Vec<std::ffi::OsString> = vec![
+        format!("--socket-path={}", socket.display()).into(),
+        format!("--shared-dir={}", share.display()).into(),
+    ];
+    if !root {
+        println!("note: not root, fsd runs with --sandbox=none");
+        args.push("--sandbox=none".into());
+    }
+    let mut spec = DaemonSpec::new(env!("CARGO_BIN_EXE_fsd"), args, log);
+    spec.env.push(("RUST_LOG".into(), "info".into()));
+    spec
+}
+
 /// A guest run's result with the daemon log kept for failure messages.
 pub struct Run {
     pub transcript: Transcript,
