@@ -95,6 +95,13 @@ fn decode_body(raw: &[u8]) -> Vec<u8> {
     out
 }
 
+fn is_stop_reply(r: &[u8]) -> bool {
+    matches!(r.first(), Some(b'T') | Some(b'S'))
+        && r.len() >= 3
+        && r[1].is_ascii_hexdigit()
+        && r[2].is_ascii_hexdigit()
+}
+
 /// Parse the registers out of a target description (name, bitsize, regnum).
 fn parse_target_regs(xml: &str, next: &mut usize, out: &mut HashMap<String, RegInfo>) {
     for tag in xml.split("<reg ").skip(1) {
@@ -238,7 +245,17 @@ impl Gdb {
     /// Send a packet and wait for its reply.
     pub fn request(&mut self, body: &str) -> Result<Vec<u8>> {
         self.send(body)?;
-        self.recv(Duration::from_secs(30))
+        let mut r = self.recv(Duration::from_secs(30))?;
+        // QEMU reports the stop caused by the connection itself
+        // asynchronously; no reply to the packets sent here is a stop reply.
+        while body != "?" && is_stop_reply(&r) {
+            r = self.recv(Duration::from_secs(30))?;
+        }
+        log::trace!(
+            "gdb {body} -> {}",
+            String::from_utf8_lossy(&r[..r.len().min(120)])
+        );
+        Ok(r)
     }
 
     fn reg(&self, name: &str) -> Result<RegInfo> {

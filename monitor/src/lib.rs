@@ -9,10 +9,14 @@
 //! - [`vmi`]: a live view of one guest kernel (KASLR, virtual reads).
 //! - [`smbios`]: VM identity from the firmware tables.
 //! - [`process`]: the task list.
+//! - [`inject`]: running a guest kernel function by call injection.
+//! - [`freeze`]: parking and waking a process from outside.
 
 pub mod config;
 pub mod error;
+pub mod freeze;
 pub mod gdb;
+pub mod inject;
 pub mod kernel;
 pub mod mem;
 pub mod paging;

@@ -2,13 +2,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use monitor::config::{Config, VmSpec};
 use monitor::kernel::{KernelImage, Profile};
 use monitor::vm::Vm;
-use monitor::{process, smbios, Error, Result};
+use monitor::{freeze, process, smbios, Error, Result};
 
 #[derive(Parser)]
 #[command(
@@ -64,6 +65,21 @@ enum Cmd {
     Uuid(Target),
     /// List guest processes.
     Ps(Target),
+    /// Freeze a guest process (it parks; guest SIGCONT does not wake it).
+    Freeze {
+        pid: u32,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Thaw a frozen guest process (needs --gdb).
+    Thaw {
+        pid: u32,
+        #[command(flatten)]
+        target: Target,
+        /// Seconds to wait for a safe point in the guest.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
 }
 
 fn resolve(cli: &Cli, t: &Target) -> Result<VmSpec> {
@@ -162,7 +178,32 @@ fn run(cli: &Cli) -> Result<()> {
                 }
             }
         }
+        Cmd::Freeze { pid, target } => {
+            let mut vm = Vm::attach(resolve(cli, target)?, cli.profile_cache.clone())?;
+            let r = freeze::freeze(&mut vm, *pid)?;
+            report(&r, target.json, "frozen")?;
+        }
+        Cmd::Thaw {
+            pid,
+            target,
+            timeout,
+        } => {
+            let mut vm = Vm::attach(resolve(cli, target)?, cli.profile_cache.clone())?;
+            let r = freeze::thaw(&mut vm, *pid, Duration::from_secs(*timeout))?;
+            report(&r, target.json, "thawed")?;
+        }
     }
+    Ok(())
+}
+
+fn report(r: &freeze::FreezeReport, json: bool, what: &str) -> Result<()> {
+    if json {
+        return print_json(r);
+    }
+    println!(
+        "{what} pid {} ({} threads, woken {})",
+        r.pid, r.threads, r.woken
+    );
     Ok(())
 }
 

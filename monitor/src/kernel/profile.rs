@@ -13,7 +13,7 @@ use super::kallsyms::{self, Symbol};
 use crate::error::{Error, Result};
 
 /// Bump when the set of extracted facts changes so old caches are rebuilt.
-const PROFILE_FORMAT: u32 = 1;
+const PROFILE_FORMAT: u32 = 3;
 
 /// Symbols the monitor looks up. Missing ones are simply absent from the
 /// profile; features that need them fail with `MissingSymbol`.
@@ -44,6 +44,22 @@ pub const WANTED_SYMBOLS: &[&str] = &[
     "__x64_sys_ioctl",
     "__x64_sys_rt_sigaction",
     "__x64_sys_rt_sigprocmask",
+    "__x64_sys_futex",
+    "__x64_sys_epoll_wait",
+    "__x64_sys_epoll_pwait",
+    "__x64_sys_recvfrom",
+    "__x64_sys_sendto",
+    "__x64_sys_recvmsg",
+    "__x64_sys_sendmsg",
+    "__x64_sys_getdents64",
+    "__x64_sys_lseek",
+    "__x64_sys_mmap",
+    "__x64_sys_munmap",
+    "__x64_sys_brk",
+    "__x64_sys_newfstat",
+    // A work function the kernel runs every second even on an idle guest
+    // (kworker context: process context, no locks held).
+    "vmstat_shepherd",
 ];
 
 /// Struct members the monitor reads, as (struct, dotted member path).

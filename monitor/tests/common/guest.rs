@@ -128,7 +128,13 @@ impl Guest {
     pub fn sh_timeout(&mut self, cmd: &str, timeout: Duration) -> String {
         self.seq += 1;
         let end = format!("@@END{}@@", self.seq);
-        let line = format!("{cmd}; echo {end}\n");
+        // `cmd &; echo` would be a syntax error, which ends the guest loop.
+        let sep = if cmd.trim_end().ends_with('&') {
+            " "
+        } else {
+            "; "
+        };
+        let line = format!("{cmd}{sep}echo {end}\n");
         self.ctl.write_all(line.as_bytes()).unwrap();
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();

@@ -1,0 +1,113 @@
+//! Freeze/thaw and page-cache flush against one real booted guest.
+//!
+//! One boot serves both checks (boots cost 10–30 s of a shared 2-core
+//! machine). The share is served with `--cache=always` so file data stays
+//! in the guest's page cache.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::guest::Guest;
+use monitor::freeze;
+use monitor::vm::Vm;
+
+/// `HB <n> <utime>` lines the guest heartbeat printed so far.
+fn heartbeats(g: &Guest) -> Vec<(u64, u64)> {
+    g.vm.console()
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.trim().strip_prefix("HB ")?.split_whitespace();
+            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Wait for `n` more heartbeats and return the utime values they carried.
+fn next_heartbeats(g: &Guest, n: usize) -> Vec<u64> {
+    let start = heartbeats(g).len();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let hb = heartbeats(g);
+        if hb.len() >= start + n {
+            return hb[start..start + n].iter().map(|h| h.1).collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "heartbeat stopped:\n{}",
+            g.vm.console()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn stat_field(g: &mut Guest, pid: u32, field: usize) -> String {
+    g.sh(&format!("cut -d' ' -f{field} /proc/{pid}/stat"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn freeze_thaw_and_page_cache_flush() {
+    let Some(mut g) = Guest::boot("always") else {
+        return;
+    };
+    let mut vm = Vm::attach(g.spec.clone(), Some(g.dir().join("profiles"))).unwrap();
+
+    // ---- freeze / thaw -------------------------------------------------
+    let burn: u32 = g
+        .sh("sh -c 'while :; do :; done' </dev/null >/dev/null 2>&1 & echo $!")
+        .trim()
+        .parse()
+        .unwrap();
+    g.sh(&format!(
+        "(n=0; while :; do n=$((n+1)); echo \"HB $n $(cut -d' ' -f14 /proc/{burn}/stat)\"; sleep 1; done) \
+         </dev/null >/dev/console 2>&1 &"
+    ));
+    let before = next_heartbeats(&g, 3);
+    assert!(before[2] > before[0], "burner does not burn: {before:?}");
+
+    let t = Instant::now();
+    let r = freeze::freeze(&mut vm, burn).unwrap();
+    println!(
+        "freeze: {:?} ({} threads, {} attempts)",
+        t.elapsed(),
+        r.threads,
+        r.attempts
+    );
+    // The first heartbeat may have sampled before the trap took effect.
+    let frozen = next_heartbeats(&g, 4);
+    assert!(
+        frozen[1] == frozen[2] && frozen[2] == frozen[3],
+        "still running: {frozen:?}"
+    );
+    assert_eq!(stat_field(&mut g, burn, 3), "S");
+
+    // A guest SIGCONT must not wake it.
+    g.sh(&format!("kill -CONT {burn}"));
+    let after_cont = next_heartbeats(&g, 3);
+    assert!(
+        after_cont.iter().all(|&u| u == frozen[3]),
+        "SIGCONT woke it: {frozen:?} then {after_cont:?}"
+    );
+
+    let t = Instant::now();
+    let r = freeze::thaw(&mut vm, burn, Duration::from_secs(60)).unwrap();
+    println!(
+        "thaw: {:?} ({} threads, {} woken)",
+        t.elapsed(),
+        r.threads,
+        r.woken
+    );
+    assert_eq!(r.woken, 1);
+    let thawed = next_heartbeats(&g, 3);
+    assert!(
+        thawed[2] > after_cont[2],
+        "not running after thaw: {after_cont:?} then {thawed:?}"
+    );
+    g.sh(&format!("kill -9 {burn}"));
+    let dmesg = g.sh("dmesg");
+    for bad in ["WARNING", "BUG:", "Oops", "sleeping function called"] {
+        assert!(!dmesg.contains(bad), "guest kernel complained:\n{dmesg}");
+    }
+}
