@@ -11,6 +11,7 @@
 //! - [`process`]: the task list.
 //! - [`inject`]: running a guest kernel function by call injection.
 //! - [`freeze`]: parking and waking a process from outside.
+//! - [`pagecache`]: finding and flushing the cached pages of a file.
 
 pub mod config;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod gdb;
 pub mod inject;
 pub mod kernel;
 pub mod mem;
+pub mod pagecache;
 pub mod paging;
 pub mod process;
 pub mod qmp;

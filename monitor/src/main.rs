@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use monitor::config::{Config, VmSpec};
 use monitor::kernel::{KernelImage, Profile};
 use monitor::vm::Vm;
-use monitor::{freeze, process, smbios, Error, Result};
+use monitor::{freeze, pagecache, process, smbios, Error, Result};
 
 #[derive(Parser)]
 #[command(
@@ -70,6 +70,18 @@ enum Cmd {
         pid: u32,
         #[command(flatten)]
         target: Target,
+    },
+    /// Drop the guest page cache of host files (by host inode number) and
+    /// scrub the freed frames (needs --gdb).
+    Flush {
+        /// Host inode numbers (`stat -c %i FILE`).
+        #[arg(required = true)]
+        inos: Vec<u64>,
+        #[command(flatten)]
+        target: Target,
+        /// Seconds to wait for a safe point in the guest.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
     },
     /// Thaw a frozen guest process (needs --gdb).
     Thaw {
@@ -182,6 +194,23 @@ fn run(cli: &Cli) -> Result<()> {
             let mut vm = Vm::attach(resolve(cli, target)?, cli.profile_cache.clone())?;
             let r = freeze::freeze(&mut vm, *pid)?;
             report(&r, target.json, "frozen")?;
+        }
+        Cmd::Flush {
+            inos,
+            target,
+            timeout,
+        } => {
+            let mut vm = Vm::attach(resolve(cli, target)?, cli.profile_cache.clone())?;
+            let set = inos.iter().copied().collect();
+            let r = pagecache::flush(&mut vm, &set, Duration::from_secs(*timeout))?;
+            if target.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "{} inodes, {} pages cached, {} invalidated, {} frames zeroed, {} still cached, {} busy",
+                    r.inodes, r.pages_before, r.invalidated, r.zeroed, r.still_cached, r.busy
+                );
+            }
         }
         Cmd::Thaw {
             pid,

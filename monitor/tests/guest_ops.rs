@@ -9,8 +9,91 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::guest::Guest;
-use monitor::freeze;
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+
 use monitor::vm::Vm;
+use monitor::{freeze, pagecache};
+
+/// A marker no earlier run or other file can contain.
+fn unique_marker(tag: &str) -> Vec<u8> {
+    let mut r = [0u8; 12];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut r).unwrap();
+    let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    format!("MONMARK-{tag}-{hex}").into_bytes()
+}
+
+/// A file of `size` bytes whose every 4 KiB block carries `marker`.
+fn marked_file(path: &std::path::Path, marker: &[u8], size: usize) {
+    let mut data = Vec::with_capacity(size);
+    let mut block = 0u64;
+    while data.len() < size {
+        let mut b = Vec::with_capacity(4096);
+        b.extend_from_slice(marker);
+        b.extend_from_slice(format!(" block {block} ").as_bytes());
+        b.resize(4096, b'.');
+        data.extend_from_slice(&b);
+        block += 1;
+    }
+    data.truncate(size);
+    std::fs::write(path, data).unwrap();
+}
+
+fn md5(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("md5sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Read `name` in the guest (through the page cache), flush it from outside,
+/// and check that no copy of its marker is left in guest RAM.
+fn cache_and_flush(g: &mut Guest, vm: &mut Vm, name: &str, size: usize) {
+    let marker = unique_marker(name);
+    let path = g.share.join(name);
+    marked_file(&path, &marker, size);
+    let ino = std::fs::metadata(&path).unwrap().ino();
+    assert!(pagecache::scan_ram(&vm.ram, &marker).is_empty());
+    // busybox cat copies with sendfile: the data goes into the page cache
+    // and nowhere else.
+    g.sh(&format!("cat {name} >/dev/null"));
+    let hits = pagecache::scan_ram(&vm.ram, &marker);
+    let blocks = size.div_ceil(4096);
+    assert!(
+        hits.len() >= blocks,
+        "{name}: {} copies of the marker before the flush, expected >= {blocks}",
+        hits.len()
+    );
+
+    let t = Instant::now();
+    let r = pagecache::flush(vm, &BTreeSet::from([ino]), Duration::from_secs(60)).unwrap();
+    println!(
+        "flush {name} ({} KiB): {:?} {r:?}",
+        size / 1024,
+        t.elapsed()
+    );
+    assert_eq!(r.inodes, 1, "{r:?}");
+    assert!(r.pages_before >= blocks, "{r:?}");
+    assert_eq!(r.still_cached, 0, "{r:?}");
+    let left = pagecache::scan_ram(&vm.ram, &marker);
+    assert!(
+        left.is_empty(),
+        "{name}: marker still at {left:x?} after {r:?}"
+    );
+
+    // The guest still works and still reads the file correctly.
+    let sum = g.sh(&format!("md5sum {name}"));
+    assert_eq!(
+        sum.split_whitespace().next(),
+        Some(md5(&path).as_str()),
+        "{sum}"
+    );
+}
 
 /// `HB <n> <utime>` lines the guest heartbeat printed so far.
 fn heartbeats(g: &Guest) -> Vec<(u64, u64)> {
@@ -106,6 +189,15 @@ fn freeze_thaw_and_page_cache_flush() {
         "not running after thaw: {after_cont:?} then {thawed:?}"
     );
     g.sh(&format!("kill -9 {burn}"));
+    let dmesg = g.sh("dmesg");
+    for bad in ["WARNING", "BUG:", "Oops", "sleeping function called"] {
+        assert!(!dmesg.contains(bad), "guest kernel complained:\n{dmesg}");
+    }
+
+    // ---- page cache ----------------------------------------------------
+    g.sh("kill %1 2>/dev/null; true");
+    cache_and_flush(&mut g, &mut vm, "small.bin", 1 << 20);
+    cache_and_flush(&mut g, &mut vm, "large.bin", 64 << 20);
     let dmesg = g.sh("dmesg");
     for bad in ["WARNING", "BUG:", "Oops", "sleeping function called"] {
         assert!(!dmesg.contains(bad), "guest kernel complained:\n{dmesg}");

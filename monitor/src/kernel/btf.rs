@@ -49,6 +49,8 @@ pub struct Type {
     pub members: Vec<Member>,
     /// For arrays: (element type, number of elements).
     pub array: Option<(u32, u32)>,
+    /// For enums: (enumerator, value).
+    pub enumerators: Vec<(String, i64)>,
 }
 
 /// The parsed type table.
@@ -98,6 +100,7 @@ impl Btf {
             size_or_type: 0,
             members: Vec::new(),
             array: None,
+            enumerators: Vec::new(),
         }];
         let mut p = 0usize;
         while p < types_sec.len() {
@@ -114,6 +117,7 @@ impl Btf {
                 size_or_type,
                 members: Vec::new(),
                 array: None,
+                enumerators: Vec::new(),
             };
             match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => p += 4,
@@ -135,8 +139,26 @@ impl Btf {
                     }
                     p += vlen * 12;
                 }
-                KIND_ENUM | KIND_FUNC_PROTO => p += vlen * 8,
-                KIND_DATASEC | KIND_ENUM64 => p += vlen * 12,
+                KIND_ENUM => {
+                    for i in 0..vlen {
+                        let m = p + i * 8;
+                        let v = u32_at(types_sec, m + 4)? as i32 as i64;
+                        t.enumerators.push((name(u32_at(types_sec, m)?), v));
+                    }
+                    p += vlen * 8;
+                }
+                KIND_ENUM64 => {
+                    for i in 0..vlen {
+                        let m = p + i * 12;
+                        let lo = u32_at(types_sec, m + 4)? as u64;
+                        let hi = u32_at(types_sec, m + 8)? as u64;
+                        t.enumerators
+                            .push((name(u32_at(types_sec, m)?), ((hi << 32) | lo) as i64));
+                    }
+                    p += vlen * 12;
+                }
+                KIND_FUNC_PROTO => p += vlen * 8,
+                KIND_DATASEC => p += vlen * 12,
                 KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
                 | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => {}
                 other => return Err(Error::Btf(format!("unknown kind {other} at {p}"))),
@@ -244,6 +266,16 @@ impl Btf {
     /// Size of a named struct or union.
     pub fn struct_size(&self, name: &str) -> Result<u64> {
         self.size_of(self.find_composite(name)?)
+    }
+
+    /// Value of an enumerator, searched in every enum (e.g. `PG_dirty`).
+    pub fn enum_value(&self, name: &str) -> Option<i64> {
+        self.types
+            .iter()
+            .filter(|t| t.kind == KIND_ENUM || t.kind == KIND_ENUM64)
+            .flat_map(|t| t.enumerators.iter())
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
     }
 
     /// Name of a type (empty for anonymous ones).

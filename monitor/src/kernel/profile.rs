@@ -13,7 +13,7 @@ use super::kallsyms::{self, Symbol};
 use crate::error::{Error, Result};
 
 /// Bump when the set of extracted facts changes so old caches are rebuilt.
-const PROFILE_FORMAT: u32 = 3;
+const PROFILE_FORMAT: u32 = 4;
 
 /// Symbols the monitor looks up. Missing ones are simply absent from the
 /// profile; features that need them fail with `MissingSymbol`.
@@ -117,6 +117,16 @@ pub const WANTED_FIELDS: &[(&str, &str)] = &[
     ("page", "_refcount"),
 ];
 
+/// Enumerators the monitor needs (page flag bits, from `enum pageflags`).
+pub const WANTED_CONSTANTS: &[&str] = &[
+    "PG_locked",
+    "PG_uptodate",
+    "PG_dirty",
+    "PG_lru",
+    "PG_writeback",
+    "PG_head",
+];
+
 /// Offset and size of one member.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Field {
@@ -146,6 +156,8 @@ pub struct Profile {
     /// Link-time (unrandomised) addresses.
     pub symbols: BTreeMap<String, u64>,
     pub structs: BTreeMap<String, StructLayout>,
+    /// Enumerator values from BTF.
+    pub constants: BTreeMap<String, i64>,
 }
 
 impl Profile {
@@ -216,8 +228,13 @@ impl Profile {
                     .insert(path.to_string(), Field { offset, size });
             }
         }
+        let constants = WANTED_CONSTANTS
+            .iter()
+            .filter_map(|c| Some((c.to_string(), btf.enum_value(c)?)))
+            .collect();
         Ok(Profile {
             format: PROFILE_FORMAT,
+            constants,
             build_id: image.build_id.clone(),
             banner,
             symbol_source: source.to_string(),
@@ -292,6 +309,14 @@ impl Profile {
             .and_then(|s| s.fields.get(path))
             .copied()
             .ok_or_else(|| Error::MissingType(format!("{st}.{path}")))
+    }
+
+    /// An enumerator value from BTF.
+    pub fn constant(&self, name: &str) -> Result<i64> {
+        self.constants
+            .get(name)
+            .copied()
+            .ok_or_else(|| Error::MissingType(format!("enumerator {name}")))
     }
 
     /// Size of a struct.

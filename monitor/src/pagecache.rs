@@ -1,0 +1,254 @@
+//! The guest page cache of host files served over virtio-fs: find it, have
+//! the guest kernel drop it, and scrub the frames it occupied.
+//!
+//! Locating: `super_blocks` → the superblocks whose type is `virtiofs` →
+//! `s_inodes` → the inode whose `i_ino` is the host file's `st_ino` (the
+//! FUSE server passes host inode numbers through) → `i_mapping->i_pages`, an
+//! xarray of `struct page *` → PFN = (page − vmemmap_base) / sizeof(page).
+//!
+//! Flushing: at a safe point the guest kernel runs
+//! `invalidate_mapping_pages(mapping, 0, -1)` by call injection; it drops
+//! every clean, unlocked, unmapped page under its own locks. Still stopped
+//! there, the monitor zeroes each frame recorded before the call that left
+//! the file's cache and is free (`_refcount` 0, not dirty, locked, under
+//! writeback or mapped): the kernel's free lists do not clear memory, so
+//! without this the data would stay readable in guest RAM.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::inject;
+use crate::mem::{GuestRam, PhysMem};
+use crate::vm::Vm;
+use crate::vmi::Kernel;
+
+const MAX_INODES: usize = 1 << 22;
+const PAGE_SIZE: u64 = 4096;
+
+/// One cached page of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CachedPage {
+    /// Page index within the file.
+    pub index: u64,
+    pub pfn: u64,
+    /// Kernel address of the `struct page`.
+    pub page: u64,
+}
+
+/// A guest inode of a virtio-fs superblock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CachedInode {
+    pub ino: u64,
+    pub inode: u64,
+    pub mapping: u64,
+    pub pages: Vec<CachedPage>,
+}
+
+/// Outcome of a flush.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FlushReport {
+    /// Inodes found in the guest (host inodes never opened there are absent).
+    pub inodes: usize,
+    /// Pages cached before the flush.
+    pub pages_before: usize,
+    /// What `invalidate_mapping_pages` reported as dropped.
+    pub invalidated: u64,
+    /// Frames zeroed.
+    pub zeroed: usize,
+    /// Pages still cached (dirty, locked, under writeback or mapped).
+    pub still_cached: usize,
+    /// Frames that left the cache but were still referenced, so not zeroed.
+    pub busy: usize,
+}
+
+/// Superblocks (kernel addresses) whose filesystem type is `fstype`.
+pub fn superblocks(k: &Kernel, fstype: &str) -> Result<Vec<u64>> {
+    let s_list = k.off("super_block", "s_list")?;
+    let mut out = Vec::new();
+    for l in k.list(k.sym("super_blocks")?, 1 << 16)? {
+        let sb = l - s_list;
+        let ty = k.read_field(sb, "super_block", "s_type")?;
+        let name = k.read_field(ty, "file_system_type", "name")?;
+        if k.read_cstr(name, 32)? == fstype {
+            out.push(sb);
+        }
+    }
+    Ok(out)
+}
+
+/// Inodes of `sb` whose number is in `inos`.
+pub fn find_inodes(k: &Kernel, sb: u64, inos: &BTreeSet<u64>) -> Result<Vec<(u64, u64)>> {
+    let head = sb + k.off("super_block", "s_inodes")?;
+    let link = k.off("inode", "i_sb_list")?;
+    let mut out = Vec::new();
+    for l in k.list(head, MAX_INODES)? {
+        let inode = l - link;
+        let ino = k.read_field(inode, "inode", "i_ino")?;
+        if inos.contains(&ino) {
+            out.push((ino, inode));
+        }
+    }
+    Ok(out)
+}
+
+/// Every page in an address_space's xarray, in index order.
+pub fn mapping_pages(k: &Kernel, mapping: u64) -> Result<Vec<CachedPage>> {
+    let head =
+        k.read_u64(mapping + k.off("address_space", "i_pages")? + k.off("xarray", "xa_head")?)?;
+    let mut out = Vec::new();
+    walk_entry(k, head, 0, &mut out, 0)?;
+    Ok(out)
+}
+
+fn is_internal(e: u64) -> bool {
+    e & 3 == 2
+}
+
+fn walk_entry(k: &Kernel, e: u64, index: u64, out: &mut Vec<CachedPage>, depth: u32) -> Result<()> {
+    if e == 0 || e & 1 == 1 {
+        return Ok(()); // empty, or a value entry (shadow/swap), not a page
+    }
+    if is_internal(e) {
+        if e <= 4096 {
+            return Ok(()); // sibling or retry entry
+        }
+        if depth > 12 {
+            return Err(Error::Corrupt("xarray deeper than 12 levels".into()));
+        }
+        let node = e - 2;
+        let nshift = k.read_field(node, "xa_node", "shift")?;
+        let slots = node + k.off("xa_node", "slots")?;
+        let mut raw = [0u8; 64 * 8];
+        k.read(slots, &mut raw)?;
+        for (i, c) in raw.chunks(8).enumerate() {
+            let child = u64::from_le_bytes(c.try_into().unwrap());
+            walk_entry(k, child, index + ((i as u64) << nshift), out, depth + 1)?;
+        }
+        return Ok(());
+    }
+    out.push(CachedPage {
+        index,
+        pfn: k.page_to_pfn(e)?,
+        page: e,
+    });
+    Ok(())
+}
+
+/// The cached inodes among `host_inos` in every virtio-fs superblock.
+pub fn cached_inodes(k: &Kernel, host_inos: &BTreeSet<u64>) -> Result<Vec<CachedInode>> {
+    let mut out = Vec::new();
+    for sb in superblocks(k, "virtiofs")? {
+        for (ino, inode) in find_inodes(k, sb, host_inos)? {
+            let mapping = k.read_field(inode, "inode", "i_mapping")?;
+            out.push(CachedInode {
+                ino,
+                inode,
+                mapping,
+                pages: mapping_pages(k, mapping)?,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// True when the frame behind `page` is free and holds no state the kernel
+/// still needs: it left `mapping`, nobody references it, and it is not
+/// dirty, locked, under writeback or mapped.
+fn scrubbable(k: &Kernel, page: u64, mapping: u64) -> Result<bool> {
+    let flags = k.read_field(page, "page", "flags")?;
+    let bit = |n: &str| -> Result<u64> { Ok(1u64 << k.profile.constant(n)?) };
+    let busy = bit("PG_locked")? | bit("PG_dirty")? | bit("PG_writeback")?;
+    let refcount = k.read_field(page, "page", "_refcount")? as u32 as i32;
+    let mapcount = k.read_field(page, "page", "_mapcount")? as u32 as i32;
+    let owner = k.read_field(page, "page", "mapping")?;
+    Ok(flags & busy == 0 && refcount == 0 && mapcount < 0 && owner != mapping)
+}
+
+/// Flush the guest page cache of the given host inodes in this VM.
+pub fn flush(vm: &mut Vm, host_inos: &BTreeSet<u64>, timeout: Duration) -> Result<FlushReport> {
+    let invalidate_sym = vm.profile.symbol("invalidate_mapping_pages")?;
+    let mut gdb = vm.gdb()?;
+    let res = (|| {
+        let paging = vm.paging()?;
+        let (slide, hooks) = {
+            let k = vm.kernel(paging)?;
+            (k.slide, inject::safe_points(&vm.profile, k.slide))
+        };
+        let mut sp = inject::reach_safe_point(&mut gdb, &hooks, timeout)?;
+        // The VM is stopped at the safe point: record, invalidate, scrub,
+        // with no guest code running in between except the calls.
+        let paging = vm.paging()?;
+        let k = vm.kernel(paging)?;
+        let before = cached_inodes(&k, host_inos)?;
+        let mut report = FlushReport {
+            inodes: before.len(),
+            pages_before: before.iter().map(|i| i.pages.len()).sum(),
+            ..Default::default()
+        };
+        for inode in &before {
+            if !inode.pages.is_empty() {
+                report.invalidated += sp.call(
+                    invalidate_sym.wrapping_add(slide),
+                    &[inode.mapping, 0, u64::MAX],
+                    timeout,
+                )?;
+            }
+        }
+        sp.finish()?;
+        let zeros = vec![0u8; PAGE_SIZE as usize];
+        for inode in &before {
+            let still: BTreeSet<u64> = mapping_pages(&k, inode.mapping)?
+                .iter()
+                .map(|p| p.pfn)
+                .collect();
+            report.still_cached += still.len();
+            for p in &inode.pages {
+                if still.contains(&p.pfn) {
+                    continue;
+                }
+                if scrubbable(&k, p.page, inode.mapping)? {
+                    vm.ram.write_phys(p.pfn * PAGE_SIZE, &zeros)?;
+                    report.zeroed += 1;
+                } else {
+                    report.busy += 1;
+                }
+            }
+        }
+        Ok(report)
+    })();
+    gdb.detach()?;
+    res
+}
+
+/// Guest-physical addresses where `needle` occurs anywhere in guest RAM.
+/// Used to prove that no copy of protected data is left behind.
+pub fn scan_ram(ram: &GuestRam, needle: &[u8]) -> Vec<u64> {
+    let mut hits = Vec::new();
+    if needle.is_empty() {
+        return hits;
+    }
+    for r in ram.regions() {
+        let bytes = ram.region_bytes(r);
+        let first = needle[0];
+        let mut i = 0;
+        while i + needle.len() <= bytes.len() {
+            match bytes[i..bytes.len() - needle.len() + 1]
+                .iter()
+                .position(|&b| b == first)
+            {
+                None => break,
+                Some(off) => {
+                    let at = i + off;
+                    if &bytes[at..at + needle.len()] == needle {
+                        hits.push(r.gpa + at as u64);
+                    }
+                    i = at + 1;
+                }
+            }
+        }
+    }
+    hits
+}
