@@ -273,6 +273,39 @@ mod tests {
     }
 
     #[test]
+    fn readers_never_see_a_torn_store() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        store
+            .set("alice", b"pw0", Some(seal()), Authority::Root)
+            .unwrap();
+        // A stale temporary file from a crashed writer is ignored.
+        fs::write(tmp.path().join(".users.json.tmp.999999"), b"{ torn").unwrap();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (store, done) = (store.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    assert!(store.user("alice").unwrap().is_some());
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        for i in 1..=3 {
+            let pw = format!("pw{i}");
+            store
+                .set("alice", pw.as_bytes(), None, Authority::Root)
+                .unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
+        let u = store.user("alice").unwrap().unwrap();
+        assert!(password::verify(b"pw3", &u.phc).unwrap());
+    }
+
+    #[test]
     fn refuses_world_readable_store() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::new(tmp.path());

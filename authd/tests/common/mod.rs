@@ -161,18 +161,18 @@ impl Xvfb {
             .success());
     }
 
-    pub fn type_text(&self, win: &str, text: &str) {
+    /// Types through XTEST into the focused window, like a real keyboard
+    /// (`_win` names the window the test has focused).
+    pub fn type_text(&self, _win: &str, text: &str) {
         assert!(self
-            .xdotool(&["type", "--window", win, "--delay", "20", text])
+            .xdotool(&["type", "--delay", "20", text])
             .status
             .success());
     }
 
-    pub fn key(&self, win: &str, key: &str) {
-        assert!(self
-            .xdotool(&["key", "--window", win, key])
-            .status
-            .success());
+    /// Presses a key through XTEST into the focused window.
+    pub fn key(&self, _win: &str, key: &str) {
+        assert!(self.xdotool(&["key", key]).status.success());
     }
 
     /// Takes a screenshot of a window: (width, height, 0x00RRGGBB pixels).
