@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use vhost::vhost_user::message::VhostUserHeaderFlag;
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VringConfigData};
 
@@ -89,6 +90,11 @@ impl Device {
                     | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
             fe.set_protocol_features(protocol)
                 .map_err(vu("SET_PROTOCOL_FEATURES"))?;
+            if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                // Have every request acknowledged, so that a refused
+                // SET_MEM_TABLE or SET_VRING_* surfaces here, as with QEMU.
+                fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+            }
             if protocol.contains(VhostUserProtocolFeatures::MQ) {
                 backend_queues = fe.get_queue_num().map_err(vu("GET_QUEUE_NUM"))?;
             }
@@ -132,6 +138,10 @@ impl Device {
                     .map_err(vu("SET_VRING_ENABLE"))?;
             }
         }
+        // Barrier: the backend handles messages in order, so once this reply
+        // arrives every ring is enabled. Without it a kick can overtake
+        // SET_VRING_ENABLE and be drained while the ring is still disabled.
+        fe.get_features().map_err(vu("GET_FEATURES (barrier)"))?;
         Ok(Device {
             frontend: fe,
             mem,

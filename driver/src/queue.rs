@@ -113,7 +113,10 @@ impl Queue {
             used: ring_block.addr + used_off,
         };
         mem.write(ring_block.addr, &vec![0u8; ring_block.len as usize])?;
-        let efd = || EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e));
+        let efd = || {
+            EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+                .map_err(|e| Error::Io("eventfd", e))
+        };
         Ok(Queue {
             index,
             mem,

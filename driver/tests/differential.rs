@@ -13,8 +13,12 @@ use driver::{DaemonKind, Harness, HarnessOptions, Session};
 /// Runs the sequence and describes each reply in a daemon-neutral line.
 fn scenario(h: &mut Harness) -> Vec<String> {
     let mut out = Vec::new();
+    let log = h.daemon.log_tail();
     let mut s = Session::new(h.device.queue(1).expect("request queue"));
-    let init = s.init().expect("FUSE_INIT");
+    let init = match s.init() {
+        Ok(i) => i,
+        Err(e) => panic!("FUSE_INIT: {e}; daemon log:\n{log}"),
+    };
     out.push(format!("init major={}", init.major));
 
     macro_rules! rec {
