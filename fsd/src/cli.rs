@@ -189,6 +189,26 @@ pub struct Opt {
     #[arg(short = 'f', hide = true)]
     pub foreground: bool,
 
+    /// Per-file access control policy (TOML; see docs/policy.md). SIGHUP reloads it.
+    #[arg(long, value_name = "FILE", requires = "vm")]
+    pub policy: Option<PathBuf>,
+
+    /// Name of the VM this fsd serves, as the policy names it.
+    #[arg(long, value_name = "NAME")]
+    pub vm: Option<String>,
+
+    /// Append one JSON line per decision on a protected file here.
+    #[arg(long, value_name = "FILE", requires = "policy")]
+    pub audit_log: Option<PathBuf>,
+
+    /// Keep inode labels here (outside the share), so they survive restarts.
+    #[arg(long, value_name = "FILE", requires = "policy")]
+    pub label_db: Option<PathBuf>,
+
+    /// authd's socket, for rules that ask.
+    #[arg(long, value_name = "PATH", requires = "policy")]
+    pub authd_socket: Option<PathBuf>,
+
     /// Print the features understood, as JSON for libvirt, and exit.
     #[arg(long)]
     pub print_capabilities: bool,
@@ -281,6 +301,8 @@ pub enum CliError {
     GroupWithoutPath,
     #[error("the tag is {0} bytes long; at most 36 fit the device configuration")]
     TagTooLong(usize),
+    #[error("--vm only makes sense with --policy")]
+    VmWithoutPolicy,
 }
 
 /// Everything the daemon needs, checked.
@@ -306,6 +328,17 @@ pub struct Settings {
     pub killpriv_v2: bool,
     pub log_level: LogLevel,
     pub syslog: bool,
+    pub access: Option<AccessControl>,
+}
+
+/// Per-file access control settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessControl {
+    pub policy: PathBuf,
+    pub vm: String,
+    pub audit_log: Option<PathBuf>,
+    pub label_db: Option<PathBuf>,
+    pub authd_socket: Option<PathBuf>,
 }
 
 /// Where the vhost-user connection comes from.
@@ -391,6 +424,9 @@ impl Opt {
         if self.socket_group.is_some() && !matches!(socket, SocketSpec::Path(_)) {
             return Err(CliError::GroupWithoutPath);
         }
+        if self.vm.is_some() && self.policy.is_none() {
+            return Err(CliError::VmWithoutPolicy);
+        }
         if let Some(t) = &self.tag {
             if t.len() > 36 {
                 return Err(CliError::TagTooLong(t.len()));
@@ -421,6 +457,13 @@ impl Opt {
                 self.log_level
             },
             syslog: self.syslog,
+            access: self.policy.map(|policy| AccessControl {
+                policy,
+                vm: self.vm.unwrap_or_default(),
+                audit_log: self.audit_log,
+                label_db: self.label_db,
+                authd_socket: self.authd_socket,
+            }),
         })
     }
 }

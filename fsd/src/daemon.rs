@@ -13,16 +13,18 @@ use std::time::Duration;
 
 use fuse_backend_rs::passthrough::{CachePolicy, Config};
 use log::info;
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{Error as DaemonError, VhostUserDaemon};
 
-use crate::cli::{CacheMode, InodeFileHandles, SandboxMode, Settings, SocketSpec};
+use crate::cli::{AccessControl, CacheMode, InodeFileHandles, SandboxMode, Settings, SocketSpec};
 use crate::dispatch::{AtomicMem, Dispatcher, GuestMem};
 use crate::error::{Error, Result};
 use crate::fs::{SharedFs, SharedFsOptions};
+use crate::policy::audit::AuditLog;
+use crate::policy::grants::Authorizer;
+use crate::policy::{Guard, Missing, Policy};
 use crate::vhost_user::{DeviceConfig, FsBackend};
-use crate::{sandbox, seccomp, socket};
+use crate::{sandbox, seccomp, signals, socket};
 
 /// Passthrough settings for a cache mode, with virtiofsd's timeouts.
 pub fn passthrough_config(s: &Settings, root_dir: &str) -> Config {
@@ -73,6 +75,60 @@ fn file_handles_supported(dir: &std::path::Path) -> bool {
     r == 0
 }
 
+/// Loads the policy, labels the share and opens the logs, all before the
+/// sandbox hides host paths.
+fn load_guard(a: &AccessControl, shared: &std::path::Path) -> Result<Guard> {
+    let policy = Policy::load(&a.policy)?;
+    let vm = policy.vm(&a.vm).ok_or_else(|| {
+        Error::Access(format!(
+            "{} does not declare the VM {:?} ([[vm]] name = ...)",
+            a.policy.display(),
+            a.vm
+        ))
+    })?;
+    info!(
+        "policy {}: VM {} used by {}, {} rules",
+        a.policy.display(),
+        vm.name,
+        vm.principal,
+        policy.rules.len()
+    );
+    let audit = match &a.audit_log {
+        Some(p) => AuditLog::open(p)
+            .map_err(|e| Error::Access(format!("audit log {}: {e}", p.display())))?,
+        None => AuditLog::disabled(),
+    };
+    let asks = policy.rules.iter().any(|r| r.without_grant == Missing::Ask);
+    if asks && a.authd_socket.is_none() {
+        log::warn!("rules that ask have no --authd-socket: they deny");
+    }
+    let authorizer: Option<Arc<dyn Authorizer>> = None;
+    let guard = Guard::new(a.vm.clone(), policy, audit, authorizer).map_err(Error::Fs)?;
+    let n = guard.labels.scan(&guard.policy(), shared);
+    if let Some(db) = &a.label_db {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(db)
+            .map_err(|e| Error::Access(format!("label database {}: {e}", db.display())))?;
+        let from_db = guard
+            .labels
+            .attach_db(&guard.policy(), f)
+            .map_err(|e| Error::Access(format!("label database {}: {e}", db.display())))?;
+        info!(
+            "labels: {n} from the rules, {from_db} from {}",
+            db.display()
+        );
+    } else {
+        info!(
+            "labels: {n} from the rules (no --label-db: labels of moved files last until restart)"
+        );
+    }
+    Ok(guard)
+}
+
 /// Runs the daemon until the VMM disconnects.
 pub fn run(s: Settings) -> Result<()> {
     let shared = std::fs::canonicalize(&s.shared_dir).map_err(|source| Error::SharedDir {
@@ -93,11 +149,18 @@ pub fn run(s: Settings) -> Result<()> {
             ),
         });
     }
+    let guard = match &s.access {
+        Some(a) => Some(Arc::new(load_guard(a, &shared)?)),
+        None => None,
+    };
     let listener = match &s.socket {
         SocketSpec::Path(p) => socket::bind(p, s.socket_group.as_deref())?,
         SocketSpec::Fd(fd) => socket::adopt(*fd)?,
     };
     let nofile = sandbox::raise_nofile(s.rlimit_nofile)?;
+    // SIGHUP is taken by a thread of its own (reload); block it everywhere
+    // else before any thread exists.
+    signals::block_sighup();
     sandbox::prepare(s.sandbox)?;
 
     let cfg = passthrough_config(&s, &shared.to_string_lossy());
@@ -109,6 +172,7 @@ pub fn run(s: Settings) -> Result<()> {
             announce_submounts: s.announce_submounts,
             readdirplus: s.readdirplus,
             root_prefix: sandbox::root_prefix(s.sandbox, &shared),
+            guard: guard.clone(),
         },
     )
     .map_err(Error::Fs)?;
@@ -133,6 +197,10 @@ pub fn run(s: Settings) -> Result<()> {
     let mem = AtomicMem::new(GuestMem::new());
     let mut daemon = VhostUserDaemon::new("fsd".into(), backend, mem)
         .map_err(|e| Error::Daemon(e.to_string()))?;
+    if let Some(g) = &guard {
+        signals::spawn_reloader(g.clone()).map_err(Error::Fs)?;
+        signals::spawn_expiry(g.clone()).map_err(Error::Fs)?;
+    }
     seccomp::install(s.seccomp, s.syslog)?;
     info!(
         "serving {} ({} request queues, cache={:?}, sandbox={:?}, open-file limit {nofile})",
@@ -141,16 +209,12 @@ pub fn run(s: Settings) -> Result<()> {
         s.cache,
         s.sandbox
     );
-    let _ = VhostUserProtocolFeatures::MQ;
     let mut listener = Listener::from(listener);
     daemon
         .start(&mut listener)
         .map_err(|e| Error::Daemon(e.to_string()))?;
     info!("VMM connected");
     let result = daemon.wait();
-    for h in daemon.get_epoll_handlers() {
-        let _ = h;
-    }
     match result {
         Ok(()) => Ok(()),
         Err(DaemonError::HandleRequest(

@@ -25,6 +25,7 @@ use vm_memory::{
 
 use crate::fs::locks::{LockKind, LockRequest};
 use crate::fs::SharedFs;
+use crate::policy::guard::waiting_allowed;
 
 /// Guest memory as fsd maps it (no dirty-page bitmap: fsd does not migrate).
 pub type GuestMem = GuestMemoryMmap<()>;
@@ -38,7 +39,8 @@ pub type Chain = DescriptorChain<GuestMemoryLoadGuard<GuestMem>>;
 pub enum Blocking {
     /// The caller runs on a thread of its own and may wait.
     Allowed,
-    /// The caller must not wait; a blocking lock request is refused (ENOLCK).
+    /// The caller must not wait; a blocking lock request is refused (ENOLCK)
+    /// and a request that would ask authd is denied (EACCES).
     Refused,
 }
 
@@ -96,21 +98,33 @@ impl Dispatcher {
         }
     }
 
-    /// The opcode of a chain's request, if its header can be read at all.
-    pub fn peek_opcode(chain: &Chain) -> Option<u32> {
+    /// The header of a chain's request, if it can be read at all.
+    pub fn peek_header(chain: &Chain) -> Option<InHeader> {
         let mut r = Reader::from_descriptor_chain(chain.memory(), chain.clone()).ok()?;
-        r.read_obj::<InHeader>().ok().map(|h| h.opcode)
+        r.read_obj::<InHeader>().ok()
     }
 
-    /// Whether this chain asks for a blocking lock (FUSE_SETLKW), which must
-    /// run on a thread of its own.
-    pub fn is_blocking(chain: &Chain) -> bool {
-        Self::peek_opcode(chain) == Some(Opcode::Setlkw as u32)
+    /// Whether this request may wait for long: a blocking lock
+    /// (FUSE_SETLKW), or a request on a protected file that will ask authd.
+    /// Such requests run on a thread of their own, so that every other
+    /// request keeps flowing meanwhile.
+    pub fn needs_own_thread(&self, chain: &Chain) -> bool {
+        let Some(h) = Self::peek_header(chain) else {
+            return false;
+        };
+        h.opcode == Opcode::Setlkw as u32 || self.fs.guard().is_some_and(|g| g.would_wait(h.nodeid))
     }
 
     /// Handles one chain and returns the number of bytes written into it,
     /// which is the length to put in the used ring.
     pub fn handle(&self, chain: Chain, blocking: Blocking) -> u32 {
+        match blocking {
+            Blocking::Allowed => waiting_allowed(|| self.handle_inner(chain, blocking)),
+            Blocking::Refused => self.handle_inner(chain, blocking),
+        }
+    }
+
+    fn handle_inner(&self, chain: Chain, blocking: Blocking) -> u32 {
         let mem = chain.memory();
         let mut reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
             Ok(r) => r,

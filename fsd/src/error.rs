@@ -20,6 +20,10 @@ pub enum Error {
     Fs(io::Error),
     #[error("vhost-user device: {0}")]
     Device(io::Error),
+    #[error("policy: {0}")]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error("policy: {0}")]
+    Access(String),
     #[error("vhost-user daemon: {0}")]
     Daemon(String),
 }

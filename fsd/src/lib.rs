@@ -12,8 +12,10 @@
 //! | one request: decode, route, always reply | [`dispatch`] |
 //! | worker threads | [`pool`] |
 //! | the file system: passthrough behind name checks, readonly, locks | [`fs`] |
+//! | per-file access control: policy, labels, grants, audit | [`policy`] |
 //! | confinement: namespaces, pivot_root, capabilities, rlimits | [`sandbox`] |
 //! | the seccomp allow-list | [`seccomp`] |
+//! | SIGHUP reloads and grant expiry | [`signals`] |
 //! | logging to stderr or syslog | [`logging`] |
 //! | errors | [`error`] |
 
@@ -23,9 +25,11 @@ pub mod dispatch;
 pub mod error;
 pub mod fs;
 pub mod logging;
+pub mod policy;
 pub mod pool;
 pub mod sandbox;
 pub mod seccomp;
+pub mod signals;
 pub mod socket;
 pub mod vhost_user;
 

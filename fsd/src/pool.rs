@@ -4,8 +4,9 @@
 //! own thread handles its requests inline, which is fastest at low queue
 //! depth. With N > 0, requests go to N shared workers, so that a slow host
 //! syscall on one request does not hold up the rest of its queue.
-//! Blocking lock waits never occupy either kind: they get a thread of their
-//! own, up to [`MAX_LOCK_WAITERS`].
+//! Requests that may wait for long (a blocking lock, a prompt through authd)
+//! never occupy either kind: they get a thread of their own, up to
+//! [`MAX_LOCK_WAITERS`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
@@ -14,7 +15,7 @@ use std::thread;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
-/// Most FUSE_SETLKW requests waiting at once; more are refused with ENOLCK.
+/// Most requests waiting at once (locks, prompts); more are refused.
 pub const MAX_LOCK_WAITERS: usize = 256;
 
 /// A fixed set of worker threads fed through one channel.

@@ -103,6 +103,7 @@ pub fn prepare(mode: SandboxMode) -> Result<(), SandboxError> {
         return Err(SandboxError::Fork(io::Error::last_os_error()));
     }
     if pid > 0 {
+        forward_signals_to(pid);
         let mut status = 0;
         loop {
             // SAFETY: waiting for our own child.
@@ -139,6 +140,36 @@ pub fn prepare(mode: SandboxMode) -> Result<(), SandboxError> {
         "mounting /proc for the new PID namespace",
     )?;
     Ok(())
+}
+
+static CHILD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int) {
+    let child = CHILD.load(std::sync::atomic::Ordering::Relaxed);
+    if child > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(child, sig) };
+    }
+}
+
+/// The parent left outside the namespaces is what supervisors see: pass
+/// SIGHUP (reload), SIGTERM and SIGINT on to the daemon.
+fn forward_signals_to(child: libc::pid_t) {
+    CHILD.store(child, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: installing a handler that only calls kill(2); unblocking
+    // SIGHUP in this (single-threaded) parent.
+    unsafe {
+        for sig in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = forward as *const () as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
 }
 
 /// Second step: make the share the root (pivot_root or chroot).

@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 
 use log::{error, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::QueueOwnedT;
@@ -105,7 +105,7 @@ impl FsBackend {
 
     fn run(&self, chain: Chain, vring: &VringRwLock, event_idx: bool) {
         let head = chain.head_index();
-        if Dispatcher::is_blocking(&chain) {
+        if self.dispatcher.needs_own_thread(&chain) {
             match self.lock_waiters.try_reserve() {
                 Some(permit) => {
                     let d = self.dispatcher.clone();
@@ -124,7 +124,7 @@ impl FsBackend {
                     }
                 }
                 None => {
-                    warn!("too many lock waiters; refusing a blocking lock");
+                    warn!("too many waiting requests; refusing one that would wait");
                     let len = self.dispatcher.handle(chain, Blocking::Refused);
                     Self::complete(vring, event_idx, head, len);
                 }
@@ -253,6 +253,3 @@ impl VhostUserBackend for FsBackend {
         Ok(())
     }
 }
-
-/// The epoll handlers of a running daemon, for tests and shutdown.
-pub type Handlers = Vec<Arc<VringEpollHandler<Arc<FsBackend>>>>;

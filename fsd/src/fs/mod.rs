@@ -20,12 +20,14 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{
     stat64, statvfs64, CreateIn, FsOptions, OpenOptions, SetattrValid,
 };
 use fuse_backend_rs::abi::virtio_fs::RemovemappingOne;
+use fuse_backend_rs::api::filesystem::ROOT_ID;
 use fuse_backend_rs::api::filesystem::{
     Context, DirEntry, Entry, FileLock, FileSystem, GetxattrReply, IoctlData, ListxattrReply,
     ZeroCopyReader, ZeroCopyWriter,
@@ -36,6 +38,9 @@ use fuse_backend_rs::transport::FsCacheReqHandler;
 use self::dirs::DirTable;
 use self::locks::{LockKind, LockRequest, LockTable};
 use self::names::{check_component, check_link_target};
+use crate::policy::guard::Op;
+use crate::policy::labels::Seen;
+use crate::policy::{CacheRule, Guard};
 
 fn erofs() -> io::Error {
     io::Error::from_raw_os_error(libc::EROFS)
@@ -52,6 +57,8 @@ pub struct SharedFs {
     killpriv_v2: bool,
     locks: LockTable,
     dirs: DirTable,
+    /// Per-file access control, when a policy is loaded.
+    guard: Option<Arc<Guard>>,
     /// The share's root directory, for confined reopening.
     root: File,
     /// How the daemon's own view names the share root (`/` once sandboxed).
@@ -71,6 +78,8 @@ pub struct SharedFsOptions {
     pub readdirplus: bool,
     /// The share root as the daemon names it after sandboxing.
     pub root_prefix: PathBuf,
+    /// Per-file access control, when a policy is loaded.
+    pub guard: Option<Arc<Guard>>,
 }
 
 impl SharedFs {
@@ -99,6 +108,7 @@ impl SharedFs {
             killpriv_v2: cfg_killpriv_v2,
             locks: LockTable::new(),
             dirs: DirTable::default(),
+            guard: opts.guard,
             root,
             root_prefix: opts.root_prefix,
             proc_self_fd,
@@ -194,6 +204,71 @@ impl SharedFs {
         self.locks.held()
     }
 
+    /// The policy guard, if a policy is loaded.
+    pub fn guard(&self) -> Option<&Arc<Guard>> {
+        self.guard.as_ref()
+    }
+
+    /// Tells the guard about an entry handed to the guest.
+    fn observe(&self, parent: u64, name: &[u8], e: &Entry, created: bool) {
+        if let Some(g) = &self.guard {
+            let is_dir = e.attr.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            g.labels.observe(
+                &g.policy(),
+                Seen {
+                    parent,
+                    name,
+                    node: e.inode,
+                    key: (e.attr.st_dev, e.attr.st_ino),
+                    is_dir,
+                    created,
+                },
+            );
+        }
+    }
+
+    /// Applies the policy to one access of `node`.
+    fn check(&self, ctx: &Context, node: u64, op: Op, what: &str, audit: bool) -> io::Result<()> {
+        match &self.guard {
+            Some(g) => g.check(node, op, what, ctx.pid as u32, audit),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies the policy to the entry `name` of `parent`, which the
+    /// request names but does not carry a node id for.
+    fn check_child(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        op: Op,
+        what: &str,
+    ) -> io::Result<()> {
+        if self.guard.is_none() {
+            return Ok(());
+        }
+        let e = match self.inner.lookup(ctx, parent, name) {
+            Ok(e) => e,
+            // Nothing there: nothing protected to check.
+            Err(_) => return Ok(()),
+        };
+        self.observe(parent, name.to_bytes(), &e, false);
+        let r = self.check(ctx, e.inode, op, what, true);
+        self.inner.forget(ctx, e.inode, 1);
+        r
+    }
+
+    /// Protected content the policy keeps out of the guest's page cache.
+    fn direct_io(&self, node: u64, opts: &mut OpenOptions) {
+        if let Some(g) = &self.guard {
+            if g.cache_rule(node) == Some(CacheRule::Direct) {
+                opts.insert(OpenOptions::DIRECT_IO);
+                opts.remove(OpenOptions::KEEP_CACHE);
+            }
+        }
+    }
+
     /// Marks an entry that is the root of another mount than its parent.
     fn mark_submount(&self, ctx: &Context, parent: u64, mut e: Entry) -> Entry {
         if self.announce_submounts && e.attr.st_mode & libc::S_IFMT == libc::S_IFDIR {
@@ -242,6 +317,9 @@ impl SharedFs {
     }
 }
 
+/// `__FMODE_EXEC`: the kernel's marker in open flags of an open for exec.
+const FMODE_EXEC: u32 = 0x20;
+
 fn wants_write(flags: u32) -> bool {
     let acc = flags as i32 & libc::O_ACCMODE;
     acc == libc::O_WRONLY
@@ -268,6 +346,10 @@ impl FileSystem for SharedFs {
             offered.remove(FsOptions::HANDLE_KILLPRIV_V2);
         }
         let mut opts = self.inner.init(offered)?;
+        if let Some(g) = &self.guard {
+            let (st, _) = self.inner.getattr(&Context::new(), ROOT_ID, None)?;
+            g.labels.observe_root(&g.policy(), (st.st_dev, st.st_ino));
+        }
         // Locks are implemented here, so advertise them when the guest can use them.
         opts |= capable & (FsOptions::POSIX_LOCKS | FsOptions::FLOCK_LOCKS);
         // What virtiofsd negotiates for throughput and cache coherence:
@@ -300,6 +382,7 @@ impl FileSystem for SharedFs {
         // reason a kernel sends them.
         check_component(name)?;
         let e = self.inner.lookup(ctx, parent, name)?;
+        self.observe(parent, name.to_bytes(), &e, false);
         Ok(self.mark_submount(ctx, parent, e))
     }
 
@@ -329,10 +412,25 @@ impl FileSystem for SharedFs {
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
         self.writable()?;
+        if valid.contains(SetattrValid::SIZE) {
+            self.check(ctx, inode, Op::Write, "truncate", true)?;
+        }
+        let meta = SetattrValid::MODE
+            | SetattrValid::UID
+            | SetattrValid::GID
+            | SetattrValid::ATIME
+            | SetattrValid::MTIME
+            | SetattrValid::ATIME_NOW
+            | SetattrValid::MTIME_NOW
+            | SetattrValid::CTIME;
+        if valid.intersects(meta) {
+            self.check(ctx, inode, Op::Metadata, "setattr", true)?;
+        }
         self.inner.setattr(ctx, inode, attr, handle, valid)
     }
 
     fn readlink(&self, ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
+        self.check(ctx, inode, Op::Read, "readlink", true)?;
         self.inner.readlink(ctx, inode)
     }
 
@@ -346,7 +444,10 @@ impl FileSystem for SharedFs {
         self.writable()?;
         check_component(name)?;
         check_link_target(linkname)?;
-        self.inner.symlink(ctx, linkname, parent, name)
+        self.check(ctx, parent, Op::Write, "symlink", true)?;
+        let e = self.inner.symlink(ctx, linkname, parent, name)?;
+        self.observe(parent, name.to_bytes(), &e, true);
+        Ok(e)
     }
 
     fn mknod(
@@ -360,7 +461,10 @@ impl FileSystem for SharedFs {
     ) -> io::Result<Entry> {
         self.writable()?;
         check_component(name)?;
-        self.inner.mknod(ctx, inode, name, mode, rdev, umask)
+        self.check(ctx, inode, Op::Write, "mknod", true)?;
+        let e = self.inner.mknod(ctx, inode, name, mode, rdev, umask)?;
+        self.observe(inode, name.to_bytes(), &e, true);
+        Ok(e)
     }
 
     fn mkdir(
@@ -373,18 +477,25 @@ impl FileSystem for SharedFs {
     ) -> io::Result<Entry> {
         self.writable()?;
         check_component(name)?;
-        self.inner.mkdir(ctx, parent, name, mode, umask)
+        self.check(ctx, parent, Op::Write, "mkdir", true)?;
+        let e = self.inner.mkdir(ctx, parent, name, mode, umask)?;
+        self.observe(parent, name.to_bytes(), &e, true);
+        Ok(e)
     }
 
     fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         self.writable()?;
         check_component(name)?;
+        self.check(ctx, parent, Op::Write, "unlink", true)?;
+        self.check_child(ctx, parent, name, Op::Metadata, "unlink")?;
         self.inner.unlink(ctx, parent, name)
     }
 
     fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         self.writable()?;
         check_component(name)?;
+        self.check(ctx, parent, Op::Write, "rmdir", true)?;
+        self.check_child(ctx, parent, name, Op::Metadata, "rmdir")?;
         self.inner.rmdir(ctx, parent, name)
     }
 
@@ -407,7 +518,11 @@ impl FileSystem for SharedFs {
     fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
         self.writable()?;
         check_component(newname)?;
-        self.inner.link(ctx, inode, newparent, newname)
+        self.check(ctx, inode, Op::Metadata, "link", true)?;
+        self.check(ctx, newparent, Op::Write, "link", true)?;
+        let e = self.inner.link(ctx, inode, newparent, newname)?;
+        self.observe(newparent, newname.to_bytes(), &e, false);
+        Ok(e)
     }
 
     fn open(
@@ -420,7 +535,19 @@ impl FileSystem for SharedFs {
         if self.readonly && wants_write(flags) {
             return Err(erofs());
         }
-        self.inner.open(ctx, inode, flags, fuse_flags)
+        let acc = flags as i32 & libc::O_ACCMODE;
+        if acc == libc::O_RDONLY || acc == libc::O_RDWR {
+            self.check(ctx, inode, Op::Read, "open", true)?;
+        }
+        if wants_write(flags) {
+            self.check(ctx, inode, Op::Write, "open for writing", true)?;
+        }
+        if flags & FMODE_EXEC != 0 {
+            self.check(ctx, inode, Op::Exec, "exec", true)?;
+        }
+        let (h, mut opts, passthrough) = self.inner.open(ctx, inode, flags, fuse_flags)?;
+        self.direct_io(inode, &mut opts);
+        Ok((h, opts, passthrough))
     }
 
     fn create(
@@ -432,7 +559,13 @@ impl FileSystem for SharedFs {
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         self.writable()?;
         check_component(name)?;
-        self.inner.create(ctx, parent, name, args)
+        self.check(ctx, parent, Op::Write, "create", true)?;
+        // An existing protected file opened through O_CREAT is an open.
+        self.check_child(ctx, parent, name, Op::Write, "create (existing)")?;
+        let (e, h, mut opts, passthrough) = self.inner.create(ctx, parent, name, args)?;
+        self.observe(parent, name.to_bytes(), &e, true);
+        self.direct_io(e.inode, &mut opts);
+        Ok((e, h, opts, passthrough))
     }
 
     fn read(
@@ -446,6 +579,9 @@ impl FileSystem for SharedFs {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
+        // Checked on every read, not only at open: a handle opened under a
+        // grant stops working when the grant ends.
+        self.check(ctx, inode, Op::Read, "read", false)?;
         self.inner
             .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
     }
@@ -464,6 +600,7 @@ impl FileSystem for SharedFs {
         fuse_flags: u32,
     ) -> io::Result<usize> {
         self.writable()?;
+        self.check(ctx, inode, Op::Write, "write", false)?;
         self.inner.write(
             ctx,
             inode,
@@ -596,8 +733,9 @@ impl FileSystem for SharedFs {
         Ok(ListxattrReply::Names(buf))
     }
 
-    fn removexattr(&self, _ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
+    fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
         self.writable()?;
+        self.check(ctx, inode, Op::Metadata, "removexattr", true)?;
         let f = self.xattr_file(inode)?;
         // SAFETY: valid fd and C string.
         if unsafe { libc::fremovexattr(f.as_raw_fd(), name.as_ptr()) } < 0 {
@@ -678,6 +816,7 @@ impl FileSystem for SharedFs {
             let name = std::ffi::CString::new(d.name)
                 .map_err(|_| io::Error::from_raw_os_error(libc::EIO))?;
             let entry = self.inner.lookup(ctx, inode, &name)?;
+            self.observe(inode, d.name, &entry, false);
             let entry = self.mark_submount(ctx, inode, entry);
             let n = add_entry(dirent, entry)?;
             if n == 0 {

@@ -1,0 +1,304 @@
+//! The decision for one request on a labelled file.
+//!
+//! For a node without a label the check is one hash lookup and returns.
+//! For a protected node: a live grant of the rule's owner allows; otherwise
+//! the rule says deny (EACCES) or ask authd. Asking blocks the request until
+//! the person answers, so it is only done on a thread that may wait (the
+//! dispatcher moves such requests off the queue threads first, see
+//! [`Guard::would_wait`]); anywhere else the answer is EACCES. Every failure
+//! (authd down, timeout, malformed reply) is a denial.
+
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use super::audit::{rfc3339, AuditLog, Record};
+use super::file::{CacheRule, Missing, Policy, PolicyError, Protect};
+use super::grants::{AccessRequest, Authorizer, Grants};
+use super::labels::{InodeKey, Labels};
+
+/// The kind of access a request makes, as a policy names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Read,
+    Write,
+    Metadata,
+    Exec,
+}
+
+impl Op {
+    fn protect(self) -> Protect {
+        match self {
+            Op::Read => Protect::READ,
+            Op::Write => Protect::WRITE,
+            Op::Metadata => Protect::METADATA,
+            Op::Exec => Protect::EXEC,
+        }
+    }
+}
+
+thread_local! {
+    static MAY_WAIT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with permission to wait for authd on this thread.
+pub fn waiting_allowed<R>(f: impl FnOnce() -> R) -> R {
+    MAY_WAIT.with(|w| w.set(true));
+    let r = f();
+    MAY_WAIT.with(|w| w.set(false));
+    r
+}
+
+fn eacces() -> io::Error {
+    io::Error::from_raw_os_error(libc::EACCES)
+}
+
+/// Policy state of one fsd (one VM).
+pub struct Guard {
+    vm: String,
+    policy: RwLock<Arc<Policy>>,
+    pub labels: Labels,
+    pub grants: Grants,
+    audit: AuditLog,
+    authorizer: Option<Arc<dyn Authorizer>>,
+    /// Host inodes read under each principal's current grant: what the
+    /// guest may have cached, to be flushed when the grant ends.
+    read_under_grant: Mutex<HashMap<String, HashSet<InodeKey>>>,
+    /// The policy file's directory and name, kept for SIGHUP reloads after
+    /// the sandbox has hidden host paths.
+    policy_dir: Option<File>,
+    policy_name: CString,
+}
+
+impl Guard {
+    pub fn new(
+        vm: String,
+        policy: Policy,
+        audit: AuditLog,
+        authorizer: Option<Arc<dyn Authorizer>>,
+    ) -> io::Result<Self> {
+        let dir = policy
+            .source
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let policy_dir = File::open(dir).ok();
+        let policy_name = CString::new(
+            policy
+                .source
+                .file_name()
+                .map(|n| n.as_encoded_bytes().to_vec())
+                .unwrap_or_default(),
+        )
+        .unwrap_or_default();
+        Ok(Guard {
+            vm,
+            policy: RwLock::new(Arc::new(policy)),
+            labels: Labels::default(),
+            grants: Grants::default(),
+            audit,
+            authorizer,
+            read_under_grant: Mutex::new(HashMap::new()),
+            policy_dir,
+            policy_name,
+        })
+    }
+
+    pub fn vm(&self) -> &str {
+        &self.vm
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.read().unwrap().clone()
+    }
+
+    fn audit(&self, principal: &str, op: &str, path: &str, pid: u32, outcome: &str) {
+        self.audit.write(&Record {
+            time: rfc3339(SystemTime::now()),
+            vm: &self.vm,
+            principal,
+            op,
+            path,
+            guest_reported_pid: pid,
+            outcome,
+        });
+    }
+
+    /// Whether a request on `node` would have to wait for authd: protected,
+    /// `ask`, and no live grant. Used to move it off the queue thread.
+    pub fn would_wait(&self, node: u64) -> bool {
+        let Some(r) = self.labels.rule_of(node) else {
+            return false;
+        };
+        let p = self.policy();
+        match p.rule(r) {
+            Some(rule) => rule.without_grant == Missing::Ask && !self.grants.is_live(&rule.owner),
+            None => false,
+        }
+    }
+
+    /// How the guest may cache `node`, if it is protected.
+    pub fn cache_rule(&self, node: u64) -> Option<CacheRule> {
+        let r = self.labels.rule_of(node)?;
+        Some(
+            self.policy()
+                .rule(r)
+                .map_or(CacheRule::Direct, |rule| rule.cache),
+        )
+    }
+
+    /// Decides one access. `what` names the operation in the audit log and
+    /// the prompt; `audit_allowed` says whether an allowed access is logged
+    /// (opens are; each read under an open handle is not).
+    pub fn check(
+        &self,
+        node: u64,
+        op: Op,
+        what: &str,
+        guest_pid: u32,
+        audit_allowed: bool,
+    ) -> io::Result<()> {
+        let Some(r) = self.labels.rule_of(node) else {
+            return Ok(());
+        };
+        let policy = self.policy();
+        let Some(rule) = policy.rule(r) else {
+            return Err(eacces());
+        };
+        if !rule.protect.contains(op.protect()) {
+            return Ok(());
+        }
+        let n = self.labels.node(node);
+        let path = n
+            .as_ref()
+            .and_then(|n| n.path.clone())
+            .unwrap_or_else(|| Arc::from("?"));
+        if self.grants.is_live(&rule.owner) {
+            if op == Op::Read {
+                if let Some(n) = &n {
+                    self.read_under_grant
+                        .lock()
+                        .unwrap()
+                        .entry(rule.owner.clone())
+                        .or_default()
+                        .insert(n.key);
+                }
+            }
+            if audit_allowed {
+                self.audit(&rule.owner, what, &path, guest_pid, "allowed");
+            }
+            return Ok(());
+        }
+        match rule.without_grant {
+            Missing::Deny => {
+                self.audit(&rule.owner, what, &path, guest_pid, "denied: no grant");
+                Err(eacces())
+            }
+            Missing::Ask => {
+                let Some(auth) = &self.authorizer else {
+                    self.audit(
+                        &rule.owner,
+                        what,
+                        &path,
+                        guest_pid,
+                        "denied: no authd configured",
+                    );
+                    return Err(eacces());
+                };
+                if !MAY_WAIT.with(|w| w.get()) {
+                    self.audit(
+                        &rule.owner,
+                        what,
+                        &path,
+                        guest_pid,
+                        "denied: cannot wait for authd here",
+                    );
+                    return Err(eacces());
+                }
+                let req = AccessRequest {
+                    vm: self.vm.clone(),
+                    principal: rule.owner.clone(),
+                    operation: what.to_owned(),
+                    path: path.to_string(),
+                    guest_pid,
+                    lifetime: rule.grant,
+                };
+                match self.grants.ask(auth.as_ref(), &req, policy.ask_timeout) {
+                    Ok(()) => {
+                        self.audit(
+                            &rule.owner,
+                            what,
+                            &path,
+                            guest_pid,
+                            "allowed: granted by authd",
+                        );
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.audit(&rule.owner, what, &path, guest_pid, &format!("denied: {e}"));
+                        Err(eacces())
+                    }
+                }
+            }
+        }
+    }
+
+    /// A grant ended (pushed by authd, or expired): the host inodes the
+    /// guest read under it, which it may still have cached.
+    pub fn grant_ended(&self, principal: &str) -> HashSet<InodeKey> {
+        self.audit(principal, "grant-end", "", 0, "ended");
+        self.read_under_grant
+            .lock()
+            .unwrap()
+            .remove(principal)
+            .unwrap_or_default()
+    }
+
+    /// Re-reads the policy file. A bad file keeps the old policy and says why.
+    pub fn reload(&self) -> Result<(), PolicyError> {
+        let old = self.policy();
+        let err = |m: String| PolicyError {
+            file: old.source.clone(),
+            line: None,
+            message: m,
+        };
+        let dir = self
+            .policy_dir
+            .as_ref()
+            .ok_or_else(|| err("policy directory not open".into()))?;
+        // SAFETY: openat relative to our directory fd with a valid C string.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                self.policy_name.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(err(format!("cannot open: {}", io::Error::last_os_error())));
+        }
+        // SAFETY: fresh fd.
+        let mut f = unsafe { File::from_raw_fd(fd) };
+        let mut src = String::new();
+        io::Read::read_to_string(&mut f, &mut src).map_err(|e| err(format!("cannot read: {e}")))?;
+        let new = Policy::parse(&old.source, &src)?;
+        if new.vm(&self.vm).is_none() {
+            return Err(err(format!(
+                "the new policy does not name this VM ({})",
+                self.vm
+            )));
+        }
+        self.labels.remap(&old, &new);
+        *self.policy.write().unwrap() = Arc::new(new);
+        if let Err(e) = self.audit.reopen() {
+            log::error!("audit log: {e}");
+        }
+        Ok(())
+    }
+}
