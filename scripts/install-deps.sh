@@ -77,9 +77,9 @@ else
     deb=$(ls "$guest"/"${pkg}"_*.deb 2>/dev/null | head -n1 || true)
     if [ -z "$deb" ]; then
         say "downloading $pkg"
-        (cd "$guest" && apt-get download -qq "$pkg" </dev/null) || {
+        (cd "$guest" && apt-get download -qq -o APT::Sandbox::User=root "$pkg" </dev/null) || {
             apt_update_once
-            (cd "$guest" && apt-get download -qq "$pkg" </dev/null) || die "apt-get download $pkg failed"
+            (cd "$guest" && apt-get download -qq -o APT::Sandbox::User=root "$pkg" </dev/null) || die "apt-get download $pkg failed"
         }
         deb=$(ls "$guest"/"${pkg}"_*.deb | head -n1)
     fi

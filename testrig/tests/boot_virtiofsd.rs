@@ -62,3 +62,60 @@ fn diskless_guest_boots_with_root_on_virtiofsd() {
     assert!(out.contains("fsd-guest"), "{out}");
     assert_eq!(t.exit_code, Some(0));
 }
+
+/// The hooks an outside observer uses: guest RAM in a named file it can
+/// map, QMP and gdbstub sockets, and the SMBIOS UUID the guest sees.
+#[test]
+fn monitor_hooks_are_reachable_while_the_guest_runs() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixStream;
+    use testrig::MemoryBackend;
+
+    let Some(env) = require(&[Need::Virtiofsd]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let sock = dir.path().join("vfsd.sock");
+    let spec = DaemonSpec::virtiofsd(&sock, &share, "auto", dir.path().join("virtiofsd.log"));
+    let _daemon = Daemon::spawn_on_path(&spec, &sock).unwrap();
+
+    // The guest reports its UUID, then waits for the host to say "go".
+    let script = "cat /sys/class/dmi/id/product_uuid\necho waiting\nuntil [ -e go ]; do sleep 0.2; done\necho done\n";
+    let initrd = InitramfsBuilder::run_script("share", script)
+        .build(&env.kernel)
+        .unwrap();
+    let ram = std::path::PathBuf::from(format!("/dev/shm/fsd-rig-test-{}", std::process::id()));
+    let uuid = "6b1f4a53-63a2-4c5e-9d3e-0123456789ab";
+    let mut cfg = QemuConfig::new(&env.kernel, &initrd).fs(&sock, "share");
+    cfg.memory = MemoryBackend::File(ram.clone());
+    cfg.qmp = Some(dir.path().join("qmp.sock"));
+    cfg.gdb = Some(dir.path().join("gdb.sock"));
+    cfg.uuid = Some(uuid.to_string());
+    let mut vm = Vm::start(&cfg).unwrap();
+    assert!(
+        vm.wait_for_console("waiting\n", cfg.timeout),
+        "guest never got to its script:\n{}",
+        vm.console()
+    );
+
+    let ram_len = std::fs::metadata(&ram).map(|m| m.len());
+    let qmp = UnixStream::connect(dir.path().join("qmp.sock")).unwrap();
+    let mut greeting = String::new();
+    BufReader::new(qmp).read_line(&mut greeting).unwrap();
+    // Connecting a debugger would stop the vCPUs; only check it listens.
+    let gdb_is_socket = std::os::unix::fs::FileTypeExt::is_socket(
+        &std::fs::metadata(dir.path().join("gdb.sock"))
+            .unwrap()
+            .file_type(),
+    );
+    std::fs::write(share.join("go"), "").unwrap();
+    let t = vm.wait().unwrap();
+    let _ = std::fs::remove_file(&ram);
+
+    assert_eq!(ram_len.unwrap(), 512 << 20, "guest RAM file size");
+    assert!(greeting.starts_with("{\"QMP\""), "QMP greeting: {greeting}");
+    assert!(gdb_is_socket, "gdbstub socket missing");
+    assert_eq!(t.output().unwrap(), format!("{uuid}\nwaiting\ndone\n"));
+}
