@@ -20,6 +20,8 @@ pub mod config;
 pub mod dialog;
 /// Typed errors of the crate.
 pub mod error;
+/// For fsd: live grants mirrored from authd through a subscription, fail closed.
+pub mod grant_cache;
 /// The grant table: lifetimes, revocation, expiry.
 pub mod grants;
 /// Abuse resistance: failure delay and lockout per principal, prompt rate per VM.

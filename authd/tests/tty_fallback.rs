@@ -210,3 +210,79 @@ fn tty_prompt_grants_then_revoke_and_lock_push_events() {
         Some(DenyReason::Cancelled)
     );
 }
+
+#[test]
+fn grant_cache_follows_revokes_and_fails_closed_when_authd_dies() {
+    use authd::grant_cache::{Ended, GrantCache};
+
+    let pty = Pty::open();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = Daemon::config(tmp.path());
+    cfg.frontend = FrontendKind::Tty;
+    cfg.tty = Some(pty.path.clone().into());
+    let mut d = Daemon::start(tmp.path(), cfg);
+    d.enroll("alice", PASSWORD);
+
+    let ended: Arc<Mutex<Vec<Ended>>> = Arc::default();
+    let log = ended.clone();
+    let cache = GrantCache::start(d.client(), Duration::from_millis(100), move |e| {
+        log.lock().unwrap().push(e.clone())
+    });
+    assert!(cache.wait_subscribed(Duration::from_secs(10)));
+    let ensure = |vm: &str| {
+        let (c, r) = (cache.clone(), req(vm, 600));
+        thread::spawn(move || c.ensure(&r, Duration::from_secs(60)))
+    };
+
+    let pending = ensure("vm-a");
+    pty.wait_prompt(1);
+    pty.type_line(PASSWORD);
+    let g1 = pending.join().unwrap().grant().cloned().expect("granted");
+    assert_eq!(cache.live("vm-a", "alice"), Some(g1.clone()));
+    assert!(cache.live("vm-b", "alice").is_none());
+    // Served from the cache: no second prompt.
+    let again = cache.ensure(&req("vm-a", 600), Duration::from_secs(5));
+    assert_eq!(again.grant(), Some(&g1));
+    assert_eq!(pty.text().matches("Password: ").count(), 1);
+
+    authd_cli(&d, &["revoke", "--vm", "vm-a"]);
+    assert!(common::wait_for(Duration::from_secs(10), || cache
+        .live("vm-a", "alice")
+        .is_none()));
+    assert!(matches!(
+        &ended.lock().unwrap()[..],
+        [Ended::Reported(e)] if e.grant == g1 && e.cause == EndCause::Revoked
+    ));
+
+    let pending = ensure("vm-a");
+    pty.wait_prompt(2);
+    pty.type_line(PASSWORD);
+    let g2 = pending
+        .join()
+        .unwrap()
+        .grant()
+        .cloned()
+        .expect("granted again");
+
+    // authd dies: every grant goes at once, and nothing new is granted.
+    d.kill();
+    assert!(common::wait_for(Duration::from_secs(10), || cache
+        .live("vm-a", "alice")
+        .is_none()));
+    assert!(ended
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| matches!(e, Ended::Disconnected(g) if *g == g2)));
+    assert!(cache
+        .ensure(&req("vm-a", 600), Duration::from_secs(5))
+        .grant()
+        .is_none());
+
+    d.restart();
+    assert!(
+        cache.wait_subscribed(Duration::from_secs(10)),
+        "resubscribed after restart"
+    );
+    cache.stop();
+}
