@@ -446,7 +446,7 @@ pub fn run(
         slot_id: slot_base,
     };
     let result = (|| {
-        let mut by_head: HashMap<u16, usize> = HashMap::new();
+        let mut by_token: HashMap<u64, usize> = HashMap::new();
         let mut started = 0u64;
         let mut done = 0u64;
         let mut bytes = 0u64;
@@ -457,14 +457,14 @@ pub fn run(
             }
             started += 1;
             if let Next::Send(ch) = eng.advance(slot, None)? {
-                by_head.insert(q.publish(&ch)?, i);
+                by_token.insert(q.publish(&ch)?, i);
             }
         }
         q.notify()?;
-        while !by_head.is_empty() {
+        while !by_token.is_empty() {
             for c in q.wait(WAIT)? {
-                let i = by_head
-                    .remove(&c.head)
+                let i = by_token
+                    .remove(&c.token)
                     .ok_or(Error::UnknownHead(u32::from(c.head)))?;
                 let reply = Reply::decode(&c)?;
                 let slot = &mut slots[i];
@@ -479,7 +479,7 @@ pub fn run(
                     }
                 }
                 if let Next::Send(ch) = next {
-                    by_head.insert(q.publish(&ch)?, i);
+                    by_token.insert(q.publish(&ch)?, i);
                 }
             }
             q.notify()?;

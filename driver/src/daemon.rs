@@ -43,7 +43,12 @@ impl DaemonKind {
 
 fn locate_virtiofsd() -> std::result::Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("VIRTIOFSD_BIN") {
-        return Ok(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("VIRTIOFSD_BIN={} does not exist", p.display()))
+        };
     }
     let mut candidates = Vec::new();
     if let Some(home) = std::env::var_os("HOME") {
@@ -62,7 +67,15 @@ fn locate_virtiofsd() -> std::result::Result<PathBuf, String> {
 
 fn locate_fsd() -> std::result::Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("FSD_BIN") {
-        return Ok(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!(
+                "FSD_BIN={} does not exist: build fsd first with `cargo build -p fsd`",
+                p.display()
+            ))
+        };
     }
     let mut dirs: Vec<PathBuf> = Vec::new();
     if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {

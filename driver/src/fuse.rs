@@ -316,6 +316,7 @@ mod tests {
         data.extend_from_slice(b"abc\0\0\0\0\0");
         data.extend_from_slice(&[0xff; 10]);
         let c = Completion {
+            token: 1,
             head: 0,
             len: data.len() as u32,
             data,

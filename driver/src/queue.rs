@@ -56,7 +56,9 @@ impl RingLayout {
 /// A finished chain taken from the used ring.
 #[derive(Debug, Clone)]
 pub struct Completion {
-    /// Head descriptor index (the token [`Queue::submit`] returned).
+    /// The token [`Queue::submit`] returned for this chain.
+    pub token: u64,
+    /// Head descriptor index the device returned.
     pub head: u16,
     /// Bytes the device says it wrote.
     pub len: u32,
@@ -66,6 +68,7 @@ pub struct Completion {
 }
 
 struct InFlight {
+    token: u64,
     descs: Vec<u16>,
     blocks: Vec<Block>,
     writable: Vec<(u64, u32)>,
@@ -88,6 +91,7 @@ pub struct Queue {
     ready: VecDeque<Completion>,
     copy_limit: usize,
     kicks: u64,
+    next_token: u64,
 }
 
 impl Queue {
@@ -133,6 +137,7 @@ impl Queue {
             ready: VecDeque::new(),
             copy_limit: usize::MAX,
             kicks: 0,
+            next_token: 1,
         })
     }
 
@@ -173,15 +178,16 @@ impl Queue {
     }
 
     /// Lays `chain` out in guest memory, publishes it and kicks the device.
-    /// Returns the head index, which identifies the [`Completion`].
-    pub fn submit(&mut self, chain: &Chain) -> Result<u16> {
+    /// Returns a token that identifies the [`Completion`]. (Head indices are
+    /// reused as soon as a chain completes, so they make poor identifiers.)
+    pub fn submit(&mut self, chain: &Chain) -> Result<u64> {
         let head = self.publish(chain)?;
         self.notify()?;
         Ok(head)
     }
 
     /// Like [`Queue::submit`] without the kick, to batch several chains.
-    pub fn publish(&mut self, chain: &Chain) -> Result<u16> {
+    pub fn publish(&mut self, chain: &Chain) -> Result<u64> {
         let n = chain.segments.len();
         if n == 0 {
             return Err(Error::InvalidChain("a chain needs at least one descriptor"));
@@ -263,15 +269,18 @@ impl Queue {
         // The descriptors and ring slot must be visible before the index.
         fence(Ordering::SeqCst);
         self.store_u16(self.layout.avail + 2, self.next_avail)?;
+        let token = self.next_token;
+        self.next_token += 1;
         self.in_flight.insert(
             head,
             InFlight {
+                token,
                 descs,
                 blocks,
                 writable,
             },
         );
-        Ok(head)
+        Ok(token)
     }
 
     /// Kicks the device if it wants to be kicked (honouring EVENT_IDX or
@@ -308,13 +317,13 @@ impl Queue {
         }
     }
 
-    /// Waits up to `timeout` for the chain with head `head`; other completions
+    /// Waits up to `timeout` for the chain with `token`; other completions
     /// are kept for later calls.
-    pub fn wait_for(&mut self, head: u16, timeout: Duration) -> Result<Completion> {
+    pub fn wait_for(&mut self, token: u64, timeout: Duration) -> Result<Completion> {
         let deadline = Instant::now() + timeout;
         loop {
             self.harvest()?;
-            if let Some(pos) = self.ready.iter().position(|c| c.head == head) {
+            if let Some(pos) = self.ready.iter().position(|c| c.token == token) {
                 return Ok(self.ready.remove(pos).expect("position is valid"));
             }
             self.sleep_until(deadline, timeout)?;
@@ -393,7 +402,12 @@ impl Queue {
             }
             f.blocks.iter().for_each(|b| self.mem.free(*b));
             self.free_desc.extend(f.descs);
-            self.ready.push_back(Completion { head, len, data });
+            self.ready.push_back(Completion {
+                token: f.token,
+                head,
+                len,
+                data,
+            });
         }
         Ok(())
     }
@@ -502,8 +516,7 @@ mod tests {
             Err(Error::QueueFull { need: 8, free: 7 })
         ));
         assert_eq!(q.kicks(), 3);
-        let second = fake_device_complete(&q, 1, b"0123456789abcdefXYZ");
-        assert_eq!(second, heads[1]);
+        fake_device_complete(&q, 1, b"0123456789abcdefXYZ");
         let c = q.wait_for(heads[1], Duration::from_secs(5)).unwrap();
         assert_eq!(c.len, 19);
         assert_eq!(&c.data, b"0123456789abcdefXYZ");
@@ -536,7 +549,8 @@ mod tests {
                 writable: true,
             })
             .with_tail(Tail::LoopTo(0));
-        let head = q.submit(&chain).unwrap();
+        q.submit(&chain).unwrap();
+        let head = q.load_u16(q.layout.avail + 4).unwrap();
         let l = q.layout();
         let mut d = [0u8; 16];
         q.mem.read(l.desc + 16 * u64::from(head), &mut d).unwrap();

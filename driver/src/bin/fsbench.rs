@@ -1,1 +1,246 @@
-fn main() {}
+//! `fsbench`: fsd and virtiofsd side by side on the same files.
+//!
+//! Starts both daemons on one scratch share, drives each through the same
+//! workloads at queue depth 1 and 32 (and fsd also with two request queues
+//! in parallel), repeats, and prints a Markdown table of medians with the
+//! ratio fsd/virtiofsd and the host's own `pread` ceiling beside the read
+//! rows. `--smoke` uses tiny counts to check that everything works.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use driver::bench::{self, median, Measurement, Prepared, Workload};
+use driver::{Daemon, DaemonKind, DaemonSpec, Device, DeviceConfig, Session};
+
+#[derive(Parser)]
+#[command(about = "Benchmark fsd against virtiofsd through a host-side guest driver")]
+struct Args {
+    /// Tiny counts, one repetition: checks the harness, not speed.
+    #[arg(long)]
+    smoke: bool,
+    /// Repetitions per figure (median is reported).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Only workloads whose label contains this.
+    #[arg(long)]
+    only: Option<String>,
+    /// Daemons to run: fsd, virtiofsd or both.
+    #[arg(long, default_value = "both")]
+    daemon: String,
+    /// Scale the operation counts.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+}
+
+struct Target {
+    kind: DaemonKind,
+    _daemon: Daemon,
+    dev: Device,
+    prep: Vec<Prepared>,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fsbench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn ops_for(w: Workload, smoke: bool, scale: f64) -> u64 {
+    let full: u64 = match w {
+        Workload::Getattr => 20_000,
+        Workload::LookupForget => 10_000,
+        Workload::OpenRead4k => 5_000,
+        Workload::SeqRead1m => 512,
+        Workload::Write1m => 256,
+        Workload::CreateUnlink => 2_000,
+        Workload::Readdirplus => 5,
+    };
+    if smoke {
+        (full / 200).max(2)
+    } else {
+        ((full as f64 * scale) as u64).max(1)
+    }
+}
+
+fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let reps = if a.smoke { 1 } else { a.reps.max(1) };
+    let scratch = tempfile::Builder::new().prefix("fsbench-").tempdir()?;
+    let share = scratch.path().join("share");
+    std::fs::create_dir(&share)?;
+    let (big_mib, entries) = if a.smoke { (4, 200) } else { (256, 10_000) };
+    eprintln!(
+        "populating {} ({big_mib} MiB file, {entries} entries)",
+        share.display()
+    );
+    bench::populate(&share, big_mib, entries)?;
+
+    let mut targets = Vec::new();
+    for kind in [DaemonKind::Fsd, DaemonKind::Virtiofsd] {
+        if a.daemon != "both" && a.daemon != kind.name() {
+            continue;
+        }
+        let spec = match DaemonSpec::new(kind, &share) {
+            Ok(s) => s,
+            Err(m) => {
+                eprintln!("without {}: {m}", kind.name());
+                continue;
+            }
+        };
+        let daemon = Daemon::spawn(spec)?;
+        let cfg = DeviceConfig {
+            request_queues: if kind == DaemonKind::Fsd { 2 } else { 1 },
+            queue_size: 256,
+            mem_size: 256 << 20,
+            ..Default::default()
+        };
+        let mut dev = Device::connect(daemon.socket(), &cfg)?;
+        let init = Session::new(dev.queue(1)?).init()?;
+        eprintln!(
+            "{}: FUSE {}.{}, max_write {}, {} queues offered",
+            kind.name(),
+            init.major,
+            init.minor,
+            init.max_write,
+            dev.backend_queues()
+        );
+        let mut prep = Vec::new();
+        for q in 1..=cfg.request_queues {
+            prep.push(bench::prepare(
+                dev.queue(q)?,
+                &format!("{}-q{q}", kind.name()),
+            )?);
+        }
+        targets.push(Target {
+            kind,
+            _daemon: daemon,
+            dev,
+            prep,
+        });
+    }
+    if targets.is_empty() {
+        return Err("neither fsd nor virtiofsd is available".into());
+    }
+
+    println!("| workload | depth | {} | fsd/virtiofsd | host pread |", {
+        targets
+            .iter()
+            .map(|t| format!("{0} ops/s | {0} MB/s", t.kind.name()))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    });
+    println!("|---|---|{}---|---|", "---|---|".repeat(targets.len()));
+    for w in Workload::ALL {
+        if a.only.as_deref().is_some_and(|o| !w.label().contains(o)) {
+            continue;
+        }
+        let ops = ops_for(w, a.smoke, a.scale);
+        for depth in [1usize, 32] {
+            let mut per: Vec<Vec<Measurement>> = vec![Vec::new(); targets.len()];
+            for _ in 0..reps {
+                for (i, t) in targets.iter_mut().enumerate() {
+                    let p = t.prep[0].clone();
+                    let m = bench::run(t.dev.queue(1)?, &p, w, depth, ops, 0).map_err(|e| {
+                        format!("{} {} depth {depth}: {e}", t.kind.name(), w.label())
+                    })?;
+                    per[i].push(m);
+                }
+            }
+            let ceiling = bench::host_ceiling(&share, w, ops.max(100));
+            print_row(w, &depth.to_string(), &targets, &per, ceiling);
+        }
+        // fsd with two request queues driven in parallel.
+        if let Some(ti) = targets.iter().position(|t| t.kind == DaemonKind::Fsd) {
+            let mut ms = Vec::new();
+            for _ in 0..reps {
+                ms.push(parallel(&mut targets[ti], w, ops)?);
+            }
+            let mut per: Vec<Vec<Measurement>> = vec![Vec::new(); targets.len()];
+            per[ti] = ms;
+            print_row(w, "2 queues × 16", &targets, &per, None);
+        }
+    }
+    Ok(())
+}
+
+/// Two threads, each driving one request queue at depth 16.
+fn parallel(t: &mut Target, w: Workload, ops: u64) -> Result<Measurement, String> {
+    let prep = t.prep.clone();
+    let queues = t.dev.queues_mut();
+    let (_, req) = queues.split_at_mut(1);
+    let (q1, q2) = req.split_at_mut(1);
+    let t0 = std::time::Instant::now();
+    let (a, b) = std::thread::scope(|s| {
+        let h1 = s.spawn(|| bench::run(&mut q1[0], &prep[0], w, 16, ops / 2 + ops % 2, 0));
+        let h2 = s.spawn(|| bench::run(&mut q2[0], &prep[1], w, 16, ops / 2, 1000));
+        (h1.join(), h2.join())
+    });
+    let secs = t0.elapsed().as_secs_f64();
+    let a = a
+        .map_err(|_| "worker panicked")?
+        .map_err(|e| e.to_string())?;
+    let b = b
+        .map_err(|_| "worker panicked")?
+        .map_err(|e| e.to_string())?;
+    Ok(Measurement {
+        ops: a.ops + b.ops,
+        bytes: a.bytes + b.bytes,
+        secs,
+    })
+}
+
+fn print_row(
+    w: Workload,
+    depth: &str,
+    targets: &[Target],
+    per: &[Vec<Measurement>],
+    ceiling: Option<Measurement>,
+) {
+    let mut cells = Vec::new();
+    let mut ops_med = Vec::new();
+    for ms in per {
+        if ms.is_empty() {
+            cells.push("n/a | n/a".to_string());
+            ops_med.push(None);
+            continue;
+        }
+        let o = median(ms.iter().map(Measurement::ops_per_sec).collect());
+        let mb = median(ms.iter().map(Measurement::mb_per_sec).collect());
+        let mb = if ms.iter().any(|m| m.bytes > 0) && w != Workload::Readdirplus {
+            format!("{mb:.0}")
+        } else if w == Workload::Readdirplus {
+            let ents = median(
+                ms.iter()
+                    .map(|m| m.bytes as f64 / m.secs.max(1e-9))
+                    .collect(),
+            );
+            format!("{ents:.0} entries/s")
+        } else {
+            "-".into()
+        };
+        cells.push(format!("{o:.0} | {mb}"));
+        ops_med.push(Some(o));
+    }
+    let ratio = match (
+        targets.iter().position(|t| t.kind == DaemonKind::Fsd),
+        targets.iter().position(|t| t.kind == DaemonKind::Virtiofsd),
+    ) {
+        (Some(f), Some(v)) => match (ops_med[f], ops_med[v]) {
+            (Some(f), Some(v)) if v > 0.0 => format!("{:.2}", f / v),
+            _ => "-".into(),
+        },
+        _ => "-".into(),
+    };
+    let ceil = ceiling
+        .map(|c| format!("{:.0} ops/s, {:.0} MB/s", c.ops_per_sec(), c.mb_per_sec()))
+        .unwrap_or_else(|| "".into());
+    println!(
+        "| {} | {depth} | {} | {ratio} | {ceil} |",
+        w.label(),
+        cells.join(" | ")
+    );
+}
