@@ -76,10 +76,14 @@ pub fn check(needs: &[Need]) -> Result<Prereqs, String> {
             qemu,
             virtiofsd: want_virtiofsd.then_some(virtiofsd),
         }),
-        _ => Err(format!(
-            "missing {} — run scripts/install-deps.sh",
-            missing.join("; ")
-        )),
+        _ => {
+            let list = missing.join("; ");
+            if list.contains("install-deps.sh") {
+                Err(format!("missing {list}"))
+            } else {
+                Err(format!("missing {list} (run scripts/install-deps.sh)"))
+            }
+        }
     }
 }
 
@@ -90,7 +94,6 @@ pub fn require(needs: &[Need]) -> Option<Prereqs> {
         Err(reason) if in_ci() => panic!("CI=true and a guest-test prerequisite is {reason}"),
         Err(reason) => {
             println!("SKIP: {reason}");
-            eprintln!("SKIP: {reason}");
             None
         }
     }
