@@ -137,7 +137,17 @@ fn snapshot(root: &Path, share: &Path) -> BTreeSet<String> {
             let Ok(md) = std::fs::symlink_metadata(&p) else {
                 continue;
             };
-            out.insert(format!("{} {:?} {}", p.display(), md.file_type(), md.len()));
+            let kind = if md.is_dir() {
+                "dir"
+            } else if md.file_type().is_symlink() {
+                "symlink"
+            } else if md.is_file() {
+                "file"
+            } else {
+                "special"
+            };
+            let rel = p.strip_prefix(root).unwrap_or(&p);
+            out.insert(format!("{} ({kind}, {} bytes)", rel.display(), md.len()));
             if md.is_dir() {
                 stack.push(p);
             }
