@@ -312,3 +312,83 @@ fn killed_daemon_denies_and_restarts_with_store_intact() {
         "store lost across the kill: {decision:?}"
     );
 }
+
+#[test]
+fn under_a_window_manager_the_dialog_is_on_top_and_takes_focus() {
+    let test = "under_a_window_manager_the_dialog_is_on_top_and_takes_focus";
+    if let Some(m) = common::missing(&["openbox", "xmessage", "xprop"]) {
+        println!("SKIP {test}: {m} is not installed (apt: see scripts/apt/authd.txt)");
+        return;
+    }
+    let Some(x) = Xvfb::start(test) else {
+        return;
+    };
+    let _wm = x.run("openbox", &[]);
+    let wm_up = || {
+        let out = std::process::Command::new("xprop")
+            .args(["-root", "_NET_SUPPORTING_WM_CHECK"])
+            .env("DISPLAY", &x.display)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("window id")
+    };
+    assert!(
+        common::wait_for(Duration::from_secs(20), wm_up),
+        "openbox did not start"
+    );
+    // Another application has the focus when the prompt comes.
+    let _decoy = x.run("xmessage", &["-name", "decoy", "another application"]);
+    let decoy = {
+        let mut found = None;
+        common::wait_for(Duration::from_secs(20), || {
+            let out = std::process::Command::new("xdotool")
+                .args(["search", "--onlyvisible", "--classname", "decoy"])
+                .env("DISPLAY", &x.display)
+                .output()
+                .unwrap();
+            found = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next()
+                .map(str::to_owned);
+            found.is_some()
+        });
+        found.expect("decoy window")
+    };
+    let out = std::process::Command::new("xdotool")
+        .args(["windowactivate", "--sync", &decoy])
+        .env("DISPLAY", &x.display)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "activating the decoy");
+    assert!(common::wait_for(Duration::from_secs(10), || x
+        .active_window()
+        .as_deref()
+        == Some(&decoy)));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = Daemon::config(tmp.path());
+    cfg.display = Some(x.display.clone());
+    let d = Daemon::start(tmp.path(), cfg);
+    d.enroll("alice", PASSWORD);
+    let pending = ask(&d, 60);
+    let win = x
+        .wait_dialog(Duration::from_secs(30))
+        .expect("dialog window");
+    assert!(
+        common::wait_for(Duration::from_secs(10), || x.active_window().as_deref()
+            == Some(&win)),
+        "the dialog did not take focus from the decoy"
+    );
+    assert!(
+        x.wm_state(&win).contains("_NET_WM_STATE_ABOVE"),
+        "not always on top: {}",
+        x.wm_state(&win)
+    );
+
+    // No explicit focusing by the test: the keyboard already goes to the dialog.
+    thread::sleep(Duration::from_millis(d.cfg.focus_delay_ms + 500));
+    x.type_text(&win, PASSWORD);
+    x.key(&win, "Return");
+    let decision = pending.join().unwrap();
+    assert!(decision.grant().is_some(), "{decision:?}");
+}

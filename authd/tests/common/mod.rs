@@ -127,6 +127,36 @@ impl Xvfb {
             .expect("run xdotool")
     }
 
+    /// Starts a program on this display (a window manager, a decoy window).
+    pub fn run(&self, program: &str, args: &[&str]) -> Proc {
+        Proc(
+            Command::new(program)
+                .args(args)
+                .env("DISPLAY", &self.display)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {program}: {e}")),
+        )
+    }
+
+    /// The window the window manager says is active, if any.
+    pub fn active_window(&self) -> Option<String> {
+        let out = self.xdotool(&["getactivewindow"]);
+        let s = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (out.status.success() && !s.is_empty()).then_some(s)
+    }
+
+    /// The window's `_NET_WM_STATE` as printed by xprop.
+    pub fn wm_state(&self, win: &str) -> String {
+        let out = Command::new("xprop")
+            .args(["-id", win, "_NET_WM_STATE"])
+            .env("DISPLAY", &self.display)
+            .output()
+            .expect("xprop");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Ids of visible dialog windows.
     pub fn dialogs(&self) -> Vec<String> {
         let out = self.xdotool(&[
