@@ -77,6 +77,9 @@ pub struct Config {
     pub frontend: FrontendKind,
     /// X display for the dialog; `DISPLAY` of the daemon when unset.
     pub display: Option<String>,
+    /// X authority file for `display` (the desktop session's), passed to the
+    /// dialog; the daemon's `XAUTHORITY` when unset.
+    pub xauthority: Option<PathBuf>,
     /// Terminal for the fallback prompt, e.g. `/dev/tty8` or `/dev/pts/3`.
     pub tty: Option<PathBuf>,
     /// The dialog program; `authd-dialog` beside the daemon's binary when unset.
@@ -99,6 +102,7 @@ impl Default for Config {
             max_grant_secs: 3600,
             frontend: FrontendKind::Auto,
             display: None,
+            xauthority: None,
             tty: None,
             dialog_program: None,
             prompt_timeout_secs: 60,

@@ -26,6 +26,7 @@ pub enum Frontend {
     Dialog {
         program: PathBuf,
         display: String,
+        xauthority: Option<PathBuf>,
     },
     Tty {
         path: PathBuf,
@@ -52,9 +53,11 @@ impl Frontend {
             busy: Mutex::new(()),
         };
         match (cfg.frontend, display, &cfg.tty) {
-            (FrontendKind::Dialog | FrontendKind::Auto, Some(display), _) => {
-                Frontend::Dialog { program, display }
-            }
+            (FrontendKind::Dialog | FrontendKind::Auto, Some(display), _) => Frontend::Dialog {
+                program,
+                display,
+                xauthority: cfg.xauthority.clone(),
+            },
             (FrontendKind::Tty | FrontendKind::Auto, _, Some(path)) => tty(path),
             _ => Frontend::None,
         }
@@ -71,9 +74,11 @@ impl Frontend {
     /// Shows one prompt and waits for the answer.
     pub fn ask(&self, request: &DialogRequest, on_shown: &mut dyn FnMut()) -> Result<Answer> {
         match self {
-            Frontend::Dialog { program, display } => {
-                parent::ask(program, display, request, on_shown)
-            }
+            Frontend::Dialog {
+                program,
+                display,
+                xauthority,
+            } => parent::ask(program, display, xauthority.as_deref(), request, on_shown),
             Frontend::Tty { path, busy } => {
                 let _one = busy.lock().unwrap_or_else(|p| p.into_inner());
                 tty::ask(path, request, on_shown)

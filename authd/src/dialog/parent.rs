@@ -30,6 +30,7 @@ impl Drop for Reaper {
 pub fn ask(
     program: &Path,
     display: &str,
+    xauthority: Option<&Path>,
     request: &DialogRequest,
     on_shown: &mut dyn FnMut(),
 ) -> Result<Answer> {
@@ -43,6 +44,9 @@ pub fn ask(
         if let Some(v) = std::env::var_os(var) {
             cmd.env(var, v);
         }
+    }
+    if let Some(x) = xauthority {
+        cmd.env("XAUTHORITY", x);
     }
     // SAFETY: only an async-signal-safe prctl runs between fork and exec.
     unsafe {
