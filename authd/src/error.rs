@@ -1,3 +1,6 @@
+//! Typed errors of the daemon, the store and the command line. The client
+//! has its own ([`crate::client::ClientError`]) because it never fails open.
+
 use std::path::PathBuf;
 
 /// Errors of the daemon and the command-line tool.

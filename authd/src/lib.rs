@@ -7,38 +7,39 @@
 //! answers with a time-limited grant. Grant ends are pushed to subscribers so
 //! that fsd stops serving as soon as a grant expires or is revoked.
 //!
-//! The wire protocol is described in `docs/authd.md`; [`client`] is what fsd
+//! The wire protocol is described in `docs/authd.md`; [`client`] and
+//! [`grant_cache`] are what fsd
 //! links against.
 
-/// Append-only JSON-lines audit log of prompts and outcomes (never passwords).
+// Append-only JSON-lines audit log of prompts and outcomes (never passwords).
 pub mod audit;
-/// The client fsd uses: authenticate with a timeout, subscribe to grant ends.
+// The client fsd uses: authenticate with a timeout, subscribe to grant ends.
 pub mod client;
-/// Daemon configuration (JSON file, every field defaulted).
+// Daemon configuration (JSON file, every field defaulted).
 pub mod config;
-/// The trusted dialog: pure renderer, window process, and the parent side.
+// The trusted dialog: pure renderer, window process, and the parent side.
 pub mod dialog;
-/// Typed errors of the crate.
+// Typed errors of the crate.
 pub mod error;
-/// For fsd: live grants mirrored from authd through a subscription, fail closed.
+// For fsd: live grants mirrored from authd through a subscription, fail closed.
 pub mod grant_cache;
-/// The grant table: lifetimes, revocation, expiry.
+// The grant table: lifetimes, revocation, expiry.
 pub mod grants;
-/// Abuse resistance: failure delay and lockout per principal, prompt rate per VM.
+// Abuse resistance: failure delay and lockout per principal, prompt rate per VM.
 pub mod limits;
-/// argon2id hashing and verification of passwords.
+// argon2id hashing and verification of passwords.
 pub mod password;
-/// Asking the person: coalescing, one prompt per VM, dialog or terminal.
+// Asking the person: coalescing, one prompt per VM, dialog or terminal.
 pub mod prompt;
-/// Wire types of the JSON-lines protocol (version 1).
+// Wire types of the JSON-lines protocol (version 1).
 pub mod protocol;
-/// The seal: a phrase and colour chosen by the user, shown only by authd.
+// The seal: a phrase and colour chosen by the user, shown only by authd.
 pub mod seal;
-/// The daemon: socket, peer credential check, request dispatch.
+// The daemon: socket, peer credential check, request dispatch.
 pub mod server;
-/// The root-only credential store with crash-safe atomic replace.
+// The root-only credential store with crash-safe atomic replace.
 pub mod store;
-/// Terminal fallback prompt for hosts without a display.
+// Terminal fallback prompt for hosts without a display.
 pub mod tty;
 
 pub use error::{Error, Result};
