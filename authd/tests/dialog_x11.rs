@@ -388,7 +388,43 @@ fn under_a_window_manager_the_dialog_is_on_top_and_takes_focus() {
     // No explicit focusing by the test: the keyboard already goes to the dialog.
     thread::sleep(Duration::from_millis(d.cfg.focus_delay_ms + 500));
     x.type_text(&win, PASSWORD);
-    x.key(&win, "Return");
+    // Confirm with the mouse on OK this time.
+    let ok = authd::dialog::render::OK_BUTTON;
+    let (cx, cy) = (ok.x + ok.w / 2, ok.y + ok.h / 2);
+    let click = std::process::Command::new("xdotool")
+        .args([
+            "mousemove",
+            "--window",
+            &win,
+            &cx.to_string(),
+            &cy.to_string(),
+            "click",
+            "1",
+        ])
+        .env("DISPLAY", &x.display)
+        .status()
+        .unwrap();
+    assert!(click.success());
     let decision = pending.join().unwrap();
     assert!(decision.grant().is_some(), "{decision:?}");
+
+    // Closing the window through the window manager (Alt+F4) denies.
+    let pending = {
+        let c = d.client();
+        let mut r = request(60);
+        r.vm = "vm-other".into();
+        thread::spawn(move || c.authenticate(&r, Duration::from_secs(90)))
+    };
+    let win = x
+        .wait_dialog(Duration::from_secs(30))
+        .expect("second dialog");
+    assert!(common::wait_for(Duration::from_secs(10), || x
+        .active_window()
+        .as_deref()
+        == Some(&win)));
+    x.key(&win, "alt+F4");
+    assert_eq!(
+        pending.join().unwrap().deny_reason(),
+        Some(DenyReason::Cancelled)
+    );
 }
