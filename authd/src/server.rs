@@ -65,6 +65,27 @@ fn deny(why: DenyReason) -> ReplyBody {
     }
 }
 
+/// Blocks SIGTERM and SIGINT in this thread and all threads it starts, so
+/// that one thread can take them with `sigwait`. Dialog children get an
+/// empty mask back before exec (see `dialog::parent`).
+fn block_termination_signals() -> Result<libc::sigset_t> {
+    // SAFETY: plain libc signal-set manipulation on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(Error::io(
+                "pthread_sigmask",
+                std::io::Error::from_raw_os_error(rc),
+            ));
+        }
+        Ok(set)
+    }
+}
+
 /// Checks the guest-reported and fsd-supplied fields of a request.
 fn validate(vm: &str, principal: &str, reason: &Reason) -> bool {
     let plain = |s: &str, max: usize| s.len() <= max && !s.chars().any(char::is_control);
@@ -93,8 +114,10 @@ impl Daemon {
         }))
     }
 
-    /// Binds the socket and serves forever.
+    /// Binds the socket and serves until SIGTERM or SIGINT, which end every
+    /// grant (subscribers hear `locked`) before the process exits.
     pub fn serve(self: &Arc<Self>) -> Result<()> {
+        let signals = block_termination_signals()?;
         let path = &self.cfg.socket;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
@@ -125,6 +148,12 @@ impl Daemon {
 
         let me = self.clone();
         std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || me.wait_for_termination(signals))
+            .map_err(|e| Error::io("spawning signal thread", e))?;
+
+        let me = self.clone();
+        std::thread::Builder::new()
             .name("grant-expiry".into())
             .spawn(move || me.grants.run_expiry(|g, cause| me.grant_ended(g, cause)))
             .map_err(|e| Error::io("spawning expiry thread", e))?;
@@ -141,6 +170,16 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    fn wait_for_termination(&self, set: libc::sigset_t) {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is an initialised signal set; `sig` is a valid out pointer.
+        while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
+        let ended = self.lock_all();
+        log::info!("signal {sig}: ended {ended} grants, exiting");
+        let _ = std::fs::remove_file(&self.cfg.socket);
+        std::process::exit(0);
     }
 
     fn handle_conn(self: Arc<Self>, stream: UnixStream) {

@@ -286,3 +286,29 @@ fn grant_cache_follows_revokes_and_fails_closed_when_authd_dies() {
     );
     cache.stop();
 }
+
+#[test]
+fn sigterm_ends_every_grant_and_tells_subscribers() {
+    let pty = Pty::open();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = Daemon::config(tmp.path());
+    cfg.frontend = FrontendKind::Tty;
+    cfg.tty = Some(pty.path.clone().into());
+    let mut d = Daemon::start(tmp.path(), cfg);
+    d.enroll("alice", PASSWORD);
+    let mut sub = d.client().subscribe(Duration::from_secs(5)).unwrap();
+
+    let c = d.client();
+    let pending = thread::spawn(move || c.authenticate(&req("vm-a", 600), Duration::from_secs(60)));
+    pty.wait_prompt(1);
+    pty.type_line(PASSWORD);
+    let grant = pending.join().unwrap().grant().cloned().expect("granted");
+
+    assert!(d.terminate().success(), "clean exit on SIGTERM");
+    let ev = sub
+        .next_event(Some(Duration::from_secs(10)))
+        .unwrap()
+        .expect("end event");
+    assert_eq!((ev.grant, ev.cause), (grant, EndCause::Locked));
+    assert!(!d.cfg.socket.exists(), "socket removed on exit");
+}

@@ -48,9 +48,15 @@ pub fn ask(
     if let Some(x) = xauthority {
         cmd.env("XAUTHORITY", x);
     }
-    // SAFETY: only an async-signal-safe prctl runs between fork and exec.
+    // SAFETY: only async-signal-safe calls (sigprocmask, prctl) run between
+    // fork and exec.
     unsafe {
         cmd.pre_exec(|| {
+            // The daemon blocks SIGTERM/SIGINT for its signal thread; the
+            // dialog must not inherit that.
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             // If the daemon thread waiting for this dialog dies, so does the dialog.
             rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
                 .map_err(std::io::Error::from)

@@ -322,6 +322,14 @@ impl Daemon {
         );
     }
 
+    /// SIGTERMs the daemon and returns its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut p = self.proc.take().expect("daemon running");
+        let pid = rustix::process::Pid::from_child(&p.0);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        p.0.wait().unwrap()
+    }
+
     /// SIGKILLs the daemon (no clean shutdown).
     pub fn kill(&mut self) {
         if let Some(mut p) = self.proc.take() {
