@@ -19,19 +19,23 @@ use common::{assert_lines_in_order, run_script, share_in, Server};
 use testrig::guest_tools::GuestTools;
 use testrig::{require, Need};
 
-/// Each round: A takes the lock and holds it; once A reports "locked", B asks
-/// without waiting and C asks with waiting. All three append to one log, so
-/// its line order is the order of events. Then the guest tries the locks a
-/// host process holds.
+/// Each round: A takes the lock and holds it until told to release; once
+/// A reports "locked", B asks without waiting and C asks with waiting. All
+/// append to one log, so its line order is the order of events. Then the
+/// guest tries the locks a host process holds.
 const SCRIPT: &str = r#"
 log=/tmp/locks.log
 : > lk
 for kind in flock posix ofd; do
   : > $log
-  lockprobe --label A --hold 4000 $kind lk >> $log &
+  rm -f /tmp/release
+  lockprobe --label A --until /tmp/release $kind lk >> $log &
   until grep -q '^A: ' $log; do sleep 0.1; done
   lockprobe --label B $kind lk >> $log
-  lockprobe --label C --wait $kind lk >> $log
+  lockprobe --label C --wait $kind lk >> $log &
+  # Usually lets C block first; the order of lines does not depend on it.
+  sleep 1
+  touch /tmp/release
   wait
   echo "== guest vs guest: $kind"
   cat $log
@@ -104,10 +108,12 @@ fn fsd_locks_exclude_between_guest_processes_and_against_the_host() {
     let mut expected = Vec::new();
     for kind in ["flock", "posix", "ofd"] {
         expected.push(format!("== guest vs guest: {kind}"));
+        // C cannot get the lock before A starts releasing it; whether A's
+        // "released" or C's "locked" is printed first is up to the scheduler.
         for line in [
             "A: locked",
             "B: busy EAGAIN",
-            "A: released",
+            "A: releasing",
             "C: locked",
             "C: released",
         ] {

@@ -2,10 +2,15 @@
 //! on one line per event (no pids or times, so transcripts compare equal).
 //!
 //! ```text
-//! lockprobe [--wait] [--hold MS] [--label NAME] KIND PATH
+//! lockprobe [--wait] [--hold MS | --until FILE] [--label NAME] KIND PATH
 //! lockprobe --query [--label NAME] PATH
 //! KIND: flock | flock-sh | posix | posix-rd | ofd
 //! ```
+//! `--until FILE` holds the lock until FILE exists (so a script decides when
+//! to release, without relying on timing). Before unlocking it prints
+//! `NAME: releasing`, after it `NAME: released`: another process's
+//! `locked` line can come between them, never before `releasing`.
+//!
 //! Exit status: 0 locked (or query answered), 1 busy (EAGAIN/EACCES),
 //! 2 other error, 64 usage.
 
@@ -14,7 +19,8 @@ use std::time::Duration;
 
 use guest_tools::lock::{self, Kind, Query};
 
-const USAGE: &str = "usage: lockprobe [--wait] [--hold MS] [--label NAME] KIND PATH\n       \
+const USAGE: &str =
+    "usage: lockprobe [--wait] [--hold MS | --until FILE] [--label NAME] KIND PATH\n       \
                      lockprobe --query [--label NAME] PATH\n\
                      KIND: flock | flock-sh | posix | posix-rd | ofd";
 
@@ -22,6 +28,7 @@ struct Args {
     wait: bool,
     query: bool,
     hold_ms: u64,
+    until: Option<String>,
     label: String,
     kind: Option<Kind>,
     path: String,
@@ -32,6 +39,7 @@ fn parse() -> Result<Args, String> {
         wait: false,
         query: false,
         hold_ms: 0,
+        until: None,
         label: "lockprobe".into(),
         kind: None,
         path: String::new(),
@@ -46,6 +54,7 @@ fn parse() -> Result<Args, String> {
                 let v = it.next().ok_or("--hold needs milliseconds")?;
                 a.hold_ms = v.parse().map_err(|_| format!("bad --hold value {v}"))?;
             }
+            "--until" => a.until = Some(it.next().ok_or("--until needs a file name")?),
             "--label" => a.label = it.next().ok_or("--label needs a name")?,
             "-h" | "--help" => return Err(String::new()),
             _ => rest.push(arg),
@@ -110,6 +119,12 @@ fn main() -> ExitCode {
     }
     println!("{label}: locked");
     std::thread::sleep(Duration::from_millis(args.hold_ms));
+    if let Some(until) = &args.until {
+        while !std::path::Path::new(until).exists() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    println!("{label}: releasing");
     match lock::release(&file, kind) {
         Ok(()) => {
             println!("{label}: released");
