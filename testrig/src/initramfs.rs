@@ -16,6 +16,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -130,7 +131,10 @@ impl InitramfsBuilder {
             return Ok(path);
         }
         std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        // Unique per process and call: parallel tests may build the same image.
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.{}.{seq}.tmp", std::process::id()));
         std::fs::write(&tmp, &bytes).map_err(Error::io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(Error::io(&path))?;
         Ok(path)
