@@ -95,13 +95,10 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// Allocates the rings of a `size`-entry queue in guest memory.
-    pub(crate) fn new(
-        index: usize,
-        mem: Arc<GuestMem>,
-        size: u16,
-        event_idx: bool,
-    ) -> Result<Self> {
+    /// Allocates the rings of a `size`-entry queue in guest memory. A
+    /// [`Device`](crate::Device) makes its queues this way; used on its own,
+    /// the caller plays the device (in-process fuzzing of a request handler).
+    pub fn new(index: usize, mem: Arc<GuestMem>, size: u16, event_idx: bool) -> Result<Self> {
         if !size.is_power_of_two() {
             return Err(Error::InvalidChain("queue size must be a power of two"));
         }
@@ -302,6 +299,12 @@ impl Queue {
             self.kicks += 1;
         }
         Ok(())
+    }
+
+    /// Completions already in the used ring, without waiting.
+    pub fn try_wait(&mut self) -> Result<Vec<Completion>> {
+        self.harvest()?;
+        Ok(self.ready.drain(..).collect())
     }
 
     /// Waits up to `timeout` for at least one completion and returns all that
