@@ -3,7 +3,8 @@
 //! own passwd, never the host's), and `..`, `.` or names with `/` never reach
 //! the daemon as new entries. The raw-FUSE variants (a hostile guest kernel
 //! sending `..` or `a/b` as a name) are exercised by the host-side driver's
-//! battery in `driver/`, since a stock guest kernel refuses them itself.
+//! battery (`driver/src/hostile.rs`), since a stock guest kernel refuses
+//! them itself.
 
 mod common;
 
