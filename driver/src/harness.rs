@@ -49,7 +49,16 @@ pub struct Harness {
 
 impl Harness {
     /// Checks that `kind` can be run here: root privileges and the binary.
+    /// Under CI (`CI=true`) a missing prerequisite is a failure, not a skip:
+    /// the install step must have provided it.
     pub fn available(kind: DaemonKind) -> std::result::Result<PathBuf, Unavailable> {
+        match Self::available_here(kind) {
+            Err(Unavailable::Skip(m)) if in_ci() => Err(Unavailable::Fail(format!("{m} (CI)"))),
+            other => other,
+        }
+    }
+
+    fn available_here(kind: DaemonKind) -> std::result::Result<PathBuf, Unavailable> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err(Unavailable::Skip(format!(
@@ -119,6 +128,16 @@ impl Harness {
             .cloned()
             .collect()
     }
+}
+
+/// True under CI, where skipping is not allowed.
+pub fn in_ci() -> bool {
+    matches!(
+        std::env::var("CI")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref(),
+        Ok("true" | "1" | "yes")
+    )
 }
 
 /// Every path under `root` except those under `share`, with type and size.
