@@ -18,6 +18,25 @@
 //! - [`harness`]: a daemon on a scratch share fenced by sentinels;
 //! - [`hostile`]: the hostile-guest battery;
 //! - [`bench`]: the side-by-side benchmark workloads.
+//!
+//! ```no_run
+//! use driver::fuse::{op, Request, ROOT_ID};
+//! use driver::{Chain, Device, DeviceConfig, Segment, Session};
+//! use std::path::Path;
+//!
+//! let mut dev = Device::connect(Path::new("/run/fsd.sock"), &DeviceConfig::default())?;
+//! let mut s = Session::new(dev.queue(1)?);
+//! s.init()?;
+//! let entry = s.lookup(ROOT_ID, b"etc")?;
+//! // Any header, any body, any chain shape:
+//! let lie = Request::new(op::GETATTR, entry.nodeid).with_len(8).encode(99);
+//! let chain = Chain::default()
+//!     .push(Segment::Readable { data: lie, align: 16 })
+//!     .push(Segment::Raw { addr: 1 << 40, len: 4096, writable: true });
+//! let reply = s.call_chain(&chain);
+//! # let _ = reply;
+//! # Ok::<(), driver::Error>(())
+//! ```
 
 pub mod bench;
 pub mod chain;

@@ -291,3 +291,57 @@ fn fsd_and_virtiofsd_reply_alike() {
     assert_eq!(v.len(), f.len());
     assert!(diffs.is_empty(), "replies differ:\n{}", diffs.join("\n"));
 }
+
+/// Many chains in flight at once, with and without EVENT_IDX, on every
+/// daemon available: each must come back exactly once with its own reply.
+#[test]
+fn deep_queue_with_and_without_event_idx() {
+    use driver::fuse::{op, Reply, Request};
+    use driver::session::next_unique;
+    for kind in [DaemonKind::Virtiofsd, DaemonKind::Fsd] {
+        for event_idx in [false, true] {
+            let opts = HarnessOptions {
+                device: driver::DeviceConfig {
+                    event_idx,
+                    queue_size: 256,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let Some(mut h) = common::start(kind, &opts, common::populate) else {
+                continue;
+            };
+            let q = h.device.queue(1).unwrap();
+            Session::new(q).init().unwrap();
+            // 64 LOOKUPs of alternating names, all published before one kick.
+            let mut want = std::collections::HashMap::new();
+            for i in 0..64u64 {
+                let (name, ok) = if i % 2 == 0 {
+                    (&b"a.txt"[..], true)
+                } else {
+                    (&b"nope"[..], false)
+                };
+                let req = Request::new(op::LOOKUP, ROOT_ID).name(name);
+                let token = q
+                    .publish(&req.chain(next_unique(), driver::session::ENTRY_LEN))
+                    .unwrap();
+                want.insert(token, ok);
+            }
+            q.notify().unwrap();
+            while !want.is_empty() {
+                for c in q.wait(std::time::Duration::from_secs(10)).unwrap() {
+                    let ok = want
+                        .remove(&c.token)
+                        .expect("completion for a chain in flight");
+                    let r = Reply::decode(&c).unwrap();
+                    assert_eq!(r.errno() == 0, ok, "{} event_idx={event_idx}", kind.name());
+                }
+            }
+            assert_eq!(q.in_flight(), 0);
+            assert_eq!(
+                h.device.features() & driver::device::VIRTIO_RING_F_EVENT_IDX != 0,
+                event_idx
+            );
+        }
+    }
+}
