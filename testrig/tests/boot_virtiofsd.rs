@@ -86,7 +86,15 @@ fn monitor_hooks_are_reachable_while_the_guest_runs() {
     let initrd = InitramfsBuilder::run_script("share", script)
         .build(&env.kernel)
         .unwrap();
+    /// Removes the RAM file QEMU leaves behind, also when an assertion fails.
+    struct Unlink(std::path::PathBuf);
+    impl Drop for Unlink {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
     let ram = std::path::PathBuf::from(format!("/dev/shm/fsd-rig-test-{}", std::process::id()));
+    let _unlink = Unlink(ram.clone());
     let uuid = "6b1f4a53-63a2-4c5e-9d3e-0123456789ab";
     let mut cfg = QemuConfig::new(&env.kernel, &initrd).fs(&sock, "share");
     cfg.memory = MemoryBackend::File(ram.clone());
@@ -112,7 +120,6 @@ fn monitor_hooks_are_reachable_while_the_guest_runs() {
     );
     std::fs::write(share.join("go"), "").unwrap();
     let t = vm.wait().unwrap();
-    let _ = std::fs::remove_file(&ram);
 
     assert_eq!(ram_len.unwrap(), 512 << 20, "guest RAM file size");
     assert!(greeting.starts_with("{\"QMP\""), "QMP greeting: {greeting}");
