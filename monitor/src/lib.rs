@@ -12,6 +12,7 @@
 //! - [`inject`]: running a guest kernel function by call injection.
 //! - [`freeze`]: parking and waking a process from outside.
 //! - [`pagecache`]: finding and flushing the cached pages of a file.
+//! - [`kvm`]: the monitor's own KVM guests and a debug-register syscall hook.
 
 pub mod config;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod freeze;
 pub mod gdb;
 pub mod inject;
 pub mod kernel;
+pub mod kvm;
 pub mod mem;
 pub mod pagecache;
 pub mod paging;

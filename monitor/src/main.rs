@@ -83,6 +83,15 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Measure the debug-register syscall hook on the monitor's own KVM guest.
+    KvmBench {
+        #[arg(long, default_value_t = 20_000)]
+        unhooked: u64,
+        #[arg(long, default_value_t = 5_000)]
+        hooked: u64,
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+    },
     /// Thaw a frozen guest process (needs --gdb).
     Thaw {
         pid: u32,
@@ -211,6 +220,17 @@ fn run(cli: &Cli) -> Result<()> {
                     r.inodes, r.pages_before, r.invalidated, r.zeroed, r.still_cached, r.busy
                 );
             }
+        }
+        Cmd::KvmBench {
+            unhooked,
+            hooked,
+            runs,
+        } => {
+            let c = monitor::kvm::measure(*unhooked, *hooked, *runs)?;
+            println!(
+                "syscall: unhooked {:.0} ns, hooked {:.0} ns, added {:.0} ns per call (medians of {} runs)",
+                c.unhooked_ns, c.hooked_ns, c.added_ns, c.runs
+            );
         }
         Cmd::Thaw {
             pid,
