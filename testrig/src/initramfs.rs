@@ -128,6 +128,10 @@ impl InitramfsBuilder {
         let dir = paths::initramfs_cache();
         let path = dir.join(format!("{name}.cpio"));
         if path.is_file() {
+            // Mark as recently used, for pruning.
+            if let Ok(f) = std::fs::File::options().append(true).open(&path) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
             return Ok(path);
         }
         std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
@@ -137,6 +141,7 @@ impl InitramfsBuilder {
         let tmp = dir.join(format!(".{name}.{}.{seq}.tmp", std::process::id()));
         std::fs::write(&tmp, &bytes).map_err(Error::io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(Error::io(&path))?;
+        prune(&dir, KEEP_IMAGES, &path);
         Ok(path)
     }
 
@@ -267,6 +272,32 @@ pub fn applets(busybox: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
+/// How many cached images to keep: each distinct script makes a new one
+/// (a few MiB), so the least recently used beyond this are removed.
+pub const KEEP_IMAGES: usize = 64;
+
+/// Removes the least recently used `*.cpio` images beyond `keep`, never
+/// `current`. Best effort: another process may be pruning at the same time.
+fn prune(dir: &Path, keep: usize, current: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut images: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cpio") && p != current)
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .collect();
+    if images.len() < keep {
+        return;
+    }
+    images.sort();
+    let excess = images.len() + 1 - keep;
+    for (_, p) in images.into_iter().take(excess) {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 /// Single-quotes a word for `sh`.
 pub(crate) fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
@@ -334,6 +365,27 @@ impl Archive {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prune_keeps_the_most_recent_and_the_current_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        for i in 0..5u64 {
+            let p = dir.path().join(format!("{i}.cpio"));
+            let f = std::fs::File::create(&p).unwrap();
+            f.set_modified(t0 + std::time::Duration::from_secs(i))
+                .unwrap();
+        }
+        std::fs::write(dir.path().join("other.txt"), "").unwrap();
+        // "0" is the oldest but is the image just built: it stays.
+        prune(dir.path(), 3, &dir.path().join("0.cpio"));
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["0.cpio", "3.cpio", "4.cpio", "other.txt"]);
+    }
 
     #[test]
     fn quoting_survives_single_quotes() {
