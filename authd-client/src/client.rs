@@ -16,6 +16,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::protocol::{
@@ -100,17 +101,41 @@ pub struct GrantEnded {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Opens a fresh connection to the daemon.
+pub type Connector = Arc<dyn Fn() -> std::io::Result<UnixStream> + Send + Sync>;
+
 /// Handle on a daemon's socket. Each call uses its own connection, so one
 /// slow prompt never holds up another call.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Client {
     socket: PathBuf,
+    connector: Option<Connector>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("socket", &self.socket)
+            .finish()
+    }
 }
 
 impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Client {
         Client {
             socket: socket.into(),
+            connector: None,
+        }
+    }
+
+    /// A client whose connections come from `connect` rather than from a
+    /// path, for a caller that cannot reach the socket's path itself (fsd,
+    /// once sandboxed, gets connections from its unsandboxed parent).
+    /// `socket` only names the daemon in messages.
+    pub fn with_connector(socket: impl Into<PathBuf>, connect: Connector) -> Client {
+        Client {
+            socket: socket.into(),
+            connector: Some(connect),
         }
     }
 
@@ -190,7 +215,11 @@ impl Client {
     }
 
     fn connect(&self) -> Result<(UnixStream, BufReader<UnixStream>), ClientError> {
-        let stream = UnixStream::connect(&self.socket).map_err(|source| ClientError::Connect {
+        let stream = match &self.connector {
+            Some(connect) => connect(),
+            None => UnixStream::connect(&self.socket),
+        }
+        .map_err(|source| ClientError::Connect {
             path: self.socket.clone(),
             source,
         })?;

@@ -13,8 +13,10 @@
 
 // Append-only JSON-lines audit log of prompts and outcomes (never passwords).
 pub mod audit;
+// The protocol and client live in `authd-client`, so fsd can link them
+// without the dialog; re-exported here under their old paths.
+pub use authd_client::{client, grant_cache, protocol};
 // The client fsd uses: authenticate with a timeout, subscribe to grant ends.
-pub mod client;
 // Daemon configuration (JSON file, every field defaulted).
 pub mod config;
 // The trusted dialog: pure renderer, window process, and the parent side.
@@ -22,7 +24,6 @@ pub mod dialog;
 // Typed errors of the crate.
 pub mod error;
 // For fsd: live grants mirrored from authd through a subscription, fail closed.
-pub mod grant_cache;
 // The grant table: lifetimes, revocation, expiry.
 pub mod grants;
 // Abuse resistance: failure delay and lockout per principal, prompt rate per VM.
@@ -32,7 +33,6 @@ pub mod password;
 // Asking the person: coalescing, one prompt per VM, dialog or terminal.
 pub mod prompt;
 // Wire types of the JSON-lines protocol (version 1).
-pub mod protocol;
 // The seal: a phrase and colour chosen by the user, shown only by authd.
 pub mod seal;
 // The daemon: socket, peer credential check, request dispatch.

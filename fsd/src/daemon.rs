@@ -16,15 +16,23 @@ use log::info;
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{Error as DaemonError, VhostUserDaemon};
 
+use crate::broker::{self, Broker, Resource};
 use crate::cli::{AccessControl, CacheMode, InodeFileHandles, SandboxMode, Settings, SocketSpec};
 use crate::dispatch::{AtomicMem, Dispatcher, GuestMem};
 use crate::error::{Error, Result};
 use crate::fs::{SharedFs, SharedFsOptions};
 use crate::policy::audit::AuditLog;
-use crate::policy::grants::Authorizer;
+use crate::policy::grants::{GrantSource, NoGrants};
+use crate::policy::guard::PolicyReader;
 use crate::policy::{Guard, Missing, Policy};
 use crate::vhost_user::{DeviceConfig, FsBackend};
 use crate::{sandbox, seccomp, signals, socket};
+use authd_client::client::Client;
+use authd_client::grant_cache::GrantCache;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::sync::OnceLock;
 
 /// Passthrough settings for a cache mode, with virtiofsd's timeouts.
 pub fn passthrough_config(s: &Settings, root_dir: &str) -> Config {
@@ -75,9 +83,13 @@ fn file_handles_supported(dir: &std::path::Path) -> bool {
     r == 0
 }
 
-/// Loads the policy, labels the share and opens the logs, all before the
-/// sandbox hides host paths.
-fn load_guard(a: &AccessControl, shared: &std::path::Path) -> Result<Guard> {
+/// Loads the policy, labels the share and opens the audit log, all before
+/// the sandbox hides host paths; later reopenings go through `broker`.
+fn load_guard(
+    a: &AccessControl,
+    shared: &std::path::Path,
+    broker: &Arc<Broker>,
+) -> Result<Arc<Guard>> {
     let policy = Policy::load(&a.policy)?;
     let vm = policy.vm(&a.vm).ok_or_else(|| {
         Error::Access(format!(
@@ -94,16 +106,61 @@ fn load_guard(a: &AccessControl, shared: &std::path::Path) -> Result<Guard> {
         policy.rules.len()
     );
     let audit = match &a.audit_log {
-        Some(p) => AuditLog::open(p)
-            .map_err(|e| Error::Access(format!("audit log {}: {e}", p.display())))?,
+        Some(p) => {
+            let b = broker.clone();
+            AuditLog::with_opener(Box::new(move || b.open(Resource::AuditLog).map(File::from)))
+                .map_err(|e| Error::Access(format!("audit log {}: {e}", p.display())))?
+        }
         None => AuditLog::disabled(),
     };
     let asks = policy.rules.iter().any(|r| r.without_grant == Missing::Ask);
-    if asks && a.authd_socket.is_none() {
-        log::warn!("rules that ask have no --authd-socket: they deny");
-    }
-    let authorizer: Option<Arc<dyn Authorizer>> = None;
-    let guard = Guard::new(a.vm.clone(), policy, audit, authorizer).map_err(Error::Fs)?;
+    let b = broker.clone();
+    let reread: PolicyReader = Box::new(move || {
+        let mut s = String::new();
+        File::from(b.open(Resource::Policy)?).read_to_string(&mut s)?;
+        Ok(s)
+    });
+    // The guard is needed by the grant-end callback, and the grant source by
+    // the guard: the callback reaches the guard through a cell set below.
+    let cell: Arc<OnceLock<Arc<Guard>>> = Arc::new(OnceLock::new());
+    let grants: Arc<dyn GrantSource> = match &a.authd_socket {
+        Some(socket) => {
+            let b = broker.clone();
+            let client = Client::with_connector(
+                socket.clone(),
+                Arc::new(move || b.open(Resource::Authd).map(UnixStream::from)),
+            );
+            let on_end = cell.clone();
+            let cache = GrantCache::start(client, Duration::from_secs(1), move |ended| {
+                let g = ended.grant();
+                if let Some(guard) = on_end.get() {
+                    let read = guard.grant_ended(&g.principal);
+                    info!(
+                        "grant {} of {} for VM {} ended ({ended:?}); the guest read {} protected inodes under it",
+                        g.id,
+                        g.principal,
+                        g.vm,
+                        read.len()
+                    );
+                }
+            });
+            if !cache.wait_subscribed(Duration::from_secs(2)) {
+                log::warn!(
+                    "authd at {} does not answer yet: rules that ask deny until it does",
+                    socket.display()
+                );
+            }
+            Arc::new(cache)
+        }
+        None => {
+            if asks {
+                log::warn!("rules that ask have no --authd-socket: they deny");
+            }
+            Arc::new(NoGrants)
+        }
+    };
+    let guard = Arc::new(Guard::new(a.vm.clone(), policy, audit, grants, reread));
+    let _ = cell.set(guard.clone());
     let n = guard.labels.scan(&guard.policy(), shared);
     if let Some(db) = &a.label_db {
         let f = std::fs::OpenOptions::new()
@@ -129,6 +186,18 @@ fn load_guard(a: &AccessControl, shared: &std::path::Path) -> Result<Guard> {
     Ok(guard)
 }
 
+/// The host paths the sandboxed daemon may need again later.
+fn broker_paths(s: &Settings) -> broker::Paths {
+    match &s.access {
+        Some(a) => broker::Paths {
+            policy: Some(a.policy.clone()),
+            audit_log: a.audit_log.clone(),
+            authd: a.authd_socket.clone(),
+        },
+        None => broker::Paths::default(),
+    }
+}
+
 /// Runs the daemon until the VMM disconnects.
 pub fn run(s: Settings) -> Result<()> {
     let shared = std::fs::canonicalize(&s.shared_dir).map_err(|source| Error::SharedDir {
@@ -149,10 +218,6 @@ pub fn run(s: Settings) -> Result<()> {
             ),
         });
     }
-    let guard = match &s.access {
-        Some(a) => Some(Arc::new(load_guard(a, &shared)?)),
-        None => None,
-    };
     let listener = match &s.socket {
         SocketSpec::Path(p) => socket::bind(p, s.socket_group.as_deref())?,
         SocketSpec::Fd(fd) => socket::adopt(*fd)?,
@@ -161,7 +226,11 @@ pub fn run(s: Settings) -> Result<()> {
     // SIGHUP is taken by a thread of its own (reload); block it everywhere
     // else before any thread exists.
     signals::block_sighup();
-    sandbox::prepare(s.sandbox)?;
+    let broker = Arc::new(sandbox::prepare(s.sandbox, broker_paths(&s))?);
+    let guard = match &s.access {
+        Some(a) => Some(load_guard(a, &shared, &broker)?),
+        None => None,
+    };
 
     let cfg = passthrough_config(&s, &shared.to_string_lossy());
     let fs = SharedFs::new(
@@ -199,7 +268,6 @@ pub fn run(s: Settings) -> Result<()> {
         .map_err(|e| Error::Daemon(e.to_string()))?;
     if let Some(g) = &guard {
         signals::spawn_reloader(g.clone()).map_err(Error::Fs)?;
-        signals::spawn_expiry(g.clone()).map_err(Error::Fs)?;
     }
     seccomp::install(s.seccomp, s.syslog)?;
     info!(

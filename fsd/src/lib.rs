@@ -13,12 +13,14 @@
 //! | worker threads | [`pool`] |
 //! | the file system: passthrough behind name checks, readonly, locks | [`fs`] |
 //! | per-file access control: policy, labels, grants, audit | [`policy`] |
+//! | host resources for the sandboxed daemon, from its parent | [`broker`] |
 //! | confinement: namespaces, pivot_root, capabilities, rlimits | [`sandbox`] |
 //! | the seccomp allow-list | [`seccomp`] |
 //! | SIGHUP reloads and grant expiry | [`signals`] |
 //! | logging to stderr or syslog | [`logging`] |
 //! | errors | [`error`] |
 
+pub mod broker;
 pub mod cli;
 pub mod daemon;
 pub mod dispatch;

@@ -18,7 +18,9 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::broker::{self, Broker};
 use crate::cli::SandboxMode;
+use std::os::unix::net::UnixStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -86,24 +88,34 @@ pub fn root_prefix(mode: SandboxMode, shared_dir: &Path) -> PathBuf {
     }
 }
 
-/// First step. For `namespace`: enter new namespaces and fork; the parent
-/// waits for the child and exits with its status, the child returns and
-/// becomes the daemon (PID 1 of its namespace, with its own `/proc`).
-/// Must run before any thread is started.
-pub fn prepare(mode: SandboxMode) -> Result<(), SandboxError> {
-    if mode != SandboxMode::Namespace {
-        return Ok(());
+/// First step, before any thread exists. With a sandbox, fsd forks: the
+/// child becomes the daemon (for `namespace`, PID 1 of a new PID namespace,
+/// in new mount, IPC and network namespaces with its own `/proc`); the
+/// parent stays outside, forwards signals, opens the host resources of
+/// `paths` for the child when asked ([`broker`]) and exits with the child's
+/// status. Without a sandbox nothing happens and fsd opens them itself.
+pub fn prepare(mode: SandboxMode, paths: broker::Paths) -> Result<Broker, SandboxError> {
+    if mode == SandboxMode::None {
+        return Ok(Broker::Direct(paths));
     }
-    let flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWNET;
-    // SAFETY: plain syscall.
-    check(unsafe { libc::unshare(flags) }).map_err(SandboxError::Unshare)?;
+    let (parent_end, child_end) = UnixStream::pair().map_err(SandboxError::Fork)?;
+    if mode == SandboxMode::Namespace {
+        // Only the PID namespace is entered before the fork (it applies to
+        // children); the parent keeps the host's mounts to broker paths.
+        // SAFETY: plain syscall.
+        check(unsafe { libc::unshare(libc::CLONE_NEWPID) }).map_err(SandboxError::Unshare)?;
+    }
     // SAFETY: no other thread exists yet, so fork is safe.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(SandboxError::Fork(io::Error::last_os_error()));
     }
     if pid > 0 {
+        drop(child_end);
         forward_signals_to(pid);
+        let _ = std::thread::Builder::new()
+            .name("fsd-broker".into())
+            .spawn(move || broker::serve(paths, parent_end));
         let mut status = 0;
         loop {
             // SAFETY: waiting for our own child.
@@ -122,24 +134,30 @@ pub fn prepare(mode: SandboxMode) -> Result<(), SandboxError> {
         };
         std::process::exit(code);
     }
+    drop(parent_end);
     // Child: die with the parent, so a supervisor killing fsd kills it all.
     // SAFETY: plain prctl.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    mount(
-        None,
-        Path::new("/"),
-        None,
-        libc::MS_REC | libc::MS_SLAVE,
-        "making / a slave mount",
-    )?;
-    mount(
-        Some("proc"),
-        Path::new("/proc"),
-        Some("proc"),
-        libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_NOSUID | libc::MS_RELATIME,
-        "mounting /proc for the new PID namespace",
-    )?;
-    Ok(())
+    if mode == SandboxMode::Namespace {
+        let flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET;
+        // SAFETY: plain syscall.
+        check(unsafe { libc::unshare(flags) }).map_err(SandboxError::Unshare)?;
+        mount(
+            None,
+            Path::new("/"),
+            None,
+            libc::MS_REC | libc::MS_SLAVE,
+            "making / a slave mount",
+        )?;
+        mount(
+            Some("proc"),
+            Path::new("/proc"),
+            Some("proc"),
+            libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_NOSUID | libc::MS_RELATIME,
+            "mounting /proc for the new PID namespace",
+        )?;
+    }
+    Ok(Broker::Parent(std::sync::Mutex::new(child_end)))
 }
 
 static CHILD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);

@@ -119,12 +119,19 @@ pub const ALLOWED: &[i64] = &[
     libc::SYS_rt_sigprocmask,
     libc::SYS_rt_sigreturn,
     libc::SYS_sigaltstack,
+    libc::SYS_rt_sigtimedwait,
     libc::SYS_prctl,
     libc::SYS_getrandom,
     libc::SYS_exit,
     libc::SYS_exit_group,
     // vhost-user: the socket, epoll and eventfds
     libc::SYS_recvmsg,
+    // connected sockets only (authd, via the broker): no socket() or connect()
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockopt,
+    libc::SYS_shutdown,
     libc::SYS_sendmsg,
     libc::SYS_accept4,
     libc::SYS_epoll_create1,
@@ -137,7 +144,7 @@ pub const ALLOWED: &[i64] = &[
 ];
 
 /// Added with `--syslog`: reconnecting to the log socket.
-pub const SYSLOG: &[i64] = &[libc::SYS_socket, libc::SYS_connect, libc::SYS_sendto];
+pub const SYSLOG: &[i64] = &[libc::SYS_socket, libc::SYS_connect];
 
 /// Installs the filter on every thread of the process.
 pub fn install(mode: SeccompMode, syslog: bool) -> Result<(), SeccompError> {

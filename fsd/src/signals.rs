@@ -1,4 +1,4 @@
-//! Background work of a policy-enforcing fsd: SIGHUP reloads and grant expiry.
+//! SIGHUP: policy reloads and audit-log reopening.
 //!
 //! SIGHUP is blocked in every thread and taken synchronously by one thread
 //! (`sigwaitinfo`), so a reload never runs inside a signal handler and never
@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
 
 use log::{error, info};
 
@@ -44,21 +43,5 @@ pub fn spawn_reloader(guard: Arc<Guard>) -> std::io::Result<()> {
                 Err(e) => error!("policy reload refused, keeping the old policy: {e}"),
             }
         })?;
-    Ok(())
-}
-
-/// Starts the thread that ends expired grants.
-pub fn spawn_expiry(guard: Arc<Guard>) -> std::io::Result<()> {
-    thread::Builder::new().name("fsd-grants".into()).spawn(move || loop {
-        thread::sleep(Duration::from_millis(500));
-        for principal in guard.grants.expire() {
-            let read = guard.grant_ended(&principal);
-            info!(
-                "grant of {principal} for VM {} expired; the guest read {} protected inodes under it",
-                guard.vm(),
-                read.len()
-            );
-        }
-    })?;
     Ok(())
 }

@@ -511,6 +511,10 @@ impl FileSystem for SharedFs {
         self.writable()?;
         check_component(oldname)?;
         check_component(newname)?;
+        self.check(ctx, olddir, Op::Write, "rename", true)?;
+        self.check(ctx, newdir, Op::Write, "rename", true)?;
+        self.check_child(ctx, olddir, oldname, Op::Metadata, "rename")?;
+        self.check_child(ctx, newdir, newname, Op::Metadata, "rename over")?;
         self.inner
             .rename(ctx, olddir, oldname, newdir, newname, flags)
     }
@@ -634,6 +638,7 @@ impl FileSystem for SharedFs {
         length: u64,
     ) -> io::Result<()> {
         self.writable()?;
+        self.check(ctx, inode, Op::Write, "fallocate", true)?;
         self.inner
             .fallocate(ctx, inode, handle, mode, offset, length)
     }
@@ -660,13 +665,14 @@ impl FileSystem for SharedFs {
 
     fn setxattr(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         inode: u64,
         name: &CStr,
         value: &[u8],
         flags: u32,
     ) -> io::Result<()> {
         self.writable()?;
+        self.check(ctx, inode, Op::Metadata, "setxattr", true)?;
         let f = self.xattr_file(inode)?;
         // SAFETY: valid fd, C string and buffer of the given length.
         let r = unsafe {

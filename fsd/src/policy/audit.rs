@@ -2,13 +2,13 @@
 //!
 //! Lines carry the time, the VM, the principal, the operation, the path, the
 //! pid the guest reported (marked as such) and the outcome; never file
-//! content. The file is opened in append mode before the sandbox, through a
-//! descriptor of its directory, so that after a rotation (rename by
-//! logrotate) SIGHUP reopens it under its name.
+//! content. The file is opened in append mode; after a rotation (rename by
+//! logrotate) SIGHUP opens it again under its name (through the broker once
+//! the sandbox has hidden host paths).
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -27,10 +27,12 @@ pub struct Record<'a> {
     pub outcome: &'a str,
 }
 
+/// Opens the log file (append mode) under its current name.
+pub type Opener = Box<dyn Fn() -> std::io::Result<File> + Send + Sync>;
+
 /// Where audit lines go.
 pub struct AuditLog {
-    dir: Option<File>,
-    name: std::ffi::CString,
+    opener: Option<Opener>,
     file: Mutex<Option<File>>,
 }
 
@@ -62,55 +64,40 @@ impl AuditLog {
     /// A log that discards records (no `--audit-log`).
     pub fn disabled() -> Self {
         AuditLog {
-            dir: None,
-            name: std::ffi::CString::default(),
+            opener: None,
             file: Mutex::new(None),
         }
     }
 
-    /// Opens (creating) the log at `path`, append-only, mode 0600.
-    pub fn open(path: &Path) -> std::io::Result<Self> {
-        let parent = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let dir = File::open(parent)?;
-        let name = std::ffi::CString::new(
-            path.file_name()
-                .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?
-                .as_encoded_bytes(),
-        )
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    /// A log written through files `opener` opens (now, and on reopen).
+    pub fn with_opener(opener: Opener) -> std::io::Result<Self> {
         let log = AuditLog {
-            dir: Some(dir),
-            name,
+            opener: Some(opener),
             file: Mutex::new(None),
         };
         log.reopen()?;
         Ok(log)
     }
 
-    /// Reopens the file under its name (after rotation).
+    /// Opens (creating) the log at `path`, append-only, mode 0600.
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        let path = path.to_path_buf();
+        Self::with_opener(Box::new(move || {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+        }))
+    }
+
+    /// Opens the file again under its name (after rotation).
     pub fn reopen(&self) -> std::io::Result<()> {
-        let Some(dir) = &self.dir else { return Ok(()) };
-        // SAFETY: openat relative to our directory fd with a valid C string.
-        let fd = unsafe {
-            libc::openat(
-                dir.as_raw_fd(),
-                self.name.as_ptr(),
-                libc::O_WRONLY
-                    | libc::O_APPEND
-                    | libc::O_CREAT
-                    | libc::O_CLOEXEC
-                    | libc::O_NOFOLLOW,
-                0o600,
-            )
+        let Some(open) = &self.opener else {
+            return Ok(());
         };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fresh fd.
-        let f = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let f = open()?;
         *self.file.lock().unwrap() = Some(f);
         Ok(())
     }

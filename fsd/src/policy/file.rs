@@ -11,7 +11,7 @@
 //! principal = "alice"
 //!
 //! [[rule]]
-//! path = "home/alice/secret/**"
+//! path = "home/alice/secret/**"   # the directory and everything beneath
 //! owner = "alice"
 //! protect = ["read", "write", "metadata", "exec"]
 //! without_grant = "ask"      # or "deny"
@@ -103,6 +103,8 @@ pub struct Policy {
     /// How long fsd waits for an answer from authd.
     pub ask_timeout: Duration,
     globs: GlobSet,
+    /// Rule of each glob in `globs` (a `dir/**` rule has two: `dir/**` and `dir`).
+    glob_rule: Vec<u32>,
 }
 
 /// A policy refused, with where and why.
@@ -280,6 +282,7 @@ impl Policy {
         };
         let mut rules = Vec::new();
         let mut globs = GlobSetBuilder::new();
+        let mut glob_rule = Vec::new();
         let mut patterns = HashSet::new();
         for r in &raw.rule {
             let line = line_of(src, r.span().start);
@@ -302,6 +305,17 @@ impl Policy {
                 .build()
                 .map_err(|e| err(Some(r.path.span()), format!("bad path pattern: {e}")))?;
             globs.add(glob);
+            glob_rule.push(rules.len() as u32);
+            // `dir/**` protects `dir` itself too: making or removing entries
+            // in it changes what the protected tree holds.
+            if let Some(dir) = pattern.strip_suffix("/**") {
+                let glob = GlobBuilder::new(dir)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| err(Some(r.path.span()), format!("bad path pattern: {e}")))?;
+                globs.add(glob);
+                glob_rule.push(rules.len() as u32);
+            }
             let protect = match &r.protect {
                 None => Protect::ALL,
                 Some(list) if list.get_ref().is_empty() => {
@@ -342,6 +356,7 @@ impl Policy {
             rules,
             ask_timeout,
             globs,
+            glob_rule,
         })
     }
 
@@ -349,7 +364,11 @@ impl Policy {
     /// relative to the share root without a leading slash.
     pub fn rule_for(&self, rel: &str) -> Option<u32> {
         // The set tests every pattern at once; the lowest index wins.
-        self.globs.matches(rel).into_iter().min().map(|i| i as u32)
+        self.globs
+            .matches(rel)
+            .into_iter()
+            .map(|g| self.glob_rule[g])
+            .min()
     }
 
     /// The rule at `index`; `None` only in the instant a reload renumbers
@@ -425,7 +444,8 @@ grant_secs = 10
         assert_eq!(r.pattern, "notes/*.txt");
         assert!(r.protect.contains(Protect::WRITE) && !r.protect.contains(Protect::READ));
         assert_eq!(p.rule_for("secret/a/b.txt"), Some(0));
-        assert_eq!(p.rule_for("secret"), None);
+        assert_eq!(p.rule_for("secret"), Some(0), "dir/** covers dir");
+        assert_eq!(p.rule_for("secretive"), None);
         assert_eq!(p.rule_for("notes/x.txt"), Some(1));
         assert_eq!(p.rule_for("notes/sub/x.txt"), None, "* does not cross /");
         assert_eq!(p.rule_for("other"), None);

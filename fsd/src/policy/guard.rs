@@ -10,17 +10,13 @@
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
-use std::ffi::CString;
-use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
-use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use super::audit::{rfc3339, AuditLog, Record};
 use super::file::{CacheRule, Missing, Policy, PolicyError, Protect};
-use super::grants::{AccessRequest, Authorizer, Grants};
+use super::grants::{AccessRequest, GrantSource};
 use super::labels::{InodeKey, Labels};
 
 /// The kind of access a request makes, as a policy names it.
@@ -64,50 +60,36 @@ pub struct Guard {
     vm: String,
     policy: RwLock<Arc<Policy>>,
     pub labels: Labels,
-    pub grants: Grants,
+    grants: Arc<dyn GrantSource>,
     audit: AuditLog,
-    authorizer: Option<Arc<dyn Authorizer>>,
     /// Host inodes read under each principal's current grant: what the
     /// guest may have cached, to be flushed when the grant ends.
     read_under_grant: Mutex<HashMap<String, HashSet<InodeKey>>>,
-    /// The policy file's directory and name, kept for SIGHUP reloads after
-    /// the sandbox has hidden host paths.
-    policy_dir: Option<File>,
-    policy_name: CString,
+    /// Reads the policy file again for SIGHUP (through the broker once
+    /// sandboxed: host paths are gone then).
+    reread: PolicyReader,
 }
+
+/// Reads the current text of the policy file.
+pub type PolicyReader = Box<dyn Fn() -> io::Result<String> + Send + Sync>;
 
 impl Guard {
     pub fn new(
         vm: String,
         policy: Policy,
         audit: AuditLog,
-        authorizer: Option<Arc<dyn Authorizer>>,
-    ) -> io::Result<Self> {
-        let dir = policy
-            .source
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let policy_dir = File::open(dir).ok();
-        let policy_name = CString::new(
-            policy
-                .source
-                .file_name()
-                .map(|n| n.as_encoded_bytes().to_vec())
-                .unwrap_or_default(),
-        )
-        .unwrap_or_default();
-        Ok(Guard {
+        grants: Arc<dyn GrantSource>,
+        reread: PolicyReader,
+    ) -> Self {
+        Guard {
             vm,
             policy: RwLock::new(Arc::new(policy)),
             labels: Labels::default(),
-            grants: Grants::default(),
+            grants,
             audit,
-            authorizer,
             read_under_grant: Mutex::new(HashMap::new()),
-            policy_dir,
-            policy_name,
-        })
+            reread,
+        }
     }
 
     pub fn vm(&self) -> &str {
@@ -138,7 +120,9 @@ impl Guard {
         };
         let p = self.policy();
         match p.rule(r) {
-            Some(rule) => rule.without_grant == Missing::Ask && !self.grants.is_live(&rule.owner),
+            Some(rule) => {
+                rule.without_grant == Missing::Ask && !self.grants.is_live(&self.vm, &rule.owner)
+            }
             None => false,
         }
     }
@@ -179,7 +163,7 @@ impl Guard {
             .as_ref()
             .and_then(|n| n.path.clone())
             .unwrap_or_else(|| Arc::from("?"));
-        if self.grants.is_live(&rule.owner) {
+        if self.grants.is_live(&self.vm, &rule.owner) {
             if op == Op::Read {
                 if let Some(n) = &n {
                     self.read_under_grant
@@ -201,16 +185,6 @@ impl Guard {
                 Err(eacces())
             }
             Missing::Ask => {
-                let Some(auth) = &self.authorizer else {
-                    self.audit(
-                        &rule.owner,
-                        what,
-                        &path,
-                        guest_pid,
-                        "denied: no authd configured",
-                    );
-                    return Err(eacces());
-                };
                 if !MAY_WAIT.with(|w| w.get()) {
                     self.audit(
                         &rule.owner,
@@ -229,7 +203,7 @@ impl Guard {
                     guest_pid,
                     lifetime: rule.grant,
                 };
-                match self.grants.ask(auth.as_ref(), &req, policy.ask_timeout) {
+                match self.grants.ask(&req, policy.ask_timeout) {
                     Ok(()) => {
                         self.audit(
                             &rule.owner,
@@ -268,25 +242,7 @@ impl Guard {
             line: None,
             message: m,
         };
-        let dir = self
-            .policy_dir
-            .as_ref()
-            .ok_or_else(|| err("policy directory not open".into()))?;
-        // SAFETY: openat relative to our directory fd with a valid C string.
-        let fd = unsafe {
-            libc::openat(
-                dir.as_raw_fd(),
-                self.policy_name.as_ptr(),
-                libc::O_RDONLY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(err(format!("cannot open: {}", io::Error::last_os_error())));
-        }
-        // SAFETY: fresh fd.
-        let mut f = unsafe { File::from_raw_fd(fd) };
-        let mut src = String::new();
-        io::Read::read_to_string(&mut f, &mut src).map_err(|e| err(format!("cannot read: {e}")))?;
+        let src = (self.reread)().map_err(|e| err(format!("cannot read: {e}")))?;
         let new = Policy::parse(&old.source, &src)?;
         if new.vm(&self.vm).is_none() {
             return Err(err(format!(

@@ -292,11 +292,7 @@ mod tests {
         let l = Labels::default();
         l.observe_root(&p, (1, 1));
         l.observe(&p, seen(1, b"s", 2, (1, 2), true, false));
-        assert_eq!(
-            l.rule_of(2),
-            None,
-            "the directory itself is not matched by s/**"
-        );
+        assert_eq!(l.rule_of(2), Some(0), "s/** covers s itself");
         l.observe(&p, seen(2, b"f", 3, (1, 3), false, false));
         assert_eq!(l.rule_of(3), Some(0));
         // The same inode seen under another name (hard link, rename) keeps it.
@@ -318,7 +314,7 @@ mod tests {
         std::fs::write(t.path().join("share/open"), b"x").unwrap();
         let p = policy();
         let l = Labels::default();
-        assert_eq!(l.scan(&p, &t.path().join("share")), 2, "s/d and s/d/f");
+        assert_eq!(l.scan(&p, &t.path().join("share")), 3, "s, s/d and s/d/f");
         let db = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -338,7 +334,8 @@ mod tests {
             .write(true)
             .open(t.path().join("labels.db"))
             .unwrap();
-        assert_eq!(again.attach_db(&p, db).unwrap(), 3);
+        // s, s/d, s/d/f from the scan; s (9, 2) and s/new (9, 77) seen later.
+        assert_eq!(again.attach_db(&p, db).unwrap(), 5);
         assert_eq!(again.rule_of_key((9, 77)), Some(0));
     }
 }
