@@ -91,8 +91,19 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts the daemon and waits until `socket` exists.
+    /// Starts the daemon and waits until `socket` exists. A file left at
+    /// `socket` by an earlier run is removed first, so that its presence
+    /// really means the new daemon is listening.
     pub fn spawn_on_path(spec: &DaemonSpec, socket: &Path) -> Result<Daemon> {
+        match std::fs::remove_file(socket) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::Io {
+                    path: socket.to_path_buf(),
+                    source: e,
+                })
+            }
+            _ => {}
+        }
         let mut d = Self::spawn(spec, None)?;
         let deadline = Instant::now() + spec.ready_timeout;
         loop {
