@@ -5,9 +5,9 @@
 //! descriptors of host directories either: `openat(dir, "..")` on one would
 //! lead a compromised daemon back out. So the parent that stays outside
 //! (with `--sandbox=namespace` it is already there, waiting for the daemon)
-//! answers three requests over a socket pair, each with one descriptor:
+//! answers four requests over a socket pair, each with one descriptor:
 //! the policy file opened for reading, the audit log opened for appending,
-//! a fresh connection to authd. It opens nothing else and reads nothing the
+//! a fresh connection to authd or to the monitor. It opens nothing else and reads nothing the
 //! guest wrote. Without a sandbox, fsd opens them itself.
 
 use std::fs::{File, OpenOptions};
@@ -29,6 +29,8 @@ pub enum Resource {
     AuditLog,
     /// A new connection to authd.
     Authd,
+    /// A new connection to the monitor.
+    Monitor,
 }
 
 impl Resource {
@@ -37,6 +39,7 @@ impl Resource {
             Resource::Policy => b'P',
             Resource::AuditLog => b'A',
             Resource::Authd => b'C',
+            Resource::Monitor => b'M',
         }
     }
 
@@ -45,6 +48,7 @@ impl Resource {
             b'P' => Some(Resource::Policy),
             b'A' => Some(Resource::AuditLog),
             b'C' => Some(Resource::Authd),
+            b'M' => Some(Resource::Monitor),
             _ => None,
         }
     }
@@ -56,6 +60,7 @@ pub struct Paths {
     pub policy: Option<PathBuf>,
     pub audit_log: Option<PathBuf>,
     pub authd: Option<PathBuf>,
+    pub monitor: Option<PathBuf>,
 }
 
 impl Paths {
@@ -79,6 +84,10 @@ impl Paths {
             }
             Resource::Authd => {
                 let p = self.authd.as_ref().ok_or_else(missing)?;
+                Ok(UnixStream::connect(p)?.into())
+            }
+            Resource::Monitor => {
+                let p = self.monitor.as_ref().ok_or_else(missing)?;
                 Ok(UnixStream::connect(p)?.into())
             }
         }
@@ -164,6 +173,7 @@ mod tests {
             policy: Some(t.path().join("p.toml")),
             audit_log: Some(t.path().join("audit.log")),
             authd: None,
+            monitor: None,
         };
         let (a, b) = UnixStream::pair().unwrap();
         let server = std::thread::spawn(move || serve(paths, b));

@@ -209,6 +209,11 @@ pub struct Opt {
     #[arg(long, value_name = "PATH", requires = "policy")]
     pub authd_socket: Option<PathBuf>,
 
+    /// The monitor's socket: when a grant ends, fsd asks it to flush what
+    /// the guest read under the grant from the guest's page cache.
+    #[arg(long, value_name = "PATH", requires = "policy")]
+    pub monitor_socket: Option<PathBuf>,
+
     /// Print the features understood, as JSON for libvirt, and exit.
     #[arg(long)]
     pub print_capabilities: bool,
@@ -339,6 +344,7 @@ pub struct AccessControl {
     pub audit_log: Option<PathBuf>,
     pub label_db: Option<PathBuf>,
     pub authd_socket: Option<PathBuf>,
+    pub monitor_socket: Option<PathBuf>,
 }
 
 /// Where the vhost-user connection comes from.
@@ -463,6 +469,7 @@ impl Opt {
                 audit_log: self.audit_log,
                 label_db: self.label_db,
                 authd_socket: self.authd_socket,
+                monitor_socket: self.monitor_socket,
             }),
         })
     }

@@ -21,6 +21,7 @@ use crate::cli::{AccessControl, CacheMode, InodeFileHandles, SandboxMode, Settin
 use crate::dispatch::{AtomicMem, Dispatcher, GuestMem};
 use crate::error::{Error, Result};
 use crate::fs::{SharedFs, SharedFsOptions};
+use crate::monitor_link::MonitorLink;
 use crate::policy::audit::AuditLog;
 use crate::policy::grants::{GrantSource, NoGrants};
 use crate::policy::guard::PolicyReader;
@@ -120,6 +121,10 @@ fn load_guard(
         File::from(b.open(Resource::Policy)?).read_to_string(&mut s)?;
         Ok(s)
     });
+    let monitor = match &a.monitor_socket {
+        Some(_) => Some(MonitorLink::start(broker.clone()).map_err(Error::Fs)?),
+        None => None,
+    };
     // The guard is needed by the grant-end callback, and the grant source by
     // the guard: the callback reaches the guard through a cell set below.
     let cell: Arc<OnceLock<Arc<Guard>>> = Arc::new(OnceLock::new());
@@ -133,15 +138,20 @@ fn load_guard(
             let on_end = cell.clone();
             let cache = GrantCache::start(client, Duration::from_secs(1), move |ended| {
                 let g = ended.grant();
-                if let Some(guard) = on_end.get() {
-                    let read = guard.grant_ended(&g.principal);
-                    info!(
-                        "grant {} of {} for VM {} ended ({ended:?}); the guest read {} protected inodes under it",
-                        g.id,
-                        g.principal,
-                        g.vm,
-                        read.len()
-                    );
+                // authd reports the ends of every VM's grants; this fsd serves one.
+                let Some(guard) = on_end.get().filter(|guard| guard.vm() == g.vm) else {
+                    return;
+                };
+                let read = guard.grant_ended(&g.principal);
+                info!(
+                    "grant {} of {} for VM {} ended; the guest read {} protected inodes under it",
+                    g.id,
+                    g.principal,
+                    g.vm,
+                    read.len()
+                );
+                if let Some(m) = &monitor {
+                    m.flush(&g.vm, read.into_iter().map(|(_, ino)| ino).collect());
                 }
             });
             if !cache.wait_subscribed(Duration::from_secs(2)) {
@@ -193,6 +203,7 @@ fn broker_paths(s: &Settings) -> broker::Paths {
             policy: Some(a.policy.clone()),
             audit_log: a.audit_log.clone(),
             authd: a.authd_socket.clone(),
+            monitor: a.monitor_socket.clone(),
         },
         None => broker::Paths::default(),
     }

@@ -13,6 +13,7 @@
 //! | worker threads | [`pool`] |
 //! | the file system: passthrough behind name checks, readonly, locks | [`fs`] |
 //! | per-file access control: policy, labels, grants, audit | [`policy`] |
+//! | asking the monitor to flush when a grant ends | [`monitor_link`] |
 //! | host resources for the sandboxed daemon, from its parent | [`broker`] |
 //! | confinement: namespaces, pivot_root, capabilities, rlimits | [`sandbox`] |
 //! | the seccomp allow-list | [`seccomp`] |
@@ -27,6 +28,7 @@ pub mod dispatch;
 pub mod error;
 pub mod fs;
 pub mod logging;
+pub mod monitor_link;
 pub mod policy;
 pub mod pool;
 pub mod sandbox;
