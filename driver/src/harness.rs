@@ -110,6 +110,12 @@ impl Harness {
         })
     }
 
+    /// Splits the harness, e.g. to drop the device (disconnect, as a VMM
+    /// that exits) while keeping the daemon and the scratch tree.
+    pub fn into_parts(self) -> (Daemon, Device, tempfile::TempDir) {
+        (self.daemon, self.device, self.root)
+    }
+
     /// The shared directory on the host.
     pub fn share(&self) -> PathBuf {
         self.root.path().join("share")

@@ -345,3 +345,25 @@ fn deep_queue_with_and_without_event_idx() {
         }
     }
 }
+
+/// A drop-in must behave like virtiofsd when the VMM goes away: serve one
+/// connection, then exit successfully (libvirt and QEMU start one daemon per
+/// VM and expect it to end with the VM).
+#[test]
+fn daemon_exits_when_the_vmm_disconnects() {
+    for kind in [DaemonKind::Virtiofsd, DaemonKind::Fsd] {
+        let Some(mut h) = common::start(kind, &HarnessOptions::default(), common::populate) else {
+            continue;
+        };
+        Session::new(h.device.queue(1).unwrap()).init().unwrap();
+        let (mut daemon, device, _scratch) = h.into_parts();
+        drop(device);
+        let status = daemon.wait_exit(std::time::Duration::from_secs(10));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{} after disconnect: {status:?} (still running if None); log:\n{}",
+            kind.name(),
+            daemon.log_tail()
+        );
+    }
+}
