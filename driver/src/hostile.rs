@@ -354,6 +354,38 @@ pub fn cases() -> Vec<Case> {
             },
         ),
         c(
+            "avail-head-out-of-range",
+            "available ring entry naming descriptor 60000 of a 128-entry table",
+            true,
+            |x| {
+                let q = x.h.device.queue(1)?;
+                let token = q.publish_raw_head(60_000)?;
+                Ok(match q.wait_for(token, ATTACK_WAIT) {
+                    Ok(c) => expect_error_or_dropped(&Outcome::Reply(Reply {
+                        header: Default::default(),
+                        body: Vec::new(),
+                        used_len: c.len,
+                    })),
+                    Err(Error::Timeout(_)) => expect_error_or_dropped(&Outcome::NoReply),
+                    Err(e) => return Err(e),
+                })
+            },
+        ),
+        c(
+            "avail-idx-runaway",
+            "available index moved 1000 entries ahead of a 128-entry ring",
+            true,
+            |x| {
+                let q = x.h.device.queue(1)?;
+                q.advance_avail_idx(1000)?;
+                std::thread::sleep(Duration::from_millis(500));
+                Ok(Finding {
+                    observed: "nothing to return".into(),
+                    ok: true,
+                })
+            },
+        ),
+        c(
             "zero-length-buffers",
             "zero-length readable and writable descriptors",
             true,

@@ -280,6 +280,37 @@ impl Queue {
         Ok(token)
     }
 
+    /// Puts an arbitrary head index on the available ring (for hostile
+    /// tests: an index beyond the table, or one already in flight) and kicks.
+    /// The returned token matches a completion if the device returns that
+    /// head.
+    pub fn publish_raw_head(&mut self, head: u16) -> Result<u64> {
+        let slot = self.layout.avail + 4 + 2 * u64::from(self.next_avail % self.layout.size);
+        self.store_u16(slot, head)?;
+        self.next_avail = self.next_avail.wrapping_add(1);
+        fence(Ordering::SeqCst);
+        self.store_u16(self.layout.avail + 2, self.next_avail)?;
+        let token = self.next_token;
+        self.next_token += 1;
+        self.in_flight.entry(head).or_insert(InFlight {
+            token,
+            descs: Vec::new(),
+            blocks: Vec::new(),
+            writable: Vec::new(),
+        });
+        self.notify()?;
+        Ok(token)
+    }
+
+    /// Moves the available index forward by `by` without publishing
+    /// anything (for hostile tests: more entries claimed than the ring holds).
+    pub fn advance_avail_idx(&mut self, by: u16) -> Result<()> {
+        self.next_avail = self.next_avail.wrapping_add(by);
+        fence(Ordering::SeqCst);
+        self.store_u16(self.layout.avail + 2, self.next_avail)?;
+        self.notify()
+    }
+
     /// Kicks the device if it wants to be kicked (honouring EVENT_IDX or
     /// `VRING_USED_F_NO_NOTIFY`).
     pub fn notify(&mut self) -> Result<()> {
