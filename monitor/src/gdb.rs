@@ -356,7 +356,7 @@ impl Gdb {
             Some(b'T') | Some(b'S') if r.len() >= 3 => {
                 let signal = u8::from_str_radix(&text[1..3], 16)
                     .map_err(|_| Error::Gdb(format!("stop {text}")))?;
-                let thread = text
+                let thread = text[3..]
                     .split(';')
                     .find_map(|kv| kv.strip_prefix("thread:"))
                     .and_then(|t| {

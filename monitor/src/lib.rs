@@ -13,8 +13,11 @@
 //! - [`freeze`]: parking and waking a process from outside.
 //! - [`pagecache`]: finding and flushing the cached pages of a file.
 //! - [`kvm`]: the monitor's own KVM guests and a debug-register syscall hook.
+//! - [`daemon`]: JSON-lines requests (e.g. "flush these inodes in VM X")
+//!   over a Unix socket.
 
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod freeze;
 pub mod gdb;

@@ -83,6 +83,12 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Serve JSON-lines requests on a Unix socket (needs --config).
+    Daemon {
+        /// Socket path; a stale socket file there is replaced.
+        #[arg(long)]
+        socket: PathBuf,
+    },
     /// Measure the debug-register syscall hook on the monitor's own KVM guest.
     KvmBench {
         #[arg(long, default_value_t = 20_000)]
@@ -220,6 +226,26 @@ fn run(cli: &Cli) -> Result<()> {
                     r.inodes, r.pages_before, r.invalidated, r.zeroed, r.still_cached, r.busy
                 );
             }
+        }
+        Cmd::Daemon { socket } => {
+            let path = cli
+                .config
+                .clone()
+                .ok_or_else(|| Error::Config("daemon needs --config".into()))?;
+            let config = Config::load(&path)?;
+            if std::fs::symlink_metadata(socket)
+                .map(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+                .unwrap_or(false)
+            {
+                std::fs::remove_file(socket).map_err(|e| Error::io("remove stale socket", e))?;
+            }
+            let listener = std::os::unix::net::UnixListener::bind(socket)
+                .map_err(|e| Error::io(format!("bind {}", socket.display()), e))?;
+            let state = std::sync::Arc::new(monitor::daemon::State::new(
+                config,
+                cli.profile_cache.clone(),
+            ));
+            monitor::daemon::serve(listener, state)?;
         }
         Cmd::KvmBench {
             unhooked,

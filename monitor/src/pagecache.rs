@@ -15,7 +15,7 @@
 //! without this the data would stay readable in guest RAM.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -60,8 +60,15 @@ pub struct FlushReport {
     pub zeroed: usize,
     /// Pages still cached (dirty, locked, under writeback or mapped).
     pub still_cached: usize,
-    /// Frames that left the cache but were still referenced, so not zeroed.
+    /// Frames that left the cache but were still referenced at the safe
+    /// point (typically held by a per-CPU page batch for a moment).
     pub busy: usize,
+    /// Of those, frames found free and zeroed in a later pass.
+    pub zeroed_late: usize,
+    /// Time spent waiting for a vCPU to reach a safe point (guest-paced).
+    pub wait_us: u64,
+    /// Time from the safe point to the end (walk, calls, scrub).
+    pub work_us: u64,
 }
 
 /// Superblocks (kernel addresses) whose filesystem type is `fstype`.
@@ -177,7 +184,9 @@ pub fn flush(vm: &mut Vm, host_inos: &BTreeSet<u64>, timeout: Duration) -> Resul
             let k = vm.kernel(paging)?;
             (k.slide, inject::safe_points(&vm.profile, k.slide))
         };
+        let t0 = Instant::now();
         let mut sp = inject::reach_safe_point(&mut gdb, &hooks, timeout)?;
+        let t1 = Instant::now();
         // The VM is stopped at the safe point: record, invalidate, scrub,
         // with no guest code running in between except the calls.
         let paging = vm.paging()?;
@@ -199,6 +208,7 @@ pub fn flush(vm: &mut Vm, host_inos: &BTreeSet<u64>, timeout: Duration) -> Resul
         }
         sp.finish()?;
         let zeros = vec![0u8; PAGE_SIZE as usize];
+        let mut busy = Vec::new();
         for inode in &before {
             let still: BTreeSet<u64> = mapping_pages(&k, inode.mapping)?
                 .iter()
@@ -214,14 +224,47 @@ pub fn flush(vm: &mut Vm, host_inos: &BTreeSet<u64>, timeout: Duration) -> Resul
                     report.zeroed += 1;
                 } else {
                     report.busy += 1;
+                    busy.push((*p, inode.mapping));
                 }
             }
         }
-        Ok(report)
+        report.wait_us = (t1 - t0).as_micros() as u64;
+        report.work_us = t1.elapsed().as_micros() as u64;
+        Ok((report, busy))
     })();
     gdb.detach()?;
-    res
+    let (mut report, mut busy) = res?;
+    // Frames still referenced a moment ago are usually released as soon as
+    // the guest runs on; look again a few times and scrub those now free.
+    for _ in 0..LATE_PASSES {
+        if busy.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let zeroed = vm.paused(|vm| {
+            let paging = vm.paging()?;
+            let k = vm.kernel(paging)?;
+            let zeros = vec![0u8; PAGE_SIZE as usize];
+            let mut zeroed = 0;
+            let mut left = Vec::new();
+            for (p, mapping) in busy.drain(..) {
+                if scrubbable(&k, p.page, mapping)? {
+                    vm.ram.write_phys(p.pfn * PAGE_SIZE, &zeros)?;
+                    zeroed += 1;
+                } else {
+                    left.push((p, mapping));
+                }
+            }
+            busy = left;
+            Ok(zeroed)
+        })?;
+        report.zeroed_late += zeroed;
+    }
+    Ok(report)
 }
+
+/// Later looks at frames that were still referenced at the safe point.
+const LATE_PASSES: usize = 5;
 
 /// Guest-physical addresses where `needle` occurs anywhere in guest RAM.
 /// Used to prove that no copy of protected data is left behind.

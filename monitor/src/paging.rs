@@ -100,9 +100,11 @@ mod tests {
     /// Map va -> pa through hand-built tables of the given depth.
     fn build(levels: u8, va: u64, leaf_level: u8, pa: u64) -> (BufMem, Paging) {
         let m = BufMem::new(1 << 20);
-        let mut table = 0x1000u64;
-        let cr3 = table | 0x1000 /* PTI user bit, must be ignored */;
-        let mut next = 0x2000u64;
+        // The kernel PGD is 8 KiB aligned; with PTI, CR3 bit 12 selects the
+        // user half and must be masked off by the walker.
+        let mut table = 0x2000u64;
+        let cr3 = table | 0x1000;
+        let mut next = 0x4000u64;
         let mut shift = 12 + 9 * levels as u32;
         for level in (1..=levels).rev() {
             shift -= 9;

@@ -12,8 +12,13 @@ use common::guest::Guest;
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+
+use monitor::config::Config;
 use monitor::vm::Vm;
-use monitor::{freeze, pagecache};
+use monitor::{daemon, freeze, pagecache};
 
 /// A marker no earlier run or other file can contain.
 fn unique_marker(tag: &str) -> Vec<u8> {
@@ -198,6 +203,34 @@ fn freeze_thaw_and_page_cache_flush() {
     g.sh("kill %1 2>/dev/null; true");
     cache_and_flush(&mut g, &mut vm, "small.bin", 1 << 20);
     cache_and_flush(&mut g, &mut vm, "large.bin", 64 << 20);
+
+    // ---- the same through the daemon's socket --------------------------
+    // QEMU serves one client per QMP socket: hand it over to the daemon.
+    drop(vm);
+    let marker = unique_marker("daemon");
+    let path = g.share.join("daemon.bin");
+    marked_file(&path, &marker, 256 << 10);
+    let ino = std::fs::metadata(&path).unwrap().ino();
+    g.sh("cat daemon.bin >/dev/null");
+    let ram = monitor::mem::GuestRam::open(&g.spec.mem).unwrap();
+    assert!(pagecache::scan_ram(&ram, &marker).len() >= 64);
+    let sock = g.dir().join("monitor.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let mut config = Config::default();
+    config.vms.insert("guest".into(), g.spec.clone());
+    let state = Arc::new(daemon::State::new(config, Some(g.dir().join("profiles"))));
+    std::thread::spawn(move || daemon::serve(listener, state));
+    let conn = UnixStream::connect(&sock).unwrap();
+    let mut w = conn.try_clone().unwrap();
+    w.write_all(format!("{{\"op\":\"flush\",\"vm\":\"guest\",\"inos\":[{ino}]}}\n").as_bytes())
+        .unwrap();
+    let mut reply = String::new();
+    BufReader::new(conn).read_line(&mut reply).unwrap();
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(reply["flush"]["zeroed"], 64, "{reply}");
+    assert!(pagecache::scan_ram(&ram, &marker).is_empty(), "{reply}");
+
     let dmesg = g.sh("dmesg");
     for bad in ["WARNING", "BUG:", "Oops", "sleeping function called"] {
         assert!(!dmesg.contains(bad), "guest kernel complained:\n{dmesg}");

@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use common::guest::{Guest, UUID};
 use monitor::vm::Vm;
@@ -36,28 +37,44 @@ fn identity_symbols_and_processes() {
     }
 
     // VM identity: the SMBIOS copy equals -uuid and QMP.
+    let t = Instant::now();
     let found = smbios::read_uuid(&vm.ram).unwrap();
-    assert_eq!(found.uuid, UUID);
     let id = smbios::Identity::compare(&vm.qmp.uuid().unwrap(), Some(&found));
+    println!("UUID lookup (RAM scan + QMP query-uuid): {:?}", t.elapsed());
+    assert_eq!(found.uuid, UUID);
     assert!(!id.tampered, "{id:?}");
 
     // Process list: the guest's ps, then ours while paused.
     let guest_ps = g.sh("ps -o pid,ppid,comm");
+    let t = Instant::now();
     let ours = vm
         .paused(|vm| {
             let p = vm.paging()?;
             process::list(&vm.kernel(p)?)
         })
         .unwrap();
+    println!(
+        "process list ({} processes, pause + CR3 + KASLR + walk + resume): {:?}",
+        ours.len(),
+        t.elapsed()
+    );
     let ours: BTreeMap<u32, &process::Process> = ours.iter().map(|p| (p.pid, p)).collect();
     let mut seen = 0;
-    for line in guest_ps.lines().skip(1) {
+    for line in guest_ps.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 3 || f[2] == "ps" {
+        if f.is_empty() || f[0] == "PID" {
             continue;
         }
-        let pid: u32 = f[0].parse().unwrap();
-        let ppid: u32 = f[1].parse().unwrap();
+        assert_eq!(f.len(), 3, "unexpected ps line {line:?} in:\n{guest_ps}");
+        if f[2] == "ps" {
+            continue;
+        }
+        let pid: u32 = f[0]
+            .parse()
+            .unwrap_or_else(|_| panic!("{line:?} in:\n{guest_ps}"));
+        let ppid: u32 = f[1]
+            .parse()
+            .unwrap_or_else(|_| panic!("{line:?} in:\n{guest_ps}"));
         let p = ours
             .get(&pid)
             .unwrap_or_else(|| panic!("pid {pid} ({line}) missing: {ours:#?}"));

@@ -29,6 +29,9 @@ fn profile_from_real_vmlinux() {
     assert_eq!(p.field("task_struct", "comm").unwrap().size, 16);
     // thread_info is embedded first in task_struct on x86-64.
     assert_eq!(p.off("task_struct", "thread_info.flags").unwrap(), 0);
+    // Page flag bits come from BTF's enum pageflags.
+    assert_eq!(p.constant("PG_locked").unwrap(), 0);
+    assert!(p.constant("PG_writeback").unwrap() > p.constant("PG_dirty").unwrap());
     let dir = tempfile::tempdir().unwrap();
     let path = p.store(dir.path()).unwrap();
     assert_eq!(Profile::load(&path).unwrap(), p);
