@@ -280,7 +280,15 @@ pub fn run(s: Settings) -> Result<()> {
     if let Some(g) = &guard {
         signals::spawn_reloader(g.clone()).map_err(Error::Fs)?;
     }
-    seccomp::install(s.seccomp, s.syslog)?;
+    let peers = s
+        .access
+        .as_ref()
+        .is_some_and(|a| a.authd_socket.is_some() || a.monitor_socket.is_some());
+    let direct = matches!(*broker, Broker::Direct(_));
+    seccomp::install(
+        s.seccomp,
+        seccomp::UnixConnect(s.syslog || (direct && peers)),
+    )?;
     info!(
         "serving {} ({} request queues, cache={:?}, sandbox={:?}, open-file limit {nofile})",
         shared.display(),

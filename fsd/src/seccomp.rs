@@ -8,7 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
 
 use crate::cli::SeccompMode;
 
@@ -143,23 +146,32 @@ pub const ALLOWED: &[i64] = &[
     libc::SYS_ppoll,
 ];
 
-/// Added with `--syslog`: reconnecting to the log socket.
-pub const SYSLOG: &[i64] = &[libc::SYS_socket, libc::SYS_connect];
+/// Whether fsd itself opens UNIX-domain connections after start-up: for
+/// `--syslog`, or for authd and the monitor when there is no sandbox (and so
+/// no broker to connect for it). Only `socket(AF_UNIX, ...)` is allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnixConnect(pub bool);
 
 /// Installs the filter on every thread of the process.
-pub fn install(mode: SeccompMode, syslog: bool) -> Result<(), SeccompError> {
+pub fn install(mode: SeccompMode, unix: UnixConnect) -> Result<(), SeccompError> {
     let mismatch = match mode {
         SeccompMode::None => return Ok(()),
         SeccompMode::Kill => SeccompAction::KillProcess,
         SeccompMode::Log => SeccompAction::Log,
         SeccompMode::Trap => SeccompAction::Trap,
     };
-    let extra: &[i64] = if syslog { SYSLOG } else { &[] };
-    let rules: BTreeMap<i64, Vec<SeccompRule>> = ALLOWED
-        .iter()
-        .chain(extra)
-        .map(|&nr| (nr, vec![]))
-        .collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        ALLOWED.iter().map(|&nr| (nr, vec![])).collect();
+    if unix.0 {
+        let af_unix = SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::AF_UNIX as u64,
+        )?;
+        rules.insert(libc::SYS_socket, vec![SeccompRule::new(vec![af_unix])?]);
+        rules.insert(libc::SYS_connect, vec![]);
+    }
     let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)?;
     let prog: BpfProgram = filter.try_into()?;
     seccompiler::apply_filter_all_threads(&prog)?;

@@ -110,13 +110,14 @@ impl FsBackend {
                 Some(permit) => {
                     let d = self.dispatcher.clone();
                     let v = vring.clone();
-                    let spawned = std::thread::Builder::new()
-                        .name("fsd-lock-wait".into())
-                        .spawn(move || {
-                            let len = d.handle(chain, Blocking::Allowed);
-                            Self::complete(&v, event_idx, head, len);
-                            drop(permit);
-                        });
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("fsd-waiter".into())
+                            .spawn(move || {
+                                let len = d.handle(chain, Blocking::Allowed);
+                                Self::complete(&v, event_idx, head, len);
+                                drop(permit);
+                            });
                     if let Err(e) = spawned {
                         // The chain went down with the closure; complete it empty.
                         error!("cannot start a lock-wait thread: {e}");

@@ -1,0 +1,426 @@
+//! Per-file access control against raw FUSE messages.
+//!
+//! The host-side guest driver sends what no guest kernel would: forged uid 0
+//! in every header, node ids of protected files reached through hard links
+//! and renames, reads on handles opened while a grant was live, READDIRPLUS
+//! to harvest attributes. fsd serves a share with a policy; a stand-in for
+//! authd speaks authd's real wire protocol (authd-client's types) so the
+//! test decides when a grant exists and when it ends.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use authd_client::protocol::{
+    now_unix_ms, Call, DenyReason, EndCause, Event, EventKind, Grant, Reply, ReplyBody, Request,
+    ServerMessage, VERSION,
+};
+use driver::harness::Unavailable;
+use driver::{DaemonKind, Harness, HarnessOptions, Session};
+use fuse_backend_rs::abi::fuse_abi::SetattrIn;
+
+const EACCES: i32 = libc::EACCES;
+const SECRET: &[u8] = b"the-protected-content";
+
+/// authd's protocol, answered by the test: grants while `grant` is set.
+struct FakeAuthd {
+    socket: PathBuf,
+    grant: Arc<AtomicBool>,
+    asked: Arc<AtomicUsize>,
+    subscribers: Arc<Mutex<Vec<UnixStream>>>,
+    issued: Arc<Mutex<Vec<Grant>>>,
+}
+
+impl FakeAuthd {
+    fn start(dir: &Path) -> FakeAuthd {
+        let socket = dir.join("authd.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let f = FakeAuthd {
+            socket,
+            grant: Arc::new(AtomicBool::new(false)),
+            asked: Arc::new(AtomicUsize::new(0)),
+            subscribers: Arc::new(Mutex::new(Vec::new())),
+            issued: Arc::new(Mutex::new(Vec::new())),
+        };
+        let (grant, asked, subs, issued) = (
+            f.grant.clone(),
+            f.asked.clone(),
+            f.subscribers.clone(),
+            f.issued.clone(),
+        );
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let (grant, asked, subs, issued) =
+                    (grant.clone(), asked.clone(), subs.clone(), issued.clone());
+                std::thread::spawn(move || {
+                    let mut lines = BufReader::new(conn.try_clone().unwrap()).lines();
+                    while let Some(Ok(line)) = lines.next() {
+                        let req: Request = serde_json::from_str(&line).unwrap();
+                        let body = match req.call {
+                            Call::Subscribe => {
+                                subs.lock().unwrap().push(conn.try_clone().unwrap());
+                                ReplyBody::Subscribed
+                            }
+                            Call::Authenticate {
+                                vm,
+                                principal,
+                                lifetime_secs,
+                                ..
+                            } => {
+                                asked.fetch_add(1, Ordering::SeqCst);
+                                if grant.load(Ordering::SeqCst) {
+                                    let g = Grant {
+                                        id: format!("g{}", req.id),
+                                        vm,
+                                        principal,
+                                        expires_at_ms: now_unix_ms() + lifetime_secs * 1000,
+                                        lifetime_secs,
+                                    };
+                                    issued.lock().unwrap().push(g.clone());
+                                    ReplyBody::Granted { grant: g }
+                                } else {
+                                    ReplyBody::Denied {
+                                        why: DenyReason::Cancelled,
+                                        retry_after_ms: None,
+                                    }
+                                }
+                            }
+                            other => ReplyBody::Error {
+                                message: format!("not in this stand-in: {other:?}"),
+                            },
+                        };
+                        let msg = ServerMessage::Reply(Reply {
+                            v: VERSION,
+                            id: req.id,
+                            body,
+                        });
+                        let mut out = serde_json::to_vec(&msg).unwrap();
+                        out.push(b'\n');
+                        if (&conn).write_all(&out).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        f
+    }
+
+    /// Pushes the end of every grant issued so far, as authd does on revoke.
+    fn revoke_all(&self) {
+        let grants: Vec<Grant> = self.issued.lock().unwrap().drain(..).collect();
+        for g in grants {
+            let msg = ServerMessage::Event(Event {
+                v: VERSION,
+                kind: EventKind::GrantEnded {
+                    grant: g,
+                    cause: EndCause::Revoked,
+                },
+            });
+            let mut out = serde_json::to_vec(&msg).unwrap();
+            out.push(b'\n');
+            for s in self.subscribers.lock().unwrap().iter() {
+                let _ = (&*s).write_all(&out);
+            }
+        }
+    }
+}
+
+fn policy(dir: &Path, mode: &str) -> PathBuf {
+    let p = dir.join("policy.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "version = 1\n[[principal]]\nname = \"alice\"\n[[vm]]\nname = \"vm1\"\nprincipal = \"alice\"\n\
+             [[rule]]\npath = \"secret/**\"\nowner = \"alice\"\nwithout_grant = \"{mode}\"\ngrant_secs = 3600\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn populate(share: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(share.join("secret"))?;
+    std::fs::create_dir(share.join("public"))?;
+    std::fs::write(share.join("secret/doc"), SECRET)?;
+    std::fs::write(share.join("public/open"), b"public")?;
+    Ok(())
+}
+
+fn start(work: &Path, mode: &str, authd: Option<&FakeAuthd>) -> Option<Harness> {
+    if let Err(u) = Harness::available(DaemonKind::Fsd) {
+        match u {
+            Unavailable::Skip(m) => {
+                println!("SKIP: {m}");
+                return None;
+            }
+            Unavailable::Fail(m) => panic!("{m}"),
+        }
+    }
+    let mut extra = vec![
+        format!("--policy={}", policy(work, mode).display()),
+        "--vm=vm1".into(),
+        "--log-level=debug".into(),
+        format!("--audit-log={}", work.join("audit.log").display()),
+    ];
+    if let Some(a) = authd {
+        extra.push(format!("--authd-socket={}", a.socket.display()));
+    }
+    let opts = HarnessOptions {
+        extra_args: extra,
+        ..Default::default()
+    };
+    Some(Harness::start(DaemonKind::Fsd, &opts, populate).unwrap())
+}
+
+fn errno<T: std::fmt::Debug>(r: driver::Result<T>) -> i32 {
+    match r {
+        Err(driver::Error::Fuse { errno, .. }) => errno,
+        other => panic!("expected a FUSE error, got {other:?}"),
+    }
+}
+
+#[test]
+fn raw_fuse_bypass_attempts_are_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let Some(mut h) = start(work.path(), "deny", None) else {
+        return;
+    };
+    let share = h.share();
+    let mut s = Session::new(h.device.queue(1).unwrap());
+    s.init().unwrap();
+    let root = 1;
+    let secret = s.lookup(root, b"secret").unwrap().nodeid;
+    let public = s.lookup(root, b"public").unwrap().nodeid;
+    let doc = s.lookup(secret, b"doc").unwrap();
+    let mut refused = 0;
+    let mut expect = |name: &str, got: i32| {
+        assert_eq!(got, EACCES, "{name}: expected EACCES");
+        refused += 1;
+    };
+
+    // Reading, with and without a forged uid 0 in the header.
+    expect(
+        "open for read",
+        errno(s.open(doc.nodeid, libc::O_RDONLY as u32, false)),
+    );
+    let forged = driver::Request::new(driver::fuse::op::OPEN, doc.nodeid)
+        .arg(&fuse_backend_rs::abi::fuse_abi::OpenIn {
+            flags: libc::O_RDONLY as u32,
+            fuse_flags: 0,
+        })
+        .with_creds(0, 0);
+    expect("open, forged uid 0", s.call(&forged, 64).unwrap().errno());
+    // READ on a handle never opened for it (guessing fh values).
+    for fh in 0..4 {
+        let r = s
+            .call(
+                &driver::session::read_request(doc.nodeid, fh, 0, 4096),
+                4096,
+            )
+            .unwrap();
+        assert_ne!(r.errno(), 0, "read on guessed fh {fh} must fail");
+    }
+    // Moving it out, linking it out.
+    expect(
+        "hard link out",
+        errno(s.link(doc.nodeid, public, b"stolen")),
+    );
+    expect(
+        "rename out",
+        errno(s.rename(secret, b"doc", public, b"moved")),
+    );
+    // Changing it.
+    expect(
+        "open for write",
+        errno(s.open(doc.nodeid, libc::O_WRONLY as u32, false)),
+    );
+    expect(
+        "open with O_TRUNC",
+        errno(s.open(doc.nodeid, (libc::O_RDONLY | libc::O_TRUNC) as u32, false)),
+    );
+    let mut trunc = SetattrIn::default();
+    trunc.valid = 1 << 3; // FATTR_SIZE
+    expect("truncate", errno(s.setattr(doc.nodeid, &trunc)));
+    let mut chmod = SetattrIn::default();
+    chmod.valid = 1; // FATTR_MODE
+    chmod.mode = 0o100666;
+    expect("chmod", errno(s.setattr(doc.nodeid, &chmod)));
+    let mut chown = SetattrIn::default();
+    chown.valid = 2 | 4; // FATTR_UID | FATTR_GID
+    expect("chown", errno(s.setattr(doc.nodeid, &chown)));
+    expect("unlink", errno(s.unlink(secret, b"doc")));
+    // Adding to the protected tree.
+    expect(
+        "create inside",
+        errno(s.create(secret, b"new", 0o100644, libc::O_WRONLY as u32)),
+    );
+    expect("mkdir inside", errno(s.mkdir(secret, b"d", 0o755)));
+    expect(
+        "symlink inside",
+        errno(s.symlink(secret, b"l", b"/etc/passwd")),
+    );
+    // A symlink made elsewhere resolves in the guest; the inode it reaches
+    // by lookup is still the protected one.
+    let again = s.lookup(secret, b"doc").unwrap();
+    assert_eq!(again.attr.ino, doc.attr.ino);
+    expect(
+        "open via second lookup",
+        errno(s.open(again.nodeid, libc::O_RDONLY as u32, false)),
+    );
+    // READDIRPLUS shows names and sizes (docs/policy.md) but opens nothing.
+    let entries = s.readdir_all(secret, true, 4096).unwrap();
+    assert!(entries.iter().any(|e| e.name == b"doc"));
+    // Unprotected files keep working.
+    let open = s.lookup(public, b"open").unwrap();
+    let fh = s
+        .open(open.nodeid, libc::O_RDONLY as u32, false)
+        .unwrap()
+        .fh;
+    assert_eq!(s.read(open.nodeid, fh, 0, 100).unwrap(), b"public");
+
+    // Host side: untouched, nothing moved or created, nothing escaped.
+    assert_eq!(std::fs::read(share.join("secret/doc")).unwrap(), SECRET);
+    for p in [
+        "public/stolen",
+        "public/moved",
+        "secret/new",
+        "secret/d",
+        "secret/l",
+    ] {
+        assert!(!share.join(p).exists(), "{p} must not exist");
+    }
+    assert!(h.escaped().is_empty(), "escaped: {:?}", h.escaped());
+    let audit = std::fs::read_to_string(work.path().join("audit.log")).unwrap();
+    assert!(audit.lines().count() >= refused, "{audit}");
+    assert!(!audit.contains("the-protected-content"));
+    println!("raw-FUSE bypass attempts refused: {refused}");
+}
+
+#[test]
+fn grants_open_access_and_their_end_closes_it() {
+    let work = tempfile::tempdir().unwrap();
+    let authd = FakeAuthd::start(work.path());
+    let Some(mut h) = start(work.path(), "ask", Some(&authd)) else {
+        return;
+    };
+    let mut s = Session::new(h.device.queue(1).unwrap());
+    s.init().unwrap();
+    let secret = s.lookup(1, b"secret").unwrap().nodeid;
+    let doc = s.lookup(secret, b"doc").unwrap();
+
+    // Refused by the person: EACCES, and authd was asked.
+    let r = s.open(doc.nodeid, libc::O_RDONLY as u32, false);
+    if !matches!(r, Err(driver::Error::Fuse { .. })) {
+        panic!("{r:?}\n--- fsd log ---\n{}", h.daemon.log_tail());
+    }
+    expect_errno(errno(r), "refused");
+    assert_eq!(authd.asked.load(Ordering::SeqCst), 1);
+
+    // Granted: reads and writes work normally.
+    authd.grant.store(true, Ordering::SeqCst);
+    let fh = s.open(doc.nodeid, libc::O_RDWR as u32, false).unwrap().fh;
+    assert_eq!(s.read(doc.nodeid, fh, 0, 100).unwrap(), SECRET);
+    assert_eq!(s.write(doc.nodeid, fh, 0, b"THE").unwrap(), 3);
+    let asked = authd.asked.load(Ordering::SeqCst);
+    // Within the grant nothing more is asked.
+    let fh2 = s.open(doc.nodeid, libc::O_RDONLY as u32, false).unwrap().fh;
+    assert_eq!(authd.asked.load(Ordering::SeqCst), asked);
+
+    // The grant ends (authd pushes the end): the handles opened under it
+    // stop working at once, and new opens are asked again (and refused).
+    authd.grant.store(false, Ordering::SeqCst);
+    authd.revoke_all();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = s
+            .call(&driver::session::read_request(doc.nodeid, fh2, 0, 100), 100)
+            .unwrap();
+        if r.errno() == EACCES {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "read still allowed after the grant ended"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let w = s
+        .call(
+            &driver::session::write_request(doc.nodeid, fh, 0, b"X".to_vec()),
+            64,
+        )
+        .unwrap();
+    assert_eq!(w.errno(), EACCES, "write on a handle from the ended grant");
+    expect_errno(
+        errno(s.open(doc.nodeid, libc::O_RDONLY as u32, false)),
+        "after end",
+    );
+    assert_eq!(
+        std::fs::read(h.share().join("secret/doc")).unwrap(),
+        b"THE-protected-content"
+    );
+    let audit = std::fs::read_to_string(work.path().join("audit.log")).unwrap();
+    assert!(audit.contains("granted by authd"), "{audit}");
+    assert!(audit.contains("grant-end"), "{audit}");
+}
+
+#[test]
+fn authd_down_fails_closed_and_the_rest_keeps_flowing() {
+    let work = tempfile::tempdir().unwrap();
+    // A socket path nobody listens on.
+    let dead = FakeAuthd {
+        socket: work.path().join("nobody.sock"),
+        grant: Arc::default(),
+        asked: Arc::default(),
+        subscribers: Arc::default(),
+        issued: Arc::default(),
+    };
+    let Some(mut h) = start(work.path(), "ask", Some(&dead)) else {
+        return;
+    };
+    let mut s = Session::new(h.device.queue(1).unwrap());
+    s.init().unwrap();
+    let secret = s.lookup(1, b"secret").unwrap().nodeid;
+    let doc = s.lookup(secret, b"doc").unwrap();
+    let t = Instant::now();
+    expect_errno(
+        errno(s.open(doc.nodeid, libc::O_RDONLY as u32, false)),
+        "authd down",
+    );
+    println!("denied with authd down after {:?}", t.elapsed());
+    let public = s.lookup(1, b"public").unwrap().nodeid;
+    let open = s.lookup(public, b"open").unwrap();
+    let fh = s
+        .open(open.nodeid, libc::O_RDONLY as u32, false)
+        .unwrap()
+        .fh;
+    assert_eq!(s.read(open.nodeid, fh, 0, 100).unwrap(), b"public");
+}
+
+fn expect_errno(got: i32, what: &str) {
+    assert_eq!(got, EACCES, "{what}: expected EACCES");
+}
+
+#[test]
+fn stand_in_authd_speaks_the_protocol() {
+    let work = tempfile::tempdir().unwrap();
+    let authd = FakeAuthd::start(work.path());
+    let client = authd_client::client::Client::new(&authd.socket);
+    let req = authd_client::client::AuthRequest {
+        vm: "vm1".into(),
+        principal: "alice".into(),
+        reason: Default::default(),
+        lifetime: Duration::from_secs(5),
+    };
+    let d = client.authenticate(&req, Duration::from_secs(3));
+    assert!(d.grant().is_none(), "{d:?}");
+    assert_eq!(d.deny_reason(), Some(DenyReason::Cancelled), "{d:?}");
+    authd.grant.store(true, Ordering::SeqCst);
+    let d = client.authenticate(&req, Duration::from_secs(3));
+    assert!(d.grant().is_some(), "{d:?}");
+}
