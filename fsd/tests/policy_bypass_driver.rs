@@ -243,15 +243,21 @@ fn raw_fuse_bypass_attempts_are_refused() {
         "open with O_TRUNC",
         errno(s.open(doc.nodeid, (libc::O_RDONLY | libc::O_TRUNC) as u32, false)),
     );
-    let mut trunc = SetattrIn::default();
-    trunc.valid = 1 << 3; // FATTR_SIZE
+    let trunc = SetattrIn {
+        valid: 1 << 3, // FATTR_SIZE
+        ..Default::default()
+    };
     expect("truncate", errno(s.setattr(doc.nodeid, &trunc)));
-    let mut chmod = SetattrIn::default();
-    chmod.valid = 1; // FATTR_MODE
-    chmod.mode = 0o100666;
+    let chmod = SetattrIn {
+        valid: 1, // FATTR_MODE
+        mode: 0o100666,
+        ..Default::default()
+    };
     expect("chmod", errno(s.setattr(doc.nodeid, &chmod)));
-    let mut chown = SetattrIn::default();
-    chown.valid = 2 | 4; // FATTR_UID | FATTR_GID
+    let chown = SetattrIn {
+        valid: 2 | 4, // FATTR_UID | FATTR_GID
+        ..Default::default()
+    };
     expect("chown", errno(s.setattr(doc.nodeid, &chown)));
     expect("unlink", errno(s.unlink(secret, b"doc")));
     // Adding to the protected tree.
