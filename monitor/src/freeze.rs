@@ -14,7 +14,7 @@
 //! run `wake_up_process(task)` for every thread by call injection: run
 //! queues are never edited from outside.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -41,6 +41,10 @@ pub struct FreezeReport {
     pub attempts: usize,
     /// For thaw: how many threads `wake_up_process` actually woke.
     pub woken: usize,
+    /// For thaw: time waiting for a safe point (paced by the guest).
+    pub wait_us: u64,
+    /// For thaw: time from the safe point to the end (the calls).
+    pub work_us: u64,
 }
 
 fn lock_free(k: &Kernel, task: u64) -> Result<bool> {
@@ -96,6 +100,8 @@ pub fn freeze(vm: &mut Vm, pid: u32) -> Result<FreezeReport> {
         threads: threads.len(),
         attempts,
         woken: 0,
+        wait_us: 0,
+        work_us: 0,
     })
 }
 
@@ -113,14 +119,20 @@ pub fn thaw(vm: &mut Vm, pid: u32, timeout: Duration) -> Result<FreezeReport> {
         )
     };
     let mut woken = 0;
+    let (mut wait_us, mut work_us) = (0, 0);
     let res = (|| {
+        let t0 = Instant::now();
         let mut sp = inject::reach_safe_point(&mut gdb, &hooks, timeout)?;
+        let t1 = Instant::now();
+        wait_us = (t1 - t0).as_micros() as u64;
         for &t in &threads {
             if sp.call(wake, &[t], timeout)? & 0xffff_ffff != 0 {
                 woken += 1;
             }
         }
-        sp.finish()
+        sp.finish()?;
+        work_us = t1.elapsed().as_micros() as u64;
+        Ok(())
     })();
     gdb.detach()?;
     res?;
@@ -129,5 +141,7 @@ pub fn thaw(vm: &mut Vm, pid: u32, timeout: Duration) -> Result<FreezeReport> {
         threads: threads.len(),
         attempts,
         woken,
+        wait_us,
+        work_us,
     })
 }

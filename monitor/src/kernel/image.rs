@@ -75,20 +75,36 @@ impl KernelImage {
     }
 }
 
-/// Find the xz stream in a compressed kernel and inflate it.
+/// Find the xz stream in a compressed kernel and inflate it with `xz`
+/// (the stream uses the x86 BCJ filter, which pure-Rust decoders lack).
 fn decompress_vmlinuz(raw: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
     let at = raw
         .windows(XZ_MAGIC.len())
         .position(|w| w == XZ_MAGIC)
         .ok_or_else(|| Error::Image("neither ELF nor an xz-compressed kernel".into()))?;
-    let mut out = Vec::with_capacity(raw.len() * 5);
-    let mut input = &raw[at..];
-    // The payload is followed by trailing data; lzma-rs stops at the end of
-    // the first stream and may complain about what follows, so accept any
-    // error once a full ELF came out.
-    let res = lzma_rs::xz_decompress(&mut input, &mut out);
-    if !out.starts_with(b"\x7fELF") {
-        return Err(Error::Image(format!("xz payload is not an ELF ({res:?})")));
+    let mut child = Command::new("xz")
+        .args(["--decompress", "--stdout", "--single-stream"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| Error::io("run xz (Debian: xz-utils)", e))?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let payload = raw[at..].to_vec();
+    // Feed from a thread so a full stdout pipe cannot deadlock us.
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&payload);
+    });
+    let out = child.wait_with_output().map_err(|e| Error::io("xz", e))?;
+    let _ = feeder.join();
+    if !out.stdout.starts_with(b"\x7fELF") {
+        return Err(Error::Image(format!(
+            "xz payload did not inflate to an ELF ({})",
+            out.status
+        )));
     }
-    Ok(out)
+    Ok(out.stdout)
 }
