@@ -182,10 +182,12 @@ fn freeze_thaw_and_page_cache_flush() {
     let t = Instant::now();
     let r = freeze::thaw(&mut vm, burn, Duration::from_secs(60)).unwrap();
     println!(
-        "thaw: {:?} ({} threads, {} woken)",
+        "thaw: {:?} ({} threads, {} woken; {} us waiting for a safe point, {} us calls)",
         t.elapsed(),
         r.threads,
-        r.woken
+        r.woken,
+        r.wait_us,
+        r.work_us
     );
     assert_eq!(r.woken, 1);
     let thawed = next_heartbeats(&g, 3);

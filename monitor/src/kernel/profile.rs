@@ -252,8 +252,14 @@ impl Profile {
         cache_dir: &Path,
     ) -> Result<Profile> {
         let image = KernelImage::load(vmlinux)?;
-        let key = cache_key(&image.build_id, None);
-        let path = cache_dir.join(format!("{key}.json"));
+        // Without a build id the cache key is the banner, known only after
+        // parsing: build afresh (and still store it for `Profile::load`).
+        let path = cache_dir.join(format!("{}.json", image.build_id));
+        if image.build_id.is_empty() {
+            let p = Profile::build(&image, system_map)?;
+            p.store(cache_dir)?;
+            return Ok(p);
+        }
         if let Ok(text) = std::fs::read_to_string(&path) {
             if let Ok(p) = serde_json::from_str::<Profile>(&text) {
                 if p.format == PROFILE_FORMAT && p.build_id == image.build_id {
