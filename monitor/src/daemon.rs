@@ -115,7 +115,7 @@ impl State {
                 json!({ "ok": true, "processes": v(serde_json::to_value(procs))? })
             }
             Request::Freeze { pid, .. } => {
-                json!({ "ok": true, "freeze": v(serde_json::to_value(freeze::freeze(vm, *pid)?))? })
+                json!({ "ok": true, "freeze": v(serde_json::to_value(freeze::freeze(vm, *pid, true, INJECT_TIMEOUT)?))? })
             }
             Request::Thaw { pid, .. } => {
                 json!({ "ok": true, "thaw": v(serde_json::to_value(freeze::thaw(vm, *pid, INJECT_TIMEOUT)?))? })

@@ -8,7 +8,12 @@
 //! any non-fatal signal) wakes it only for it to park again, because the
 //! trap bit stays set; SIGKILL still kills it.
 //!
-//! A thread sleeping interruptibly in the kernel parks when its sleep ends.
+//! A thread sleeping interruptibly in the kernel would park only when its
+//! sleep ends; when the gdbstub is available the monitor therefore has the
+//! guest kernel run `wake_up_state(thread, TASK_INTERRUPTIBLE)` for such
+//! threads (what `signal_wake_up` does for a real signal): the sleep returns
+//! early, the syscall is set up for restart, and the thread parks at once.
+//! Uninterruptible sleepers are never woken.
 //!
 //! Thaw clears the bit (VM paused, lock free), then has the guest kernel
 //! run `wake_up_process(task)` for every thread by call injection: run
@@ -39,11 +44,13 @@ pub struct FreezeReport {
     pub threads: usize,
     /// Attempts until the siglock was seen free.
     pub attempts: usize,
-    /// For thaw: how many threads `wake_up_process` actually woke.
+    /// Threads actually woken: by `wake_up_state` when freezing sleepers,
+    /// by `wake_up_process` when thawing.
     pub woken: usize,
-    /// For thaw: time waiting for a safe point (paced by the guest).
+    /// Time waiting for a safe point (paced by the guest); 0 when no call
+    /// was needed.
     pub wait_us: u64,
-    /// For thaw: time from the safe point to the end (the calls).
+    /// Time from the safe point to the end (the calls).
     pub work_us: u64,
 }
 
@@ -53,9 +60,13 @@ fn lock_free(k: &Kernel, task: u64) -> Result<bool> {
     Ok(k.read_u32(lock)? == 0)
 }
 
+/// `TASK_INTERRUPTIBLE`.
+const TASK_INTERRUPTIBLE: u64 = 1;
+
 /// Set (or clear) the trap bit on every thread of `pid` while the VM is
-/// paused and the siglock is free. Returns (threads, attempts).
-fn update_bits(vm: &mut Vm, pid: u32, freeze: bool) -> Result<(Vec<u64>, usize)> {
+/// paused and the siglock is free. Returns (threads, interruptible
+/// sleepers among them, attempts).
+fn update_bits(vm: &mut Vm, pid: u32, freeze: bool) -> Result<(Vec<u64>, Vec<u64>, usize)> {
     for attempt in 1..=LOCK_RETRIES {
         let done = vm.paused(|vm| {
             let paging = vm.paging()?;
@@ -71,7 +82,11 @@ fn update_bits(vm: &mut Vm, pid: u32, freeze: bool) -> Result<(Vec<u64>, usize)>
             let threads = process::threads(&k, p.task)?;
             let jobctl = k.off("task_struct", "jobctl")?;
             let flags = k.off("task_struct", "thread_info.flags")?;
+            let mut sleepers = Vec::new();
             for &t in &threads {
+                if k.read_field(t, "task_struct", "__state")? & TASK_INTERRUPTIBLE != 0 {
+                    sleepers.push(t);
+                }
                 let j = k.read_u64(t + jobctl)?;
                 if freeze {
                     k.write_u64(t + jobctl, j | JOBCTL_TRAP_FREEZE)?;
@@ -81,61 +96,88 @@ fn update_bits(vm: &mut Vm, pid: u32, freeze: bool) -> Result<(Vec<u64>, usize)>
                     k.write_u64(t + jobctl, j & !JOBCTL_TRAP_FREEZE)?;
                 }
             }
-            Ok(Some(threads))
+            Ok(Some((threads, sleepers)))
         })?;
-        if let Some(t) = done {
-            return Ok((t, attempt));
+        if let Some((t, s)) = done {
+            return Ok((t, s, attempt));
         }
         std::thread::sleep(Duration::from_millis(1));
     }
     Err(Error::Refused(format!("siglock of {pid} stayed held")))
 }
 
-/// Freeze process `pid`. The VM keeps running; the process parks the next
-/// time it would return to user mode.
-pub fn freeze(vm: &mut Vm, pid: u32) -> Result<FreezeReport> {
-    let (threads, attempts) = update_bits(vm, pid, true)?;
-    Ok(FreezeReport {
+/// Freeze process `pid`. Running threads park the next time they would
+/// return to user mode; interruptible sleepers are woken into the trap by
+/// call injection when the VM has a gdbstub (`kick`).
+pub fn freeze(vm: &mut Vm, pid: u32, kick: bool, timeout: Duration) -> Result<FreezeReport> {
+    let (threads, sleepers, attempts) = update_bits(vm, pid, true)?;
+    let mut r = FreezeReport {
         pid,
         threads: threads.len(),
         attempts,
         woken: 0,
         wait_us: 0,
         work_us: 0,
-    })
+    };
+    if kick && !sleepers.is_empty() && vm.spec.gdb.is_some() {
+        let wake_state = {
+            let paging = vm.paging()?;
+            vm.kernel(paging)?.sym("wake_up_state")?
+        };
+        let calls: Vec<(u64, Vec<u64>)> = sleepers
+            .iter()
+            .map(|&t| (wake_state, vec![t, TASK_INTERRUPTIBLE]))
+            .collect();
+        (r.woken, r.wait_us, r.work_us) = inject_calls(vm, &calls, timeout)?;
+    }
+    Ok(r)
+}
+
+/// Run `calls` (function, arguments) at one safe point; returns (calls
+/// that returned non-zero, wait µs, work µs).
+fn inject_calls(
+    vm: &mut Vm,
+    calls: &[(u64, Vec<u64>)],
+    timeout: Duration,
+) -> Result<(usize, u64, u64)> {
+    let mut gdb = vm.gdb()?;
+    let hooks = {
+        let paging = vm.paging()?;
+        let k = vm.kernel(paging)?;
+        inject::safe_points(&vm.profile, k.slide)
+    };
+    let res = (|| {
+        let t0 = Instant::now();
+        let mut sp = inject::reach_safe_point(&mut gdb, &hooks, timeout)?;
+        let t1 = Instant::now();
+        let mut nonzero = 0;
+        for (f, args) in calls {
+            // The functions used here return int/bool: look at eax only.
+            if sp.call(*f, args, timeout)? & 0xffff_ffff != 0 {
+                nonzero += 1;
+            }
+        }
+        sp.finish()?;
+        Ok((
+            nonzero,
+            (t1 - t0).as_micros() as u64,
+            t1.elapsed().as_micros() as u64,
+        ))
+    })();
+    gdb.detach()?;
+    res
 }
 
 /// Thaw process `pid`: clear the trap and wake every thread through the
 /// guest kernel's `wake_up_process`. Needs the gdbstub.
 pub fn thaw(vm: &mut Vm, pid: u32, timeout: Duration) -> Result<FreezeReport> {
-    let (threads, attempts) = update_bits(vm, pid, false)?;
-    let mut gdb = vm.gdb()?;
-    let (wake, hooks) = {
+    let (threads, _, attempts) = update_bits(vm, pid, false)?;
+    let wake = {
         let paging = vm.paging()?;
-        let k = vm.kernel(paging)?;
-        (
-            k.sym("wake_up_process")?,
-            inject::safe_points(&vm.profile, k.slide),
-        )
+        vm.kernel(paging)?.sym("wake_up_process")?
     };
-    let mut woken = 0;
-    let (mut wait_us, mut work_us) = (0, 0);
-    let res = (|| {
-        let t0 = Instant::now();
-        let mut sp = inject::reach_safe_point(&mut gdb, &hooks, timeout)?;
-        let t1 = Instant::now();
-        wait_us = (t1 - t0).as_micros() as u64;
-        for &t in &threads {
-            if sp.call(wake, &[t], timeout)? & 0xffff_ffff != 0 {
-                woken += 1;
-            }
-        }
-        sp.finish()?;
-        work_us = t1.elapsed().as_micros() as u64;
-        Ok(())
-    })();
-    gdb.detach()?;
-    res?;
+    let calls: Vec<(u64, Vec<u64>)> = threads.iter().map(|&t| (wake, vec![t])).collect();
+    let (woken, wait_us, work_us) = inject_calls(vm, &calls, timeout)?;
     Ok(FreezeReport {
         pid,
         threads: threads.len(),

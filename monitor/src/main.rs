@@ -70,6 +70,13 @@ enum Cmd {
         pid: u32,
         #[command(flatten)]
         target: Target,
+        /// Do not wake interruptible sleepers into the trap (no gdbstub
+        /// use); they then park when their sleep ends.
+        #[arg(long)]
+        no_kick: bool,
+        /// Seconds to wait for a safe point in the guest.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
     },
     /// Drop the guest page cache of host files (by host inode number) and
     /// scrub the freed frames (needs --gdb).
@@ -205,9 +212,14 @@ fn run(cli: &Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Freeze { pid, target } => {
+        Cmd::Freeze {
+            pid,
+            target,
+            no_kick,
+            timeout,
+        } => {
             let mut vm = Vm::attach(resolve(cli, target)?, cli.profile_cache.clone())?;
-            let r = freeze::freeze(&mut vm, *pid)?;
+            let r = freeze::freeze(&mut vm, *pid, !no_kick, Duration::from_secs(*timeout))?;
             report(&r, target.json, "frozen")?;
         }
         Cmd::Flush {

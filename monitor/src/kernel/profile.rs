@@ -13,7 +13,7 @@ use super::kallsyms::{self, Symbol};
 use crate::error::{Error, Result};
 
 /// Bump when the set of extracted facts changes so old caches are rebuilt.
-const PROFILE_FORMAT: u32 = 4;
+const PROFILE_FORMAT: u32 = 5;
 
 /// Symbols the monitor looks up. Missing ones are simply absent from the
 /// profile; features that need them fail with `MissingSymbol`.
@@ -25,6 +25,7 @@ pub const WANTED_SYMBOLS: &[&str] = &[
     "vmemmap_base",
     "page_offset_base",
     "wake_up_process",
+    "wake_up_state",
     "invalidate_mapping_pages",
     // Safe points for call injection: syscall handlers run in process
     // context, preemptible, holding no locks.
