@@ -47,7 +47,15 @@ banner() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'demo: ERROR: %s\n' "$*" >&2; exit 1; }
 
 cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    local pid i
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    # Give daemons 5 s to exit cleanly, then stop them for good.
+    for i in $(seq 1 50); do
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && break; pid=; done
+        [ -z "${pid:-}" ] && break
+        sleep 0.1
+    done
+    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     if [ -z "${FSD_DEMO_DIR:-}" ]; then rm -rf "$work"; fi
 }
@@ -102,10 +110,10 @@ step_fsd() {
 step_guest() {
     if [ "$shell" -eq 1 ]; then
         banner "Booting the guest (QEMU TCG) with an interactive console; Ctrl-A X quits"
-        "$bin/fsd-rig" boot-root --socket "$sock" --tag "$tag" --shell
+        "$bin/fsd-rig" boot-root --socket "$sock" --tag "$tag" --show-command --shell
     else
         banner "Booting the guest (QEMU TCG, root on fsd) and running the tour"
-        "$bin/fsd-rig" boot-root --socket "$sock" --tag "$tag" --console-log "$work/console.log" \
+        "$bin/fsd-rig" boot-root --socket "$sock" --tag "$tag" --show-command --console-log "$work/console.log" \
             || { echo "console log: $work/console.log" >&2; tail -n 30 "$work/fsd.log" >&2; die "guest failed"; }
     fi
 }

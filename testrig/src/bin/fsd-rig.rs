@@ -48,6 +48,9 @@ enum Cmd {
         /// Print the whole console, not only the script output.
         #[arg(long)]
         verbose: bool,
+        /// Print the QEMU command line first.
+        #[arg(long)]
+        show_command: bool,
     },
     /// Print the guest kernel, vmlinux and virtiofsd paths.
     Paths,
@@ -84,12 +87,21 @@ fn run(cli: Cli) -> testrig::Result<ExitCode> {
             timeout,
             console_log,
             verbose,
+            show_command,
         } => {
             let kernel = GuestKernel::locate()?;
             let initrd = InitramfsBuilder::switch_root(&tag).build(&kernel)?;
             let mut cfg = QemuConfig::new(&kernel, &initrd).fs(&socket, &tag);
             cfg.timeout = Duration::from_secs(timeout);
             cfg.console_log = console_log;
+            if show_command {
+                let args: Vec<String> = cfg
+                    .args(shell)
+                    .iter()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
+                println!("{} {}", cfg.qemu.display(), args.join(" "));
+            }
             if shell {
                 let status = Vm::interactive(&cfg)?;
                 return Ok(if status.success() {
