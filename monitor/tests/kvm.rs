@@ -11,6 +11,7 @@ fn kvm_usable() -> bool {
         Ok(_) => true,
         Err(e) => {
             println!("SKIP: /dev/kvm not usable ({e})");
+            eprintln!("SKIP: /dev/kvm not usable ({e})");
             false
         }
     }

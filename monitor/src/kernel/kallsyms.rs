@@ -58,7 +58,10 @@ fn find_tokens(ro: &[u8]) -> Result<(usize, usize, Vec<Vec<u8>>)> {
             let Some(zero) = u16_at(ro, idx + 0x30 * 2) else {
                 break;
             };
-            let ok = (0..10).all(|k| u16_at(ro, idx + (0x30 + k) * 2) == Some(zero + 2 * k as u16));
+            let ok = (0..10).all(|k| {
+                u16_at(ro, idx + (0x30 + k) * 2).map(u32::from)
+                    == Some(u32::from(zero) + 2 * k as u32)
+            });
             if !ok || (zero as usize) > at {
                 continue;
             }
@@ -141,7 +144,7 @@ pub fn parse(ro: &[u8], _ro_addr: u64) -> Result<Vec<Symbol>> {
         let Some(names_at) = markers_at.checked_sub(names_len) else {
             break;
         };
-        if names_at % 8 != 0 || names_at < 8 {
+        if names_at % 8 != 0 || names_at < 16 {
             continue;
         }
         let Some(n) = u32_at(ro, names_at - 8) else {

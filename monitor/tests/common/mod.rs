@@ -14,7 +14,12 @@ pub fn vmlinux() -> Option<PathBuf> {
             return Some(c);
         }
     }
-    eprintln!("SKIP: no guest vmlinux (run scripts/install-deps.sh or set MONITOR_VMLINUX)");
+    let why = "no guest vmlinux (run scripts/install-deps.sh or set MONITOR_VMLINUX)";
+    if testrig::prereq::in_ci() {
+        panic!("CI=true and {why}");
+    }
+    println!("SKIP: {why}");
+    eprintln!("SKIP: {why}");
     None
 }
 
