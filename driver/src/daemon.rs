@@ -93,8 +93,16 @@ fn locate_fsd() -> std::result::Result<PathBuf, String> {
         env!("CARGO_MANIFEST_DIR"),
         "/../target"
     )));
+    // Prefer the profile this program was built with, so that a test run
+    // never picks up a stale binary of the other profile first.
+    let exe = std::env::current_exe().unwrap_or_default();
+    let profiles = if exe.components().any(|c| c.as_os_str() == "release") {
+        ["release", "debug"]
+    } else {
+        ["debug", "release"]
+    };
     for d in &dirs {
-        for profile in ["release", "debug"] {
+        for profile in profiles {
             let p = d.join(profile).join("fsd");
             if p.is_file() {
                 return Ok(p);

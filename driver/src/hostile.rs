@@ -34,9 +34,11 @@ use crate::session::{
 };
 
 /// How long to wait for the reply to an attack.
-const ATTACK_WAIT: Duration = Duration::from_secs(3);
+const ATTACK_WAIT: Duration = Duration::from_secs(5);
+/// Granularity of the attack wait (to notice a daemon that exited).
+const POLL_SLICE: Duration = Duration::from_millis(100);
 /// How long to wait for the health probe.
-const PROBE_WAIT: Duration = Duration::from_secs(3);
+const PROBE_WAIT: Duration = Duration::from_secs(10);
 
 /// What came back for an attack.
 #[derive(Debug)]
@@ -128,16 +130,25 @@ impl Ctx<'_> {
 
     /// Submits `chain` on queue 1 and waits (bounded) for it.
     pub fn send_chain(&mut self, chain: &Chain) -> Result<Outcome> {
-        let q = self.h.device.queue(1)?;
-        let head = q.submit(chain)?;
-        match q.wait_for(head, ATTACK_WAIT) {
-            Ok(c) => Ok(Outcome::Reply(Reply::decode(&c).unwrap_or(Reply {
-                header: Default::default(),
-                body: c.data.clone(),
-                used_len: c.len,
-            }))),
-            Err(Error::Timeout(_)) => Ok(Outcome::NoReply),
-            Err(e) => Err(e),
+        let token = self.h.device.queue(1)?.submit(chain)?;
+        let start = std::time::Instant::now();
+        // Wait in slices so that a daemon that exited is noticed at once.
+        loop {
+            match self.h.device.queue(1)?.wait_for(token, POLL_SLICE) {
+                Ok(c) => {
+                    return Ok(Outcome::Reply(Reply::decode(&c).unwrap_or(Reply {
+                        header: Default::default(),
+                        body: c.data.clone(),
+                        used_len: c.len,
+                    })))
+                }
+                Err(Error::Timeout(_)) => {
+                    if self.h.daemon.status().is_some() || start.elapsed() >= ATTACK_WAIT {
+                        return Ok(Outcome::NoReply);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
