@@ -90,6 +90,15 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Search all of guest RAM for a string (e.g. to check that no copy of
+    /// a protected file is left); prints the guest-physical addresses.
+    Scan {
+        /// The bytes to look for (UTF-8 text).
+        text: String,
+        /// Guest RAM backing file.
+        #[arg(long)]
+        mem: PathBuf,
+    },
     /// Serve JSON-lines requests on a Unix socket (needs --config).
     Daemon {
         /// Socket path; a stale socket file there is replaced.
@@ -237,6 +246,16 @@ fn run(cli: &Cli) -> Result<()> {
                     "{} inodes, {} pages cached, {} invalidated, {} frames zeroed, {} still cached, {} busy",
                     r.inodes, r.pages_before, r.invalidated, r.zeroed, r.still_cached, r.busy
                 );
+            }
+        }
+        Cmd::Scan { text, mem } => {
+            let ram = monitor::mem::GuestRam::open(mem)?;
+            let hits = pagecache::scan_ram(&ram, text.as_bytes());
+            for h in &hits {
+                println!("{h:#x}");
+            }
+            if !hits.is_empty() {
+                return Err(Error::Refused(format!("{} copies found", hits.len())));
             }
         }
         Cmd::Daemon { socket } => {
