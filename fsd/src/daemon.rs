@@ -89,6 +89,7 @@ fn file_handles_supported(dir: &std::path::Path) -> bool {
 fn load_guard(
     a: &AccessControl,
     shared: &std::path::Path,
+    root_prefix: std::path::PathBuf,
     broker: &Arc<Broker>,
 ) -> Result<Arc<Guard>> {
     let policy = Policy::load(&a.policy)?;
@@ -169,7 +170,14 @@ fn load_guard(
             Arc::new(NoGrants)
         }
     };
-    let guard = Arc::new(Guard::new(a.vm.clone(), policy, audit, grants, reread));
+    let guard = Arc::new(Guard::new(
+        a.vm.clone(),
+        policy,
+        audit,
+        grants,
+        reread,
+        root_prefix,
+    ));
     let _ = cell.set(guard.clone());
     let n = guard.labels.scan(&guard.policy(), shared);
     if let Some(db) = &a.label_db {
@@ -239,7 +247,12 @@ pub fn run(s: Settings) -> Result<()> {
     signals::block_sighup();
     let broker = Arc::new(sandbox::prepare(s.sandbox, broker_paths(&s))?);
     let guard = match &s.access {
-        Some(a) => Some(load_guard(a, &shared, &broker)?),
+        Some(a) => Some(load_guard(
+            a,
+            &shared,
+            sandbox::root_prefix(s.sandbox, &shared),
+            &broker,
+        )?),
         None => None,
     };
 

@@ -113,9 +113,9 @@ pub fn prepare(mode: SandboxMode, paths: broker::Paths) -> Result<Broker, Sandbo
     if pid > 0 {
         drop(child_end);
         forward_signals_to(pid);
-        let _ = std::thread::Builder::new()
-            .name("fsd-broker".into())
-            .spawn(move || broker::serve(paths, parent_end));
+        // On this thread: after unshare(CLONE_NEWPID) the parent cannot
+        // start threads. The child's end closes when it exits.
+        broker::serve(paths, parent_end);
         let mut status = 0;
         loop {
             // SAFETY: waiting for our own child.

@@ -152,6 +152,15 @@ fn populate(share: &Path) -> std::io::Result<()> {
 }
 
 fn start(work: &Path, mode: &str, authd: Option<&FakeAuthd>) -> Option<Harness> {
+    start_with(work, mode, authd, &[])
+}
+
+fn start_with(
+    work: &Path,
+    mode: &str,
+    authd: Option<&FakeAuthd>,
+    more: &[&str],
+) -> Option<Harness> {
     if let Err(u) = Harness::available(DaemonKind::Fsd) {
         match u {
             Unavailable::Skip(m) => {
@@ -164,12 +173,12 @@ fn start(work: &Path, mode: &str, authd: Option<&FakeAuthd>) -> Option<Harness> 
     let mut extra = vec![
         format!("--policy={}", policy(work, mode).display()),
         "--vm=vm1".into(),
-        "--log-level=debug".into(),
         format!("--audit-log={}", work.join("audit.log").display()),
     ];
     if let Some(a) = authd {
         extra.push(format!("--authd-socket={}", a.socket.display()));
     }
+    extra.extend(more.iter().map(|m| m.to_string()));
     let opts = HarnessOptions {
         extra_args: extra,
         ..Default::default()
@@ -429,4 +438,91 @@ fn stand_in_authd_speaks_the_protocol() {
     authd.grant.store(true, Ordering::SeqCst);
     let d = client.authenticate(&req, Duration::from_secs(3));
     assert!(d.grant().is_some(), "{d:?}");
+}
+
+/// Replaces a file the way editors and config tools do (write, rename).
+fn replace(path: &Path, text: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn wait_errno(s: &mut Session, node: u64, want: i32, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = match s.open(node, libc::O_RDONLY as u32, false) {
+            Ok(o) => {
+                s.release(node, o.fh, false).unwrap();
+                0
+            }
+            Err(driver::Error::Fuse { errno, .. }) => errno,
+            Err(e) => panic!("{what}: {e}"),
+        };
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: errno {got}, want {want}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sighup_reloads_and_a_bad_policy_keeps_the_old_one() {
+    let work = tempfile::tempdir().unwrap();
+    let Some(mut h) = start_with(
+        work.path(),
+        "deny",
+        None,
+        // As deployed: the namespace sandbox, where the signal reaches the
+        // daemon through its parent and the policy is read through the broker.
+        &["--sandbox=namespace"],
+    ) else {
+        return;
+    };
+    let pid = h.daemon.pid() as i32;
+    let policy_path = work.path().join("policy.toml");
+    let good = std::fs::read_to_string(&policy_path).unwrap();
+    let mut s = Session::new(h.device.queue(1).unwrap());
+    s.init().unwrap();
+    let secret = s.lookup(1, b"secret").unwrap().nodeid;
+    let doc = s.lookup(secret, b"doc").unwrap().nodeid;
+    let public = s.lookup(1, b"public").unwrap().nodeid;
+    let open = s.lookup(public, b"open").unwrap().nodeid;
+    wait_errno(&mut s, doc, EACCES, "protected at start");
+    wait_errno(&mut s, open, 0, "public at start");
+
+    // Protection removed by a reload.
+    let rule_at = good.find("[[rule]]").unwrap();
+    replace(&policy_path, &good[..rule_at]);
+    // SAFETY: signalling the daemon we started.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    wait_errno(&mut s, doc, 0, "rule removed");
+
+    // A bad policy is refused and the one in force stays.
+    replace(
+        &policy_path,
+        "version = 1\n[[rule]]\npath = \"secret/**\"\nowner = \"nobody\"\n",
+    );
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(500));
+    wait_errno(&mut s, doc, 0, "bad policy refused, old one kept");
+
+    // Protecting a public file the guest already knows takes effect at once.
+    replace(
+        &policy_path,
+        &format!("{good}\n[[rule]]\npath = \"public/open\"\nowner = \"alice\"\nwithout_grant = \"deny\"\n"),
+    );
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    wait_errno(&mut s, open, EACCES, "rule added for a known file");
+    wait_errno(&mut s, doc, EACCES, "secret protected again");
+
+    let log = h.daemon.log_tail();
+    assert!(log.contains("policy reload refused"), "{log}");
+    assert!(
+        log.contains("not a declared [[principal]]"),
+        "the log says why:\n{log}"
+    );
 }

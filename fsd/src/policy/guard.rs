@@ -68,6 +68,8 @@ pub struct Guard {
     /// Reads the policy file again for SIGHUP (through the broker once
     /// sandboxed: host paths are gone then).
     reread: PolicyReader,
+    /// The share root as the daemon names it (for rescans on reload).
+    share_root: std::path::PathBuf,
 }
 
 /// Reads the current text of the policy file.
@@ -80,6 +82,7 @@ impl Guard {
         audit: AuditLog,
         grants: Arc<dyn GrantSource>,
         reread: PolicyReader,
+        share_root: std::path::PathBuf,
     ) -> Self {
         Guard {
             vm,
@@ -89,6 +92,7 @@ impl Guard {
             audit,
             read_under_grant: Mutex::new(HashMap::new()),
             reread,
+            share_root,
         }
     }
 
@@ -251,6 +255,8 @@ impl Guard {
             )));
         }
         self.labels.remap(&old, &new);
+        let labelled = self.labels.relabel(&new, &self.share_root);
+        log::info!("policy reload: {labelled} files match the new rules");
         *self.policy.write().unwrap() = Arc::new(new);
         if let Err(e) = self.audit.reopen() {
             log::error!("audit log: {e}");

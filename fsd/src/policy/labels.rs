@@ -249,6 +249,20 @@ impl Labels {
         }
     }
 
+    /// After a reload: label what the new rules match (walking the share
+    /// from `root`) and give known nodes the labels of their inodes, so a
+    /// rule added by a reload also covers files the guest already knows.
+    pub fn relabel(&self, policy: &Policy, root: &std::path::Path) -> usize {
+        let n = self.scan(policy, root);
+        let by_key = self.by_key.read().unwrap();
+        for node in self.nodes.write().unwrap().values_mut() {
+            if node.rule.is_none() {
+                node.rule = by_key.get(&node.key).copied();
+            }
+        }
+        n
+    }
+
     /// Number of labelled inodes.
     pub fn labelled(&self) -> usize {
         self.by_key.read().unwrap().len()
