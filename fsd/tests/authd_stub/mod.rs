@@ -1,0 +1,122 @@
+//! A stand-in for authd, for tests: it speaks authd's real wire protocol
+//! (authd-client's types) and grants while the test says so, so that a test
+//! decides when a grant exists and when it ends without a person at a
+//! dialog. authd's own tests cover the real dialog.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use authd_client::protocol::{
+    now_unix_ms, Call, DenyReason, EndCause, Event, EventKind, Grant, Reply, ReplyBody, Request,
+    ServerMessage, VERSION,
+};
+
+/// authd's protocol, answered by the test: grants while `grant` is set.
+pub struct FakeAuthd {
+    pub socket: PathBuf,
+    pub grant: Arc<AtomicBool>,
+    pub asked: Arc<AtomicUsize>,
+    pub subscribers: Arc<Mutex<Vec<UnixStream>>>,
+    pub issued: Arc<Mutex<Vec<Grant>>>,
+}
+
+impl FakeAuthd {
+    pub fn start(dir: &Path) -> FakeAuthd {
+        let socket = dir.join("authd.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let f = FakeAuthd {
+            socket,
+            grant: Arc::new(AtomicBool::new(false)),
+            asked: Arc::new(AtomicUsize::new(0)),
+            subscribers: Arc::new(Mutex::new(Vec::new())),
+            issued: Arc::new(Mutex::new(Vec::new())),
+        };
+        let (grant, asked, subs, issued) = (
+            f.grant.clone(),
+            f.asked.clone(),
+            f.subscribers.clone(),
+            f.issued.clone(),
+        );
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let (grant, asked, subs, issued) =
+                    (grant.clone(), asked.clone(), subs.clone(), issued.clone());
+                std::thread::spawn(move || {
+                    let mut lines = BufReader::new(conn.try_clone().unwrap()).lines();
+                    while let Some(Ok(line)) = lines.next() {
+                        let req: Request = serde_json::from_str(&line).unwrap();
+                        let body = match req.call {
+                            Call::Subscribe => {
+                                subs.lock().unwrap().push(conn.try_clone().unwrap());
+                                ReplyBody::Subscribed
+                            }
+                            Call::Authenticate {
+                                vm,
+                                principal,
+                                lifetime_secs,
+                                ..
+                            } => {
+                                asked.fetch_add(1, Ordering::SeqCst);
+                                if grant.load(Ordering::SeqCst) {
+                                    let g = Grant {
+                                        id: format!("g{}", req.id),
+                                        vm,
+                                        principal,
+                                        expires_at_ms: now_unix_ms() + lifetime_secs * 1000,
+                                        lifetime_secs,
+                                    };
+                                    issued.lock().unwrap().push(g.clone());
+                                    ReplyBody::Granted { grant: g }
+                                } else {
+                                    ReplyBody::Denied {
+                                        why: DenyReason::Cancelled,
+                                        retry_after_ms: None,
+                                    }
+                                }
+                            }
+                            other => ReplyBody::Error {
+                                message: format!("not in this stand-in: {other:?}"),
+                            },
+                        };
+                        let msg = ServerMessage::Reply(Reply {
+                            v: VERSION,
+                            id: req.id,
+                            body,
+                        });
+                        let mut out = serde_json::to_vec(&msg).unwrap();
+                        out.push(b'\n');
+                        if (&conn).write_all(&out).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        f
+    }
+
+    /// Pushes the end of every grant issued so far, as authd does on revoke.
+    pub fn revoke_all(&self) {
+        let grants: Vec<Grant> = self.issued.lock().unwrap().drain(..).collect();
+        for g in grants {
+            let msg = ServerMessage::Event(Event {
+                v: VERSION,
+                kind: EventKind::GrantEnded {
+                    grant: g,
+                    cause: EndCause::Revoked,
+                },
+            });
+            let mut out = serde_json::to_vec(&msg).unwrap();
+            out.push(b'\n');
+            for s in self.subscribers.lock().unwrap().iter() {
+                let _ = (&*s).write_all(&out);
+            }
+        }
+    }
+}
