@@ -707,7 +707,7 @@ fn prompt_flood_from_the_guest_is_rate_limited() {
         grant_secs: 300,
         ask_timeout_secs: 60,
         authd: json!({
-            "prompt_timeout_secs": 4,
+            "prompt_timeout_secs": 6,
             "prompt_rate": {"max_prompts": MAX_PROMPTS, "window_secs": 600}
         }),
         script: r#"
@@ -731,9 +731,9 @@ step done
     rig.step("burst");
     let watcher = x11::Watcher::start(&rig.x.display);
     let win = rig.dialog(1, "the burst");
-    // Let every concurrent open reach authd, then decline once (well
-    // within the 4 s prompt timeout).
-    std::thread::sleep(Duration::from_millis(500));
+    // Let every concurrent open reach authd (six forks and execs take a
+    // while under TCG), then decline once, well within the prompt timeout.
+    std::thread::sleep(Duration::from_millis(2000));
     rig.cancel(&win);
     for i in 1..=6 {
         rig.expect_eacces(&format!("burst{i}"));
