@@ -569,6 +569,12 @@ step done
     }) {
         rig.fail("the grant did not expire");
     }
+    // fsd heard the end (pushed on its subscription).
+    if !x11::wait_for(Duration::from_secs(30), || {
+        rig.fsd_audit().iter().any(|v| v["op"] == "grant-end")
+    }) {
+        rig.fail("fsd did not record the grant's end");
+    }
     rig.go("expired");
     // The descriptor opened under the grant: its read asks again (operation
     // "read"); the person declines.
@@ -780,7 +786,9 @@ step done
 /// at once (fail closed, not after a timeout), the dialog goes away with
 /// its daemon, fsd keeps serving, requests while authd is down are
 /// refused without a prompt, and a restarted authd (same credential
-/// store) grants again.
+/// store) grants again. Killing authd once more ends that grant in fsd at
+/// once (its subscription breaks), long before the grant's own expiry:
+/// both a new open and a descriptor opened under the grant are refused.
 #[test]
 fn authd_killed_mid_prompt_fails_closed_and_recovers() {
     let Some(mut rig) = Rig::start(Setup {
@@ -805,6 +813,11 @@ while [ $i -lt 60 ]; do
 done
 echo "after-restart $ok $out"
 echo "attempts after restart: $i"
+exec 3< secret/doc.txt
+step granted
+await killed-again
+t open-after-second-kill cat secret/doc.txt
+t fd-after-second-kill sh -c 'dd bs=4096 count=1 <&3'
 t pub-end cat public/ok.txt
 step done
 "#,
@@ -841,6 +854,18 @@ step done
     let win = rig.dialog(2, "the read after the restart");
     rig.answer(&win, PASSWORD);
     rig.expect_ok("after-restart", MARKER);
+    rig.step("granted");
+
+    // The grant has 300 s to run; authd dies; fsd drops it at once.
+    rig.authd.kill();
+    if !x11::wait_for(Duration::from_secs(30), || {
+        rig.fsd_audit().iter().any(|v| v["op"] == "grant-end")
+    }) {
+        rig.fail("fsd kept the grant after authd died");
+    }
+    rig.go("killed-again");
+    rig.expect_eacces("open-after-second-kill");
+    rig.expect_eacces("fd-after-second-kill");
     rig.expect_ok("pub-end", PUBLIC);
     rig.step("done");
     let out = rig.finish();
@@ -851,10 +876,23 @@ step done
         opens[1].starts_with("denied: authd unreachable or failed"),
         "{opens:?}"
     );
+    let n = opens.len();
+    assert!(n >= 5, "{opens:?}");
+    assert_eq!(opens[n - 3], "allowed: granted by authd", "{opens:?}");
     assert_eq!(
-        opens.last().map(String::as_str),
-        Some("allowed: granted by authd"),
+        opens[n - 2],
+        "allowed",
+        "exec 3< under the grant: {opens:?}"
+    );
+    assert!(
+        opens[n - 1].starts_with("denied: authd unreachable or failed"),
         "{opens:?}"
+    );
+    let reads = rig.fsd_outcomes("read");
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert!(
+        reads[0].starts_with("denied: authd unreachable or failed"),
+        "{reads:?}"
     );
     assert_eq!(rig.authd.audit("prompt").len(), 2);
     assert_eq!(rig.authd.audit("granted").len(), 1);
