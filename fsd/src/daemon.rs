@@ -245,7 +245,7 @@ pub fn run(s: Settings) -> Result<()> {
     // SIGHUP is taken by a thread of its own (reload); block it everywhere
     // else before any thread exists.
     signals::block_sighup();
-    let broker = Arc::new(sandbox::prepare(s.sandbox, broker_paths(&s))?);
+    let broker = Arc::new(sandbox::prepare(s.sandbox, &shared, broker_paths(&s))?);
     let guard = match &s.access {
         Some(a) => Some(load_guard(
             a,

@@ -18,9 +18,13 @@ fn main() {
         }
     };
     fsd::logging::init(settings.log_level.filter(), settings.syslog);
-    if let Err(e) = fsd::daemon::run(settings) {
-        log::error!("{e}");
-        eprintln!("fsd: {e}");
-        std::process::exit(1);
+    match fsd::daemon::run(settings) {
+        // The VMM went away: done, as virtiofsd is.
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("fsd: {e}");
+            std::process::exit(1);
+        }
     }
 }

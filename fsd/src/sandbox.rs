@@ -94,7 +94,11 @@ pub fn root_prefix(mode: SandboxMode, shared_dir: &Path) -> PathBuf {
 /// parent stays outside, forwards signals, opens the host resources of
 /// `paths` for the child when asked ([`broker`]) and exits with the child's
 /// status. Without a sandbox nothing happens and fsd opens them itself.
-pub fn prepare(mode: SandboxMode, paths: broker::Paths) -> Result<Broker, SandboxError> {
+pub fn prepare(
+    mode: SandboxMode,
+    shared_dir: &Path,
+    paths: broker::Paths,
+) -> Result<Broker, SandboxError> {
     if mode == SandboxMode::None {
         return Ok(Broker::Direct(paths));
     }
@@ -156,8 +160,37 @@ pub fn prepare(mode: SandboxMode, paths: broker::Paths) -> Result<Broker, Sandbo
             libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_NOSUID | libc::MS_RELATIME,
             "mounting /proc for the new PID namespace",
         )?;
+        // The share becomes a mount of its own now, before anything of it is
+        // opened: descriptors then refer to this mount, which pivot_root
+        // turns into the root, never to the host's tree left behind.
+        mount(
+            Some(&shared_dir.to_string_lossy()),
+            shared_dir,
+            None,
+            libc::MS_BIND | libc::MS_REC,
+            "bind-mounting the shared directory",
+        )?;
+        // As PID 1 of its namespace the daemon ignores signals it has no
+        // handler for; SIGTERM and SIGINT (forwarded by the parent) end it.
+        exit_on(&[libc::SIGTERM, libc::SIGINT]);
     }
     Ok(Broker::Parent(std::sync::Mutex::new(child_end)))
+}
+
+extern "C" fn exit_now(sig: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(128 + sig) };
+}
+
+fn exit_on(signals: &[libc::c_int]) {
+    // SAFETY: installing a handler that only calls _exit(2).
+    unsafe {
+        for &sig in signals {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = exit_now as *const () as usize;
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
 }
 
 static CHILD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
@@ -202,13 +235,7 @@ pub fn confine(mode: SandboxMode, shared_dir: &Path) -> Result<(), SandboxError>
                 .map_err(|e| SandboxError::Chroot(shared_dir.into(), e))
         }
         SandboxMode::Namespace => {
-            mount(
-                Some(&shared_dir.to_string_lossy()),
-                shared_dir,
-                None,
-                libc::MS_BIND | libc::MS_REC,
-                "bind-mounting the shared directory",
-            )?;
+            // `prepare` made the share a bind mount of its own.
             let d = cstr(shared_dir);
             let pivot = || -> io::Result<()> {
                 // SAFETY: valid C strings; the sequence is the documented way

@@ -20,6 +20,9 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_queue::QueueOwnedT;
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 use crate::dispatch::{AtomicMem, Blocking, Chain, Dispatcher};
 use crate::pool::{LockWaiters, Pool};
@@ -218,6 +221,12 @@ impl VhostUserBackend for FsBackend {
     fn update_memory(&self, mem: AtomicMem) -> io::Result<()> {
         *self.mem.write().unwrap() = Some(mem);
         Ok(())
+    }
+
+    /// An exit event per queue thread: without one, dropping the daemon
+    /// would wait forever for threads nothing tells to stop.
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
     }
 
     /// One epoll thread per queue, so request queues proceed in parallel.
