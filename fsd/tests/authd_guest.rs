@@ -13,10 +13,22 @@
 //! authd through its unsandboxed broker) in some tests and with
 //! `--sandbox=none` in others, so both ways to reach authd are covered.
 //!
+//! | test | what the person does | sandbox |
+//! |---|---|---|
+//! | `grant_serves_the_guest_until_it_expires` | right password; screenshot of the dialog | namespace |
+//! | `grant_serves_the_guest_until_it_expires_unsandboxed` | the same | none |
+//! | `wrong_password_is_refused_and_locks_out` | wrong password, twice | none |
+//! | `prompt_flood_from_the_guest_is_rate_limited` | Esc once, then nothing | none |
+//! | `authd_killed_mid_prompt_fails_closed_and_recovers` | nothing; authd is killed, restarted, killed | namespace |
+//!
 //! Needs QEMU, the guest kernel, busybox (testrig), Xvfb, xdotool, xwd,
 //! ImageMagick and the DejaVu font; without them each test prints
 //! `SKIP: …` and returns, except under `CI=true`. authd's binaries come from
-//! the same target directory (`cargo build -p authd`).
+//! the same target directory (`cargo build -p authd`; `cargo test
+//! --workspace` builds them) or `$AUTHD_BIN_DIR`; the tests fail saying so
+//! when they are missing. `AUTHD_GUEST_SCREENSHOT=FILE` keeps the
+//! screenshot of the live dialog. Run with `--nocapture` to see the
+//! measured prompt-to-window latency and the guest transcripts.
 
 mod common;
 mod x11;
