@@ -14,10 +14,14 @@ use std::io::Write;
 use std::mem::size_of;
 use std::sync::Arc;
 
-use fuse_backend_rs::abi::fuse_abi::{InHeader, LkIn, LkOut, Opcode, OutHeader, LK_FLOCK};
+use fuse_backend_rs::abi::fuse_abi::{
+    CreateIn, InHeader, LinkIn, LkIn, LkOut, MkdirIn, MknodIn, Opcode, OutHeader, Rename2In,
+    RenameIn, LK_FLOCK,
+};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use log::{debug, warn};
+use std::sync::atomic::{AtomicBool, Ordering};
 use virtio_queue::DescriptorChain;
 use vm_memory::{
     ByteValued, Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap,
@@ -48,7 +52,55 @@ pub enum Blocking {
 pub struct Dispatcher {
     server: Server<Arc<SharedFs>>,
     fs: Arc<SharedFs>,
+    /// A FUSE session is up (INIT answered, no DESTROY or device restart
+    /// since): a second INIT would renegotiate under the guest's feet.
+    initialized: AtomicBool,
 }
+
+/// For requests that carry names: the size of the fixed argument before
+/// them and how many NUL-terminated names follow. Used to refuse bodies with
+/// NULs inside a name (which the decoder would silently cut short) or names
+/// without their terminator.
+fn name_layout(opcode: u32) -> Option<(usize, usize)> {
+    let op = |o: Opcode| o as u32;
+    Some(match opcode {
+        x if x == op(Opcode::Lookup) || x == op(Opcode::Unlink) || x == op(Opcode::Rmdir) => (0, 1),
+        x if x == op(Opcode::Mknod) => (size_of::<MknodIn>(), 1),
+        x if x == op(Opcode::Mkdir) => (size_of::<MkdirIn>(), 1),
+        x if x == op(Opcode::Link) => (size_of::<LinkIn>(), 1),
+        x if x == op(Opcode::Create) => (size_of::<CreateIn>(), 1),
+        x if x == op(Opcode::Symlink) => (0, 2),
+        x if x == op(Opcode::Rename) => (size_of::<RenameIn>(), 2),
+        x if x == op(Opcode::Rename2) => (size_of::<Rename2In>(), 2),
+        _ => return None,
+    })
+}
+
+/// Checks the header against the chain and the names in the body.
+fn well_formed(header: &InHeader, readable: usize, reader: &Reader<'_, ()>) -> bool {
+    let len = header.len as usize;
+    if len < size_of::<InHeader>() || len > readable {
+        return false;
+    }
+    let Some((fixed, names)) = name_layout(header.opcode) else {
+        return true;
+    };
+    let body_len = len - size_of::<InHeader>();
+    if body_len > MAX_NAME_BODY || body_len <= fixed {
+        return false;
+    }
+    let mut body = vec![0u8; body_len];
+    let mut r = reader.clone();
+    if std::io::Read::read_exact(&mut r, &mut body).is_err() {
+        return false;
+    }
+    let names_part = &body[fixed..];
+    names_part.last() == Some(&0) && names_part.iter().filter(|&&b| b == 0).count() == names
+}
+
+/// Longest body of a request that carries names: two names and a symlink
+/// target at most.
+const MAX_NAME_BODY: usize = 3 * 4096 + 64;
 
 fn out_header_error(unique: u64, errno: i32) -> OutHeader {
     OutHeader {
@@ -95,7 +147,14 @@ impl Dispatcher {
         Dispatcher {
             server: Server::new(fs.clone()),
             fs,
+            initialized: AtomicBool::new(false),
         }
+    }
+
+    /// The device was (re)started or reset: a new guest driver will send a
+    /// new FUSE_INIT.
+    pub fn device_restarted(&self) {
+        self.initialized.store(false, Ordering::SeqCst);
     }
 
     /// The header of a chain's request, if it can be read at all.
@@ -147,6 +206,12 @@ impl Dispatcher {
                 return 0;
             }
         };
+        let readable = chain
+            .clone()
+            .readable()
+            .try_fold(0usize, |acc, d| acc.checked_add(d.len() as usize))
+            .unwrap_or(usize::MAX);
+        let malformed = !well_formed(&header, readable, &reader);
         let no_reply = [
             Opcode::Forget as u32,
             Opcode::BatchForget as u32,
@@ -154,7 +219,20 @@ impl Dispatcher {
         ]
         .contains(&header.opcode);
 
+        let is_init = header.opcode == Opcode::Init as u32;
+        if header.opcode == Opcode::Destroy as u32 {
+            self.initialized.store(false, Ordering::SeqCst);
+        }
         let written = match header.opcode {
+            _ if malformed && no_reply => 0,
+            _ if malformed => {
+                debug!("malformed request {}: length or names", header.opcode);
+                reply_error(writer, header.unique, libc::EINVAL)
+            }
+            _ if is_init && self.initialized.load(Ordering::SeqCst) => {
+                warn!("second FUSE_INIT on a live session refused");
+                reply_error(writer, header.unique, libc::EPROTO)
+            }
             x if x == Opcode::Getlk as u32
                 || x == Opcode::Setlk as u32
                 || x == Opcode::Setlkw as u32 =>
@@ -170,7 +248,13 @@ impl Dispatcher {
                     .server
                     .handle_message(full, Writer::VirtioFs(writer), None, None)
                 {
-                    Ok(n) => n,
+                    Ok(n) => {
+                        if is_init && read_written_header(mem, &chain).is_some_and(|h| h.error == 0)
+                        {
+                            self.initialized.store(true, Ordering::SeqCst);
+                        }
+                        n
+                    }
                     Err(e) => {
                         debug!("request {} failed: {e}", header.opcode);
                         match read_written_header(mem, &chain) {

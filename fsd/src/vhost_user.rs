@@ -203,6 +203,16 @@ impl VhostUserBackend for FsBackend {
         f
     }
 
+    /// Called on every SET_FEATURES, i.e. each time the VMM starts the
+    /// device (boot, guest reboot): a new FUSE session will begin.
+    fn acked_features(&self, _features: u64) {
+        self.dispatcher.device_restarted();
+    }
+
+    fn reset_device(&self) {
+        self.dispatcher.device_restarted();
+    }
+
     fn set_event_idx(&self, enabled: bool) {
         *self.event_idx.write().unwrap() = enabled;
     }

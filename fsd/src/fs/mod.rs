@@ -38,7 +38,7 @@ use fuse_backend_rs::transport::FsCacheReqHandler;
 use self::dirs::DirTable;
 use self::locks::{LockKind, LockRequest, LockTable};
 use self::names::{check_component, check_link_target};
-use crate::policy::guard::Op;
+use crate::policy::guard::{Access, Op};
 use crate::policy::labels::Seen;
 use crate::policy::{CacheRule, Guard};
 
@@ -228,9 +228,16 @@ impl SharedFs {
     }
 
     /// Applies the policy to one access of `node`.
-    fn check(&self, ctx: &Context, node: u64, op: Op, what: &str, audit: bool) -> io::Result<()> {
+    fn check(
+        &self,
+        ctx: &Context,
+        node: u64,
+        op: Op,
+        what: &str,
+        access: Access,
+    ) -> io::Result<()> {
         match &self.guard {
-            Some(g) => g.check(node, op, what, ctx.pid as u32, audit),
+            Some(g) => g.check(node, op, what, ctx.pid as u32, access),
             None => Ok(()),
         }
     }
@@ -254,7 +261,7 @@ impl SharedFs {
             Err(_) => return Ok(()),
         };
         self.observe(parent, name.to_bytes(), &e, false);
-        let r = self.check(ctx, e.inode, op, what, true);
+        let r = self.check(ctx, e.inode, op, what, Access::Request);
         self.inner.forget(ctx, e.inode, 1);
         r
     }
@@ -413,7 +420,7 @@ impl FileSystem for SharedFs {
     ) -> io::Result<(stat64, Duration)> {
         self.writable()?;
         if valid.contains(SetattrValid::SIZE) {
-            self.check(ctx, inode, Op::Write, "truncate", true)?;
+            self.check(ctx, inode, Op::Write, "truncate", Access::Request)?;
         }
         let meta = SetattrValid::MODE
             | SetattrValid::UID
@@ -424,13 +431,13 @@ impl FileSystem for SharedFs {
             | SetattrValid::MTIME_NOW
             | SetattrValid::CTIME;
         if valid.intersects(meta) {
-            self.check(ctx, inode, Op::Metadata, "setattr", true)?;
+            self.check(ctx, inode, Op::Metadata, "setattr", Access::Request)?;
         }
         self.inner.setattr(ctx, inode, attr, handle, valid)
     }
 
     fn readlink(&self, ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
-        self.check(ctx, inode, Op::Read, "readlink", true)?;
+        self.check(ctx, inode, Op::Read, "readlink", Access::Request)?;
         self.inner.readlink(ctx, inode)
     }
 
@@ -444,7 +451,7 @@ impl FileSystem for SharedFs {
         self.writable()?;
         check_component(name)?;
         check_link_target(linkname)?;
-        self.check(ctx, parent, Op::Write, "symlink", true)?;
+        self.check(ctx, parent, Op::Write, "symlink", Access::Request)?;
         let e = self.inner.symlink(ctx, linkname, parent, name)?;
         self.observe(parent, name.to_bytes(), &e, true);
         Ok(e)
@@ -461,7 +468,7 @@ impl FileSystem for SharedFs {
     ) -> io::Result<Entry> {
         self.writable()?;
         check_component(name)?;
-        self.check(ctx, inode, Op::Write, "mknod", true)?;
+        self.check(ctx, inode, Op::Write, "mknod", Access::Request)?;
         let e = self.inner.mknod(ctx, inode, name, mode, rdev, umask)?;
         self.observe(inode, name.to_bytes(), &e, true);
         Ok(e)
@@ -477,7 +484,7 @@ impl FileSystem for SharedFs {
     ) -> io::Result<Entry> {
         self.writable()?;
         check_component(name)?;
-        self.check(ctx, parent, Op::Write, "mkdir", true)?;
+        self.check(ctx, parent, Op::Write, "mkdir", Access::Request)?;
         let e = self.inner.mkdir(ctx, parent, name, mode, umask)?;
         self.observe(parent, name.to_bytes(), &e, true);
         Ok(e)
@@ -486,7 +493,7 @@ impl FileSystem for SharedFs {
     fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         self.writable()?;
         check_component(name)?;
-        self.check(ctx, parent, Op::Write, "unlink", true)?;
+        self.check(ctx, parent, Op::Write, "unlink", Access::Request)?;
         self.check_child(ctx, parent, name, Op::Metadata, "unlink")?;
         self.inner.unlink(ctx, parent, name)
     }
@@ -494,7 +501,7 @@ impl FileSystem for SharedFs {
     fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         self.writable()?;
         check_component(name)?;
-        self.check(ctx, parent, Op::Write, "rmdir", true)?;
+        self.check(ctx, parent, Op::Write, "rmdir", Access::Request)?;
         self.check_child(ctx, parent, name, Op::Metadata, "rmdir")?;
         self.inner.rmdir(ctx, parent, name)
     }
@@ -511,8 +518,8 @@ impl FileSystem for SharedFs {
         self.writable()?;
         check_component(oldname)?;
         check_component(newname)?;
-        self.check(ctx, olddir, Op::Write, "rename", true)?;
-        self.check(ctx, newdir, Op::Write, "rename", true)?;
+        self.check(ctx, olddir, Op::Write, "rename", Access::Request)?;
+        self.check(ctx, newdir, Op::Write, "rename", Access::Request)?;
         self.check_child(ctx, olddir, oldname, Op::Metadata, "rename")?;
         self.check_child(ctx, newdir, newname, Op::Metadata, "rename over")?;
         self.inner
@@ -522,8 +529,8 @@ impl FileSystem for SharedFs {
     fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
         self.writable()?;
         check_component(newname)?;
-        self.check(ctx, inode, Op::Metadata, "link", true)?;
-        self.check(ctx, newparent, Op::Write, "link", true)?;
+        self.check(ctx, inode, Op::Metadata, "link", Access::Request)?;
+        self.check(ctx, newparent, Op::Write, "link", Access::Request)?;
         let e = self.inner.link(ctx, inode, newparent, newname)?;
         self.observe(newparent, newname.to_bytes(), &e, false);
         Ok(e)
@@ -541,13 +548,13 @@ impl FileSystem for SharedFs {
         }
         let acc = flags as i32 & libc::O_ACCMODE;
         if acc == libc::O_RDONLY || acc == libc::O_RDWR {
-            self.check(ctx, inode, Op::Read, "open", true)?;
+            self.check(ctx, inode, Op::Read, "open", Access::Request)?;
         }
         if wants_write(flags) {
-            self.check(ctx, inode, Op::Write, "open for writing", true)?;
+            self.check(ctx, inode, Op::Write, "open for writing", Access::Request)?;
         }
         if flags & FMODE_EXEC != 0 {
-            self.check(ctx, inode, Op::Exec, "exec", true)?;
+            self.check(ctx, inode, Op::Exec, "exec", Access::Request)?;
         }
         let (h, mut opts, passthrough) = self.inner.open(ctx, inode, flags, fuse_flags)?;
         self.direct_io(inode, &mut opts);
@@ -563,7 +570,7 @@ impl FileSystem for SharedFs {
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         self.writable()?;
         check_component(name)?;
-        self.check(ctx, parent, Op::Write, "create", true)?;
+        self.check(ctx, parent, Op::Write, "create", Access::Request)?;
         // An existing protected file opened through O_CREAT is an open.
         self.check_child(ctx, parent, name, Op::Write, "create (existing)")?;
         let (e, h, mut opts, passthrough) = self.inner.create(ctx, parent, name, args)?;
@@ -585,7 +592,7 @@ impl FileSystem for SharedFs {
     ) -> io::Result<usize> {
         // Checked on every read, not only at open: a handle opened under a
         // grant stops working when the grant ends.
-        self.check(ctx, inode, Op::Read, "read", false)?;
+        self.check(ctx, inode, Op::Read, "read", Access::Handle)?;
         self.inner
             .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
     }
@@ -604,7 +611,7 @@ impl FileSystem for SharedFs {
         fuse_flags: u32,
     ) -> io::Result<usize> {
         self.writable()?;
-        self.check(ctx, inode, Op::Write, "write", false)?;
+        self.check(ctx, inode, Op::Write, "write", Access::Handle)?;
         self.inner.write(
             ctx,
             inode,
@@ -638,7 +645,7 @@ impl FileSystem for SharedFs {
         length: u64,
     ) -> io::Result<()> {
         self.writable()?;
-        self.check(ctx, inode, Op::Write, "fallocate", true)?;
+        self.check(ctx, inode, Op::Write, "fallocate", Access::Request)?;
         self.inner
             .fallocate(ctx, inode, handle, mode, offset, length)
     }
@@ -672,7 +679,7 @@ impl FileSystem for SharedFs {
         flags: u32,
     ) -> io::Result<()> {
         self.writable()?;
-        self.check(ctx, inode, Op::Metadata, "setxattr", true)?;
+        self.check(ctx, inode, Op::Metadata, "setxattr", Access::Request)?;
         let f = self.xattr_file(inode)?;
         // SAFETY: valid fd, C string and buffer of the given length.
         let r = unsafe {
@@ -741,7 +748,7 @@ impl FileSystem for SharedFs {
 
     fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
         self.writable()?;
-        self.check(ctx, inode, Op::Metadata, "removexattr", true)?;
+        self.check(ctx, inode, Op::Metadata, "removexattr", Access::Request)?;
         let f = self.xattr_file(inode)?;
         // SAFETY: valid fd and C string.
         if unsafe { libc::fremovexattr(f.as_raw_fd(), name.as_ptr()) } < 0 {

@@ -39,6 +39,18 @@ impl Op {
     }
 }
 
+/// What kind of access is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// An open, a change, a directory operation: logged, and may ask authd.
+    Request,
+    /// I/O through a handle opened earlier: allowed silently under a live
+    /// grant, refused without one. It never asks: the grant it was opened
+    /// under has ended, and a program retrying its reads must not turn into
+    /// a stream of prompts. Opening again asks.
+    Handle,
+}
+
 thread_local! {
     static MAY_WAIT: Cell<bool> = const { Cell::new(false) };
 }
@@ -142,15 +154,15 @@ impl Guard {
     }
 
     /// Decides one access. `what` names the operation in the audit log and
-    /// the prompt; `audit_allowed` says whether an allowed access is logged
-    /// (opens are; each read under an open handle is not).
+    /// the prompt; `access` says whether it is a request (logged, may ask)
+    /// or I/O on an open handle (see [`Access`]).
     pub fn check(
         &self,
         node: u64,
         op: Op,
         what: &str,
         guest_pid: u32,
-        audit_allowed: bool,
+        access: Access,
     ) -> io::Result<()> {
         let Some(r) = self.labels.rule_of(node) else {
             return Ok(());
@@ -178,7 +190,7 @@ impl Guard {
                         .insert(n.key);
                 }
             }
-            if audit_allowed {
+            if access == Access::Request {
                 self.audit(&rule.owner, what, &path, guest_pid, "allowed");
             }
             return Ok(());
@@ -186,6 +198,16 @@ impl Guard {
         match rule.without_grant {
             Missing::Deny => {
                 self.audit(&rule.owner, what, &path, guest_pid, "denied: no grant");
+                Err(eacces())
+            }
+            Missing::Ask if access == Access::Handle => {
+                self.audit(
+                    &rule.owner,
+                    what,
+                    &path,
+                    guest_pid,
+                    "denied: the grant this handle was opened under has ended",
+                );
                 Err(eacces())
             }
             Missing::Ask => {
