@@ -244,8 +244,9 @@ impl Rig {
     }
 }
 
-fn policy() -> String {
-    r#"version = 1
+/// `secret/**` belongs to alice, is asked for, and may be cached by the
+/// guest while a grant lasts (the grant outlives the test).
+const POLICY: &str = r#"version = 1
 
 [defaults]
 ask_timeout_secs = 30
@@ -263,13 +264,12 @@ owner = "alice"
 without_grant = "ask"
 cache = "flush"
 grant_secs = 3600
-"#
-    .to_owned()
-}
+"#;
 
-/// Starts the stand-in authd (granting), the monitor daemon naming the
-/// guest, fsd with the flushing policy, and boots the guest.
-fn start(test: &str) -> Option<Rig> {
+/// Writes the share (`secret/marker.txt` carries `marker`), starts the
+/// stand-in authd (granting), the monitor daemon naming the guest, fsd with
+/// the flushing policy, and boots the guest.
+fn start(test: &str, marker: &str) -> Option<Rig> {
     let env = require(&[Need::Qemu, Need::Kernel, Need::Busybox])?;
     let vmlinux = vmlinux(&env)?;
     let monitor_bin = monitor_program()?;
@@ -280,8 +280,9 @@ fn start(test: &str) -> Option<Rig> {
     std::fs::create_dir_all(share.join("secret")).unwrap();
     std::fs::create_dir_all(share.join("public")).unwrap();
     std::fs::write(share.join("public/ok.txt"), PUBLIC).unwrap();
+    marked_file(&share.join("secret/marker.txt"), marker);
     let policy_path = dir.join("policy.toml");
-    std::fs::write(&policy_path, policy()).unwrap();
+    std::fs::write(&policy_path, POLICY).unwrap();
 
     let authd = FakeAuthd::start(dir);
     authd.grant.store(true, Ordering::SeqCst);
@@ -371,13 +372,13 @@ fn start(test: &str) -> Option<Rig> {
 
 #[test]
 fn grant_end_flushes_the_guest_page_cache() {
-    let Some(mut rig) = start("grant_end_flushes_the_guest_page_cache") else {
+    let marker = unique_marker();
+    let Some(mut rig) = start("grant_end_flushes_the_guest_page_cache", &marker) else {
         return;
     };
-    let marker = unique_marker();
-    let file = rig.share.join("secret/marker.txt");
-    marked_file(&file, &marker);
-    let ino = std::fs::metadata(&file).unwrap().ino();
+    let ino = std::fs::metadata(rig.share.join("secret/marker.txt"))
+        .unwrap()
+        .ino();
     let blocks = FILE_SIZE / BLOCK;
 
     // 1. The guest reads the protected file under a live grant.
@@ -503,8 +504,8 @@ fn grant_end_flushes_the_guest_page_cache() {
         Ok(t) => t,
         Err(e) => panic!("guest did not end cleanly: {e}"),
     };
-    let dmesg_bad = ["WARNING", "BUG:", "Oops", "sleeping function called"];
-    for bad in dmesg_bad {
+    // The injected calls left the guest kernel without complaint.
+    for bad in ["WARNING", "BUG:", "Oops", "sleeping function called"] {
         assert!(
             !transcript.console.contains(bad),
             "guest kernel complained:\n{}",
