@@ -479,6 +479,10 @@ fn grant_end_flushes_the_guest_page_cache() {
     if !log.contains(ended_line) {
         rig.fail(&format!("fsd did not log {ended_line:?}"));
     }
+    let audit = std::fs::read_to_string(rig.work.path().join("fsd-audit.jsonl")).unwrap();
+    if !audit.contains("\"op\":\"grant-end\"") || audit.contains(&marker) {
+        rig.fail("the audit log lacks the grant's end (or holds content)");
+    }
     let prefix = "monitor flushed 1 inodes of vm1: ";
     let Some(reply) = log
         .lines()
