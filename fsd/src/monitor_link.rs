@@ -82,13 +82,34 @@ fn send_one(broker: &Broker, vm: &str, inos: &[u64]) -> std::io::Result<String> 
     Ok(reply.trim().to_owned())
 }
 
+/// Pages the monitor found but could not drop (mapped, dirty, locked or
+/// under writeback in the guest), as its `flush` reply counts them.
+fn left_behind(reply: &serde_json::Value) -> u64 {
+    let n = |k: &str| {
+        reply
+            .get("flush")
+            .and_then(|f| f.get(k))
+            .or_else(|| reply.get(k))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
+    n("still_cached").max(n("busy"))
+}
+
 fn run(broker: Arc<Broker>, rx: Receiver<(String, Vec<u64>)>) {
     for (vm, inos) in rx {
         match send_one(&broker, &vm, &inos) {
-            Ok(reply) if reply.contains("\"ok\":true") => {
-                info!("monitor flushed {} inodes of {vm}: {reply}", inos.len())
-            }
-            Ok(reply) => warn!("monitor could not flush {vm}: {reply}"),
+            Ok(reply) => match serde_json::from_str::<serde_json::Value>(&reply) {
+                Ok(v) if v["ok"] == true && left_behind(&v) == 0 => {
+                    info!("monitor flushed {} inodes of {vm}: {reply}", inos.len())
+                }
+                Ok(v) if v["ok"] == true => warn!(
+                    "monitor flushed {vm} but {} pages of protected content stay in the guest \
+                     (mapped or in use there): {reply}",
+                    left_behind(&v)
+                ),
+                _ => warn!("monitor could not flush {vm}: {reply}"),
+            },
             Err(e) => warn!("monitor unreachable, {vm} not flushed: {e}"),
         }
     }
@@ -121,5 +142,19 @@ mod tests {
             serde_json::json!({"op": "flush", "vm": "vm1", "inos": [11, 22]})
         );
         (&conn).write_all(b"{\"ok\":true}\n").unwrap();
+    }
+
+    #[test]
+    fn pages_left_in_the_guest_are_counted() {
+        let v = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+        assert_eq!(
+            left_behind(&v(r#"{"ok":true,"flush":{"still_cached":0,"busy":0}}"#)),
+            0
+        );
+        assert_eq!(
+            left_behind(&v(r#"{"ok":true,"flush":{"still_cached":3,"busy":1}}"#)),
+            3
+        );
+        assert_eq!(left_behind(&v(r#"{"ok":true,"busy":2}"#)), 2);
     }
 }

@@ -588,16 +588,14 @@ step done
         rig.fail("fsd did not record the grant's end");
     }
     rig.go("expired");
-    // The descriptor opened under the grant: its read asks again (operation
-    // "read"); the person declines.
-    let win = rig.dialog(2, "the read through the old descriptor");
+    // The descriptor opened under the grant: its read is refused at once,
+    // without a new prompt (only opening again asks).
+    rig.expect_eacces("fd-after-expiry");
+    let win = rig.dialog(2, "the open after expiry");
+    // Two prompts in all: the first open and this one; none for the read.
     let prompts = rig.authd.audit("prompt");
     assert_eq!(prompts.len(), 2, "{prompts:?}");
-    assert_eq!(prompts[1]["reason"]["operation"], "read");
-    rig.cancel(&win);
-    rig.expect_eacces("fd-after-expiry");
-    let win = rig.dialog(3, "the open after expiry");
-    assert_eq!(rig.authd.audit("prompt")[2]["reason"]["operation"], "open");
+    assert_eq!(prompts[1]["reason"]["operation"], "open");
     rig.cancel(&win);
     rig.expect_eacces("open-after-expiry");
     rig.expect_ok("pub-after-expiry", PUBLIC);
@@ -618,10 +616,14 @@ step done
         ],
     );
     // Reads under a grant are not logged one by one; the refused one is.
-    assert_outcomes(&mut rig, "read", &["denied: refused: Cancelled"]);
+    assert_outcomes(
+        &mut rig,
+        "read",
+        &["denied: the grant this handle was opened under has ended"],
+    );
     let denied = rig.authd.audit("denied");
     let why: Vec<&str> = denied.iter().filter_map(|d| d["why"].as_str()).collect();
-    assert_eq!(why, ["cancelled", "cancelled"]);
+    assert_eq!(why, ["cancelled"]);
     println!(
         "grant flow (fsd sandbox {sandbox:?}): {:.1} s",
         t0.elapsed().as_secs_f64()
@@ -900,10 +902,12 @@ step done
         opens[n - 1].starts_with("denied: authd unreachable or failed"),
         "{opens:?}"
     );
+    // The read through the descriptor from the ended grant is refused
+    // without asking anyone.
     let reads = rig.fsd_outcomes("read");
-    assert_eq!(reads.len(), 1, "{reads:?}");
-    assert!(
-        reads[0].starts_with("denied: authd unreachable or failed"),
+    assert_eq!(
+        reads,
+        ["denied: the grant this handle was opened under has ended"],
         "{reads:?}"
     );
     assert_eq!(rig.authd.audit("prompt").len(), 2);

@@ -5,6 +5,9 @@
 //! in parallel), repeats, and prints a Markdown table of medians with the
 //! ratio fsd/virtiofsd and the host's own `pread` ceiling beside the read
 //! rows. `--smoke` uses tiny counts to check that everything works.
+//! `--policy-rules N` compares fsd with an access-control policy of N rules
+//! (none of which protects the benchmark's files, so every request pays the
+//! policy check and none is refused) against fsd without a policy.
 
 use std::process::ExitCode;
 
@@ -30,10 +33,15 @@ struct Args {
     /// Scale the operation counts.
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
+    /// Compare fsd with a policy of this many rules against fsd without one
+    /// (instead of fsd against virtiofsd).
+    #[arg(long)]
+    policy_rules: Option<usize>,
 }
 
 struct Target {
     kind: DaemonKind,
+    name: String,
     _daemon: Daemon,
     dev: Device,
     prep: Vec<Prepared>,
@@ -79,18 +87,35 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     bench::populate(&share, big_mib, entries)?;
 
-    let mut targets = Vec::new();
-    for kind in [DaemonKind::Fsd, DaemonKind::Virtiofsd] {
-        if a.daemon != "both" && a.daemon != kind.name() {
-            continue;
+    // What to run: (kind, name in the table, extra flags).
+    let plans: Vec<(DaemonKind, String, Vec<String>)> = match a.policy_rules {
+        Some(n) => {
+            let policy = write_policy(scratch.path(), n)?;
+            vec![
+                (
+                    DaemonKind::Fsd,
+                    format!("fsd+{n} rules"),
+                    vec![format!("--policy={}", policy.display()), "--vm=bench".into()],
+                ),
+                (DaemonKind::Fsd, "fsd".into(), Vec::new()),
+            ]
         }
-        let spec = match DaemonSpec::new(kind, &share) {
+        None => [DaemonKind::Fsd, DaemonKind::Virtiofsd]
+            .into_iter()
+            .filter(|k| a.daemon == "both" || a.daemon == k.name())
+            .map(|k| (k, k.name().to_string(), Vec::new()))
+            .collect(),
+    };
+    let mut targets = Vec::new();
+    for (kind, name, extra) in plans {
+        let mut spec = match DaemonSpec::new(kind, &share) {
             Ok(s) => s,
             Err(m) => {
-                eprintln!("without {}: {m}", kind.name());
+                eprintln!("without {name}: {m}");
                 continue;
             }
         };
+        spec.extra_args = extra;
         let daemon = Daemon::spawn(spec)?;
         let cfg = DeviceConfig {
             request_queues: if kind == DaemonKind::Fsd { 2 } else { 1 },
@@ -101,8 +126,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         let mut dev = Device::connect(daemon.socket(), &cfg)?;
         let init = Session::new(dev.queue(1)?).init()?;
         eprintln!(
-            "{}: FUSE {}.{}, max_write {}, {} queues offered",
-            kind.name(),
+            "{name}: FUSE {}.{}, max_write {}, {} queues offered",
             init.major,
             init.minor,
             init.max_write,
@@ -112,11 +136,12 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         for q in 1..=cfg.request_queues {
             prep.push(bench::prepare(
                 dev.queue(q)?,
-                &format!("{}-q{q}", kind.name()),
+                &format!("{}-q{q}", name.replace([' ', '+'], "-")),
             )?);
         }
         targets.push(Target {
             kind,
+            name,
             _daemon: daemon,
             dev,
             prep,
@@ -126,10 +151,14 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         return Err("neither fsd nor virtiofsd is available".into());
     }
 
-    println!("| workload | depth | {} | fsd/virtiofsd | host pread |", {
+    let ratio_name = match targets.as_slice() {
+        [a, b, ..] => format!("{}/{}", a.name, b.name),
+        _ => "ratio".into(),
+    };
+    println!("| workload | depth | {} | {ratio_name} | host pread |", {
         targets
             .iter()
-            .map(|t| format!("{0} ops/s | {0} MB/s", t.kind.name()))
+            .map(|t| format!("{0} ops/s | {0} MB/s", t.name))
             .collect::<Vec<_>>()
             .join(" | ")
     });
@@ -145,7 +174,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 for (i, t) in targets.iter_mut().enumerate() {
                     let p = t.prep[0].clone();
                     let m = bench::run(t.dev.queue(1)?, &p, w, depth, ops, 0).map_err(|e| {
-                        format!("{} {} depth {depth}: {e}", t.kind.name(), w.label())
+                        format!("{} {} depth {depth}: {e}", t.name, w.label())
                     })?;
                     per[i].push(m);
                 }
@@ -154,7 +183,12 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             print_row(w, &depth.to_string(), &targets, &per, ceiling);
         }
         // fsd with two request queues driven in parallel.
-        if let Some(ti) = targets.iter().position(|t| t.kind == DaemonKind::Fsd) {
+        let two_queues = a.policy_rules.is_none();
+        if let Some(ti) = targets
+            .iter()
+            .position(|t| t.kind == DaemonKind::Fsd)
+            .filter(|_| two_queues)
+        {
             let mut ms = Vec::new();
             for _ in 0..reps {
                 ms.push(parallel(&mut targets[ti], w, ops)?);
@@ -225,14 +259,9 @@ fn print_row(
         cells.push(format!("{o:.0} | {mb}"));
         ops_med.push(Some(o));
     }
-    let ratio = match (
-        targets.iter().position(|t| t.kind == DaemonKind::Fsd),
-        targets.iter().position(|t| t.kind == DaemonKind::Virtiofsd),
-    ) {
-        (Some(f), Some(v)) => match (ops_med[f], ops_med[v]) {
-            (Some(f), Some(v)) if v > 0.0 => format!("{:.2}", f / v),
-            _ => "-".into(),
-        },
+    // The first target over the second (fsd/virtiofsd, or policy/none).
+    let ratio = match (targets.len() >= 2, ops_med.first(), ops_med.get(1)) {
+        (true, Some(Some(a)), Some(Some(b))) if *b > 0.0 => format!("{:.2}", a / b),
         _ => "-".into(),
     };
     let ceil = ceiling
@@ -243,4 +272,20 @@ fn print_row(
         w.label(),
         cells.join(" | ")
     );
+}
+
+/// A policy of `n` rules protecting paths the benchmark never touches, for
+/// one principal and the VM `bench`.
+fn write_policy(dir: &std::path::Path, n: usize) -> std::io::Result<std::path::PathBuf> {
+    let mut text = String::from(
+        "version = 1\n[[principal]]\nname = \"bench\"\n[[vm]]\nname = \"bench\"\nprincipal = \"bench\"\n",
+    );
+    for i in 0..n {
+        text.push_str(&format!(
+            "[[rule]]\npath = \"protected/area{i}/**\"\nowner = \"bench\"\nwithout_grant = \"deny\"\n"
+        ));
+    }
+    let p = dir.join("policy.toml");
+    std::fs::write(&p, text)?;
+    Ok(p)
 }
