@@ -41,14 +41,31 @@ pub enum LockKind {
     Flock,
 }
 
-type PosixKey = (u64, u64);
-type FlockKey = (u64, u64);
+/// Host descriptions by key, each opened on first use.
+type Held = Mutex<HashMap<(u64, u64), Arc<File>>>;
 
 /// Host descriptions that carry guest locks.
 #[derive(Default)]
 pub struct LockTable {
-    posix: Mutex<HashMap<PosixKey, Arc<File>>>,
-    flock: Mutex<HashMap<FlockKey, Arc<File>>>,
+    /// By `(inode, lock owner)`.
+    posix: Held,
+    /// By `(inode, file handle)`.
+    flock: Held,
+}
+
+/// The description held under `key`, opened with `open` the first time.
+fn held(
+    map: &Held,
+    key: (u64, u64),
+    open: impl FnOnce() -> io::Result<File>,
+) -> io::Result<Arc<File>> {
+    let mut map = map.lock().unwrap();
+    if let Some(f) = map.get(&key) {
+        return Ok(f.clone());
+    }
+    let f = Arc::new(open()?);
+    map.insert(key, f.clone());
+    Ok(f)
 }
 
 /// The largest offset a FUSE lock can name; `end == OFFSET_MAX` means "to EOF".
@@ -100,34 +117,6 @@ impl LockTable {
         Self::default()
     }
 
-    fn posix_file(
-        &self,
-        key: PosixKey,
-        open: impl FnOnce() -> io::Result<File>,
-    ) -> io::Result<Arc<File>> {
-        let mut map = self.posix.lock().unwrap();
-        if let Some(f) = map.get(&key) {
-            return Ok(f.clone());
-        }
-        let f = Arc::new(open()?);
-        map.insert(key, f.clone());
-        Ok(f)
-    }
-
-    fn flock_file(
-        &self,
-        key: FlockKey,
-        open: impl FnOnce() -> io::Result<File>,
-    ) -> io::Result<Arc<File>> {
-        let mut map = self.flock.lock().unwrap();
-        if let Some(f) = map.get(&key) {
-            return Ok(f.clone());
-        }
-        let f = Arc::new(open()?);
-        map.insert(key, f.clone());
-        Ok(f)
-    }
-
     /// FUSE_GETLK: which lock, if any, would block `req` for `owner`.
     pub fn getlk(
         &self,
@@ -136,7 +125,7 @@ impl LockTable {
         req: &LockRequest,
         open: impl FnOnce() -> io::Result<File>,
     ) -> io::Result<LockRequest> {
-        let file = self.posix_file((inode, owner), open)?;
+        let file = held(&self.posix, (inode, owner), open)?;
         let mut fl = to_flock(req)?;
         fcntl_lock(&file, libc::F_OFD_GETLK, &mut fl)?;
         if fl.l_type == libc::F_UNLCK as i16 {
@@ -184,7 +173,7 @@ impl LockTable {
                         None => Ok(()),
                     };
                 }
-                let file = self.posix_file((inode, owner), open)?;
+                let file = held(&self.posix, (inode, owner), open)?;
                 let cmd = if blocking {
                     libc::F_OFD_SETLKW
                 } else {
@@ -205,7 +194,7 @@ impl LockTable {
                         None => return Ok(()),
                     }
                 } else {
-                    self.flock_file((inode, handle), open)?
+                    held(&self.flock, (inode, handle), open)?
                 };
                 if !blocking {
                     op |= libc::LOCK_NB;
