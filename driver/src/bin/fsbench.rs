@@ -95,7 +95,10 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 (
                     DaemonKind::Fsd,
                     format!("fsd+{n} rules"),
-                    vec![format!("--policy={}", policy.display()), "--vm=bench".into()],
+                    vec![
+                        format!("--policy={}", policy.display()),
+                        "--vm=bench".into(),
+                    ],
                 ),
                 (DaemonKind::Fsd, "fsd".into(), Vec::new()),
             ]
@@ -173,9 +176,8 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             for _ in 0..reps {
                 for (i, t) in targets.iter_mut().enumerate() {
                     let p = t.prep[0].clone();
-                    let m = bench::run(t.dev.queue(1)?, &p, w, depth, ops, 0).map_err(|e| {
-                        format!("{} {} depth {depth}: {e}", t.name, w.label())
-                    })?;
+                    let m = bench::run(t.dev.queue(1)?, &p, w, depth, ops, 0)
+                        .map_err(|e| format!("{} {} depth {depth}: {e}", t.name, w.label()))?;
                     per[i].push(m);
                 }
             }
