@@ -106,7 +106,8 @@ impl FsBackend {
         }
     }
 
-    fn run(&self, chain: Chain, vring: &VringRwLock, event_idx: bool) {
+    /// `inline`: handle it on this (the queue's) thread even with a pool.
+    fn run(&self, chain: Chain, vring: &VringRwLock, event_idx: bool, inline: bool) {
         let head = chain.head_index();
         if self.dispatcher.needs_own_thread(&chain) {
             match self.lock_waiters.try_reserve() {
@@ -135,7 +136,7 @@ impl FsBackend {
             }
             return;
         }
-        match &self.pool {
+        match self.pool.as_ref().filter(|_| !inline) {
             None => {
                 let len = self.dispatcher.handle(chain, Blocking::Refused);
                 Self::complete(vring, event_idx, head, len);
@@ -169,8 +170,12 @@ impl FsBackend {
             .iter(mem)
             .map_err(DeviceError::Queue)?
             .collect();
-        for chain in chains {
-            self.run(chain, vring, event_idx);
+        // A lone request is handled here at once: handing it to a worker
+        // only adds a thread hop. When several are pending, the workers take
+        // all but the last, which this thread handles meanwhile.
+        let last = chains.len().saturating_sub(1);
+        for (i, chain) in chains.into_iter().enumerate() {
+            self.run(chain, vring, event_idx, i == last);
         }
         Ok(())
     }
