@@ -206,11 +206,8 @@ impl Dispatcher {
                 return 0;
             }
         };
-        let readable = chain
-            .clone()
-            .readable()
-            .try_fold(0usize, |acc, d| acc.checked_add(d.len() as usize))
-            .unwrap_or(usize::MAX);
+        // What the chain carries: the header just read plus what is left.
+        let readable = size_of::<InHeader>() + reader.available_bytes();
         let malformed = !well_formed(&header, readable, &reader);
         let no_reply = [
             Opcode::Forget as u32,

@@ -182,15 +182,22 @@ extern "C" fn exit_now(sig: libc::c_int) {
     unsafe { libc::_exit(128 + sig) };
 }
 
-fn exit_on(signals: &[libc::c_int]) {
-    // SAFETY: installing a handler that only calls _exit(2).
+/// Installs `handler` for `signals`; handlers here only make
+/// async-signal-safe calls (`_exit`, `kill`).
+fn handle(signals: &[libc::c_int], handler: extern "C" fn(libc::c_int), flags: libc::c_int) {
+    // SAFETY: a zeroed sigaction with a valid handler and flags.
     unsafe {
         for &sig in signals {
             let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = exit_now as *const () as usize;
+            sa.sa_sigaction = handler as *const () as usize;
+            sa.sa_flags = flags;
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
     }
+}
+
+fn exit_on(signals: &[libc::c_int]) {
+    handle(signals, exit_now, 0);
 }
 
 static CHILD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
@@ -207,15 +214,13 @@ extern "C" fn forward(sig: libc::c_int) {
 /// SIGHUP (reload), SIGTERM and SIGINT on to the daemon.
 fn forward_signals_to(child: libc::pid_t) {
     CHILD.store(child, std::sync::atomic::Ordering::Relaxed);
-    // SAFETY: installing a handler that only calls kill(2); unblocking
-    // SIGHUP in this (single-threaded) parent.
+    handle(
+        &[libc::SIGHUP, libc::SIGTERM, libc::SIGINT],
+        forward,
+        libc::SA_RESTART,
+    );
+    // SAFETY: unblocking SIGHUP in this (single-threaded) parent.
     unsafe {
-        for sig in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = forward as *const () as usize;
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGHUP);

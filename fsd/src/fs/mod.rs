@@ -19,7 +19,7 @@ use std::ffi::CStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -199,11 +199,6 @@ impl SharedFs {
             })
     }
 
-    /// Host descriptors currently held for guest locks.
-    pub fn lock_descriptors(&self) -> usize {
-        self.locks.held()
-    }
-
     /// The policy guard, if a policy is loaded.
     pub fn guard(&self) -> Option<&Arc<Guard>> {
         self.guard.as_ref()
@@ -308,19 +303,6 @@ impl SharedFs {
         } else {
             Ok(())
         }
-    }
-
-    /// The passthrough layer's own descriptors, which the sandbox keeps open.
-    pub fn keep_fds(&self) -> Vec<i32> {
-        let mut fds = self.inner.keep_fds();
-        fds.push(self.root.as_raw_fd());
-        fds.push(self.proc_self_fd.as_raw_fd());
-        fds
-    }
-
-    /// The root directory's path as given (for messages).
-    pub fn root_prefix(&self) -> &Path {
-        &self.root_prefix
     }
 }
 

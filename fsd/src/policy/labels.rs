@@ -262,11 +262,6 @@ impl Labels {
         }
         n
     }
-
-    /// Number of labelled inodes.
-    pub fn labelled(&self) -> usize {
-        self.by_key.read().unwrap().len()
-    }
 }
 
 #[cfg(test)]
