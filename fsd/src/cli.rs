@@ -153,8 +153,9 @@ pub struct Opt {
     #[arg(long, value_name = "N")]
     pub rlimit_nofile: Option<u64>,
 
-    /// Refer to inodes by file handles rather than by open descriptors.
-    #[arg(long, value_enum, default_value_t = InodeFileHandles::Never)]
+    /// Refer to inodes by file handles rather than by open descriptors
+    /// (default: wherever the host allows it, with a logged fallback).
+    #[arg(long, value_enum, default_value_t = InodeFileHandles::Prefer)]
     pub inode_file_handles: InodeFileHandles,
 
     /// Let the guest cache writes (FUSE writeback cache).
@@ -201,7 +202,9 @@ pub struct Opt {
     #[arg(long, value_name = "FILE", requires = "policy")]
     pub audit_log: Option<PathBuf>,
 
-    /// Keep inode labels here (outside the share), so they survive restarts.
+    /// Keep inode labels here (outside the share), so they survive restarts
+    /// (default: /var/lib/fsd/labels/VM.db as root, else under
+    /// $XDG_STATE_HOME or ~/.local/state).
     #[arg(long, value_name = "FILE", requires = "policy")]
     pub label_db: Option<PathBuf>,
 
@@ -308,6 +311,9 @@ pub enum CliError {
     TagTooLong(usize),
     #[error("--vm only makes sense with --policy")]
     VmWithoutPolicy,
+    /// A path that cannot be made absolute (empty, or no working directory).
+    #[error("{0}: {1}")]
+    Path(PathBuf, String),
 }
 
 /// Everything the daemon needs, checked.
@@ -342,9 +348,27 @@ pub struct AccessControl {
     pub policy: PathBuf,
     pub vm: String,
     pub audit_log: Option<PathBuf>,
-    pub label_db: Option<PathBuf>,
+    /// Where labels persist: `--label-db` or [`default_label_db`].
+    pub label_db: PathBuf,
     pub authd_socket: Option<PathBuf>,
     pub monitor_socket: Option<PathBuf>,
+}
+
+/// Where a VM's labels persist when `--label-db` is not given: root's
+/// `/var/lib/fsd/labels/VM.db`, or `fsd/labels/VM.db` under
+/// `$XDG_STATE_HOME` (default `~/.local/state`) for other users.
+pub fn default_label_db(vm: &str) -> PathBuf {
+    let file = format!("{}.db", vm.replace(['/', '\0'], "_"));
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/fsd/labels").join(file);
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    state.join("fsd/labels").join(file)
 }
 
 /// Where the vhost-user connection comes from.
@@ -463,14 +487,27 @@ impl Opt {
                 self.log_level
             },
             syslog: self.syslog,
-            access: self.policy.map(|policy| AccessControl {
-                policy,
-                vm: self.vm.unwrap_or_default(),
-                audit_log: self.audit_log,
-                label_db: self.label_db,
-                authd_socket: self.authd_socket,
-                monitor_socket: self.monitor_socket,
-            }),
+            access: match self.policy {
+                None => None,
+                Some(policy) => {
+                    let vm = self.vm.unwrap_or_default();
+                    // fsd changes its working directory to the share, and
+                    // reopens these later: make them absolute now.
+                    let abs = |p: PathBuf| {
+                        std::path::absolute(&p)
+                            .map_err(|e| CliError::Path(p.clone(), e.to_string()))
+                    };
+                    let opt = |p: Option<PathBuf>| p.map(abs).transpose();
+                    Some(AccessControl {
+                        policy: abs(policy)?,
+                        label_db: abs(self.label_db.unwrap_or_else(|| default_label_db(&vm)))?,
+                        vm,
+                        audit_log: opt(self.audit_log)?,
+                        authd_socket: opt(self.authd_socket)?,
+                        monitor_socket: opt(self.monitor_socket)?,
+                    })
+                }
+            },
         })
     }
 }

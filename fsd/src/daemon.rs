@@ -20,6 +20,7 @@ use crate::broker::{self, Broker, Resource};
 use crate::cli::{AccessControl, CacheMode, InodeFileHandles, SandboxMode, Settings, SocketSpec};
 use crate::dispatch::{AtomicMem, Dispatcher, GuestMem};
 use crate::error::{Error, Result};
+use crate::fs::nodes::Limits;
 use crate::fs::{SharedFs, SharedFsOptions};
 use crate::monitor_link::MonitorLink;
 use crate::policy::audit::AuditLog;
@@ -32,11 +33,12 @@ use authd_client::client::Client;
 use authd_client::grant_cache::GrantCache;
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::sync::OnceLock;
 
 /// Passthrough settings for a cache mode, with virtiofsd's timeouts.
-pub fn passthrough_config(s: &Settings, root_dir: &str) -> Config {
+pub fn passthrough_config(s: &Settings, root_dir: &str, file_handles: bool) -> Config {
     let (policy, timeout) = match s.cache {
         CacheMode::Never => (CachePolicy::Never, Duration::ZERO),
         CacheMode::Metadata => (CachePolicy::Metadata, Duration::from_secs(86400)),
@@ -48,13 +50,16 @@ pub fn passthrough_config(s: &Settings, root_dir: &str) -> Config {
         attr_timeout: timeout,
         cache_policy: policy,
         writeback: s.writeback,
+        // Every FUSE session (a guest may unmount and mount again) imports
+        // the root through this name, after the sandbox is in place: the
+        // share as the confined daemon names it.
         root_dir: root_dir.to_owned(),
         // xattrs are served by SharedFs itself; the flag only gates them there.
         xattr: s.xattr,
-        // SharedFs imports the root itself, before sandboxing.
+        // SharedFs imports the root itself, at each FUSE_INIT.
         do_import: false,
         killpriv_v2: s.killpriv_v2,
-        inode_file_handles: s.inode_file_handles != InodeFileHandles::Never,
+        inode_file_handles: file_handles,
         // Guests see host inode numbers, as with virtiofsd, so that host
         // tools (and the monitor) can name a guest's cached inode.
         use_host_ino: true,
@@ -82,6 +87,46 @@ fn file_handles_supported(dir: &std::path::Path) -> bool {
         )
     };
     r == 0
+}
+
+/// Whether inodes are referred to by file handles: `mandatory` insists,
+/// `prefer` (the default) uses them where the host allows and says why not
+/// elsewhere. Opening a handle needs CAP_DAC_READ_SEARCH and, once
+/// sandboxed, the share's mount table in reach, which `--sandbox=chroot`
+/// does not leave.
+fn use_file_handles(s: &Settings, shared: &std::path::Path) -> Result<bool> {
+    let refuse = |why: &str| Error::SharedDir {
+        path: shared.to_path_buf(),
+        source: std::io::Error::other(format!("{why} (--inode-file-handles=mandatory)")),
+    };
+    let why_not = if !file_handles_supported(shared) {
+        Some("the share's file system has no file handles")
+    } else if !caps::has_cap(
+        None,
+        caps::CapSet::Permitted,
+        caps::Capability::CAP_DAC_READ_SEARCH,
+    )
+    .unwrap_or(false)
+    {
+        Some("opening file handles needs CAP_DAC_READ_SEARCH")
+    } else if s.sandbox == SandboxMode::Chroot {
+        // The mount table fsd would open handles through is not in reach
+        // once chrooted (no /proc), nor named as the chroot names it.
+        Some("under --sandbox=chroot file handles cannot be opened")
+    } else {
+        None
+    };
+    match (s.inode_file_handles, why_not) {
+        (InodeFileHandles::Never, _) => Ok(false),
+        (InodeFileHandles::Mandatory, Some(why)) => Err(refuse(why)),
+        (InodeFileHandles::Prefer, Some(why)) => {
+            log::warn!(
+                "{why}: one descriptor per inode the guest knows (--inode-file-handles=never)"
+            );
+            Ok(false)
+        }
+        (_, None) => Ok(true),
+    }
 }
 
 /// Loads the policy, labels the share and opens the audit log, all before
@@ -180,27 +225,29 @@ fn load_guard(
     ));
     let _ = cell.set(guard.clone());
     let n = guard.labels.scan(&guard.policy(), shared);
-    if let Some(db) = &a.label_db {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(db)
-            .map_err(|e| Error::Access(format!("label database {}: {e}", db.display())))?;
-        let from_db = guard
-            .labels
-            .attach_db(&guard.policy(), f)
-            .map_err(|e| Error::Access(format!("label database {}: {e}", db.display())))?;
-        info!(
-            "labels: {n} from the rules, {from_db} from {}",
-            db.display()
-        );
-    } else {
-        info!(
-            "labels: {n} from the rules (no --label-db: labels of moved files last until restart)"
-        );
+    // Labels persist whenever a policy is in force: a protected file moved
+    // elsewhere must stay protected after a restart (a VM reboot restarts
+    // fsd). A database that cannot be opened stops fsd from starting.
+    let db = &a.label_db;
+    let db_err = |e: std::io::Error| {
+        Error::Access(format!("label database {}: {e} (--label-db)", db.display()))
+    };
+    if let Some(dir) = db.parent() {
+        std::fs::create_dir_all(dir).map_err(db_err)?;
     }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(db)
+        .map_err(db_err)?;
+    let from_db = guard.labels.attach_db(&guard.policy(), f).map_err(db_err)?;
+    info!(
+        "labels: {n} from the rules, {from_db} from {}",
+        db.display()
+    );
     Ok(guard)
 }
 
@@ -229,14 +276,7 @@ pub fn run(s: Settings) -> Result<()> {
             source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
         });
     }
-    if s.inode_file_handles == InodeFileHandles::Mandatory && !file_handles_supported(&shared) {
-        return Err(Error::SharedDir {
-            path: shared,
-            source: std::io::Error::other(
-                "file handles are not supported here (--inode-file-handles=mandatory)",
-            ),
-        });
-    }
+    let file_handles = use_file_handles(&s, &shared)?;
     let listener = match &s.socket {
         SocketSpec::Path(p) => socket::bind(p, s.socket_group.as_deref())?,
         SocketSpec::Fd(fd) => socket::adopt(*fd)?,
@@ -256,21 +296,30 @@ pub fn run(s: Settings) -> Result<()> {
         None => None,
     };
 
-    let cfg = passthrough_config(&s, &shared.to_string_lossy());
-    let fs = SharedFs::new(
-        cfg,
-        SharedFsOptions {
-            readonly: s.readonly,
-            xattr: s.xattr,
-            announce_submounts: s.announce_submounts,
-            readdirplus: s.readdirplus,
-            root_prefix: sandbox::root_prefix(s.sandbox, &shared),
-            guard: guard.clone(),
-        },
-    )
-    .map_err(Error::Fs)?;
-    sandbox::confine(s.sandbox, &shared)?;
-    sandbox::drop_privileges(s.inode_file_handles != InodeFileHandles::Never)?;
+    let root_prefix = sandbox::root_prefix(s.sandbox, &shared);
+    let cfg = passthrough_config(&s, &root_prefix.to_string_lossy(), file_handles);
+    let limits = Limits::for_nofile(nofile, !cfg.inode_file_handles);
+    info!(
+        "a guest may hold {} nodes and {} open files",
+        limits.nodes, limits.handles
+    );
+    let fs = sandbox::confine(s.sandbox, &shared, |share_root| {
+        SharedFs::new(
+            cfg,
+            share_root,
+            SharedFsOptions {
+                readonly: s.readonly,
+                xattr: s.xattr,
+                announce_submounts: s.announce_submounts,
+                readdirplus: s.readdirplus,
+                root_prefix,
+                guard: guard.clone(),
+                limits,
+            },
+        )
+        .map_err(Error::Fs)
+    })?;
+    sandbox::drop_privileges(file_handles)?;
     if s.sandbox == SandboxMode::None {
         info!("running without a sandbox (--sandbox=none)");
     }

@@ -18,6 +18,7 @@ use fuse_backend_rs::abi::fuse_abi::{
     CreateIn, InHeader, LinkIn, LkIn, LkOut, MkdirIn, MknodIn, Opcode, OutHeader, Rename2In,
     RenameIn, LK_FLOCK,
 };
+use fuse_backend_rs::api::filesystem::Context;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use log::{debug, warn};
@@ -171,7 +172,7 @@ impl Dispatcher {
         let Some(h) = Self::peek_header(chain) else {
             return false;
         };
-        h.opcode == Opcode::Setlkw as u32 || self.fs.guard().is_some_and(|g| g.would_wait(h.nodeid))
+        h.opcode == Opcode::Setlkw as u32 || self.fs.would_wait(h.nodeid)
     }
 
     /// Handles one chain and returns the number of bytes written into it,
@@ -217,7 +218,8 @@ impl Dispatcher {
         .contains(&header.opcode);
 
         let is_init = header.opcode == Opcode::Init as u32;
-        if header.opcode == Opcode::Destroy as u32 {
+        let live = self.initialized.load(Ordering::SeqCst);
+        if header.opcode == Opcode::Destroy as u32 && live {
             self.initialized.store(false, Ordering::SeqCst);
         }
         let written = match header.opcode {
@@ -226,9 +228,17 @@ impl Dispatcher {
                 debug!("malformed request {}: length or names", header.opcode);
                 reply_error(writer, header.unique, libc::EINVAL)
             }
-            _ if is_init && self.initialized.load(Ordering::SeqCst) => {
+            _ if is_init && live => {
                 warn!("second FUSE_INIT on a live session refused");
                 reply_error(writer, header.unique, libc::EPROTO)
+            }
+            // Before INIT there is no session: no root, no labels, nothing
+            // to act on. Only INIT is answered (the kernel sends nothing
+            // else first); FORGETs get no reply, as always.
+            _ if !is_init && !live && no_reply => 0,
+            _ if !is_init && !live => {
+                debug!("request {} before FUSE_INIT refused", header.opcode);
+                reply_error(writer, header.unique, libc::EIO)
             }
             x if x == Opcode::Getlk as u32
                 || x == Opcode::Setlk as u32
@@ -289,8 +299,9 @@ impl Dispatcher {
             LockKind::Posix
         };
         let inode = header.nodeid;
+        let ctx = Context::from(header);
         if header.opcode == Opcode::Getlk as u32 {
-            return match self.fs.getlk(inode, lk.owner, &req) {
+            return match self.fs.getlk(&ctx, inode, lk.owner, &req) {
                 Ok(got) => {
                     let mut out = LkOut::default();
                     out.lk.start = got.start;
@@ -306,7 +317,10 @@ impl Dispatcher {
         if wait && blocking == Blocking::Refused {
             return reply_error(writer, header.unique, libc::ENOLCK);
         }
-        match self.fs.setlk(kind, inode, lk.fh, lk.owner, &req, wait) {
+        match self
+            .fs
+            .setlk(&ctx, kind, inode, lk.fh, lk.owner, &req, wait)
+        {
             Ok(()) => reply_ok(writer, header.unique, &[]),
             Err(e) => reply_io_error(writer, header.unique, e),
         }

@@ -8,13 +8,14 @@
 //! supplementary groups (a guest must not act with the daemon's groups) and
 //! every capability a file server does not need.
 //!
-//! The order matters and is driven by `main`: [`prepare`] (fork into the new
-//! namespaces, before any thread exists), then the file system is built while
-//! `/proc` is still reachable, then [`confine`], then [`drop_privileges`],
-//! then seccomp.
+//! The order matters and is driven by `daemon`: [`prepare`] (fork into the
+//! new namespaces, before any thread exists), then [`confine`], which builds
+//! the file system while `/proc` is still reachable, then
+//! [`drop_privileges`], then seccomp.
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::FromRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -83,7 +84,8 @@ fn mount(
 /// How the daemon names the share root once confined.
 pub fn root_prefix(mode: SandboxMode, shared_dir: &Path) -> PathBuf {
     match mode {
-        SandboxMode::Namespace | SandboxMode::Chroot => PathBuf::from("/"),
+        SandboxMode::Namespace => PathBuf::from(STAGED_SHARE),
+        SandboxMode::Chroot => PathBuf::from("/"),
         SandboxMode::None => shared_dir.to_path_buf(),
     }
 }
@@ -228,33 +230,137 @@ fn forward_signals_to(child: libc::pid_t) {
     }
 }
 
-/// Second step: make the share the root (pivot_root or chroot).
-pub fn confine(mode: SandboxMode, shared_dir: &Path) -> Result<(), SandboxError> {
+/// Second step: make the share the root (pivot_root or chroot), building
+/// the file system with `build` at the one moment where both the share and
+/// `/proc` are reachable and `/proc/self/mountinfo` already lists mounts as
+/// the confined daemon will name them (file handles are opened through the
+/// mount point named there). `build` gets the share root, opened before
+/// anything moved (in the pivot window, every path names the old root).
+pub fn confine<T>(
+    mode: SandboxMode,
+    shared_dir: &Path,
+    build: impl FnOnce(std::fs::File) -> crate::Result<T>,
+) -> crate::Result<T> {
+    let root = std::fs::File::open(shared_dir).map_err(|source| crate::Error::SharedDir {
+        path: shared_dir.into(),
+        source,
+    })?;
     match mode {
-        SandboxMode::None => Ok(()),
+        SandboxMode::None => build(root),
         SandboxMode::Chroot => {
+            let built = build(root)?;
             let d = cstr(shared_dir);
             // SAFETY: valid C strings.
             check(unsafe { libc::chroot(d.as_ptr()) })
                 .and_then(|_| check(unsafe { libc::chdir(c"/".as_ptr()) }))
-                .map_err(|e| SandboxError::Chroot(shared_dir.into(), e))
+                .map_err(|e| SandboxError::Chroot(shared_dir.into(), e))?;
+            Ok(built)
         }
         SandboxMode::Namespace => {
-            // `prepare` made the share a bind mount of its own.
+            drop(root);
+            stage_root(shared_dir)?;
             let d = cstr(shared_dir);
-            let pivot = || -> io::Result<()> {
-                // SAFETY: valid C strings; the sequence is the documented way
-                // to pivot onto the current directory and drop the old root.
-                check(unsafe { libc::chdir(d.as_ptr()) })?;
-                check(unsafe {
-                    libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int
+            let pivot_err = |e| SandboxError::PivotRoot(shared_dir.into(), e);
+            // SAFETY: valid C strings; the sequence is the documented way
+            // to pivot onto the current directory and drop the old root.
+            check(unsafe { libc::chdir(d.as_ptr()) })
+                .and_then(|_| {
+                    check(unsafe {
+                        libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr())
+                            as libc::c_int
+                    })
+                })
+                .and_then(|_| check(unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) }))
+                .and_then(|_| check(unsafe { libc::chdir(c"/".as_ptr()) }))
+                .map_err(pivot_err)?;
+            // The root is now the staging tmpfs: `/share` and `/proc`. Mount
+            // tables opened now name the share `/share`.
+            let share =
+                std::fs::File::open(STAGED_SHARE).map_err(|source| crate::Error::SharedDir {
+                    path: shared_dir.into(),
+                    source,
                 })?;
-                check(unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) })?;
-                check(unsafe { libc::chdir(c"/".as_ptr()) })
-            };
-            pivot().map_err(|e| SandboxError::PivotRoot(shared_dir.into(), e))
+            let built = build(share)?;
+            // SAFETY: valid C string.
+            check(unsafe { libc::umount2(c"/proc".as_ptr(), libc::MNT_DETACH) }).map_err(
+                |source| SandboxError::Mount {
+                    what: "unmounting /proc".into(),
+                    source,
+                },
+            )?;
+            Ok(built)
         }
     }
+}
+
+/// Where the share is once `--sandbox=namespace` is in place.
+pub const STAGED_SHARE: &str = "/share";
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+
+/// Builds the namespace's future root on the share's path (in this mount
+/// namespace only): a small tmpfs holding the share (a clone of its mount
+/// tree) at `share` and a proc at `proc`. After pivot_root the daemon sees
+/// nothing of the host but the share, and, until the file system is built,
+/// its own `/proc`.
+fn stage_root(shared_dir: &Path) -> Result<(), SandboxError> {
+    let fail = |what: &str| {
+        let what = what.to_string();
+        move |source| SandboxError::Mount { what, source }
+    };
+    let d = cstr(shared_dir);
+    // SAFETY: valid C string; the returned fd is owned below.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            d.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint,
+        )
+    };
+    if tree < 0 {
+        return Err(fail(
+            "cloning the share's mount (open_tree, Linux 5.2 or later)",
+        )(io::Error::last_os_error()));
+    }
+    // SAFETY: a descriptor the kernel just returned.
+    let tree = unsafe { std::os::fd::OwnedFd::from_raw_fd(tree as i32) };
+    mount(
+        Some("tmpfs"),
+        shared_dir,
+        Some("tmpfs"),
+        libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_NOSUID,
+        "mounting the sandbox's root",
+    )?;
+    for sub in ["share", "proc"] {
+        let p = cstr(&shared_dir.join(sub));
+        // SAFETY: valid C string.
+        check(unsafe { libc::mkdir(p.as_ptr(), 0o755) })
+            .map_err(fail("populating the sandbox's root"))?;
+    }
+    let target = cstr(&shared_dir.join("share"));
+    // SAFETY: a detached mount fd we own and a valid C string.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            std::os::fd::AsRawFd::as_raw_fd(&tree),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        ) as libc::c_int
+    })
+    .map_err(fail(
+        "attaching the share in the sandbox's root (move_mount)",
+    ))?;
+    mount(
+        Some("proc"),
+        &shared_dir.join("proc"),
+        Some("proc"),
+        libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_NOSUID | libc::MS_RELATIME,
+        "mounting /proc in the sandbox's root",
+    )
 }
 
 /// Capabilities a passthrough file server needs: acting on files of any

@@ -66,8 +66,9 @@ impl Rig {
             readdirplus: true,
             root_prefix: PathBuf::from(&share),
             guard: None,
+            limits: fsd::fs::nodes::Limits::for_nofile(4096, true),
         };
-        let fs = SharedFs::new(cfg, opts).expect("SharedFs");
+        let fs = SharedFs::new(cfg, std::fs::File::open(&share).expect("share"), opts).expect("SharedFs");
         let dispatcher = Dispatcher::new(Arc::new(fs));
 
         let mem = Arc::new(GuestMem::new(0, 4 << 20).expect("guest memory"));

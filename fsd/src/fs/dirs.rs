@@ -40,8 +40,14 @@ impl DirTable {
         h
     }
 
-    pub fn remove(&self, handle: u64) {
-        self.open.lock().unwrap().remove(&handle);
+    /// Closes a directory stream; false when the handle was not open.
+    pub fn remove(&self, handle: u64) -> bool {
+        self.open.lock().unwrap().remove(&handle).is_some()
+    }
+
+    /// Closes every stream (a new FUSE session starts).
+    pub fn clear(&self) {
+        self.open.lock().unwrap().clear();
     }
 
     pub fn get(&self, handle: u64) -> io::Result<Arc<Mutex<File>>> {

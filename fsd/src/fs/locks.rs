@@ -45,23 +45,35 @@ pub enum LockKind {
 type Held = Mutex<HashMap<(u64, u64), Arc<File>>>;
 
 /// Host descriptions that carry guest locks.
-#[derive(Default)]
 pub struct LockTable {
     /// By `(inode, lock owner)`.
     posix: Held,
     /// By `(inode, file handle)`.
     flock: Held,
+    /// Descriptions each map may hold at most: every one is a host
+    /// descriptor, and a guest chooses lock owners freely.
+    max: usize,
+}
+
+impl Default for LockTable {
+    fn default() -> Self {
+        Self::with_limit(usize::MAX)
+    }
 }
 
 /// The description held under `key`, opened with `open` the first time.
 fn held(
     map: &Held,
     key: (u64, u64),
+    max: usize,
     open: impl FnOnce() -> io::Result<File>,
 ) -> io::Result<Arc<File>> {
     let mut map = map.lock().unwrap();
     if let Some(f) = map.get(&key) {
         return Ok(f.clone());
+    }
+    if map.len() >= max {
+        return Err(io::Error::from_raw_os_error(libc::ENOLCK));
     }
     let f = Arc::new(open()?);
     map.insert(key, f.clone());
@@ -117,6 +129,21 @@ impl LockTable {
         Self::default()
     }
 
+    /// A table that holds at most `max` host descriptions per lock kind.
+    pub fn with_limit(max: usize) -> Self {
+        LockTable {
+            posix: Held::default(),
+            flock: Held::default(),
+            max,
+        }
+    }
+
+    /// Drops every lock (a new FUSE session starts).
+    pub fn clear(&self) {
+        self.posix.lock().unwrap().clear();
+        self.flock.lock().unwrap().clear();
+    }
+
     /// FUSE_GETLK: which lock, if any, would block `req` for `owner`.
     pub fn getlk(
         &self,
@@ -125,7 +152,7 @@ impl LockTable {
         req: &LockRequest,
         open: impl FnOnce() -> io::Result<File>,
     ) -> io::Result<LockRequest> {
-        let file = held(&self.posix, (inode, owner), open)?;
+        let file = held(&self.posix, (inode, owner), self.max, open)?;
         let mut fl = to_flock(req)?;
         fcntl_lock(&file, libc::F_OFD_GETLK, &mut fl)?;
         if fl.l_type == libc::F_UNLCK as i16 {
@@ -173,7 +200,7 @@ impl LockTable {
                         None => Ok(()),
                     };
                 }
-                let file = held(&self.posix, (inode, owner), open)?;
+                let file = held(&self.posix, (inode, owner), self.max, open)?;
                 let cmd = if blocking {
                     libc::F_OFD_SETLKW
                 } else {
@@ -194,7 +221,7 @@ impl LockTable {
                         None => return Ok(()),
                     }
                 } else {
-                    held(&self.flock, (inode, handle), open)?
+                    held(&self.flock, (inode, handle), self.max, open)?
                 };
                 if !blocking {
                     op |= libc::LOCK_NB;

@@ -1,24 +1,35 @@
 //! The file system fsd serves: host passthrough behind a guard.
 //!
-//! [`SharedFs`] wraps fuse-backend-rs's `PassthroughFs` (O_PATH inode
-//! descriptors, no path walks, refusal to open special files) and adds what a
-//! hostile guest makes necessary and what virtiofsd lacks:
+//! [`SharedFs`] wraps fuse-backend-rs's `PassthroughFs` (O_PATH descriptors
+//! or file handles for inodes, no path walks, refusal to open special files)
+//! and adds what a hostile guest makes necessary and what virtiofsd lacks:
 //!
 //! * every name the guest sends is checked ([`names`]) before it reaches a
 //!   host syscall, in every operation, including LOOKUP of `..` at the root;
+//! * what the guest may hold is counted and bounded ([`nodes`]), so fsd never
+//!   runs out of descriptors while deciding;
+//! * per-file access control on every operation that touches protected
+//!   content, with the host's truth at the moment of access ([`protect`]);
 //! * `--readonly` is enforced here, for every mutating operation;
-//! * real POSIX and flock locks ([`locks`]), reopened strictly beneath the
-//!   share ([`confine`]).
+//! * real POSIX and flock locks ([`locks`]) and extended attributes
+//!   ([`xattr`]), on descriptors reopened strictly beneath the share
+//!   ([`confine`]);
+//! * a guest may unmount and mount again (DESTROY, then INIT) at any time:
+//!   every session starts from the share root afresh, under every sandbox.
 
 pub mod confine;
 pub mod dirs;
+pub mod identity;
 pub mod locks;
 pub mod names;
+pub mod nodes;
+mod protect;
+pub mod xattr;
 
 use std::ffi::CStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,15 +46,20 @@ use fuse_backend_rs::api::filesystem::{
 use fuse_backend_rs::passthrough::PassthroughFs;
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
+use self::confine::Confined;
 use self::dirs::DirTable;
 use self::locks::{LockKind, LockRequest, LockTable};
 use self::names::{check_component, check_link_target};
-use crate::policy::guard::{Access, Op};
-use crate::policy::labels::Seen;
+use self::nodes::{Limits, NodeTable};
+use crate::policy::guard::{Access, Found, Op};
 use crate::policy::{CacheRule, Guard};
 
 fn erofs() -> io::Error {
     io::Error::from_raw_os_error(libc::EROFS)
+}
+
+fn einval() -> io::Error {
+    io::Error::from_raw_os_error(libc::EINVAL)
 }
 
 /// The guarded passthrough file system.
@@ -57,14 +73,12 @@ pub struct SharedFs {
     killpriv_v2: bool,
     locks: LockTable,
     dirs: DirTable,
+    /// What the guest holds, bounded.
+    nodes: NodeTable,
     /// Per-file access control, when a policy is loaded.
     guard: Option<Arc<Guard>>,
-    /// The share's root directory, for confined reopening.
-    root: File,
-    /// How the daemon's own view names the share root (`/` once sandboxed).
-    root_prefix: PathBuf,
-    /// `/proc/self/fd`, opened before any sandboxing.
-    proc_self_fd: File,
+    /// The share root, for confined reopening and host names.
+    confined: Confined,
 }
 
 /// Settings of [`SharedFs`] beyond those of the passthrough layer.
@@ -80,24 +94,27 @@ pub struct SharedFsOptions {
     pub root_prefix: PathBuf,
     /// Per-file access control, when a policy is loaded.
     pub guard: Option<Arc<Guard>>,
+    /// How much one guest may hold.
+    pub limits: Limits,
 }
 
 impl SharedFs {
-    /// Builds the file system over `cfg.root_dir`. Must run before the
-    /// sandbox hides `/proc` (the passthrough layer keeps `/proc/self/fd`).
+    /// Builds the file system over `share` (its root, open). Must run before the sandbox
+    /// hides `/proc` (the passthrough layer keeps `/proc/self/fd` and
+    /// `/proc/self/mountinfo`). `cfg.root_dir` must name the share root
+    /// both now and once sandboxed (see `daemon`): every FUSE session
+    /// imports the root afresh through it.
     pub fn new(
         cfg: fuse_backend_rs::passthrough::Config,
+        share: File,
         opts: SharedFsOptions,
     ) -> io::Result<Self> {
-        let root = File::open(&cfg.root_dir)?;
         let (cfg_writeback, cfg_killpriv_v2) = (cfg.writeback, cfg.killpriv_v2);
         let cfg = fuse_backend_rs::passthrough::Config {
             do_import: false,
             ..cfg
         };
         let inner = PassthroughFs::<()>::new(cfg)?;
-        inner.import()?;
-        let proc_self_fd = File::open("/proc/self/fd")?;
         Ok(SharedFs {
             inner,
             readonly: opts.readonly,
@@ -106,86 +123,65 @@ impl SharedFs {
             readdirplus: opts.readdirplus,
             writeback: cfg_writeback,
             killpriv_v2: cfg_killpriv_v2,
-            locks: LockTable::new(),
+            locks: LockTable::with_limit(opts.limits.handles),
             dirs: DirTable::default(),
+            nodes: NodeTable::new(opts.limits),
             guard: opts.guard,
-            root,
-            root_prefix: opts.root_prefix,
-            proc_self_fd,
+            confined: Confined::new(share, opts.root_prefix)?,
         })
     }
 
-    /// Reopens an inode for locking: its current name is resolved strictly
-    /// beneath the share, the result must be the same inode and a regular
-    /// file or directory, and only then is it opened for real (through
-    /// `/proc/self/fd`, without another path walk).
+    /// Starts a FUSE session from a clean state: no node, handle, directory
+    /// stream or lock of an earlier session survives, and the root is
+    /// imported again (it may be a new mount of the share).
+    fn new_session(&self) -> io::Result<()> {
+        self.locks.clear();
+        self.dirs.clear();
+        self.nodes.reset();
+        // Clears the passthrough layer's inodes and handles and imports the
+        // root through `cfg.root_dir`.
+        self.inner.destroy();
+        let (st, _) = self.inner.getattr(&Context::new(), ROOT_ID, None)?;
+        self.nodes.add_root(ROOT_ID, (st.st_dev, st.st_ino));
+        Ok(())
+    }
+
+    /// Reopens an inode for real (locks, xattrs, directory streams).
+    fn reopen_as(&self, inode: u64, write: bool) -> io::Result<File> {
+        self.confined.reopen(
+            || self.inner.readlinkat_proc_file(inode),
+            || {
+                let (st, _) = self.inner.getattr(&Context::new(), inode, None)?;
+                Ok((st.st_dev, st.st_ino))
+            },
+            write,
+        )
+    }
+
     fn reopen(&self, inode: u64) -> io::Result<File> {
         self.reopen_as(inode, !self.readonly)
     }
 
-    /// [`Self::reopen`], read-write for regular files when `write` is set.
-    fn reopen_as(&self, inode: u64, write: bool) -> io::Result<File> {
-        // A rename racing between reading the name and opening it shows up
-        // as ESTALE; the next attempt sees the new name.
-        let mut tries = 0;
-        loop {
-            match self.reopen_once(inode, write) {
-                Err(e) if e.raw_os_error() == Some(libc::ESTALE) && tries < 3 => tries += 1,
-                r => return r,
-            }
-        }
-    }
-
-    fn reopen_once(&self, inode: u64, write: bool) -> io::Result<File> {
-        let path = self.inner.readlinkat_proc_file(inode)?;
-        let rel = path
-            .strip_prefix(&self.root_prefix)
-            .map_err(|_| io::Error::from_raw_os_error(libc::ESTALE))?;
-        let opath = confine::open_beneath(self.root.as_raw_fd(), rel, libc::O_PATH)?;
-        let (dev, ino, mode) = confine::identity(&opath)?;
-        let (st, _) = self.inner.getattr(&Context::new(), inode, None)?;
-        if (dev, ino) != (st.st_dev, st.st_ino) {
-            return Err(io::Error::from_raw_os_error(libc::ESTALE));
-        }
-        let fmt = mode & libc::S_IFMT;
-        let flags = match fmt {
-            libc::S_IFREG if write => libc::O_RDWR,
-            libc::S_IFREG | libc::S_IFDIR => libc::O_RDONLY,
-            _ => return Err(io::Error::from_raw_os_error(libc::ENOLCK)),
-        };
-        let name = std::ffi::CString::new(opath.as_raw_fd().to_string()).unwrap();
-        let open = |flags: i32| {
-            // SAFETY: openat on an fd we own with a valid C string.
-            let fd = unsafe {
-                libc::openat(
-                    self.proc_self_fd.as_raw_fd(),
-                    name.as_ptr(),
-                    flags | libc::O_CLOEXEC | libc::O_NONBLOCK,
-                )
-            };
-            if fd < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                // SAFETY: fresh fd from the kernel.
-                Ok(unsafe { File::from_raw_fd(fd) })
-            }
-        };
-        match open(flags) {
-            Err(e) if flags == libc::O_RDWR && e.raw_os_error() == Some(libc::EROFS) => {
-                open(libc::O_RDONLY)
-            }
-            r => r,
-        }
-    }
-
-    /// FUSE_GETLK, answered by fsd itself.
-    pub fn getlk(&self, inode: u64, owner: u64, req: &LockRequest) -> io::Result<LockRequest> {
+    /// FUSE_GETLK, answered by fsd itself. Locks on protected files need a
+    /// grant: a lock held by the guest would otherwise block host processes
+    /// (say, one updating the host's own `etc/shadow`).
+    pub fn getlk(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        owner: u64,
+        req: &LockRequest,
+    ) -> io::Result<LockRequest> {
+        self.check(ctx, inode, Op::Read, "getlk", Access::Handle)?;
         self.locks.getlk(inode, owner, req, || self.reopen(inode))
     }
 
-    /// FUSE_SETLK and FUSE_SETLKW, answered by fsd itself.
+    /// FUSE_SETLK and FUSE_SETLKW, answered by fsd itself. Unlocking is
+    /// always allowed; taking a lock on a protected file needs a grant.
+    #[allow(clippy::too_many_arguments)]
     pub fn setlk(
         &self,
+        ctx: &Context,
         kind: LockKind,
         inode: u64,
         handle: u64,
@@ -193,6 +189,9 @@ impl SharedFs {
         req: &LockRequest,
         blocking: bool,
     ) -> io::Result<()> {
+        if req.typ as i32 != libc::F_UNLCK {
+            self.check(ctx, inode, Op::Read, "lock", Access::Handle)?;
+        }
         self.locks
             .setlk(kind, inode, handle, owner, req, blocking, || {
                 self.reopen(inode)
@@ -204,25 +203,24 @@ impl SharedFs {
         self.guard.as_ref()
     }
 
-    /// Tells the guard about an entry handed to the guest.
-    fn observe(&self, parent: u64, name: &[u8], e: &Entry, created: bool) {
-        if let Some(g) = &self.guard {
-            let is_dir = e.attr.st_mode & libc::S_IFMT == libc::S_IFDIR;
-            g.labels.observe(
-                &g.policy(),
-                Seen {
-                    parent,
-                    name,
-                    node: e.inode,
-                    key: (e.attr.st_dev, e.attr.st_ino),
-                    is_dir,
-                    created,
-                },
-            );
-        }
+    /// What the guest holds now: nodes and open handles.
+    pub fn held(&self) -> (usize, usize) {
+        (self.nodes.len(), self.nodes.handles())
     }
 
-    /// Applies the policy to one access of `node`.
+    /// Whether a request on `node` would wait for authd (a labelled inode,
+    /// a rule that asks, no live grant): the dispatcher then runs it on a
+    /// thread that may wait.
+    pub fn would_wait(&self, node: u64) -> bool {
+        let Some(g) = &self.guard else {
+            return false;
+        };
+        let rule = self.nodes.key(node).and_then(|k| g.labels.rule_of_key(k));
+        g.would_wait(rule)
+    }
+
+    /// Applies the policy to one access of `node`; returns the rule that
+    /// protects it, if any.
     fn check(
         &self,
         ctx: &Context,
@@ -230,15 +228,20 @@ impl SharedFs {
         op: Op,
         what: &str,
         access: Access,
-    ) -> io::Result<()> {
-        match &self.guard {
-            Some(g) => g.check(node, op, what, ctx.pid as u32, access),
-            None => Ok(()),
-        }
+    ) -> io::Result<Option<u32>> {
+        let Some(g) = &self.guard else {
+            return Ok(None);
+        };
+        let found = match access {
+            Access::Request => self.found(g, node)?,
+            Access::Handle => self.found_labelled(g, node)?,
+        };
+        self.decide(g, found, &|| self.audit_path(node), ctx, op, what, access)
     }
 
-    /// Applies the policy to the entry `name` of `parent`, which the
-    /// request names but does not carry a node id for.
+    /// Applies the policy to the entry `name` of `parent`, which the request
+    /// names but does not carry a node id for. Nothing there is nothing to
+    /// protect; an error while finding out denies.
     fn check_child(
         &self,
         ctx: &Context,
@@ -246,25 +249,58 @@ impl SharedFs {
         name: &CStr,
         op: Op,
         what: &str,
-    ) -> io::Result<()> {
-        if self.guard.is_none() {
-            return Ok(());
-        }
-        let e = match self.inner.lookup(ctx, parent, name) {
-            Ok(e) => e,
-            // Nothing there: nothing protected to check.
-            Err(_) => return Ok(()),
+    ) -> io::Result<Option<u32>> {
+        let Some(g) = &self.guard else {
+            return Ok(None);
         };
-        self.observe(parent, name.to_bytes(), &e, false);
-        let r = self.check(ctx, e.inode, op, what, Access::Request);
-        self.inner.forget(ctx, e.inode, 1);
-        r
+        let found = self.found_child(g, parent, name);
+        let path = || {
+            let p = self.audit_path(parent);
+            let n = String::from_utf8_lossy(name.to_bytes());
+            Arc::from(if p.is_empty() {
+                n.into_owned()
+            } else {
+                format!("{p}/{n}")
+            })
+        };
+        self.decide(g, found, &path, ctx, op, what, Access::Request)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &self,
+        g: &Guard,
+        found: Found,
+        path: &dyn Fn() -> Arc<str>,
+        ctx: &Context,
+        op: Op,
+        what: &str,
+        access: Access,
+    ) -> io::Result<Option<u32>> {
+        let rule = match &found {
+            Found::Protected { rule, .. } => Some(*rule),
+            _ => None,
+        };
+        g.check(found, path, op, what, ctx.pid as u32, access)?;
+        Ok(rule)
+    }
+
+    /// Refuses to create an entry in a protected directory when its label
+    /// could not be recorded: an unlabelled copy would escape the policy.
+    fn room_for_label(&self, parent_rule: Option<u32>) -> io::Result<()> {
+        match (&self.guard, parent_rule) {
+            (Some(g), Some(_)) if g.labels.full() => {
+                log::error!("label table full: refusing a new entry in a protected directory");
+                Err(io::Error::from_raw_os_error(libc::ENOSPC))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Protected content the policy keeps out of the guest's page cache.
-    fn direct_io(&self, node: u64, opts: &mut OpenOptions) {
-        if let Some(g) = &self.guard {
-            if g.cache_rule(node) == Some(CacheRule::Direct) {
+    fn direct_io(&self, rule: Option<u32>, opts: &mut OpenOptions) {
+        if let (Some(g), Some(r)) = (&self.guard, rule) {
+            if g.cache_rule(r) == CacheRule::Direct {
                 opts.insert(OpenOptions::DIRECT_IO);
                 opts.remove(OpenOptions::KEEP_CACHE);
             }
@@ -283,9 +319,7 @@ impl SharedFs {
         e
     }
 
-    /// Extended attributes go through a real descriptor of the inode: the
-    /// passthrough layer would use `/proc/self/fd/N` paths, which do not
-    /// exist once the share is the root (and would then name guest files).
+    /// A real descriptor of the inode for its extended attributes.
     fn xattr_file(&self, inode: u64) -> io::Result<File> {
         if !self.xattr {
             return Err(io::Error::from_raw_os_error(libc::ENOSYS));
@@ -304,6 +338,28 @@ impl SharedFs {
             Ok(())
         }
     }
+
+    /// Takes a handle slot, runs `open`, and gives the slot back if it
+    /// failed or made no handle.
+    fn counted_open<T>(
+        &self,
+        open: impl FnOnce() -> io::Result<T>,
+        has_handle: impl FnOnce(&T) -> bool,
+    ) -> io::Result<T> {
+        self.nodes.reserve_handle()?;
+        match open() {
+            Ok(t) => {
+                if !has_handle(&t) {
+                    self.nodes.handle_closed();
+                }
+                Ok(t)
+            }
+            Err(e) => {
+                self.nodes.handle_closed();
+                Err(e)
+            }
+        }
+    }
 }
 
 /// `__FMODE_EXEC`: the kernel's marker in open flags of an open for exec.
@@ -316,15 +372,42 @@ fn wants_write(flags: u32) -> bool {
         || flags as i32 & (libc::O_TRUNC | libc::O_CREAT | libc::O_APPEND) != 0
 }
 
+/// Open flags no guest kernel sends: access mode 3 (which the kernel itself
+/// only uses internally, for ioctl-only opens) and O_PATH, which never
+/// reaches a FUSE server. Such an open would slip past the read and write
+/// checks, so it is refused.
+fn valid_open_flags(flags: u32) -> io::Result<()> {
+    let acc = flags as i32 & libc::O_ACCMODE;
+    if acc == libc::O_ACCMODE || flags as i32 & libc::O_PATH != 0 {
+        return Err(einval());
+    }
+    Ok(())
+}
+
+/// An entry that gives the guest nothing to cache (node id 0).
+fn no_entry() -> Entry {
+    // SAFETY: stat64 is plain old data; all zeroes is a valid value.
+    let attr: stat64 = unsafe { std::mem::zeroed() };
+    Entry {
+        inode: 0,
+        generation: 0,
+        attr,
+        attr_flags: 0,
+        attr_timeout: Duration::ZERO,
+        entry_timeout: Duration::ZERO,
+    }
+}
+
 impl FileSystem for SharedFs {
     type Inode = u64;
     type Handle = u64;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        // The passthrough layer is built with `do_import = false` (its root is
-        // imported by path in `new`, before the sandbox hides host paths), and
-        // then takes `capable` as already negotiated: strip what fsd did not
-        // ask for. fsd serves directories itself, so OPENDIR must be sent.
+        self.new_session()?;
+        // The passthrough layer is built with `do_import = false` (fsd
+        // imports the root itself for every session), and then takes
+        // `capable` as already negotiated: strip what fsd did not ask for.
+        // fsd serves directories itself, so OPENDIR must be sent.
         let mut offered = capable;
         offered.remove(FsOptions::ZERO_MESSAGE_OPEN | FsOptions::ZERO_MESSAGE_OPENDIR);
         offered.remove(FsOptions::PERFILE_DAX);
@@ -335,10 +418,6 @@ impl FileSystem for SharedFs {
             offered.remove(FsOptions::HANDLE_KILLPRIV_V2);
         }
         let mut opts = self.inner.init(offered)?;
-        if let Some(g) = &self.guard {
-            let (st, _) = self.inner.getattr(&Context::new(), ROOT_ID, None)?;
-            g.labels.observe_root(&g.policy(), (st.st_dev, st.st_ino));
-        }
         // Locks are implemented here, so advertise them when the guest can use them.
         opts |= capable & (FsOptions::POSIX_LOCKS | FsOptions::FLOCK_LOCKS);
         // What virtiofsd negotiates for throughput and cache coherence:
@@ -362,7 +441,11 @@ impl FileSystem for SharedFs {
     }
 
     fn destroy(&self) {
-        self.inner.destroy()
+        // The guest unmounted: let go of everything it held now. The next
+        // INIT starts a new session.
+        if let Err(e) = self.new_session() {
+            log::error!("after DESTROY: cannot import the share root again: {e}");
+        }
     }
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
@@ -371,15 +454,19 @@ impl FileSystem for SharedFs {
         // reason a kernel sends them.
         check_component(name)?;
         let e = self.inner.lookup(ctx, parent, name)?;
-        self.observe(parent, name.to_bytes(), &e, false);
+        self.register(ctx, parent, &e)?;
         Ok(self.mark_submount(ctx, parent, e))
     }
 
     fn forget(&self, ctx: &Context, inode: u64, count: u64) {
+        self.nodes.forget(inode, count);
         self.inner.forget(ctx, inode, count)
     }
 
     fn batch_forget(&self, ctx: &Context, requests: Vec<(u64, u64)>) {
+        for &(inode, count) in &requests {
+            self.nodes.forget(inode, count);
+        }
         self.inner.batch_forget(ctx, requests)
     }
 
@@ -433,9 +520,10 @@ impl FileSystem for SharedFs {
         self.writable()?;
         check_component(name)?;
         check_link_target(linkname)?;
-        self.check(ctx, parent, Op::Write, "symlink", Access::Request)?;
+        let rule = self.check(ctx, parent, Op::Write, "symlink", Access::Request)?;
+        self.room_for_label(rule)?;
         let e = self.inner.symlink(ctx, linkname, parent, name)?;
-        self.observe(parent, name.to_bytes(), &e, true);
+        self.register(ctx, parent, &e)?;
         Ok(e)
     }
 
@@ -450,9 +538,10 @@ impl FileSystem for SharedFs {
     ) -> io::Result<Entry> {
         self.writable()?;
         check_component(name)?;
-        self.check(ctx, inode, Op::Write, "mknod", Access::Request)?;
+        let rule = self.check(ctx, inode, Op::Write, "mknod", Access::Request)?;
+        self.room_for_label(rule)?;
         let e = self.inner.mknod(ctx, inode, name, mode, rdev, umask)?;
-        self.observe(inode, name.to_bytes(), &e, true);
+        self.register(ctx, inode, &e)?;
         Ok(e)
     }
 
@@ -466,9 +555,10 @@ impl FileSystem for SharedFs {
     ) -> io::Result<Entry> {
         self.writable()?;
         check_component(name)?;
-        self.check(ctx, parent, Op::Write, "mkdir", Access::Request)?;
+        let rule = self.check(ctx, parent, Op::Write, "mkdir", Access::Request)?;
+        self.room_for_label(rule)?;
         let e = self.inner.mkdir(ctx, parent, name, mode, umask)?;
-        self.observe(parent, name.to_bytes(), &e, true);
+        self.register(ctx, parent, &e)?;
         Ok(e)
     }
 
@@ -512,9 +602,10 @@ impl FileSystem for SharedFs {
         self.writable()?;
         check_component(newname)?;
         self.check(ctx, inode, Op::Metadata, "link", Access::Request)?;
-        self.check(ctx, newparent, Op::Write, "link", Access::Request)?;
+        let rule = self.check(ctx, newparent, Op::Write, "link", Access::Request)?;
+        self.room_for_label(rule)?;
         let e = self.inner.link(ctx, inode, newparent, newname)?;
-        self.observe(newparent, newname.to_bytes(), &e, false);
+        self.register(ctx, newparent, &e)?;
         Ok(e)
     }
 
@@ -525,21 +616,27 @@ impl FileSystem for SharedFs {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        valid_open_flags(flags)?;
         if self.readonly && wants_write(flags) {
             return Err(erofs());
         }
         let acc = flags as i32 & libc::O_ACCMODE;
+        let mut rule = None;
         if acc == libc::O_RDONLY || acc == libc::O_RDWR {
-            self.check(ctx, inode, Op::Read, "open", Access::Request)?;
+            rule = rule.or(self.check(ctx, inode, Op::Read, "open", Access::Request)?);
         }
         if wants_write(flags) {
-            self.check(ctx, inode, Op::Write, "open for writing", Access::Request)?;
+            rule =
+                rule.or(self.check(ctx, inode, Op::Write, "open for writing", Access::Request)?);
         }
         if flags & FMODE_EXEC != 0 {
-            self.check(ctx, inode, Op::Exec, "exec", Access::Request)?;
+            rule = rule.or(self.check(ctx, inode, Op::Exec, "exec", Access::Request)?);
         }
-        let (h, mut opts, passthrough) = self.inner.open(ctx, inode, flags, fuse_flags)?;
-        self.direct_io(inode, &mut opts);
+        let (h, mut opts, passthrough) = self.counted_open(
+            || self.inner.open(ctx, inode, flags, fuse_flags),
+            |(h, _, _)| h.is_some(),
+        )?;
+        self.direct_io(rule, &mut opts);
         Ok((h, opts, passthrough))
     }
 
@@ -552,12 +649,22 @@ impl FileSystem for SharedFs {
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         self.writable()?;
         check_component(name)?;
-        self.check(ctx, parent, Op::Write, "create", Access::Request)?;
+        valid_open_flags(args.flags)?;
+        let parent_rule = self.check(ctx, parent, Op::Write, "create", Access::Request)?;
         // An existing protected file opened through O_CREAT is an open.
-        self.check_child(ctx, parent, name, Op::Write, "create (existing)")?;
-        let (e, h, mut opts, passthrough) = self.inner.create(ctx, parent, name, args)?;
-        self.observe(parent, name.to_bytes(), &e, true);
-        self.direct_io(e.inode, &mut opts);
+        let existing = self.check_child(ctx, parent, name, Op::Write, "create (existing)")?;
+        self.room_for_label(parent_rule)?;
+        let (e, h, mut opts, passthrough) = self.counted_open(
+            || self.inner.create(ctx, parent, name, args),
+            |(_, h, _, _)| h.is_some(),
+        )?;
+        if let Err(err) = self.register(ctx, parent, &e) {
+            if let Some(h) = h {
+                let _ = self.release(ctx, e.inode, args.flags, h, false, false, None);
+            }
+            return Err(err);
+        }
+        self.direct_io(existing.or(parent_rule), &mut opts);
         Ok((e, h, opts, passthrough))
     }
 
@@ -609,11 +716,14 @@ impl FileSystem for SharedFs {
     }
 
     fn flush(&self, ctx: &Context, inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {
+        // FLUSH is part of close: it reveals and changes nothing, and the
+        // locks it releases must always go. It needs no right.
         self.locks.flush(inode, lock_owner);
         self.inner.flush(ctx, inode, handle, lock_owner)
     }
 
     fn fsync(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        self.check(ctx, inode, Op::Write, "fsync", Access::Handle)?;
         self.inner.fsync(ctx, inode, datasync, handle)
     }
 
@@ -645,7 +755,9 @@ impl FileSystem for SharedFs {
         self.locks
             .release(inode, handle, lock_owner.filter(|_| flush));
         self.inner
-            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)?;
+        self.nodes.handle_closed();
+        Ok(())
     }
 
     fn statfs(&self, ctx: &Context, inode: u64) -> io::Result<statvfs64> {
@@ -662,81 +774,31 @@ impl FileSystem for SharedFs {
     ) -> io::Result<()> {
         self.writable()?;
         self.check(ctx, inode, Op::Metadata, "setxattr", Access::Request)?;
-        let f = self.xattr_file(inode)?;
-        // SAFETY: valid fd, C string and buffer of the given length.
-        let r = unsafe {
-            libc::fsetxattr(
-                f.as_raw_fd(),
-                name.as_ptr(),
-                value.as_ptr() as *const libc::c_void,
-                value.len(),
-                flags as i32,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        xattr::set(&self.xattr_file(inode)?, name, value, flags)
     }
 
     fn getxattr(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         inode: u64,
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
-        let f = self.xattr_file(inode)?;
-        let mut buf = vec![0u8; size as usize];
-        // SAFETY: valid fd and C string; the buffer has `size` bytes.
-        let r = unsafe {
-            libc::fgetxattr(
-                f.as_raw_fd(),
-                name.as_ptr(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
+        if xattr::value_is_content(name) {
+            // Never asks: tools read attributes in passing (ls, cp -a).
+            self.check(ctx, inode, Op::Read, "getxattr", Access::Handle)?;
         }
-        if size == 0 {
-            return Ok(GetxattrReply::Count(r as u32));
-        }
-        buf.truncate(r as usize);
-        Ok(GetxattrReply::Value(buf))
+        xattr::get(&self.xattr_file(inode)?, name, size)
     }
 
     fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
-        let f = self.xattr_file(inode)?;
-        let mut buf = vec![0u8; size as usize];
-        // SAFETY: valid fd; the buffer has `size` bytes.
-        let r = unsafe {
-            libc::flistxattr(
-                f.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_char,
-                buf.len(),
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if size == 0 {
-            return Ok(ListxattrReply::Count(r as u32));
-        }
-        buf.truncate(r as usize);
-        Ok(ListxattrReply::Names(buf))
+        xattr::list(&self.xattr_file(inode)?, size)
     }
 
     fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
         self.writable()?;
         self.check(ctx, inode, Op::Metadata, "removexattr", Access::Request)?;
-        let f = self.xattr_file(inode)?;
-        // SAFETY: valid fd and C string.
-        if unsafe { libc::fremovexattr(f.as_raw_fd(), name.as_ptr()) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        xattr::remove(&self.xattr_file(inode)?, name)
     }
 
     fn opendir(
@@ -745,15 +807,21 @@ impl FileSystem for SharedFs {
         inode: u64,
         _flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
-        let dir = self
-            .reopen_as(inode, false)
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::ENOLCK) => io::Error::from_raw_os_error(libc::ENOTDIR),
-                _ => e,
-            })?;
-        if confine::identity(&dir)?.2 & libc::S_IFMT != libc::S_IFDIR {
-            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
-        }
+        let dir = self.counted_open(
+            || {
+                let dir = self
+                    .reopen_as(inode, false)
+                    .map_err(|e| match e.raw_os_error() {
+                        Some(libc::ENOLCK) => io::Error::from_raw_os_error(libc::ENOTDIR),
+                        _ => e,
+                    })?;
+                if confine::identity(&dir)?.2 & libc::S_IFMT != libc::S_IFDIR {
+                    return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+                }
+                Ok(dir)
+            },
+            |_| true,
+        )?;
         Ok((Some(self.dirs.insert(dir)), OpenOptions::empty()))
     }
 
@@ -796,27 +864,24 @@ impl FileSystem for SharedFs {
             if d.name == b"." || d.name == b".." {
                 // The guest kernel never uses the attributes of these two;
                 // a zero node id tells it there is no entry to cache.
-                // SAFETY: stat64 is plain old data.
-                let attr: stat64 = unsafe { std::mem::zeroed() };
-                let none = Entry {
-                    inode: 0,
-                    generation: 0,
-                    attr,
-                    attr_flags: 0,
-                    attr_timeout: Duration::ZERO,
-                    entry_timeout: Duration::ZERO,
-                };
-                return Ok(add_entry(dirent, none)? != 0);
+                return Ok(add_entry(dirent, no_entry())? != 0);
             }
             let name = std::ffi::CString::new(d.name)
                 .map_err(|_| io::Error::from_raw_os_error(libc::EIO))?;
             let entry = self.inner.lookup(ctx, inode, &name)?;
-            self.observe(inode, d.name, &entry, false);
+            if let Err(e) = self.register(ctx, inode, &entry) {
+                if e.raw_os_error() != Some(libc::ENFILE) {
+                    return Err(e);
+                }
+                // At the node bound the name is still listed, with nothing
+                // for the guest to cache; a LOOKUP of it gets ENFILE.
+                return Ok(add_entry(dirent, no_entry())? != 0);
+            }
             let entry = self.mark_submount(ctx, inode, entry);
             let n = add_entry(dirent, entry)?;
             if n == 0 {
                 // No room: give back the lookup count the entry took.
-                self.inner.forget(ctx, entry.inode, 1);
+                self.forget(ctx, entry.inode, 1);
             }
             Ok(n != 0)
         })
@@ -840,7 +905,9 @@ impl FileSystem for SharedFs {
     }
 
     fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
-        self.dirs.remove(handle);
+        if self.dirs.remove(handle) {
+            self.nodes.handle_closed();
+        }
         Ok(())
     }
 
@@ -884,6 +951,8 @@ impl FileSystem for SharedFs {
         offset: u64,
         whence: u32,
     ) -> io::Result<u64> {
+        // SEEK_DATA and SEEK_HOLE reveal a file's layout: content.
+        self.check(ctx, inode, Op::Read, "lseek", Access::Handle)?;
         self.inner.lseek(ctx, inode, handle, offset, whence)
     }
 

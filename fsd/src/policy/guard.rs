@@ -51,6 +51,18 @@ pub enum Access {
     Handle,
 }
 
+/// What the file system found out about the target of one access.
+#[derive(Debug)]
+pub enum Found {
+    /// Not protected.
+    Public,
+    /// Protected by `rule`; `key` names the host inode.
+    Protected { rule: u32, key: InodeKey },
+    /// Finding out failed (descriptors or memory exhausted, a race, an I/O
+    /// error): the access is denied and audited, never taken as public.
+    Undecided(io::Error),
+}
+
 thread_local! {
     static MAY_WAIT: Cell<bool> = const { Cell::new(false) };
 }
@@ -128,10 +140,10 @@ impl Guard {
         });
     }
 
-    /// Whether a request on `node` would have to wait for authd: protected,
+    /// Whether a request on a labelled inode would have to wait for authd:
     /// `ask`, and no live grant. Used to move it off the queue thread.
-    pub fn would_wait(&self, node: u64) -> bool {
-        let Some(r) = self.labels.rule_of(node) else {
+    pub fn would_wait(&self, rule: Option<u32>) -> bool {
+        let Some(r) = rule else {
             return false;
         };
         let p = self.policy();
@@ -143,74 +155,89 @@ impl Guard {
         }
     }
 
-    /// How the guest may cache `node`, if it is protected.
-    pub fn cache_rule(&self, node: u64) -> Option<CacheRule> {
-        let r = self.labels.rule_of(node)?;
-        Some(
-            self.policy()
-                .rule(r)
-                .map_or(CacheRule::Direct, |rule| rule.cache),
-        )
+    /// How the guest may cache an inode labelled with `rule`.
+    pub fn cache_rule(&self, rule: u32) -> CacheRule {
+        self.policy()
+            .rule(rule)
+            .map_or(CacheRule::Direct, |rule| rule.cache)
     }
 
-    /// Decides one access. `what` names the operation in the audit log and
-    /// the prompt; `access` says whether it is a request (logged, may ask)
-    /// or I/O on an open handle (see [`Access`]).
+    /// Decides one access. `found` is what the file system found out about
+    /// the target; `path` names it in the audit log and the prompt (asked
+    /// for only when a line is written); `what` names the operation;
+    /// `access` says whether it is a request (logged, may ask) or I/O on an
+    /// open handle (see [`Access`]).
     pub fn check(
         &self,
-        node: u64,
+        found: Found,
+        path: &dyn Fn() -> Arc<str>,
         op: Op,
         what: &str,
         guest_pid: u32,
         access: Access,
     ) -> io::Result<()> {
-        let Some(r) = self.labels.rule_of(node) else {
-            return Ok(());
+        let (r, key) = match found {
+            Found::Public => return Ok(()),
+            Found::Protected { rule, key } => (rule, key),
+            Found::Undecided(e) => {
+                self.audit(
+                    "?",
+                    what,
+                    &path(),
+                    guest_pid,
+                    &format!("denied: cannot decide: {e}"),
+                );
+                return Err(eacces());
+            }
         };
         let policy = self.policy();
         let Some(rule) = policy.rule(r) else {
+            self.audit("?", what, &path(), guest_pid, "denied: policy changing");
             return Err(eacces());
         };
         if !rule.protect.contains(op.protect()) {
+            if access == Access::Request {
+                self.audit(
+                    &rule.owner,
+                    what,
+                    &path(),
+                    guest_pid,
+                    "allowed: the rule does not cover this operation",
+                );
+            }
             return Ok(());
         }
-        let n = self.labels.node(node);
-        let path = n
-            .as_ref()
-            .and_then(|n| n.path.clone())
-            .unwrap_or_else(|| Arc::from("?"));
         if self.grants.is_live(&self.vm, &rule.owner) {
             if op == Op::Read {
-                if let Some(n) = &n {
-                    self.read_under_grant
-                        .lock()
-                        .unwrap()
-                        .entry(rule.owner.clone())
-                        .or_default()
-                        .insert(n.key);
-                }
+                self.read_under_grant
+                    .lock()
+                    .unwrap()
+                    .entry(rule.owner.clone())
+                    .or_default()
+                    .insert(key);
             }
             if access == Access::Request {
-                self.audit(&rule.owner, what, &path, guest_pid, "allowed");
+                self.audit(&rule.owner, what, &path(), guest_pid, "allowed");
             }
             return Ok(());
         }
         match rule.without_grant {
             Missing::Deny => {
-                self.audit(&rule.owner, what, &path, guest_pid, "denied: no grant");
+                self.audit(&rule.owner, what, &path(), guest_pid, "denied: no grant");
                 Err(eacces())
             }
             Missing::Ask if access == Access::Handle => {
                 self.audit(
                     &rule.owner,
                     what,
-                    &path,
+                    &path(),
                     guest_pid,
-                    "denied: the grant this handle was opened under has ended",
+                    "denied: no live grant for I/O on a handle",
                 );
                 Err(eacces())
             }
             Missing::Ask => {
+                let path = path();
                 if !MAY_WAIT.with(|w| w.get()) {
                     self.audit(
                         &rule.owner,
