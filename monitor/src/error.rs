@@ -42,8 +42,6 @@ pub enum Error {
     Refused(String),
     #[error("configuration: {0}")]
     Config(String),
-    #[error("KVM: {0}")]
-    Kvm(String),
 }
 
 /// Crate-wide result.

@@ -12,7 +12,6 @@
 //! - [`inject`]: running a guest kernel function by call injection.
 //! - [`freeze`]: parking and waking a process from outside.
 //! - [`pagecache`]: finding and flushing the cached pages of a file.
-//! - [`kvm`]: the monitor's own KVM guests and a debug-register syscall hook.
 //! - [`daemon`]: JSON-lines requests (e.g. "flush these inodes in VM X")
 //!   over a Unix socket.
 
@@ -23,7 +22,6 @@ pub mod freeze;
 pub mod gdb;
 pub mod inject;
 pub mod kernel;
-pub mod kvm;
 pub mod mem;
 pub mod pagecache;
 pub mod paging;

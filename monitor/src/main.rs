@@ -105,15 +105,6 @@ enum Cmd {
         #[arg(long)]
         socket: PathBuf,
     },
-    /// Measure the debug-register syscall hook on the monitor's own KVM guest.
-    KvmBench {
-        #[arg(long, default_value_t = 20_000)]
-        unhooked: u64,
-        #[arg(long, default_value_t = 5_000)]
-        hooked: u64,
-        #[arg(long, default_value_t = 7)]
-        runs: usize,
-    },
     /// Thaw a frozen guest process (needs --gdb).
     Thaw {
         pid: u32,
@@ -277,17 +268,6 @@ fn run(cli: &Cli) -> Result<()> {
                 cli.profile_cache.clone(),
             ));
             monitor::daemon::serve(listener, state)?;
-        }
-        Cmd::KvmBench {
-            unhooked,
-            hooked,
-            runs,
-        } => {
-            let c = monitor::kvm::measure(*unhooked, *hooked, *runs)?;
-            println!(
-                "syscall: unhooked {:.0} ns, hooked {:.0} ns, added {:.0} ns per call (medians of {} runs)",
-                c.unhooked_ns, c.hooked_ns, c.added_ns, c.runs
-            );
         }
         Cmd::Thaw {
             pid,
