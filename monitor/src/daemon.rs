@@ -88,7 +88,7 @@ impl State {
         let vm = self.vm(name)?;
         let mut vm = vm.lock().unwrap_or_else(|p| p.into_inner());
         let res = Self::run(&mut vm, req);
-        if matches!(res, Err(Error::Io { .. }) | Err(Error::Qmp(_))) {
+        if res.as_ref().is_err_and(Error::vm_connection_lost) {
             // The VM went away or its socket broke: attach afresh next time.
             self.vms
                 .lock()
@@ -99,7 +99,7 @@ impl State {
     }
 
     fn run(vm: &mut Vm, req: &Request) -> Result<Value> {
-        let v = |x: serde_json::Result<Value>| x.map_err(|e| Error::Config(e.to_string()));
+        let v = |x: serde_json::Result<Value>| x.map_err(Error::EncodeReply);
         Ok(match req {
             Request::Ping => json!({ "ok": true }),
             Request::Uuid { .. } => {
@@ -177,11 +177,23 @@ pub fn serve(listener: UnixListener, state: Arc<State>) -> Result<()> {
     for conn in listener.incoming() {
         let stream = conn.map_err(|e| Error::io("accept", e))?;
         let st = state.clone();
-        std::thread::spawn(move || {
-            if let Err(e) = serve_connection(&st, stream) {
-                log::warn!("connection: {e}");
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name("monitor-conn".into())
+            .spawn(move || {
+                if let Err(e) = serve_connection(&st, stream) {
+                    log::warn!("connection: {e}");
+                }
+            });
+        if let Err(source) = spawned {
+            // The connection is dropped; the daemon goes on serving others.
+            log::error!(
+                "{}",
+                Error::ThreadSpawn {
+                    what: "serve a connection",
+                    source
+                }
+            );
+        }
     }
     Ok(())
 }

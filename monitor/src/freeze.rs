@@ -71,10 +71,9 @@ fn update_bits(vm: &mut Vm, pid: u32, freeze: bool) -> Result<(Vec<u64>, Vec<u64
         let done = vm.paused(|vm| {
             let paging = vm.paging()?;
             let k = vm.kernel(paging)?;
-            let p = process::find(&k, pid)?
-                .ok_or_else(|| Error::Refused(format!("no process {pid}")))?;
+            let p = process::find(&k, pid)?.ok_or(Error::NoSuchProcess(pid))?;
             if p.kernel_thread {
-                return Err(Error::Refused(format!("{pid} is a kernel thread")));
+                return Err(Error::KernelThread(pid));
             }
             if !lock_free(&k, p.task)? {
                 return Ok(None);
@@ -103,7 +102,7 @@ fn update_bits(vm: &mut Vm, pid: u32, freeze: bool) -> Result<(Vec<u64>, Vec<u64
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    Err(Error::Refused(format!("siglock of {pid} stayed held")))
+    Err(Error::SiglockHeld(pid))
 }
 
 /// Freeze process `pid`. Running threads park the next time they would

@@ -9,7 +9,29 @@ use clap::{Args, Parser, Subcommand};
 use monitor::config::{Config, VmSpec};
 use monitor::kernel::{KernelImage, Profile};
 use monitor::vm::Vm;
-use monitor::{freeze, pagecache, process, smbios, Error, Result};
+use monitor::{freeze, pagecache, process, smbios};
+
+/// Why a command ends unsuccessfully.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    /// Looking into the guest failed.
+    #[error(transparent)]
+    Monitor(#[from] monitor::Error),
+    /// The command line lacks something the command needs.
+    #[error("{0}")]
+    Usage(&'static str),
+    /// `uuid` found the guest's SMBIOS copy rewritten or missing.
+    #[error("SMBIOS identity tampered")]
+    Tampered,
+    /// `scan` found copies of the text in guest RAM.
+    #[error("{0} copies found")]
+    CopiesFound(usize),
+    /// `--json` output could not be encoded.
+    #[error("encoding JSON output: {0}")]
+    Output(#[source] serde_json::Error),
+}
+
+type Result<T> = std::result::Result<T, CliError>;
 
 #[derive(Parser)]
 #[command(
@@ -121,22 +143,20 @@ fn resolve(cli: &Cli, t: &Target) -> Result<VmSpec> {
         let path = cli
             .config
             .clone()
-            .ok_or_else(|| Error::Config("--vm needs --config".into()))?;
+            .ok_or(CliError::Usage("--vm needs --config"))?;
         let mut spec = Config::load(&path)?.vm(name)?.clone();
         if let Some(g) = &t.gdb {
             spec.gdb = Some(g.clone());
         }
         return Ok(spec);
     }
-    let need = |o: &Option<PathBuf>, flag: &str| {
-        o.clone()
-            .ok_or_else(|| Error::Config(format!("give --vm NAME or {flag}")))
-    };
+    let need =
+        |o: &Option<PathBuf>, missing: &'static str| o.clone().ok_or(CliError::Usage(missing));
     Ok(VmSpec {
-        qmp: need(&t.qmp, "--qmp")?,
+        qmp: need(&t.qmp, "give --vm NAME or --qmp")?,
         gdb: t.gdb.clone(),
-        mem: need(&t.mem, "--mem")?,
-        vmlinux: need(&t.vmlinux, "--vmlinux")?,
+        mem: need(&t.mem, "give --vm NAME or --mem")?,
+        vmlinux: need(&t.vmlinux, "give --vm NAME or --vmlinux")?,
         system_map: t.system_map.clone(),
     })
 }
@@ -144,7 +164,7 @@ fn resolve(cli: &Cli, t: &Target) -> Result<VmSpec> {
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     println!(
         "{}",
-        serde_json::to_string_pretty(v).map_err(|e| Error::Config(e.to_string()))?
+        serde_json::to_string_pretty(v).map_err(CliError::Output)?
     );
     Ok(())
 }
@@ -185,7 +205,7 @@ fn run(cli: &Cli) -> Result<()> {
                 }
             }
             if id.tampered {
-                return Err(Error::Refused("SMBIOS identity tampered".into()));
+                return Err(CliError::Tampered);
             }
         }
         Cmd::Ps(t) => {
@@ -246,23 +266,24 @@ fn run(cli: &Cli) -> Result<()> {
                 println!("{h:#x}");
             }
             if !hits.is_empty() {
-                return Err(Error::Refused(format!("{} copies found", hits.len())));
+                return Err(CliError::CopiesFound(hits.len()));
             }
         }
         Cmd::Daemon { socket } => {
             let path = cli
                 .config
                 .clone()
-                .ok_or_else(|| Error::Config("daemon needs --config".into()))?;
+                .ok_or(CliError::Usage("daemon needs --config"))?;
             let config = Config::load(&path)?;
             if std::fs::symlink_metadata(socket)
                 .map(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
                 .unwrap_or(false)
             {
-                std::fs::remove_file(socket).map_err(|e| Error::io("remove stale socket", e))?;
+                std::fs::remove_file(socket)
+                    .map_err(|e| monitor::Error::io("remove stale socket", e))?;
             }
             let listener = std::os::unix::net::UnixListener::bind(socket)
-                .map_err(|e| Error::io(format!("bind {}", socket.display()), e))?;
+                .map_err(|e| monitor::Error::io(format!("bind {}", socket.display()), e))?;
             let state = std::sync::Arc::new(monitor::daemon::State::new(
                 config,
                 cli.profile_cache.clone(),
