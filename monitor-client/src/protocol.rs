@@ -218,11 +218,16 @@ impl Request {
     /// Reads one request line (without or with its newline) as the daemon
     /// receives it.
     pub fn from_line(line: &[u8]) -> Result<Request, Rejection> {
-        let envelope: Envelope = serde_json::from_slice(line).map_err(|e| Rejection {
-            id: 0,
+        let bad = |id: u64, why: &dyn std::fmt::Display| Rejection {
+            id,
             kind: FailureKind::BadRequest,
-            message: format!("bad request: {e}"),
-        })?;
+            message: format!("bad request: {why}"),
+        };
+        let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| bad(0, &e))?;
+        if !value.is_object() {
+            return Err(bad(0, &"not a JSON object"));
+        }
+        let envelope = Envelope::deserialize(&value).map_err(|e| bad(0, &e))?;
         let id = envelope.id.unwrap_or(0);
         match envelope.v {
             Some(VERSION) => {}
@@ -241,11 +246,7 @@ impl Request {
                 })
             }
         }
-        serde_json::from_slice(line).map_err(|e| Rejection {
-            id,
-            kind: FailureKind::BadRequest,
-            message: format!("bad request: {e}"),
-        })
+        Request::deserialize(value).map_err(|e| bad(id, &e))
     }
 }
 
@@ -442,9 +443,11 @@ mod tests {
     #[test]
     fn refusals_keep_the_id_when_they_can() {
         let refuse = |line: &str| Request::from_line(line.as_bytes()).unwrap_err();
-        let r = refuse("not json");
-        assert_eq!((r.id, r.kind), (0, FailureKind::BadRequest));
-        assert!(r.message.starts_with("bad request"), "{r:?}");
+        for line in ["not json", "[1,2]", "7", r#"{"v":"one","id":3}"#] {
+            let r = refuse(line);
+            assert_eq!((r.id, r.kind), (0, FailureKind::BadRequest), "{line}");
+            assert!(r.message.starts_with("bad request"), "{r:?}");
+        }
         let r = refuse(r#"{"v":1,"id":3,"op":"rm","vm":"a"}"#);
         assert_eq!((r.id, r.kind), (3, FailureKind::BadRequest));
         let r = refuse(r#"{"v":1,"id":4,"op":"flush","vm":"a"}"#);

@@ -191,7 +191,7 @@ fn run(cli: &Cli) -> Result<()> {
             let mut vm = Vm::attach(resolve(cli, t)?, cli.profile_cache.clone())?;
             let qmp_uuid = vm.qmp.uuid()?;
             let found = smbios::read_uuid(&vm.ram).ok();
-            let id = smbios::Identity::compare(&qmp_uuid, found.as_ref());
+            let id = smbios::identity(&qmp_uuid, found.as_ref());
             if t.json {
                 print_json(&id)?;
             } else {
@@ -253,10 +253,7 @@ fn run(cli: &Cli) -> Result<()> {
             if target.json {
                 print_json(&r)?;
             } else {
-                println!(
-                    "{} inodes, {} pages cached, {} invalidated, {} frames zeroed, {} still cached, {} busy",
-                    r.inodes, r.pages_before, r.invalidated, r.zeroed, r.still_cached, r.busy
-                );
+                println!("{r}");
             }
         }
         Cmd::Scan { text, mem } => {
@@ -303,7 +300,7 @@ fn run(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-fn report(r: &freeze::FreezeReport, json: bool, what: &str) -> Result<()> {
+fn report(r: &monitor::report::FreezeReport, json: bool, what: &str) -> Result<()> {
     if json {
         return print_json(r);
     }
