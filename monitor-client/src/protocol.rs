@@ -415,6 +415,18 @@ mod tests {
     }
 
     #[test]
+    fn names_for_messages_are_the_wire_names() {
+        for op in every_op() {
+            let v = serde_json::to_value(&op).unwrap();
+            assert_eq!(v["op"], op.name());
+        }
+        for body in every_body() {
+            let v = serde_json::to_value(&body).unwrap();
+            assert_eq!(v["result"], body.name());
+        }
+    }
+
+    #[test]
     fn wire_format() {
         let s = String::from_utf8(
             to_line(&Request::new(
