@@ -4,16 +4,12 @@
 //! cache. fsd knows which protected inodes the guest read under the grant
 //! and hands their host inode numbers to the monitor, which finds and
 //! flushes the guest's cached pages (docs/monitor.md, `flush`). fsd never
-//! waits for this on a request path: ends are queued (bounded; a full queue
-//! drops the oldest intent with an error in the log) and a thread of its own
-//! talks to the monitor, one JSON line per request and per reply:
-//!
-//! ```text
-//! -> {"op":"flush","vm":"vm1","inos":[1234,5678]}
-//! <- {"ok":true,...}
-//! ```
+//! waits for this on a request path: ends are queued (bounded; when the
+//! queue is full the new request is dropped with an error in the log) and a
+//! thread of its own talks to the monitor, one connection per flush, in the
+//! protocol of the `monitor-client` crate. The monitor's report says how
+//! many pages it could not drop; fsd warns when there are any.
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -21,19 +17,17 @@ use std::thread;
 use std::time::Duration;
 
 use log::{error, info, warn};
-use serde::Serialize;
+use monitor_client::report::FlushReport;
+use monitor_client::{Client, ClientError};
 
 use crate::broker::{Broker, Resource};
 
 /// Flush requests waiting for the monitor at most.
 pub const QUEUE: usize = 64;
 
-#[derive(Debug, Serialize)]
-struct Flush<'a> {
-    op: &'static str,
-    vm: &'a str,
-    inos: &'a [u64],
-}
+/// Longest fsd waits for one flush: the monitor waits for the guest to
+/// reach a safe point (up to 30 s per injected call) before it works.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The sending side, cheap to clone into callbacks.
 #[derive(Clone)]
@@ -66,51 +60,34 @@ impl MonitorLink {
     }
 }
 
-fn send_one(broker: &Broker, vm: &str, inos: &[u64]) -> std::io::Result<String> {
-    let stream = UnixStream::from(broker.open(Resource::Monitor)?);
-    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let mut line = serde_json::to_vec(&Flush {
-        op: "flush",
-        vm,
-        inos,
-    })
-    .map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    (&stream).write_all(&line)?;
-    let mut reply = String::new();
-    BufReader::new(&stream).read_line(&mut reply)?;
-    Ok(reply.trim().to_owned())
+/// One flush on a fresh connection from `broker`.
+fn flush_one(broker: &Broker, vm: &str, inos: &[u64]) -> Result<FlushReport, ClientError> {
+    let stream = broker.open(Resource::Monitor).map_err(ClientError::Io)?;
+    Client::from_stream(UnixStream::from(stream)).flush(vm, inos, FLUSH_TIMEOUT)
 }
 
-/// Pages the monitor found but could not drop (mapped, dirty, locked or
-/// under writeback in the guest), as its `flush` reply counts them.
-fn left_behind(reply: &serde_json::Value) -> u64 {
-    let n = |k: &str| {
-        reply
-            .get("flush")
-            .and_then(|f| f.get(k))
-            .or_else(|| reply.get(k))
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0)
-    };
-    n("still_cached").max(n("busy"))
+/// The report as one JSON object, for the log (tools and tests read it back
+/// as a [`FlushReport`]).
+fn as_json(report: &FlushReport) -> String {
+    serde_json::to_string(report).unwrap_or_else(|e| format!("(report not encodable: {e})"))
 }
 
 fn run(broker: Arc<Broker>, rx: Receiver<(String, Vec<u64>)>) {
     for (vm, inos) in rx {
-        match send_one(&broker, &vm, &inos) {
-            Ok(reply) => match serde_json::from_str::<serde_json::Value>(&reply) {
-                Ok(v) if v["ok"] == true && left_behind(&v) == 0 => {
-                    info!("monitor flushed {} inodes of {vm}: {reply}", inos.len())
-                }
-                Ok(v) if v["ok"] == true => warn!(
-                    "monitor flushed {vm} but {} pages of protected content stay in the guest \
-                     (mapped or in use there): {reply}",
-                    left_behind(&v)
-                ),
-                _ => warn!("monitor could not flush {vm}: {reply}"),
-            },
-            Err(e) => warn!("monitor unreachable, {vm} not flushed: {e}"),
+        match flush_one(&broker, &vm, &inos) {
+            Ok(report) if report.pages_left() == 0 => info!(
+                "monitor flushed {} inodes of {vm}: {}",
+                inos.len(),
+                as_json(&report)
+            ),
+            Ok(report) => warn!(
+                "monitor flushed {vm} but {} pages of protected content stay in the guest \
+                 (mapped or in use there): {}",
+                report.pages_left(),
+                as_json(&report)
+            ),
+            Err(e) if e.is_unreachable() => warn!("monitor unreachable, {vm} not flushed: {e}"),
+            Err(e) => warn!("monitor could not flush {vm}: {e}"),
         }
     }
 }
@@ -119,42 +96,73 @@ fn run(broker: Arc<Broker>, rx: Receiver<(String, Vec<u64>)>) {
 mod tests {
     use super::*;
     use crate::broker::Paths;
+    use monitor_client::protocol::{to_line, Op, Reply, ReplyBody, Request};
+    use std::io::{BufRead, BufReader, Write};
     use std::os::unix::net::UnixListener;
+    use std::path::PathBuf;
+
+    fn broker(sock: PathBuf) -> Broker {
+        Broker::Direct(Paths {
+            monitor: Some(sock),
+            ..Paths::default()
+        })
+    }
+
+    /// Reads one request from `conn` and answers it with `report`.
+    fn answer(conn: &UnixStream, report: FlushReport) -> Request {
+        let mut line = Vec::new();
+        BufReader::new(conn).read_until(b'\n', &mut line).unwrap();
+        let req = Request::from_line(&line).unwrap();
+        let reply = Reply::new(req.id, ReplyBody::Flushed { report });
+        (&*conn).write_all(&to_line(&reply).unwrap()).unwrap();
+        req
+    }
 
     #[test]
     fn flush_requests_reach_the_monitor() {
         let t = tempfile::tempdir().unwrap();
         let sock = t.path().join("monitor.sock");
         let listener = UnixListener::bind(&sock).unwrap();
-        let broker = Arc::new(Broker::Direct(Paths {
-            monitor: Some(sock),
-            ..Paths::default()
-        }));
-        let link = MonitorLink::start(broker).unwrap();
+        let link = MonitorLink::start(Arc::new(broker(sock))).unwrap();
         link.flush("vm1", vec![]); // nothing read: nothing sent
         link.flush("vm1", vec![11, 22]);
         let (conn, _) = listener.accept().unwrap();
-        let mut line = String::new();
-        BufReader::new(&conn).read_line(&mut line).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let req = answer(&conn, FlushReport::default());
         assert_eq!(
-            v,
-            serde_json::json!({"op": "flush", "vm": "vm1", "inos": [11, 22]})
+            req.op,
+            Op::Flush {
+                vm: "vm1".into(),
+                inos: vec![11, 22]
+            }
         );
-        (&conn).write_all(b"{\"ok\":true}\n").unwrap();
     }
 
     #[test]
-    fn pages_left_in_the_guest_are_counted() {
-        let v = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
-        assert_eq!(
-            left_behind(&v(r#"{"ok":true,"flush":{"still_cached":0,"busy":0}}"#)),
-            0
-        );
-        assert_eq!(
-            left_behind(&v(r#"{"ok":true,"flush":{"still_cached":3,"busy":1}}"#)),
-            3
-        );
-        assert_eq!(left_behind(&v(r#"{"ok":true,"busy":2}"#)), 2);
+    fn the_monitors_report_comes_back_typed() {
+        let t = tempfile::tempdir().unwrap();
+        let sock = t.path().join("monitor.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let monitor = thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            answer(
+                &conn,
+                FlushReport {
+                    inodes: 1,
+                    pages_before: 8,
+                    still_cached: 3,
+                    busy: 2,
+                    zeroed_late: 1,
+                    ..FlushReport::default()
+                },
+            );
+        });
+        let report = flush_one(&broker(sock.clone()), "vm1", &[7]).unwrap();
+        assert_eq!(report.pages_left(), 4);
+        monitor.join().unwrap();
+        // With no monitor there, the flush fails as unreachable.
+        std::fs::remove_file(&sock).unwrap();
+        assert!(flush_one(&broker(sock), "vm1", &[7])
+            .unwrap_err()
+            .is_unreachable());
     }
 }

@@ -46,14 +46,17 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
-        serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        serde_json::from_str(&text).map_err(|source| Error::ConfigFormat {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     /// Look up a VM by name.
     pub fn vm(&self, name: &str) -> Result<&VmSpec> {
         self.vms
             .get(name)
-            .ok_or_else(|| Error::Config(format!("no VM named {name}")))
+            .ok_or_else(|| Error::UnknownVm(name.into()))
     }
 }
 

@@ -1,20 +1,12 @@
 //! Daemon mode: one monitor per host serving requests from fsd (and
-//! operators) over a Unix socket, one JSON object per line each way.
+//! operators) over a Unix socket, in the protocol of the `monitor-client`
+//! crate: JSON lines, one reply per request, answered in order
+//! (docs/monitor.md, "Daemon protocol").
 //!
-//! ```text
-//! -> {"op":"flush","vm":"web","inos":[1234,5678]}
-//! <- {"ok":true,"flush":{"inodes":1,"pages_before":256,...}}
-//! -> {"op":"ps","vm":"web"}
-//! <- {"ok":true,"processes":[...]}
-//! -> {"op":"nonsense"}
-//! <- {"ok":false,"error":"bad request: ..."}
-//! ```
-//!
-//! Operations: `ping`, `uuid`, `ps`, `freeze` (`pid`), `thaw` (`pid`),
-//! `flush` (`inos`: host inode numbers). VMs are named in the config file and
-//! attached on first use; requests for one VM are serialised (they pause and
-//! single-step it), requests for different VMs run in parallel, one thread
-//! per connection.
+//! VMs are named in the config file and attached on first use; requests
+//! for one VM are serialised (they pause and single-step it), requests for
+//! different VMs run in parallel, one thread per connection. A VM whose
+//! QEMU connection broke is attached afresh on its next request.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -23,30 +15,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
-
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::protocol::{to_line, FailureKind, Op, Reply, ReplyBody, Request, MAX_REQUEST_LINE};
 use crate::vm::Vm;
 use crate::{freeze, pagecache, process, smbios};
 
 /// How long a flush, thaw or other injection may wait for a safe point.
 const INJECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest request line accepted.
-const MAX_LINE: usize = 1 << 20;
-
-/// One request line.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Request {
-    Ping,
-    Uuid { vm: String },
-    Ps { vm: String },
-    Freeze { vm: String, pid: u32 },
-    Thaw { vm: String, pid: u32 },
-    Flush { vm: String, inos: Vec<u64> },
-}
 
 /// Shared daemon state: the config and the VMs attached so far.
 pub struct State {
@@ -75,21 +51,13 @@ impl State {
         Ok(vm)
     }
 
-    /// Run one request against the VM it names.
-    pub fn handle(&self, req: &Request) -> Result<Value> {
-        let name = match req {
-            Request::Ping => return Ok(json!({ "ok": true })),
-            Request::Uuid { vm }
-            | Request::Ps { vm }
-            | Request::Freeze { vm, .. }
-            | Request::Thaw { vm, .. }
-            | Request::Flush { vm, .. } => vm,
-        };
+    /// Runs `f` on VM `name`, alone on it; forgets the VM when its
+    /// connection broke, so that the next request attaches afresh.
+    fn with_vm<R>(&self, name: &str, f: impl FnOnce(&mut Vm) -> Result<R>) -> Result<R> {
         let vm = self.vm(name)?;
         let mut vm = vm.lock().unwrap_or_else(|p| p.into_inner());
-        let res = Self::run(&mut vm, req);
-        if matches!(res, Err(Error::Io { .. }) | Err(Error::Qmp(_))) {
-            // The VM went away or its socket broke: attach afresh next time.
+        let res = f(&mut vm);
+        if res.as_ref().is_err_and(Error::vm_connection_lost) {
             self.vms
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -98,75 +66,96 @@ impl State {
         res
     }
 
-    fn run(vm: &mut Vm, req: &Request) -> Result<Value> {
-        let v = |x: serde_json::Result<Value>| x.map_err(|e| Error::Config(e.to_string()));
-        Ok(match req {
-            Request::Ping => json!({ "ok": true }),
-            Request::Uuid { .. } => {
-                let q = vm.qmp.uuid()?;
-                let found = smbios::read_uuid(&vm.ram).ok();
-                json!({ "ok": true, "identity": v(serde_json::to_value(smbios::Identity::compare(&q, found.as_ref())))? })
-            }
-            Request::Ps { .. } => {
-                let procs = vm.paused(|vm| {
-                    let p = vm.paging()?;
-                    process::list(&vm.kernel(p)?)
-                })?;
-                json!({ "ok": true, "processes": v(serde_json::to_value(procs))? })
-            }
-            Request::Freeze { pid, .. } => {
-                json!({ "ok": true, "freeze": v(serde_json::to_value(freeze::freeze(vm, *pid, true, INJECT_TIMEOUT)?))? })
-            }
-            Request::Thaw { pid, .. } => {
-                json!({ "ok": true, "thaw": v(serde_json::to_value(freeze::thaw(vm, *pid, INJECT_TIMEOUT)?))? })
-            }
-            Request::Flush { inos, .. } => {
+    /// Runs one operation against the VM it names.
+    pub fn handle(&self, op: &Op) -> Result<ReplyBody> {
+        Ok(match op {
+            Op::Ping => ReplyBody::Pong,
+            Op::Uuid { vm } => ReplyBody::Identity {
+                identity: self.with_vm(vm, |vm| {
+                    let qmp_uuid = vm.qmp.uuid()?;
+                    let found = smbios::read_uuid(&vm.ram).ok();
+                    Ok(smbios::identity(&qmp_uuid, found.as_ref()))
+                })?,
+            },
+            Op::Ps { vm } => ReplyBody::Processes {
+                processes: self.with_vm(vm, |vm| {
+                    vm.paused(|vm| {
+                        let p = vm.paging()?;
+                        process::list(&vm.kernel(p)?)
+                    })
+                })?,
+            },
+            Op::Freeze { vm, pid } => ReplyBody::Frozen {
+                report: self.with_vm(vm, |vm| freeze::freeze(vm, *pid, true, INJECT_TIMEOUT))?,
+            },
+            Op::Thaw { vm, pid } => ReplyBody::Thawed {
+                report: self.with_vm(vm, |vm| freeze::thaw(vm, *pid, INJECT_TIMEOUT))?,
+            },
+            Op::Flush { vm, inos } => {
                 let set: BTreeSet<u64> = inos.iter().copied().collect();
-                json!({ "ok": true, "flush": v(serde_json::to_value(pagecache::flush(vm, &set, INJECT_TIMEOUT)?))? })
+                ReplyBody::Flushed {
+                    report: self.with_vm(vm, |vm| pagecache::flush(vm, &set, INJECT_TIMEOUT))?,
+                }
+            }
+            // Defined for the taint engine and the packet filter, which do
+            // not exist yet.
+            Op::FileEvents { .. } | Op::SocketOwner { .. } => {
+                return Err(Error::Unsupported(op.name()))
             }
         })
     }
 }
 
-/// Answer one parsed-or-not line.
-pub fn respond(state: &State, line: &str) -> Value {
-    match serde_json::from_str::<Request>(line) {
-        Err(e) => json!({ "ok": false, "error": format!("bad request: {e}") }),
-        Ok(req) => match state.handle(&req) {
-            Ok(v) => v,
-            Err(e) => json!({ "ok": false, "error": e.to_string() }),
-        },
+/// How a failed operation is classed on the wire.
+fn failure_kind(e: &Error) -> FailureKind {
+    match e {
+        Error::UnknownVm(_) => FailureKind::UnknownVm,
+        Error::Unsupported(_) => FailureKind::Unsupported,
+        _ => FailureKind::Failed,
+    }
+}
+
+/// Answers one request line.
+pub fn respond(state: &State, line: &[u8]) -> Reply {
+    let req = match Request::from_line(line) {
+        Ok(req) => req,
+        Err(rejection) => return rejection.into_reply(),
+    };
+    match state.handle(&req.op) {
+        Ok(body) => Reply::new(req.id, body),
+        Err(e) => Reply::failure(req.id, failure_kind(&e), e.to_string()),
     }
 }
 
 fn serve_connection(state: &State, stream: UnixStream) -> Result<()> {
-    let mut writer = stream
-        .try_clone()
-        .map_err(|e| Error::io("clone connection", e))?;
     let mut reader = BufReader::new(stream);
-    let mut line = String::new();
+    let mut line = Vec::new();
     loop {
         line.clear();
         let n = (&mut reader)
-            .take(MAX_LINE as u64)
-            .read_line(&mut line)
+            .take(MAX_REQUEST_LINE as u64)
+            .read_until(b'\n', &mut line)
             .map_err(|e| Error::io("read request", e))?;
         if n == 0 {
             return Ok(());
         }
-        let reply = if !line.ends_with('\n') && n >= MAX_LINE {
-            json!({ "ok": false, "error": "request line too long" })
-        } else if line.trim().is_empty() {
+        let too_long = n >= MAX_REQUEST_LINE && line.last() != Some(&b'\n');
+        let reply = if too_long {
+            Reply::failure(
+                0,
+                FailureKind::BadRequest,
+                format!("bad request: line longer than {MAX_REQUEST_LINE} bytes"),
+            )
+        } else if line.trim_ascii().is_empty() {
             continue;
         } else {
-            respond(state, line.trim())
+            respond(state, &line)
         };
-        let mut out = reply.to_string();
-        out.push('\n');
+        let mut writer = reader.get_ref();
         writer
-            .write_all(out.as_bytes())
+            .write_all(&to_line(&reply).map_err(Error::EncodeReply)?)
             .map_err(|e| Error::io("write reply", e))?;
-        if n >= MAX_LINE && !line.ends_with('\n') {
+        if too_long {
             return Ok(());
         }
     }
@@ -177,11 +166,23 @@ pub fn serve(listener: UnixListener, state: Arc<State>) -> Result<()> {
     for conn in listener.incoming() {
         let stream = conn.map_err(|e| Error::io("accept", e))?;
         let st = state.clone();
-        std::thread::spawn(move || {
-            if let Err(e) = serve_connection(&st, stream) {
-                log::warn!("connection: {e}");
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name("monitor-conn".into())
+            .spawn(move || {
+                if let Err(e) = serve_connection(&st, stream) {
+                    log::warn!("connection: {e}");
+                }
+            });
+        if let Err(source) = spawned {
+            // The connection is dropped; the daemon goes on serving others.
+            log::error!(
+                "{}",
+                Error::ThreadSpawn {
+                    what: "serve a connection",
+                    source
+                }
+            );
+        }
     }
     Ok(())
 }
@@ -189,49 +190,81 @@ pub fn serve(listener: UnixListener, state: Arc<State>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use monitor_client::taint::Transport;
+    use monitor_client::{Client, ClientError};
 
-    #[test]
-    fn parses_requests() {
-        let r: Request = serde_json::from_str(r#"{"op":"flush","vm":"a","inos":[1,2]}"#).unwrap();
-        assert_eq!(
-            r,
-            Request::Flush {
-                vm: "a".into(),
-                inos: vec![1, 2]
-            }
-        );
-        assert!(serde_json::from_str::<Request>(r#"{"op":"flush","vm":"a"}"#).is_err());
-        assert!(serde_json::from_str::<Request>(r#"{"op":"rm","vm":"a"}"#).is_err());
-        assert!(serde_json::from_str::<Request>(r#"{"op":"ps","vm":"a","x":1}"#).is_err());
-    }
+    const T: Duration = Duration::from_secs(10);
 
-    #[test]
-    fn socket_round_trip_and_errors() {
+    /// A daemon with no VMs on a fresh socket.
+    fn daemon() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("monitor.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let state = Arc::new(State::new(Config::default(), None));
         std::thread::spawn(move || serve(listener, state));
+        (dir, path)
+    }
+
+    fn failure(r: std::result::Result<impl std::fmt::Debug, ClientError>) -> (FailureKind, String) {
+        match r {
+            Err(ClientError::Monitor { kind, message }) => (kind, message),
+            other => panic!("expected a failure reply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn typed_requests_and_failures() {
+        let (_dir, path) = daemon();
+        let mut c = Client::connect(&path).unwrap();
+        c.ping(T).unwrap();
+        let (kind, message) = failure(c.flush("nope", &[1], T));
+        assert_eq!(kind, FailureKind::UnknownVm);
+        assert!(message.contains("no VM named nope"), "{message}");
+        let local = "10.0.2.15:80".parse().unwrap();
+        let (kind, _) = failure(c.socket_owner("nope", Transport::Tcp, local, T));
+        assert_eq!(kind, FailureKind::Unsupported);
+        let (kind, _) = failure(c.file_events("nope", vec![], T));
+        assert_eq!(kind, FailureKind::Unsupported);
+        // The connection still serves after failures.
+        c.ping(T).unwrap();
+    }
+
+    #[test]
+    fn lines_that_are_no_request() {
+        let (_dir, path) = daemon();
         let s = UnixStream::connect(&path).unwrap();
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
-        let mut ask = |q: &str| -> Value {
-            w.write_all(format!("{q}\n").as_bytes()).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut ask = |line: &[u8]| -> Reply {
+            (&s).write_all(line).unwrap();
             let mut l = String::new();
             r.read_line(&mut l).unwrap();
             serde_json::from_str(&l).unwrap()
         };
-        assert_eq!(ask(r#"{"op":"ping"}"#)["ok"], true);
-        let e = ask(r#"{"op":"flush","vm":"nope","inos":[1]}"#);
-        assert_eq!(e["ok"], false);
+        for bad in [&b"not json\n"[..], b"{}\n", b"[1,2]\n"] {
+            let reply = ask(bad);
+            assert_eq!(reply.id, 0);
+            match reply.body {
+                ReplyBody::Error { kind, message } => {
+                    assert_eq!(kind, FailureKind::BadRequest);
+                    assert!(message.starts_with("bad request"), "{message}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Blank lines are skipped; an overlong line is refused and the
+        // connection closed.
+        let mut long = b"\n\n".to_vec();
+        long.resize(2 + MAX_REQUEST_LINE, b'x');
+        let reply = ask(&long);
         assert!(
-            e["error"].as_str().unwrap().contains("no VM named nope"),
-            "{e}"
-        );
-        let e = ask("not json");
-        assert!(
-            e["error"].as_str().unwrap().starts_with("bad request"),
-            "{e}"
+            matches!(
+                reply.body,
+                ReplyBody::Error {
+                    kind: FailureKind::BadRequest,
+                    ..
+                }
+            ),
+            "{reply:?}"
         );
     }
 }

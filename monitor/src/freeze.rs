@@ -21,11 +21,10 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use crate::error::{Error, Result};
 use crate::inject;
 use crate::process;
+use crate::report::FreezeReport;
 use crate::vm::Vm;
 use crate::vmi::Kernel;
 
@@ -36,23 +35,6 @@ pub const TIF_SIGPENDING: u64 = 1 << 2;
 
 /// How often to let the guest run briefly when a siglock is held.
 const LOCK_RETRIES: usize = 200;
-
-/// What a freeze or thaw touched.
-#[derive(Debug, Clone, Serialize)]
-pub struct FreezeReport {
-    pub pid: u32,
-    pub threads: usize,
-    /// Attempts until the siglock was seen free.
-    pub attempts: usize,
-    /// Threads actually woken: by `wake_up_state` when freezing sleepers,
-    /// by `wake_up_process` when thawing.
-    pub woken: usize,
-    /// Time waiting for a safe point (paced by the guest); 0 when no call
-    /// was needed.
-    pub wait_us: u64,
-    /// Time from the safe point to the end (the calls).
-    pub work_us: u64,
-}
 
 fn lock_free(k: &Kernel, task: u64) -> Result<bool> {
     let sighand = k.read_field(task, "task_struct", "sighand")?;
@@ -66,15 +48,14 @@ const TASK_INTERRUPTIBLE: u64 = 1;
 /// Set (or clear) the trap bit on every thread of `pid` while the VM is
 /// paused and the siglock is free. Returns (threads, interruptible
 /// sleepers among them, attempts).
-fn update_bits(vm: &mut Vm, pid: u32, freeze: bool) -> Result<(Vec<u64>, Vec<u64>, usize)> {
+fn update_bits(vm: &mut Vm, pid: u32, freeze: bool) -> Result<(Vec<u64>, Vec<u64>, u64)> {
     for attempt in 1..=LOCK_RETRIES {
         let done = vm.paused(|vm| {
             let paging = vm.paging()?;
             let k = vm.kernel(paging)?;
-            let p = process::find(&k, pid)?
-                .ok_or_else(|| Error::Refused(format!("no process {pid}")))?;
+            let p = process::find(&k, pid)?.ok_or(Error::NoSuchProcess(pid))?;
             if p.kernel_thread {
-                return Err(Error::Refused(format!("{pid} is a kernel thread")));
+                return Err(Error::KernelThread(pid));
             }
             if !lock_free(&k, p.task)? {
                 return Ok(None);
@@ -99,11 +80,11 @@ fn update_bits(vm: &mut Vm, pid: u32, freeze: bool) -> Result<(Vec<u64>, Vec<u64
             Ok(Some((threads, sleepers)))
         })?;
         if let Some((t, s)) = done {
-            return Ok((t, s, attempt));
+            return Ok((t, s, attempt as u64));
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    Err(Error::Refused(format!("siglock of {pid} stayed held")))
+    Err(Error::SiglockHeld(pid))
 }
 
 /// Freeze process `pid`. Running threads park the next time they would
@@ -113,7 +94,7 @@ pub fn freeze(vm: &mut Vm, pid: u32, kick: bool, timeout: Duration) -> Result<Fr
     let (threads, sleepers, attempts) = update_bits(vm, pid, true)?;
     let mut r = FreezeReport {
         pid,
-        threads: threads.len(),
+        threads: threads.len() as u64,
         attempts,
         woken: 0,
         wait_us: 0,
@@ -139,7 +120,7 @@ fn inject_calls(
     vm: &mut Vm,
     calls: &[(u64, Vec<u64>)],
     timeout: Duration,
-) -> Result<(usize, u64, u64)> {
+) -> Result<(u64, u64, u64)> {
     let mut gdb = vm.gdb()?;
     let hooks = {
         let paging = vm.paging()?;
@@ -180,7 +161,7 @@ pub fn thaw(vm: &mut Vm, pid: u32, timeout: Duration) -> Result<FreezeReport> {
     let (woken, wait_us, work_us) = inject_calls(vm, &calls, timeout)?;
     Ok(FreezeReport {
         pid,
-        threads: threads.len(),
+        threads: threads.len() as u64,
         attempts,
         woken,
         wait_us,

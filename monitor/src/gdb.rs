@@ -55,7 +55,7 @@ fn hex(data: &[u8]) -> String {
 
 fn unhex(s: &[u8]) -> Result<Vec<u8>> {
     if s.len() % 2 != 0 {
-        return Err(Error::Gdb(format!(
+        return Err(Error::GdbProtocol(format!(
             "odd hex length: {}",
             String::from_utf8_lossy(s)
         )));
@@ -65,7 +65,7 @@ fn unhex(s: &[u8]) -> Result<Vec<u8>> {
             std::str::from_utf8(c)
                 .ok()
                 .and_then(|t| u8::from_str_radix(t, 16).ok())
-                .ok_or_else(|| Error::Gdb("bad hex".into()))
+                .ok_or_else(|| Error::GdbProtocol("bad hex".into()))
         })
         .collect()
 }
@@ -157,7 +157,7 @@ impl Gdb {
             seen += 1;
         }
         if !g.regs.contains_key("rip") {
-            return Err(Error::Gdb("target.xml describes no rip".into()));
+            return Err(Error::GdbNoRegister("rip".into()));
         }
         // Learn the current stop state.
         g.request("?")?;
@@ -175,10 +175,10 @@ impl Gdb {
                     break;
                 }
                 _ => {
-                    return Err(Error::Gdb(format!(
-                        "reading {annex}: {}",
-                        String::from_utf8_lossy(&r)
-                    )))
+                    return Err(Error::GdbRefused {
+                        request: format!("reading {annex}"),
+                        reply: String::from_utf8_lossy(&r).into_owned(),
+                    })
                 }
             }
         }
@@ -195,14 +195,14 @@ impl Gdb {
     fn fill(&mut self, deadline: Instant) -> Result<()> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(Error::Gdb("timed out waiting for the stub".into()));
+            return Err(Error::GdbTimeout);
         }
         self.sock
             .set_read_timeout(Some(left))
             .map_err(|e| Error::io("gdb timeout", e))?;
         let mut buf = [0u8; 65536];
         match self.sock.read(&mut buf) {
-            Ok(0) => Err(Error::Gdb("stub closed the connection".into())),
+            Ok(0) => Err(Error::GdbClosed),
             Ok(n) => {
                 self.rx.extend_from_slice(&buf[..n]);
                 Ok(())
@@ -213,7 +213,7 @@ impl Gdb {
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                Err(Error::Gdb("timed out waiting for the stub".into()))
+                Err(Error::GdbTimeout)
             }
             Err(e) => Err(Error::io("read gdbstub", e)),
         }
@@ -262,7 +262,7 @@ impl Gdb {
         self.regs
             .get(name)
             .copied()
-            .ok_or_else(|| Error::Gdb(format!("no register {name}")))
+            .ok_or_else(|| Error::GdbNoRegister(name.into()))
     }
 
     /// Read a register of the current thread.
@@ -270,10 +270,10 @@ impl Gdb {
         let r = self.reg(name)?;
         let reply = self.request(&format!("p{:x}", r.num))?;
         if reply.is_empty() || reply[0] == b'E' {
-            return Err(Error::Gdb(format!(
-                "reading {name}: {}",
-                String::from_utf8_lossy(&reply)
-            )));
+            return Err(Error::GdbRefused {
+                request: format!("reading {name}"),
+                reply: String::from_utf8_lossy(&reply).into_owned(),
+            });
         }
         let b = unhex(&reply)?;
         let mut v = [0u8; 8];
@@ -295,10 +295,10 @@ impl Gdb {
         if r == b"OK" {
             Ok(())
         } else {
-            Err(Error::Gdb(format!(
-                "{body}: {}",
-                String::from_utf8_lossy(&r)
-            )))
+            Err(Error::GdbRefused {
+                request: body.into(),
+                reply: String::from_utf8_lossy(&r).into_owned(),
+            })
         }
     }
 
@@ -324,7 +324,10 @@ impl Gdb {
             let n = (len - out.len()).min(2048);
             let r = self.request(&format!("m{:x},{:x}", addr + out.len() as u64, n))?;
             if r.first() == Some(&b'E') || r.is_empty() {
-                return Err(Error::Gdb(format!("reading memory at {addr:#x}")));
+                return Err(Error::GdbRefused {
+                    request: format!("reading memory at {addr:#x}"),
+                    reply: String::from_utf8_lossy(&r).into_owned(),
+                });
             }
             out.extend(unhex(&r)?);
         }
@@ -355,7 +358,7 @@ impl Gdb {
         match r.first() {
             Some(b'T') | Some(b'S') if r.len() >= 3 => {
                 let signal = u8::from_str_radix(&text[1..3], 16)
-                    .map_err(|_| Error::Gdb(format!("stop {text}")))?;
+                    .map_err(|_| Error::GdbProtocol(format!("stop reply {text}")))?;
                 let thread = text[3..]
                     .split(';')
                     .find_map(|kv| kv.strip_prefix("thread:"))
@@ -365,7 +368,7 @@ impl Gdb {
                     });
                 Ok(Stop { signal, thread })
             }
-            _ => Err(Error::Gdb(format!("unexpected stop reply {text}"))),
+            _ => Err(Error::GdbProtocol(format!("unexpected stop reply {text}"))),
         }
     }
 
@@ -375,7 +378,7 @@ impl Gdb {
         self.send("c")?;
         match self.recv(timeout) {
             Ok(r) => Ok(Some(Self::parse_stop(&r)?)),
-            Err(Error::Gdb(m)) if m.contains("timed out") => {
+            Err(Error::GdbTimeout) => {
                 self.interrupt()?;
                 Ok(None)
             }

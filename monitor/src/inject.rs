@@ -80,15 +80,13 @@ pub fn reach_safe_point<'g>(
             gdb.clear_breakpoint(h)?;
         }
     }
-    let at = at.ok_or_else(|| {
-        Error::Refused("no vCPU reached a safe point (no syscalls in the guest?)".into())
-    })?;
+    let at = at.ok_or(Error::NoSafePoint(timeout))?;
     let saved = gdb.save_gprs()?;
     let rsp = saved
         .iter()
         .find(|(n, _)| n == "rsp")
         .map(|(_, v)| *v)
-        .ok_or_else(|| Error::Gdb("rsp not saved".into()))?;
+        .ok_or_else(|| Error::GdbNoRegister("rsp".into()))?;
     Ok(SafePoint {
         gdb,
         at,
@@ -107,7 +105,7 @@ impl SafePoint<'_> {
     /// back at the safe point, registers restored, afterwards.
     pub fn call(&mut self, func: u64, args: &[u64], timeout: Duration) -> Result<u64> {
         if args.len() > ARG_REGS.len() {
-            return Err(Error::Refused("more than six arguments".into()));
+            return Err(Error::TooManyArguments(args.len()));
         }
         // 16-byte aligned, minus the pushed return address: the alignment a
         // function sees right after a `call`.
@@ -122,14 +120,10 @@ impl SafePoint<'_> {
         let result = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::Refused(format!(
-                    "injected call to {func:#x} did not return"
-                )));
+                return Err(Error::CallTimeout(func));
             }
             let Some(_stop) = self.gdb.cont(left)? else {
-                return Err(Error::Refused(format!(
-                    "injected call to {func:#x} did not return"
-                )));
+                return Err(Error::CallTimeout(func));
             };
             let rip = self.gdb.read_reg("rip")?;
             let rsp = self.gdb.read_reg("rsp")?;

@@ -12,9 +12,11 @@
 //! - [`inject`]: running a guest kernel function by call injection.
 //! - [`freeze`]: parking and waking a process from outside.
 //! - [`pagecache`]: finding and flushing the cached pages of a file.
-//! - [`kvm`]: the monitor's own KVM guests and a debug-register syscall hook.
-//! - [`daemon`]: JSON-lines requests (e.g. "flush these inodes in VM X")
-//!   over a Unix socket.
+//! - [`daemon`]: serving fsd's (and operators') requests, e.g. "flush
+//!   these inodes in VM X", over a Unix socket.
+//! - [`error`]: what can go wrong, one variant per cause.
+//! - [`protocol`] and [`report`]: the wire protocol and the result types,
+//!   defined once in the `monitor-client` crate that fsd links.
 
 pub mod config;
 pub mod daemon;
@@ -23,7 +25,6 @@ pub mod freeze;
 pub mod gdb;
 pub mod inject;
 pub mod kernel;
-pub mod kvm;
 pub mod mem;
 pub mod pagecache;
 pub mod paging;
@@ -34,3 +35,4 @@ pub mod vm;
 pub mod vmi;
 
 pub use error::{Error, Result};
+pub use monitor_client::{protocol, report};

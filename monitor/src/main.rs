@@ -9,7 +9,29 @@ use clap::{Args, Parser, Subcommand};
 use monitor::config::{Config, VmSpec};
 use monitor::kernel::{KernelImage, Profile};
 use monitor::vm::Vm;
-use monitor::{freeze, pagecache, process, smbios, Error, Result};
+use monitor::{freeze, pagecache, process, smbios};
+
+/// Why a command ends unsuccessfully.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    /// Looking into the guest failed.
+    #[error(transparent)]
+    Monitor(#[from] monitor::Error),
+    /// The command line lacks something the command needs.
+    #[error("{0}")]
+    Usage(&'static str),
+    /// `uuid` found the guest's SMBIOS copy rewritten or missing.
+    #[error("SMBIOS identity tampered")]
+    Tampered,
+    /// `scan` found copies of the text in guest RAM.
+    #[error("{0} copies found")]
+    CopiesFound(usize),
+    /// `--json` output could not be encoded.
+    #[error("encoding JSON output: {0}")]
+    Output(#[source] serde_json::Error),
+}
+
+type Result<T> = std::result::Result<T, CliError>;
 
 #[derive(Parser)]
 #[command(
@@ -105,15 +127,6 @@ enum Cmd {
         #[arg(long)]
         socket: PathBuf,
     },
-    /// Measure the debug-register syscall hook on the monitor's own KVM guest.
-    KvmBench {
-        #[arg(long, default_value_t = 20_000)]
-        unhooked: u64,
-        #[arg(long, default_value_t = 5_000)]
-        hooked: u64,
-        #[arg(long, default_value_t = 7)]
-        runs: usize,
-    },
     /// Thaw a frozen guest process (needs --gdb).
     Thaw {
         pid: u32,
@@ -130,22 +143,20 @@ fn resolve(cli: &Cli, t: &Target) -> Result<VmSpec> {
         let path = cli
             .config
             .clone()
-            .ok_or_else(|| Error::Config("--vm needs --config".into()))?;
+            .ok_or(CliError::Usage("--vm needs --config"))?;
         let mut spec = Config::load(&path)?.vm(name)?.clone();
         if let Some(g) = &t.gdb {
             spec.gdb = Some(g.clone());
         }
         return Ok(spec);
     }
-    let need = |o: &Option<PathBuf>, flag: &str| {
-        o.clone()
-            .ok_or_else(|| Error::Config(format!("give --vm NAME or {flag}")))
-    };
+    let need =
+        |o: &Option<PathBuf>, missing: &'static str| o.clone().ok_or(CliError::Usage(missing));
     Ok(VmSpec {
-        qmp: need(&t.qmp, "--qmp")?,
+        qmp: need(&t.qmp, "give --vm NAME or --qmp")?,
         gdb: t.gdb.clone(),
-        mem: need(&t.mem, "--mem")?,
-        vmlinux: need(&t.vmlinux, "--vmlinux")?,
+        mem: need(&t.mem, "give --vm NAME or --mem")?,
+        vmlinux: need(&t.vmlinux, "give --vm NAME or --vmlinux")?,
         system_map: t.system_map.clone(),
     })
 }
@@ -153,7 +164,7 @@ fn resolve(cli: &Cli, t: &Target) -> Result<VmSpec> {
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     println!(
         "{}",
-        serde_json::to_string_pretty(v).map_err(|e| Error::Config(e.to_string()))?
+        serde_json::to_string_pretty(v).map_err(CliError::Output)?
     );
     Ok(())
 }
@@ -180,7 +191,7 @@ fn run(cli: &Cli) -> Result<()> {
             let mut vm = Vm::attach(resolve(cli, t)?, cli.profile_cache.clone())?;
             let qmp_uuid = vm.qmp.uuid()?;
             let found = smbios::read_uuid(&vm.ram).ok();
-            let id = smbios::Identity::compare(&qmp_uuid, found.as_ref());
+            let id = smbios::identity(&qmp_uuid, found.as_ref());
             if t.json {
                 print_json(&id)?;
             } else {
@@ -194,7 +205,7 @@ fn run(cli: &Cli) -> Result<()> {
                 }
             }
             if id.tampered {
-                return Err(Error::Refused("SMBIOS identity tampered".into()));
+                return Err(CliError::Tampered);
             }
         }
         Cmd::Ps(t) => {
@@ -242,10 +253,7 @@ fn run(cli: &Cli) -> Result<()> {
             if target.json {
                 print_json(&r)?;
             } else {
-                println!(
-                    "{} inodes, {} pages cached, {} invalidated, {} frames zeroed, {} still cached, {} busy",
-                    r.inodes, r.pages_before, r.invalidated, r.zeroed, r.still_cached, r.busy
-                );
+                println!("{r}");
             }
         }
         Cmd::Scan { text, mem } => {
@@ -255,39 +263,29 @@ fn run(cli: &Cli) -> Result<()> {
                 println!("{h:#x}");
             }
             if !hits.is_empty() {
-                return Err(Error::Refused(format!("{} copies found", hits.len())));
+                return Err(CliError::CopiesFound(hits.len()));
             }
         }
         Cmd::Daemon { socket } => {
             let path = cli
                 .config
                 .clone()
-                .ok_or_else(|| Error::Config("daemon needs --config".into()))?;
+                .ok_or(CliError::Usage("daemon needs --config"))?;
             let config = Config::load(&path)?;
             if std::fs::symlink_metadata(socket)
                 .map(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
                 .unwrap_or(false)
             {
-                std::fs::remove_file(socket).map_err(|e| Error::io("remove stale socket", e))?;
+                std::fs::remove_file(socket)
+                    .map_err(|e| monitor::Error::io("remove stale socket", e))?;
             }
             let listener = std::os::unix::net::UnixListener::bind(socket)
-                .map_err(|e| Error::io(format!("bind {}", socket.display()), e))?;
+                .map_err(|e| monitor::Error::io(format!("bind {}", socket.display()), e))?;
             let state = std::sync::Arc::new(monitor::daemon::State::new(
                 config,
                 cli.profile_cache.clone(),
             ));
             monitor::daemon::serve(listener, state)?;
-        }
-        Cmd::KvmBench {
-            unhooked,
-            hooked,
-            runs,
-        } => {
-            let c = monitor::kvm::measure(*unhooked, *hooked, *runs)?;
-            println!(
-                "syscall: unhooked {:.0} ns, hooked {:.0} ns, added {:.0} ns per call (medians of {} runs)",
-                c.unhooked_ns, c.hooked_ns, c.added_ns, c.runs
-            );
         }
         Cmd::Thaw {
             pid,
@@ -302,7 +300,7 @@ fn run(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-fn report(r: &freeze::FreezeReport, json: bool, what: &str) -> Result<()> {
+fn report(r: &monitor::report::FreezeReport, json: bool, what: &str) -> Result<()> {
     if json {
         return print_json(r);
     }

@@ -99,7 +99,7 @@ impl GuestRam {
         let map = MmapRaw::map_raw(file).map_err(|e| Error::io("mmap guest RAM", e))?;
         for r in &regions {
             if r.file_offset + r.len > map.len() as u64 {
-                return Err(Error::Config(format!(
+                return Err(Error::RamLayout(format!(
                     "region {r:?} beyond the backing file"
                 )));
             }

@@ -22,6 +22,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::inject;
 use crate::mem::{GuestRam, PhysMem};
+use crate::report::FlushReport;
 use crate::vm::Vm;
 use crate::vmi::Kernel;
 
@@ -45,30 +46,6 @@ pub struct CachedInode {
     pub inode: u64,
     pub mapping: u64,
     pub pages: Vec<CachedPage>,
-}
-
-/// Outcome of a flush.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct FlushReport {
-    /// Inodes found in the guest (host inodes never opened there are absent).
-    pub inodes: usize,
-    /// Pages cached before the flush.
-    pub pages_before: usize,
-    /// What `invalidate_mapping_pages` reported as dropped.
-    pub invalidated: u64,
-    /// Frames zeroed.
-    pub zeroed: usize,
-    /// Pages still cached (dirty, locked, under writeback or mapped).
-    pub still_cached: usize,
-    /// Frames that left the cache but were still referenced at the safe
-    /// point (typically held by a per-CPU page batch for a moment).
-    pub busy: usize,
-    /// Of those, frames found free and zeroed in a later pass.
-    pub zeroed_late: usize,
-    /// Time spent waiting for a vCPU to reach a safe point (guest-paced).
-    pub wait_us: u64,
-    /// Time from the safe point to the end (walk, calls, scrub).
-    pub work_us: u64,
 }
 
 /// Superblocks (kernel addresses) whose filesystem type is `fstype`.
@@ -193,8 +170,8 @@ pub fn flush(vm: &mut Vm, host_inos: &BTreeSet<u64>, timeout: Duration) -> Resul
         let k = vm.kernel(paging)?;
         let before = cached_inodes(&k, host_inos)?;
         let mut report = FlushReport {
-            inodes: before.len(),
-            pages_before: before.iter().map(|i| i.pages.len()).sum(),
+            inodes: before.len() as u64,
+            pages_before: before.iter().map(|i| i.pages.len() as u64).sum(),
             ..Default::default()
         };
         for inode in &before {
@@ -214,7 +191,7 @@ pub fn flush(vm: &mut Vm, host_inos: &BTreeSet<u64>, timeout: Duration) -> Resul
                 .iter()
                 .map(|p| p.pfn)
                 .collect();
-            report.still_cached += still.len();
+            report.still_cached += still.len() as u64;
             for p in &inode.pages {
                 if still.contains(&p.pfn) {
                     continue;

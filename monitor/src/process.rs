@@ -4,34 +4,12 @@
 //! (what `ps` shows), not of threads. The parent is `real_parent->tgid`
 //! (not `parent`, which a ptracer replaces).
 
-use serde::Serialize;
-
 use crate::error::Result;
+use crate::report::Process;
 use crate::vmi::Kernel;
 
 /// Upper bound on list walks, so a corrupted ring cannot loop forever.
 const MAX_TASKS: usize = 1 << 20;
-
-/// One guest process.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Process {
-    pub pid: u32,
-    pub ppid: u32,
-    pub uid: u32,
-    /// `ps`-style state letter.
-    pub state: char,
-    /// `task->comm`.
-    pub name: String,
-    /// True for kernel threads (no `mm`).
-    pub kernel_thread: bool,
-    /// Kernel address of the `task_struct`.
-    #[serde(serialize_with = "hex_addr")]
-    pub task: u64,
-}
-
-fn hex_addr<S: serde::Serializer>(v: &u64, s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(&format!("{v:#x}"))
-}
 
 /// Map `__state`/`exit_state` to the letter `ps` prints.
 pub fn state_letter(state: u32, exit_state: u32) -> char {

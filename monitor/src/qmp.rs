@@ -33,7 +33,9 @@ impl Qmp {
         };
         let greeting = q.read_message()?;
         if greeting.get("QMP").is_none() {
-            return Err(Error::Qmp(format!("unexpected greeting {greeting}")));
+            return Err(Error::QmpProtocol(format!(
+                "unexpected greeting {greeting}"
+            )));
         }
         q.execute("qmp_capabilities", None)?;
         Ok(q)
@@ -46,9 +48,9 @@ impl Qmp {
             .read_line(&mut line)
             .map_err(|e| Error::io("read QMP", e))?;
         if n == 0 {
-            return Err(Error::Qmp("connection closed".into()));
+            return Err(Error::QmpClosed);
         }
-        serde_json::from_str(&line).map_err(|e| Error::Qmp(format!("bad JSON {line:?}: {e}")))
+        serde_json::from_str(&line).map_err(|source| Error::QmpJson { line, source })
     }
 
     /// Run one command and return its `return` value. Asynchronous events
@@ -72,7 +74,10 @@ impl Qmp {
                 return Ok(r.clone());
             }
             if let Some(e) = msg.get("error") {
-                return Err(Error::Qmp(format!("{command}: {e}")));
+                return Err(Error::QmpCommand {
+                    command: command.into(),
+                    error: e.to_string(),
+                });
             }
         }
     }
@@ -99,7 +104,7 @@ impl Qmp {
         r.get("UUID")
             .and_then(Value::as_str)
             .map(str::to_ascii_lowercase)
-            .ok_or_else(|| Error::Qmp(format!("query-uuid returned {r}")))
+            .ok_or_else(|| Error::QmpProtocol(format!("query-uuid returned {r}")))
     }
 
     /// Run a human monitor command and return its text.
@@ -110,7 +115,7 @@ impl Qmp {
         )?;
         r.as_str()
             .map(str::to_string)
-            .ok_or_else(|| Error::Qmp(format!("HMP returned {r}")))
+            .ok_or_else(|| Error::QmpProtocol(format!("HMP returned {r}")))
     }
 
     /// Registers of one vCPU from `info registers` (CR0-CR4, RIP, RSP, ...).

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::mem::PhysMem;
+use crate::report::Identity;
 
 const SCAN_START: u64 = 0xf0000;
 const SCAN_END: u64 = 0x100000;
@@ -24,26 +25,14 @@ pub struct SmbiosUuid {
     pub entry_addr: u64,
 }
 
-/// Identity check result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Identity {
-    /// What QEMU was started with (authoritative).
-    pub qmp_uuid: String,
-    /// What the guest's SMBIOS table says (None if it could not be found).
-    pub smbios_uuid: Option<String>,
-    /// True when the guest-visible table disagrees with QEMU or is missing.
-    pub tampered: bool,
-}
-
-impl Identity {
-    /// Compare the authoritative UUID with the guest's copy.
-    pub fn compare(qmp_uuid: &str, smbios: Option<&SmbiosUuid>) -> Identity {
-        let smbios_uuid = smbios.map(|s| s.uuid.clone());
-        Identity {
-            qmp_uuid: qmp_uuid.to_ascii_lowercase(),
-            tampered: smbios_uuid.as_deref() != Some(&qmp_uuid.to_ascii_lowercase()),
-            smbios_uuid,
-        }
+/// The identity check: the authoritative UUID (QMP's) against the guest's
+/// copy, which is tampered with when it differs or is missing.
+pub fn identity(qmp_uuid: &str, smbios: Option<&SmbiosUuid>) -> Identity {
+    let smbios_uuid = smbios.map(|s| s.uuid.clone());
+    Identity {
+        qmp_uuid: qmp_uuid.to_ascii_lowercase(),
+        tampered: smbios_uuid.as_deref() != Some(&qmp_uuid.to_ascii_lowercase()),
+        smbios_uuid,
     }
 }
 
@@ -173,8 +162,8 @@ mod tests {
         let u = read_uuid(&m).unwrap();
         assert_eq!(u.uuid, "12345678-9abc-def0-0102-030405060708");
         assert_eq!(u.uuid_addr, 0x9000 + 12 + 8);
-        assert!(!Identity::compare("12345678-9ABC-DEF0-0102-030405060708", Some(&u)).tampered);
-        assert!(Identity::compare("00000000-9abc-def0-0102-030405060708", Some(&u)).tampered);
-        assert!(Identity::compare("00000000-9abc-def0-0102-030405060708", None).tampered);
+        assert!(!identity("12345678-9ABC-DEF0-0102-030405060708", Some(&u)).tampered);
+        assert!(identity("00000000-9abc-def0-0102-030405060708", Some(&u)).tampered);
+        assert!(identity("00000000-9abc-def0-0102-030405060708", None).tampered);
     }
 }

@@ -39,10 +39,10 @@ impl Vm {
         let regs = self.qmp.registers(0)?;
         let cr3 = *regs
             .get("CR3")
-            .ok_or_else(|| Error::Qmp("no CR3 in info registers".into()))?;
+            .ok_or_else(|| Error::QmpProtocol("no CR3 in info registers".into()))?;
         let cr4 = *regs
             .get("CR4")
-            .ok_or_else(|| Error::Qmp("no CR4 in info registers".into()))?;
+            .ok_or_else(|| Error::QmpProtocol("no CR4 in info registers".into()))?;
         Ok(Paging::from_regs(cr3, cr4))
     }
 
@@ -67,11 +67,7 @@ impl Vm {
 
     /// Open the gdbstub (which stops the VM until [`Gdb::detach`]).
     pub fn gdb(&self) -> Result<Gdb> {
-        let path = self
-            .spec
-            .gdb
-            .as_ref()
-            .ok_or_else(|| Error::Config("this VM has no gdbstub socket configured".into()))?;
+        let path = self.spec.gdb.as_ref().ok_or(Error::NoGdbstub)?;
         Gdb::connect(path)
     }
 }

@@ -12,13 +12,13 @@ use common::guest::Guest;
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 
 use monitor::config::Config;
 use monitor::vm::Vm;
 use monitor::{daemon, freeze, pagecache};
+use monitor_client::Client;
 
 /// A marker no earlier run or other file can contain.
 fn unique_marker(tag: &str) -> Vec<u8> {
@@ -83,7 +83,7 @@ fn cache_and_flush(g: &mut Guest, vm: &mut Vm, name: &str, size: usize) {
         t.elapsed()
     );
     assert_eq!(r.inodes, 1, "{r:?}");
-    assert!(r.pages_before >= blocks, "{r:?}");
+    assert!(r.pages_before >= blocks as u64, "{r:?}");
     assert_eq!(r.still_cached, 0, "{r:?}");
     let left = pagecache::scan_ram(&vm.ram, &marker);
     assert!(
@@ -259,16 +259,14 @@ fn freeze_thaw_and_page_cache_flush() {
     config.vms.insert("guest".into(), g.spec.clone());
     let state = Arc::new(daemon::State::new(config, Some(g.dir().join("profiles"))));
     std::thread::spawn(move || daemon::serve(listener, state));
-    let conn = UnixStream::connect(&sock).unwrap();
-    let mut w = conn.try_clone().unwrap();
-    w.write_all(format!("{{\"op\":\"flush\",\"vm\":\"guest\",\"inos\":[{ino}]}}\n").as_bytes())
-        .unwrap();
-    let mut reply = String::new();
-    BufReader::new(conn).read_line(&mut reply).unwrap();
-    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
-    assert_eq!(reply["ok"], true, "{reply}");
-    assert_eq!(reply["flush"]["zeroed"], 64, "{reply}");
-    assert!(pagecache::scan_ram(&ram, &marker).is_empty(), "{reply}");
+    let mut client = Client::connect(&sock).unwrap();
+    let report = client
+        .flush("guest", &[ino], Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("flush through the daemon: {e}"));
+    println!("flush through the daemon: {report}");
+    assert_eq!(report.zeroed, 64, "{report:?}");
+    assert_eq!(report.pages_left(), 0, "{report:?}");
+    assert!(pagecache::scan_ram(&ram, &marker).is_empty(), "{report:?}");
 
     let dmesg = g.sh("dmesg");
     for bad in ["WARNING", "BUG:", "Oops", "sleeping function called"] {

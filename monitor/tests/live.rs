@@ -39,7 +39,7 @@ fn identity_symbols_and_processes() {
     // VM identity: the SMBIOS copy equals -uuid and QMP.
     let t = Instant::now();
     let found = smbios::read_uuid(&vm.ram).unwrap();
-    let id = smbios::Identity::compare(&vm.qmp.uuid().unwrap(), Some(&found));
+    let id = smbios::identity(&vm.qmp.uuid().unwrap(), Some(&found));
     println!("UUID lookup (RAM scan + QMP query-uuid): {:?}", t.elapsed());
     assert_eq!(found.uuid, UUID);
     assert!(!id.tampered, "{id:?}");
@@ -58,7 +58,7 @@ fn identity_symbols_and_processes() {
         ours.len(),
         t.elapsed()
     );
-    let ours: BTreeMap<u32, &process::Process> = ours.iter().map(|p| (p.pid, p)).collect();
+    let ours: BTreeMap<u32, &monitor::report::Process> = ours.iter().map(|p| (p.pid, p)).collect();
     let mut seen = 0;
     for line in guest_ps.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -100,6 +100,6 @@ fn identity_symbols_and_processes() {
     monitor::mem::PhysMem::write_phys(&vm.ram, found.uuid_addr, &bytes).unwrap();
     let forged = smbios::read_uuid(&vm.ram).unwrap();
     assert_ne!(forged.uuid, UUID);
-    let id = smbios::Identity::compare(&vm.qmp.uuid().unwrap(), Some(&forged));
+    let id = smbios::identity(&vm.qmp.uuid().unwrap(), Some(&forged));
     assert!(id.tampered, "{id:?}");
 }

@@ -37,12 +37,12 @@ impl KernelImage {
 
     /// Parse an in-memory vmlinux.
     pub fn from_elf(elf: &[u8]) -> Result<KernelImage> {
-        let file = object::File::parse(elf).map_err(|e| Error::Image(e.to_string()))?;
-        let section = |name: &str| -> Result<(Vec<u8>, u64)> {
+        let file = object::File::parse(elf).map_err(Error::Elf)?;
+        let section = |name: &'static str| -> Result<(Vec<u8>, u64)> {
             let s = file
                 .section_by_name(name)
-                .ok_or_else(|| Error::Image(format!("no {name} section")))?;
-            let d = s.data().map_err(|e| Error::Image(e.to_string()))?;
+                .ok_or(Error::MissingSection(name))?;
+            let d = s.data().map_err(Error::Elf)?;
             Ok((d.to_vec(), s.address()))
         };
         let (btf, _) = section(".BTF")?;
@@ -50,7 +50,7 @@ impl KernelImage {
         let text_addr = file
             .section_by_name(".text")
             .map(|s| s.address())
-            .ok_or_else(|| Error::Image("no .text section".into()))?;
+            .ok_or(Error::MissingSection(".text"))?;
         let build_id = file
             .build_id()
             .ok()
@@ -84,7 +84,7 @@ fn decompress_vmlinuz(raw: &[u8]) -> Result<Vec<u8>> {
     let at = raw
         .windows(XZ_MAGIC.len())
         .position(|w| w == XZ_MAGIC)
-        .ok_or_else(|| Error::Image("neither ELF nor an xz-compressed kernel".into()))?;
+        .ok_or(Error::NotAKernel)?;
     let mut child = Command::new("xz")
         .args(["--decompress", "--stdout", "--single-stream"])
         .stdin(Stdio::piped())
@@ -95,16 +95,19 @@ fn decompress_vmlinuz(raw: &[u8]) -> Result<Vec<u8>> {
     let mut stdin = child.stdin.take().expect("piped stdin");
     let payload = raw[at..].to_vec();
     // Feed from a thread so a full stdout pipe cannot deadlock us.
-    let feeder = std::thread::spawn(move || {
-        let _ = stdin.write_all(&payload);
-    });
+    let feeder = std::thread::Builder::new()
+        .name("xz-feed".into())
+        .spawn(move || {
+            let _ = stdin.write_all(&payload);
+        })
+        .map_err(|source| Error::ThreadSpawn {
+            what: "feed xz",
+            source,
+        })?;
     let out = child.wait_with_output().map_err(|e| Error::io("xz", e))?;
     let _ = feeder.join();
     if !out.stdout.starts_with(b"\x7fELF") {
-        return Err(Error::Image(format!(
-            "xz payload did not inflate to an ELF ({})",
-            out.status
-        )));
+        return Err(Error::Inflate(out.status));
     }
     Ok(out.stdout)
 }

@@ -282,7 +282,10 @@ impl Profile {
             cache_key(&self.build_id, Some(&self.banner))
         ));
         let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(self).map_err(|e| Error::Profile(e.to_string()))?;
+        let text = serde_json::to_string_pretty(self).map_err(|source| Error::ProfileFormat {
+            path: path.clone(),
+            source,
+        })?;
         std::fs::write(&tmp, text).map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
         std::fs::rename(&tmp, &path)
             .map_err(|e| Error::io(format!("rename {}", path.display()), e))?;
@@ -293,7 +296,10 @@ impl Profile {
     pub fn load(path: &Path) -> Result<Profile> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
-        serde_json::from_str(&text).map_err(|e| Error::Profile(e.to_string()))
+        serde_json::from_str(&text).map_err(|source| Error::ProfileFormat {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     /// Link-time address of a symbol.

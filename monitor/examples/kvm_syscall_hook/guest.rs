@@ -9,7 +9,10 @@
 //! This module sets up a small synthetic 64-bit guest to measure exactly
 //! that: code loops over `syscall`, and the LSTAR handler returns at once.
 //! The host sees every call (its `rax`), and the cost of the hook is the
-//! difference between hooked and unhooked runs.
+//! difference between hooked and unhooked runs. It is a measurement, not a
+//! part of the daemon: it lives with its example (`main.rs` beside it),
+//! and `monitor/tests/kvm.rs` includes it, so the monitor's library does
+//! not link KVM for it.
 //!
 //! The loop runs in ring 0 and the handler returns with `jmp rcx`, not
 //! `sysretq` to ring 3: on the (nested) KVM of the machines this was built
@@ -27,9 +30,40 @@ use kvm_bindings::{
     KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use serde::Serialize;
 
-use crate::error::{Error, Result};
+/// What can go wrong with the synthetic guest.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A KVM ioctl failed (`/dev/kvm` missing, no permission, refused).
+    #[error("KVM {what}: {source}")]
+    Kvm {
+        /// The step that failed.
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Mapping the guest's memory failed.
+    #[error("mmap guest memory: {0}")]
+    Mmap(#[source] std::io::Error),
+    /// The MSR list for the vCPU could not be built.
+    #[error("MSR list: {0}")]
+    MsrList(#[source] vmm_sys_util::fam::Error),
+    /// KVM took fewer of the MSRs than given.
+    #[error("only {accepted} of {given} MSRs accepted")]
+    MsrsRejected { accepted: usize, given: usize },
+    /// A run of zero iterations was asked for.
+    #[error("a run needs at least one iteration")]
+    ZeroIterations,
+    /// The vCPU exited for a reason the loop never causes.
+    #[error("unexpected exit {0}")]
+    UnexpectedExit(String),
+    /// The hook saw fewer syscalls than the guest made.
+    #[error("hook saw {seen} of {made} syscalls")]
+    MissedCalls { seen: u64, made: u64 },
+}
+
+/// Result of this module.
+pub type Result<T> = std::result::Result<T, Error>;
 
 const MEM_SIZE: usize = 4 << 20;
 const PML4: u64 = 0x1000;
@@ -56,12 +90,12 @@ const USER_LOOP: &[u8] = &[
 /// FMASK 0 the flags are untouched).
 const SYSCALL_HANDLER: &[u8] = &[0xff, 0xe1];
 
-fn kvm_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Kvm(format!("{what}: {e}"))
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |source| Error::Kvm { what, source }
 }
 
 /// One run of the loop.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy)]
 pub struct RunStats {
     pub iterations: u64,
     pub elapsed: Duration,
@@ -88,10 +122,7 @@ impl GuestMemory {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(Error::io(
-                "mmap guest memory",
-                std::io::Error::last_os_error(),
-            ));
+            return Err(Error::Mmap(std::io::Error::last_os_error()));
         }
         Ok(GuestMemory { ptr: ptr.cast() })
     }
@@ -124,8 +155,8 @@ pub struct SyscallLoopVm {
 impl SyscallLoopVm {
     /// Create the VM: identity-mapped 2 MiB page, long mode, ring 0.
     pub fn new() -> Result<SyscallLoopVm> {
-        let kvm = Kvm::new().map_err(|e| kvm_err("open /dev/kvm", e))?;
-        let vm = kvm.create_vm().map_err(|e| kvm_err("create VM", e))?;
+        let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
+        let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
         let mut mem = GuestMemory::new()?;
         let region = kvm_userspace_memory_region {
             slot: 0,
@@ -135,7 +166,7 @@ impl SyscallLoopVm {
             userspace_addr: mem.ptr as u64,
         };
         // SAFETY: the region stays mapped for the VM's lifetime (`_mem`).
-        unsafe { vm.set_user_memory_region(region) }.map_err(|e| kvm_err("memory region", e))?;
+        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("memory region"))?;
 
         // Page tables: present | writable | user at every level; one 2 MiB page.
         mem.write(PML4, &(PDPT | 7).to_le_bytes());
@@ -144,14 +175,13 @@ impl SyscallLoopVm {
         mem.write(USER_CODE, USER_LOOP);
         mem.write(HANDLER, SYSCALL_HANDLER);
 
-        let vcpu = vm.create_vcpu(0).map_err(|e| kvm_err("create vCPU", e))?;
+        let vcpu = vm.create_vcpu(0).map_err(kvm_err("create vCPU"))?;
         // Without a CPUID table the vCPU has no long mode and no SYSCALL.
         let cpuid = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| kvm_err("supported CPUID", e))?;
-        vcpu.set_cpuid2(&cpuid)
-            .map_err(|e| kvm_err("set CPUID", e))?;
-        let mut sregs = vcpu.get_sregs().map_err(|e| kvm_err("get sregs", e))?;
+            .map_err(kvm_err("supported CPUID"))?;
+        vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+        let mut sregs = vcpu.get_sregs().map_err(kvm_err("get sregs"))?;
         let seg = |selector: u16, type_: u8, l: u8, db: u8| kvm_bindings::kvm_segment {
             base: 0,
             limit: 0xffff_ffff,
@@ -178,8 +208,7 @@ impl SyscallLoopVm {
         sregs.cr4 = 1 << 5; // PAE
         sregs.cr0 = 0x8005_0033; // PG | WP | NE | ET | MP | PE
         sregs.efer = 0x501; // LMA | LME | SCE
-        vcpu.set_sregs(&sregs)
-            .map_err(|e| kvm_err("set sregs", e))?;
+        vcpu.set_sregs(&sregs).map_err(kvm_err("set sregs"))?;
 
         // SYSCALL enters CS 0x08/SS 0x10 (the caller's own segments).
         let msrs = Msrs::from_entries(&[
@@ -199,10 +228,13 @@ impl SyscallLoopVm {
                 ..Default::default()
             },
         ])
-        .map_err(|e| kvm_err("MSR list", e))?;
-        let n = vcpu.set_msrs(&msrs).map_err(|e| kvm_err("set MSRs", e))?;
+        .map_err(Error::MsrList)?;
+        let n = vcpu.set_msrs(&msrs).map_err(kvm_err("set MSRs"))?;
         if n != 3 {
-            return Err(Error::Kvm(format!("only {n} of 3 MSRs accepted")));
+            return Err(Error::MsrsRejected {
+                accepted: n,
+                given: 3,
+            });
         }
         Ok(SyscallLoopVm {
             vcpu,
@@ -226,7 +258,7 @@ impl SyscallLoopVm {
         }
         self.vcpu
             .set_guest_debug(&dbg)
-            .map_err(|e| kvm_err("set guest debug", e))
+            .map_err(kvm_err("set guest debug"))
     }
 
     /// Run `iterations` syscalls. With `observer`, the entry is hooked and
@@ -237,25 +269,23 @@ impl SyscallLoopVm {
         mut observer: Option<&mut dyn FnMut(u64)>,
     ) -> Result<RunStats> {
         if iterations == 0 {
-            return Err(Error::Kvm("zero iterations".into()));
+            return Err(Error::ZeroIterations);
         }
         let hooked = observer.is_some();
         self.set_debug(hooked, false)?;
-        let mut regs = self.vcpu.get_regs().map_err(|e| kvm_err("get regs", e))?;
+        let mut regs = self.vcpu.get_regs().map_err(kvm_err("get regs"))?;
         regs.rip = USER_CODE;
         regs.rbx = iterations;
         regs.rflags = 0x2;
-        self.vcpu
-            .set_regs(&regs)
-            .map_err(|e| kvm_err("set regs", e))?;
+        self.vcpu.set_regs(&regs).map_err(kvm_err("set regs"))?;
         let mut hook_exits = 0;
         let start = Instant::now();
         loop {
-            match self.vcpu.run().map_err(|e| kvm_err("KVM_RUN", e))? {
+            match self.vcpu.run().map_err(kvm_err("KVM_RUN"))? {
                 VcpuExit::IoOut(EXIT_PORT, _) => break,
                 VcpuExit::Debug(d) if d.pc == HANDLER && hooked => {
                     hook_exits += 1;
-                    let r = self.vcpu.get_regs().map_err(|e| kvm_err("get regs", e))?;
+                    let r = self.vcpu.get_regs().map_err(kvm_err("get regs"))?;
                     if let Some(o) = observer.as_mut() {
                         o(r.rax);
                     }
@@ -263,20 +293,22 @@ impl SyscallLoopVm {
                     // instruction breakpoint would otherwise hit again (RF
                     // is not honoured on every KVM), as with gdb.
                     self.set_debug(false, true)?;
-                    match self.vcpu.run().map_err(|e| kvm_err("KVM_RUN", e))? {
+                    match self.vcpu.run().map_err(kvm_err("KVM_RUN"))? {
                         VcpuExit::Debug(_) => {}
                         other => {
-                            return Err(Error::Kvm(format!("single step ended with {other:?}")))
+                            return Err(Error::UnexpectedExit(format!(
+                                "{other:?} after a single step"
+                            )))
                         }
                     }
                     self.set_debug(true, false)?;
                 }
                 other => {
                     let what = format!("{other:?}");
-                    let r = self.vcpu.get_regs().map_err(|e| kvm_err("get regs", e))?;
-                    let sr = self.vcpu.get_sregs().map_err(|e| kvm_err("get sregs", e))?;
-                    return Err(Error::Kvm(format!(
-                        "unexpected exit {what} at rip {:#x} (rbx {}, cr2 {:#x}, efer {:#x}, cs {:#x})",
+                    let r = self.vcpu.get_regs().map_err(kvm_err("get regs"))?;
+                    let sr = self.vcpu.get_sregs().map_err(kvm_err("get sregs"))?;
+                    return Err(Error::UnexpectedExit(format!(
+                        "{what} at rip {:#x} (rbx {}, cr2 {:#x}, efer {:#x}, cs {:#x})",
                         r.rip, r.rbx, sr.cr2, sr.efer, sr.cs.selector
                     )));
                 }
@@ -291,7 +323,7 @@ impl SyscallLoopVm {
 }
 
 /// Per-syscall cost, hooked and unhooked, as medians over several runs.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy)]
 pub struct HookCost {
     pub unhooked_ns: f64,
     pub hooked_ns: f64,
@@ -311,13 +343,13 @@ pub fn measure(iterations_unhooked: u64, iterations_hooked: u64, runs: usize) ->
     for _ in 0..runs.max(1) {
         let s = vm.run(iterations_unhooked, None)?;
         un.push(s.elapsed.as_nanos() as f64 / s.iterations as f64);
-        let mut seen = 0u64;
-        let mut count = |_rax: u64| seen += 1;
-        let s = vm.run(iterations_hooked, Some(&mut count))?;
-        if seen != iterations_hooked {
-            return Err(Error::Kvm(format!(
-                "hook saw {seen} of {iterations_hooked} syscalls"
-            )));
+        let mut ignore = |_rax: u64| {};
+        let s = vm.run(iterations_hooked, Some(&mut ignore))?;
+        if s.hook_exits != iterations_hooked {
+            return Err(Error::MissedCalls {
+                seen: s.hook_exits,
+                made: iterations_hooked,
+            });
         }
         ho.push(s.elapsed.as_nanos() as f64 / s.iterations as f64);
     }
