@@ -23,12 +23,15 @@
 //! - [`guest_tools`]: the static in-guest helpers (lock probe, ...).
 //! - [`daemon`]: start a vhost-user-fs daemon (fsd, virtiofsd) on a socket
 //!   path or inherited fd, or the monitor's daemon.
+//! - [`authd`]: enroll and run the real authd; [`x11`]: a private Xvfb and
+//!   xdotool, for its dialog.
 //! - [`qemu`]: boot the guest and collect a [`Transcript`].
 //! - [`process`]: children killed on drop, polling with a deadline.
 //!
 //! Cache layout under `$FSD_CACHE` (default `~/.cache/fsd`) is written by
 //! `scripts/install-deps.sh`; see [`paths`].
 
+pub mod authd;
 pub mod cpio;
 pub mod daemon;
 mod elf;
@@ -42,6 +45,7 @@ pub mod prereq;
 pub mod process;
 pub mod qemu;
 pub mod rootfs;
+pub mod x11;
 
 pub use daemon::{Daemon, DaemonSpec, Sandbox};
 pub use error::{Error, Result};
