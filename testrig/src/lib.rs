@@ -26,6 +26,8 @@
 //! - [`authd`]: enroll and run the real authd; [`x11`]: a private Xvfb and
 //!   xdotool, for its dialog.
 //! - [`qemu`]: boot the guest and collect a [`Transcript`].
+//! - [`script`]: the shell helpers of guest scripts, their one output
+//!   format, and the step handshake of a guest that takes turns with the test.
 //! - [`process`]: children killed on drop, polling with a deadline.
 //!
 //! Cache layout under `$FSD_CACHE` (default `~/.cache/fsd`) is written by
@@ -45,6 +47,7 @@ pub mod prereq;
 pub mod process;
 pub mod qemu;
 pub mod rootfs;
+pub mod script;
 pub mod x11;
 
 pub use daemon::{Daemon, DaemonSpec, Sandbox};
@@ -54,3 +57,4 @@ pub use kernel::GuestKernel;
 pub use prereq::{in_ci, require, skip, Need, Prereqs};
 pub use process::{wait_for, Proc};
 pub use qemu::{MemoryBackend, QemuConfig, Transcript, VhostUserFs, Vm};
+pub use script::{Attempt, ScriptedGuest};
