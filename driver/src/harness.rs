@@ -53,14 +53,29 @@ impl Harness {
     /// the install step must have provided it.
     pub fn available(kind: DaemonKind) -> std::result::Result<PathBuf, Unavailable> {
         match Self::available_here(kind) {
-            Err(Unavailable::Skip(m)) if in_ci() => Err(Unavailable::Fail(format!("{m} (CI)"))),
+            Err(Unavailable::Skip(m)) if testrig::in_ci() => {
+                Err(Unavailable::Fail(format!("{m} (CI)")))
+            }
             other => other,
         }
     }
 
+    /// For tests: whether `kind` can be run here. When it cannot, prints
+    /// `SKIP: …` and returns false (testrig's skip rule: under CI it fails
+    /// instead); a missing fsd binary always fails ("build fsd first").
+    pub fn require(kind: DaemonKind) -> bool {
+        match Self::available_here(kind) {
+            Ok(_) => true,
+            Err(Unavailable::Skip(m)) => {
+                testrig::skip::<(), _>(m);
+                false
+            }
+            Err(Unavailable::Fail(m)) => panic!("{m}"),
+        }
+    }
+
     fn available_here(kind: DaemonKind) -> std::result::Result<PathBuf, Unavailable> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !testrig::prereq::is_root() {
             return Err(Unavailable::Skip(format!(
                 "{} needs root (it runs with --sandbox=none and changes credentials)",
                 kind.name()
@@ -134,16 +149,6 @@ impl Harness {
             .cloned()
             .collect()
     }
-}
-
-/// True under CI, where skipping is not allowed.
-pub fn in_ci() -> bool {
-    matches!(
-        std::env::var("CI")
-            .map(|v| v.to_ascii_lowercase())
-            .as_deref(),
-        Ok("true" | "1" | "yes")
-    )
 }
 
 /// Every path under `root` except those under `share`, with type and size.
