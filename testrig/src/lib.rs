@@ -27,7 +27,8 @@
 //!   xdotool, for its dialog.
 //! - [`qemu`]: boot the guest and collect a [`Transcript`].
 //! - [`script`]: the shell helpers of guest scripts, their one output
-//!   format, and the step handshake of a guest that takes turns with the test.
+//!   format, and the step handshake of a guest that takes turns with the test;
+//!   [`shell`]: a shell in a running guest over a second serial port.
 //! - [`process`]: children killed on drop, polling with a deadline.
 //!
 //! Cache layout under `$FSD_CACHE` (default `~/.cache/fsd`) is written by
@@ -48,6 +49,7 @@ pub mod process;
 pub mod qemu;
 pub mod rootfs;
 pub mod script;
+pub mod shell;
 pub mod x11;
 
 pub use daemon::{Daemon, DaemonSpec, Sandbox};
