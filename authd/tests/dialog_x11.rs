@@ -1,6 +1,7 @@
 //! End-to-end tests of the trusted dialog on a real X server (Xvfb), driven
 //! by xdotool as a person would drive it. Each test starts its own Xvfb and
-//! its own `authd serve`. Missing programs make a test print SKIP and pass.
+//! its own `authd serve`. Missing programs make a test print `SKIP: …` and
+//! return (under `CI=true` they fail instead).
 
 mod common;
 
@@ -14,7 +15,7 @@ use authd::dialog::render::{render, View};
 use authd::dialog::{load_font, DialogRequest, FONT_PATH};
 use authd::protocol::{now_unix_ms, DenyReason, EndCause};
 use authd::seal::Seal;
-use common::{Daemon, Xvfb, PASSWORD};
+use common::{Daemon, PASSWORD};
 
 fn request(lifetime_secs: u64) -> AuthRequest {
     AuthRequest {
@@ -49,7 +50,7 @@ fn pixel_difference(a: &[u32], b: &[u32]) -> f64 {
 
 #[test]
 fn right_password_after_focus_delay_grants_and_expiry_is_pushed() {
-    let Some(x) = Xvfb::start("right_password_after_focus_delay_grants_and_expiry_is_pushed")
+    let Some(x) = common::xvfb("right_password_after_focus_delay_grants_and_expiry_is_pushed")
     else {
         return;
     };
@@ -70,8 +71,8 @@ fn right_password_after_focus_delay_grants_and_expiry_is_pushed() {
     let focused = Instant::now();
 
     // Keystrokes aimed elsewhere: Enter right after focus must do nothing.
-    x.type_text(&win, PASSWORD);
-    x.key(&win, "Return");
+    x.type_text(PASSWORD);
+    x.key("Return");
     assert!(
         Instant::now() < focused + Duration::from_millis(3000),
         "machine too slow to test the focus delay"
@@ -88,7 +89,7 @@ fn right_password_after_focus_delay_grants_and_expiry_is_pushed() {
         (focused + Duration::from_millis(3600)).saturating_duration_since(Instant::now()),
     );
     let shot_path = tmp.path().join("live.png");
-    let (w, h, live) = x.screenshot(&win, &shot_path);
+    let live = x.screenshot(&win, &shot_path);
     let font = load_font(std::path::Path::new(FONT_PATH)).unwrap();
     let font = ab_glyph::FontRef::try_from_slice(&font).unwrap();
     let dreq = DialogRequest {
@@ -107,8 +108,12 @@ fn right_password_after_focus_delay_grants_and_expiry_is_pushed() {
         },
         &font,
     );
-    assert_eq!((w, h), (expected.width, expected.height), "window size");
-    let diff = pixel_difference(&live, &expected.pixels);
+    assert_eq!(
+        (live.width, live.height),
+        (expected.width, expected.height),
+        "window size"
+    );
+    let diff = pixel_difference(&live.pixels, &expected.pixels);
     println!(
         "live dialog vs renderer: {:.4}% of pixels differ",
         diff * 100.0
@@ -123,7 +128,7 @@ fn right_password_after_focus_delay_grants_and_expiry_is_pushed() {
         shot_path.display()
     );
 
-    x.key(&win, "Return");
+    x.key("Return");
     let decision = pending.join().unwrap();
     let grant = decision
         .grant()
@@ -163,7 +168,7 @@ fn right_password_after_focus_delay_grants_and_expiry_is_pushed() {
 
 #[test]
 fn wrong_password_denies_and_leads_to_lockout() {
-    let Some(x) = Xvfb::start("wrong_password_denies_and_leads_to_lockout") else {
+    let Some(x) = common::xvfb("wrong_password_denies_and_leads_to_lockout") else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -187,8 +192,8 @@ fn wrong_password_denies_and_leads_to_lockout() {
             .expect("dialog window");
         x.focus(&win);
         thread::sleep(Duration::from_millis(600));
-        x.type_text(&win, "not the password");
-        x.key(&win, "Return");
+        x.type_text("not the password");
+        x.key("Return");
         let decision = pending.join().unwrap();
         assert_eq!(
             decision.deny_reason(),
@@ -216,7 +221,7 @@ fn wrong_password_denies_and_leads_to_lockout() {
 
 #[test]
 fn prompt_flood_is_coalesced_and_rate_limited() {
-    let Some(x) = Xvfb::start("prompt_flood_is_coalesced_and_rate_limited") else {
+    let Some(x) = common::xvfb("prompt_flood_is_coalesced_and_rate_limited") else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -238,7 +243,7 @@ fn prompt_flood_is_coalesced_and_rate_limited() {
     thread::sleep(Duration::from_millis(300));
     assert_eq!(x.dialogs().len(), 1, "one dialog per VM");
     x.focus(&win);
-    x.key(&win, "Escape");
+    x.key("Escape");
     for h in burst {
         assert_eq!(h.join().unwrap().deny_reason(), Some(DenyReason::Cancelled));
     }
@@ -267,7 +272,7 @@ fn prompt_flood_is_coalesced_and_rate_limited() {
 
 #[test]
 fn killed_daemon_denies_and_restarts_with_store_intact() {
-    let Some(x) = Xvfb::start("killed_daemon_denies_and_restarts_with_store_intact") else {
+    let Some(x) = common::xvfb("killed_daemon_denies_and_restarts_with_store_intact") else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -304,8 +309,8 @@ fn killed_daemon_denies_and_restarts_with_store_intact() {
         .expect("dialog window after restart");
     x.focus(&win);
     thread::sleep(Duration::from_millis(600));
-    x.type_text(&win, PASSWORD);
-    x.key(&win, "Return");
+    x.type_text(PASSWORD);
+    x.key("Return");
     let decision = pending.join().unwrap();
     assert!(
         decision.grant().is_some(),
@@ -316,11 +321,11 @@ fn killed_daemon_denies_and_restarts_with_store_intact() {
 #[test]
 fn under_a_window_manager_the_dialog_is_on_top_and_takes_focus() {
     let test = "under_a_window_manager_the_dialog_is_on_top_and_takes_focus";
-    if let Some(m) = common::missing(&["openbox", "xmessage", "xprop"]) {
-        println!("SKIP {test}: {m} is not installed (apt: see scripts/apt/authd.txt)");
+    if let Some(m) = testrig::prereq::missing_program(&["openbox", "xmessage", "xprop"]) {
+        testrig::skip::<(), _>(format!("{test}: {m}"));
         return;
     }
-    let Some(x) = Xvfb::start(test) else {
+    let Some(x) = common::xvfb(test) else {
         return;
     };
     let _wm = x.run("openbox", &[]);
@@ -341,11 +346,7 @@ fn under_a_window_manager_the_dialog_is_on_top_and_takes_focus() {
     let decoy = {
         let mut found = None;
         common::wait_for(Duration::from_secs(20), || {
-            let out = std::process::Command::new("xdotool")
-                .args(["search", "--onlyvisible", "--classname", "decoy"])
-                .env("DISPLAY", &x.display)
-                .output()
-                .unwrap();
+            let out = x.xdotool(&["search", "--onlyvisible", "--classname", "decoy"]);
             found = String::from_utf8_lossy(&out.stdout)
                 .split_whitespace()
                 .next()
@@ -354,11 +355,7 @@ fn under_a_window_manager_the_dialog_is_on_top_and_takes_focus() {
         });
         found.expect("decoy window")
     };
-    let out = std::process::Command::new("xdotool")
-        .args(["windowactivate", "--sync", &decoy])
-        .env("DISPLAY", &x.display)
-        .output()
-        .unwrap();
+    let out = x.xdotool(&["windowactivate", "--sync", &decoy]);
     assert!(out.status.success(), "activating the decoy");
     assert!(common::wait_for(Duration::from_secs(10), || x
         .active_window()
@@ -387,24 +384,10 @@ fn under_a_window_manager_the_dialog_is_on_top_and_takes_focus() {
 
     // No explicit focusing by the test: the keyboard already goes to the dialog.
     thread::sleep(Duration::from_millis(d.cfg.focus_delay_ms + 500));
-    x.type_text(&win, PASSWORD);
+    x.type_text(PASSWORD);
     // Confirm with the mouse on OK this time.
     let ok = authd::dialog::render::OK_BUTTON;
-    let (cx, cy) = (ok.x + ok.w / 2, ok.y + ok.h / 2);
-    let click = std::process::Command::new("xdotool")
-        .args([
-            "mousemove",
-            "--window",
-            &win,
-            &cx.to_string(),
-            &cy.to_string(),
-            "click",
-            "1",
-        ])
-        .env("DISPLAY", &x.display)
-        .status()
-        .unwrap();
-    assert!(click.success());
+    x.click(&win, ok.x + ok.w / 2, ok.y + ok.h / 2);
     let decision = pending.join().unwrap();
     assert!(decision.grant().is_some(), "{decision:?}");
 
@@ -422,7 +405,7 @@ fn under_a_window_manager_the_dialog_is_on_top_and_takes_focus() {
         .active_window()
         .as_deref()
         == Some(&win)));
-    x.key(&win, "alt+F4");
+    x.key("alt+F4");
     assert_eq!(
         pending.join().unwrap().deny_reason(),
         Some(DenyReason::Cancelled)

@@ -15,8 +15,9 @@ use authd::seal::{Rgb, Seal};
 
 fn font_bytes(test: &str) -> Option<Vec<u8>> {
     if !Path::new(FONT_PATH).exists() {
-        println!("SKIP {test}: {FONT_PATH} missing (apt: fonts-dejavu-core)");
-        return None;
+        return testrig::skip(format!(
+            "{test}: {FONT_PATH} missing (apt: fonts-dejavu-core)"
+        ));
     }
     Some(load_font(Path::new(FONT_PATH)).unwrap())
 }

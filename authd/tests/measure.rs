@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use authd::client::AuthRequest;
 use authd::config::PromptRateConfig;
-use common::{median, Daemon, Xvfb, PASSWORD};
+use common::{median, Daemon, PASSWORD};
 
 const RUNS: usize = 31;
 
@@ -44,7 +44,7 @@ fn argon2_verify_time() {
 #[test]
 #[ignore = "measurement; run explicitly with --release"]
 fn prompt_to_window_latency() {
-    let Some(x) = Xvfb::start("prompt_to_window_latency") else {
+    let Some(x) = common::xvfb("prompt_to_window_latency") else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -71,7 +71,7 @@ fn prompt_to_window_latency() {
         let win = x.wait_dialog(Duration::from_secs(30)).expect("dialog");
         client_ms.push(t.elapsed().as_secs_f64() * 1e3);
         x.focus(&win);
-        x.key(&win, "Escape");
+        x.key("Escape");
         h.join().unwrap();
         assert!(common::wait_for(Duration::from_secs(10), || x
             .dialogs()

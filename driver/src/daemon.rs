@@ -3,15 +3,18 @@
 //! Both are started with the same flags (fsd is a drop-in), each on its own
 //! socket in a private temporary directory. A daemon serves one connection and
 //! exits when the driver disconnects, so every test starts a fresh one.
-//! Dropping a [`Daemon`] kills it.
+//! Dropping a [`Daemon`] kills it. Finding the binaries and starting the
+//! process are testrig's ([`testrig::paths`], [`testrig::Daemon`]), shared
+//! with the real-guest tests.
 
-use std::fs::File;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
+
+/// How long a daemon may take to create its socket.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Which daemon a binary is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,91 +34,24 @@ impl DaemonKind {
         }
     }
 
-    /// Finds the binary: `$FSD_BIN` / `$VIRTIOFSD_BIN` first, then the usual
-    /// places. Returns a message that says how to get it otherwise.
+    /// Finds the binary ([`testrig::paths::fsd`], [`testrig::paths::virtiofsd`]).
+    /// Returns a message that says how to get it otherwise.
     pub fn locate(self) -> std::result::Result<PathBuf, String> {
         match self {
-            DaemonKind::Fsd => locate_fsd(),
-            DaemonKind::Virtiofsd => locate_virtiofsd(),
-        }
-    }
-}
-
-fn locate_virtiofsd() -> std::result::Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("VIRTIOFSD_BIN") {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!("VIRTIOFSD_BIN={} does not exist", p.display()))
-        };
-    }
-    let mut candidates = Vec::new();
-    if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(PathBuf::from(home).join(".cache/fsd/virtiofsd/bin/virtiofsd"));
-    }
-    candidates.push(PathBuf::from("/usr/libexec/virtiofsd"));
-    candidates.push(PathBuf::from("/usr/lib/qemu/virtiofsd"));
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            "virtiofsd not found: set VIRTIOFSD_BIN or `cargo install virtiofsd --root ~/.cache/fsd/virtiofsd`"
-                .to_string()
-        })
-}
-
-fn locate_fsd() -> std::result::Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("FSD_BIN") {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!(
-                "FSD_BIN={} does not exist: build fsd first with `cargo build -p fsd`",
-                p.display()
-            ))
-        };
-    }
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        dirs.push(PathBuf::from(t));
-    }
-    // Test and bench executables live in <target>/<profile>/deps/.
-    if let Ok(exe) = std::env::current_exe() {
-        for anc in exe.ancestors().skip(1).take(3) {
-            if anc.join("debug").is_dir() || anc.join("release").is_dir() {
-                dirs.push(anc.to_path_buf());
+            DaemonKind::Fsd => testrig::paths::fsd(),
+            DaemonKind::Virtiofsd => {
+                let p = testrig::paths::virtiofsd();
+                if p.is_file() {
+                    Ok(p)
+                } else {
+                    Err(format!(
+                        "virtiofsd not found at {} (set FSD_VIRTIOFSD, or run scripts/install-deps.sh)",
+                        p.display()
+                    ))
+                }
             }
         }
     }
-    dirs.push(PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../target"
-    )));
-    // Prefer the profile this program was built with, so that a test run
-    // never picks up a stale binary of the other profile first.
-    let exe = std::env::current_exe().unwrap_or_default();
-    let profiles = if exe.components().any(|c| c.as_os_str() == "release") {
-        ["release", "debug"]
-    } else {
-        ["debug", "release"]
-    };
-    for d in &dirs {
-        for profile in profiles {
-            let p = d.join(profile).join("fsd");
-            if p.is_file() {
-                return Ok(p);
-            }
-        }
-    }
-    Err(format!(
-        "fsd binary not found (looked in $FSD_BIN and {}): build fsd first with `cargo build -p fsd`",
-        dirs.iter()
-            .map(|d| d.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))
 }
 
 /// How to start a daemon.
@@ -134,6 +70,10 @@ pub struct DaemonSpec {
     pub rlimit_nofile: Option<u64>,
     /// Further flags.
     pub extra_args: Vec<String>,
+    /// With `--policy` and no `--label-db`, fsd keeps labels in its default
+    /// database (shared by every fsd of the same VM name) only when this is
+    /// set; otherwise the daemon gets a private one beside its log.
+    pub default_label_db: bool,
 }
 
 impl DaemonSpec {
@@ -147,18 +87,17 @@ impl DaemonSpec {
             cache: "auto".into(),
             rlimit_nofile: None,
             extra_args: Vec::new(),
+            default_label_db: false,
         })
     }
 }
 
 /// A running daemon.
 pub struct Daemon {
-    spec: DaemonSpec,
-    child: Child,
+    kind: DaemonKind,
+    process: testrig::Daemon,
     socket: PathBuf,
-    log: PathBuf,
     _dir: tempfile::TempDir,
-    exited: Option<ExitStatus>,
 }
 
 impl Daemon {
@@ -173,68 +112,44 @@ impl Daemon {
             .tempdir()
             .map_err(|e| err(format!("tempdir: {e}")))?;
         let socket = dir.path().join("vhost.sock");
-        let log = dir.path().join("daemon.log");
-        let logf = File::create(&log).map_err(|e| err(format!("log file: {e}")))?;
-        let logf2 = logf
-            .try_clone()
-            .map_err(|e| err(format!("log file: {e}")))?;
-        let mut cmd = Command::new(&spec.binary);
-        cmd.arg(format!("--socket-path={}", socket.display()))
-            .arg(format!("--shared-dir={}", spec.shared_dir.display()))
-            .arg("--sandbox=none")
-            .arg(format!("--cache={}", spec.cache));
+        let mut extra = spec.extra_args.clone();
         if let Some(n) = spec.rlimit_nofile {
-            cmd.arg(format!("--rlimit-nofile={n}"));
-            // SAFETY: setrlimit is async-signal-safe; the closure touches no
-            // shared state.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let lim = libc::rlimit {
-                        rlim_cur: n,
-                        rlim_max: n,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            extra.insert(0, format!("--rlimit-nofile={n}"));
         }
-        cmd.args(&spec.extra_args)
-            .stdin(Stdio::null())
-            .stdout(logf)
-            .stderr(logf2);
-        let child = cmd.spawn().map_err(|e| err(format!("spawn: {e}")))?;
-        let mut d = Daemon {
-            spec,
-            child,
+        let has = |flag: &str| extra.iter().any(|a| a.starts_with(flag));
+        if spec.kind == DaemonKind::Fsd
+            && has("--policy")
+            && !has("--label-db")
+            && !spec.default_label_db
+        {
+            extra.push(format!(
+                "--label-db={}",
+                dir.path().join("labels.db").display()
+            ));
+        }
+        let mut launch = testrig::DaemonSpec::virtiofsd_style(
+            &spec.binary,
+            &socket,
+            &spec.shared_dir,
+            &spec.cache,
+            &extra.iter().map(String::as_str).collect::<Vec<_>>(),
+            dir.path().join("daemon.log"),
+        );
+        launch.rlimit_nofile = spec.rlimit_nofile;
+        launch.ready_timeout = READY_TIMEOUT;
+        let process =
+            testrig::Daemon::spawn_on_path(&launch, &socket).map_err(|e| err(e.to_string()))?;
+        Ok(Daemon {
+            kind: spec.kind,
+            process,
             socket,
-            log,
             _dir: dir,
-            exited: None,
-        };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !d.socket.exists() {
-            if let Some(st) = d.status() {
-                return Err(Error::Daemon {
-                    binary: d.spec.binary.clone(),
-                    reason: format!("exited before listening ({st}); log:\n{}", d.log_tail()),
-                });
-            }
-            if Instant::now() > deadline {
-                return Err(Error::Daemon {
-                    binary: d.spec.binary.clone(),
-                    reason: format!("no socket after 15 s; log:\n{}", d.log_tail()),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(d)
+        })
     }
 
     /// Which daemon this is.
     pub fn kind(&self) -> DaemonKind {
-        self.spec.kind
+        self.kind
     }
 
     /// The vhost-user socket.
@@ -244,56 +159,31 @@ impl Daemon {
 
     /// Process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// Exit status if the daemon has exited, without blocking.
     pub fn status(&mut self) -> Option<ExitStatus> {
-        if self.exited.is_none() {
-            self.exited = self.child.try_wait().ok().flatten();
-        }
-        self.exited
+        self.process.status()
     }
 
     /// Waits up to `timeout` for the daemon to exit on its own.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.status() {
-                return Some(s);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.process.wait_exit(timeout)
     }
 
     /// Whether the daemon died of a signal (a crash, an abort, a seccomp kill).
     pub fn crashed(&mut self) -> Option<i32> {
-        self.status().and_then(|s| s.signal())
+        self.process.crashed()
     }
 
     /// The last lines the daemon logged.
     pub fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        self.process.log_tail(20)
     }
 
     /// Number of open file descriptors of the daemon (from /proc).
     pub fn open_fds(&self) -> Option<usize> {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .ok()
-            .map(|d| d.count())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.status().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.process.open_fds()
     }
 }

@@ -25,6 +25,9 @@ pub struct HarnessOptions {
     pub rlimit_nofile: Option<u64>,
     /// Extra daemon flags.
     pub extra_args: Vec<String>,
+    /// With a policy, let fsd keep its labels where it does by default
+    /// (else each daemon gets a private label database in its scratch dir).
+    pub default_label_db: bool,
 }
 
 /// Why a harness could not be started without it being a failure of the
@@ -53,14 +56,29 @@ impl Harness {
     /// the install step must have provided it.
     pub fn available(kind: DaemonKind) -> std::result::Result<PathBuf, Unavailable> {
         match Self::available_here(kind) {
-            Err(Unavailable::Skip(m)) if in_ci() => Err(Unavailable::Fail(format!("{m} (CI)"))),
+            Err(Unavailable::Skip(m)) if testrig::in_ci() => {
+                Err(Unavailable::Fail(format!("{m} (CI)")))
+            }
             other => other,
         }
     }
 
+    /// For tests: whether `kind` can be run here. When it cannot, prints
+    /// `SKIP: …` and returns false (testrig's skip rule: under CI it fails
+    /// instead); a missing fsd binary always fails ("build fsd first").
+    pub fn require(kind: DaemonKind) -> bool {
+        match Self::available_here(kind) {
+            Ok(_) => true,
+            Err(Unavailable::Skip(m)) => {
+                testrig::skip::<(), _>(m);
+                false
+            }
+            Err(Unavailable::Fail(m)) => panic!("{m}"),
+        }
+    }
+
     fn available_here(kind: DaemonKind) -> std::result::Result<PathBuf, Unavailable> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !testrig::prereq::is_root() {
             return Err(Unavailable::Skip(format!(
                 "{} needs root (it runs with --sandbox=none and changes credentials)",
                 kind.name()
@@ -96,6 +114,7 @@ impl Harness {
         })?;
         spec.rlimit_nofile = opts.rlimit_nofile;
         spec.extra_args = opts.extra_args.clone();
+        spec.default_label_db = opts.default_label_db;
         let daemon = Daemon::spawn(spec)?;
         let device = Device::connect(daemon.socket(), &opts.device).map_err(|e| Error::Daemon {
             binary: PathBuf::from(kind.name()),
@@ -134,16 +153,6 @@ impl Harness {
             .cloned()
             .collect()
     }
-}
-
-/// True under CI, where skipping is not allowed.
-pub fn in_ci() -> bool {
-    matches!(
-        std::env::var("CI")
-            .map(|v| v.to_ascii_lowercase())
-            .as_deref(),
-        Ok("true" | "1" | "yes")
-    )
 }
 
 /// Every path under `root` except those under `share`, with type and size.

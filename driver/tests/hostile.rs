@@ -22,20 +22,9 @@ fn run_all(kind: DaemonKind) -> Vec<driver::hostile::CaseResult> {
     out
 }
 
-fn available(kind: DaemonKind) -> bool {
-    match driver::Harness::available(kind) {
-        Ok(_) => true,
-        Err(driver::harness::Unavailable::Skip(m)) => {
-            eprintln!("SKIP: {m}");
-            false
-        }
-        Err(driver::harness::Unavailable::Fail(m)) => panic!("{m}"),
-    }
-}
-
 #[test]
 fn fsd_survives_every_hostile_request() {
-    if !available(DaemonKind::Fsd) {
+    if !driver::Harness::require(DaemonKind::Fsd) {
         return;
     }
     let failed: Vec<String> = run_all(DaemonKind::Fsd)
@@ -48,7 +37,7 @@ fn fsd_survives_every_hostile_request() {
 
 #[test]
 fn battery_runs_against_virtiofsd() {
-    if !available(DaemonKind::Virtiofsd) {
+    if !driver::Harness::require(DaemonKind::Virtiofsd) {
         return;
     }
     let results = run_all(DaemonKind::Virtiofsd);

@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use authd_stub::FakeAuthd;
 use driver::fuse::op;
-use driver::harness::Unavailable;
 use driver::{DaemonKind, Harness, HarnessOptions, Request, Session};
 use fuse_backend_rs::abi::fuse_abi::{FsyncIn, GetxattrIn, LkIn, LseekIn, OpenIn, Rename2In};
 
@@ -86,14 +85,8 @@ fn start_in(
     more: &[String],
     fill: impl FnOnce(&Path) -> std::io::Result<()>,
 ) -> Option<Started> {
-    if let Err(u) = Harness::available(DaemonKind::Fsd) {
-        match u {
-            Unavailable::Skip(m) => {
-                println!("SKIP: {m}");
-                return None;
-            }
-            Unavailable::Fail(m) => panic!("{m}"),
-        }
+    if !Harness::require(DaemonKind::Fsd) {
+        return None;
     }
     let mut extra = vec![
         format!("--policy={}", policy(work.path(), mode).display()),
@@ -596,9 +589,7 @@ fn xattr_set(path: &Path, name: &str, value: &[u8]) -> bool {
 /// restart, without any --label-db: labels persist by default.
 #[test]
 fn labels_persist_by_default() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("SKIP: the default label database is root's /var/lib/fsd (not root)");
+    if !Harness::require(DaemonKind::Fsd) {
         return;
     }
     // A VM name of its own, so the default database is this test's alone.
@@ -621,8 +612,7 @@ fn labels_persist_by_default() {
         ],
         ..Default::default()
     };
-    if let Err(Unavailable::Skip(m)) = Harness::available(DaemonKind::Fsd) {
-        println!("SKIP: {m}");
+    if !Harness::require(DaemonKind::Fsd) {
         return;
     }
     // Between the runs the moved tree waits here (same file system, so a

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use authd_client::protocol::DenyReason;
 use authd_stub::FakeAuthd;
-use driver::harness::Unavailable;
 use driver::{DaemonKind, Harness, HarnessOptions, Session};
 use fuse_backend_rs::abi::fuse_abi::SetattrIn;
 
@@ -54,14 +53,8 @@ fn start_with(
     authd: Option<&FakeAuthd>,
     more: &[&str],
 ) -> Option<Harness> {
-    if let Err(u) = Harness::available(DaemonKind::Fsd) {
-        match u {
-            Unavailable::Skip(m) => {
-                println!("SKIP: {m}");
-                return None;
-            }
-            Unavailable::Fail(m) => panic!("{m}"),
-        }
+    if !Harness::require(DaemonKind::Fsd) {
+        return None;
     }
     let mut extra = vec![
         format!("--policy={}", policy(work, mode).display()),

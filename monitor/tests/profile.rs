@@ -1,12 +1,10 @@
 //! Profile extraction against the real guest kernel image.
 
-mod common;
-
 use monitor::kernel::{KernelImage, Profile};
 
 #[test]
 fn profile_from_real_vmlinux() {
-    let Some(vmlinux) = common::vmlinux() else {
+    let Some(vmlinux) = testrig::prereq::vmlinux() else {
         return;
     };
     let image = KernelImage::load(&vmlinux).unwrap();

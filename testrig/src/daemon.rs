@@ -1,4 +1,7 @@
-//! Starting a vhost-user-fs daemon (fsd or virtiofsd) for a guest.
+//! Starting the daemons under test: a vhost-user-fs daemon (fsd or the
+//! reference virtiofsd) for a guest or for the host-side driver, and the
+//! monitor's daemon. (authd, which needs an enrolled store and a display,
+//! has its own launcher in [`crate::authd`].)
 //!
 //! Two ways to hand over the socket, both used in production:
 //! - the daemon creates and listens on `--socket-path` ([`Daemon::spawn_on_path`]);
@@ -13,7 +16,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -32,6 +35,19 @@ pub struct DaemonSpec {
     pub env: Vec<(OsString, OsString)>,
     /// How long it may take to create its socket.
     pub ready_timeout: Duration,
+    /// A file-descriptor limit applied with setrlimit before exec (the
+    /// daemon's own `--rlimit-nofile`, if wanted, goes in `args`).
+    pub rlimit_nofile: Option<u64>,
+}
+
+/// How fsd confines itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sandbox {
+    /// As deployed: its default mount namespace with pivot_root, and seccomp.
+    /// Needs root; without it fsd runs with `--sandbox=none` (said on stdout).
+    Namespace,
+    /// `--sandbox=none`, as virtiofsd is started for side-by-side runs.
+    None,
 }
 
 impl DaemonSpec {
@@ -43,7 +59,68 @@ impl DaemonSpec {
             log: log.into(),
             env: Vec::new(),
             ready_timeout: Duration::from_secs(30),
+            rlimit_nofile: None,
         }
+    }
+
+    /// fsd (`program`: a test's `CARGO_BIN_EXE_fsd`, or [`paths::fsd`])
+    /// serving `share` on `socket` with `--cache=auto`, confined as
+    /// `sandbox`, plus `extra` flags; logs at `RUST_LOG=info`.
+    pub fn fsd<S: AsRef<std::ffi::OsStr>>(
+        program: impl Into<PathBuf>,
+        socket: &Path,
+        share: &Path,
+        sandbox: Sandbox,
+        extra: &[S],
+        log: impl Into<PathBuf>,
+    ) -> Self {
+        let mut args: Vec<OsString> = vec![
+            flag("--socket-path=", socket),
+            flag("--shared-dir=", share),
+            "--cache=auto".into(),
+        ];
+        match sandbox {
+            Sandbox::Namespace if crate::prereq::is_root() => {}
+            Sandbox::Namespace => {
+                println!("note: not root, fsd runs with --sandbox=none");
+                args.push("--sandbox=none".into());
+            }
+            Sandbox::None => args.push("--sandbox=none".into()),
+        }
+        args.extend(extra.iter().map(|a| a.as_ref().to_os_string()));
+        let log = log.into();
+        // With a policy, labels go to a database of this daemon's own
+        // (beside its log) unless the test names one: the default one is
+        // shared by every fsd serving a VM of the same name.
+        let has = |flag: &str| args.iter().any(|a| a.to_string_lossy().starts_with(flag));
+        if has("--policy") && !has("--label-db") {
+            args.push(flag("--label-db=", &log.with_extension("labels.db")));
+        }
+        Self::new(program, args, log).rust_log("info")
+    }
+
+    /// `monitor daemon` on `socket`, with its configuration file (the VMs it
+    /// may attach to) and kernel-profile cache; logs at `RUST_LOG=info`.
+    pub fn monitor(
+        program: impl Into<PathBuf>,
+        config: &Path,
+        profile_cache: &Path,
+        socket: &Path,
+        log: impl Into<PathBuf>,
+    ) -> Self {
+        let args = vec![
+            flag("--config=", config),
+            flag("--profile-cache=", profile_cache),
+            "daemon".into(),
+            flag("--socket=", socket),
+        ];
+        Self::new(program, args, log).rust_log("info")
+    }
+
+    /// Sets `RUST_LOG` for the daemon.
+    pub fn rust_log(mut self, level: &str) -> Self {
+        self.env.push(("RUST_LOG".into(), level.into()));
+        self
     }
 
     /// A daemon speaking virtiofsd's command line (virtiofsd itself or fsd):
@@ -88,6 +165,7 @@ pub struct Daemon {
     child: Child,
     program: String,
     log: PathBuf,
+    exited: Option<ExitStatus>,
 }
 
 impl Daemon {
@@ -107,7 +185,7 @@ impl Daemon {
         let mut d = Self::spawn(spec, None)?;
         let deadline = Instant::now() + spec.ready_timeout;
         loop {
-            if let Some(status) = d.child.try_wait().ok().flatten() {
+            if let Some(status) = d.status() {
                 return Err(Error::DaemonExited {
                     program: d.program.clone(),
                     status: status.to_string(),
@@ -152,21 +230,23 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
-        if let Some((from, to)) = inherit {
-            // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork
-            // and exec, on descriptors this process owns.
+        let rlimit = spec.rlimit_nofile;
+        if inherit.is_some() || rlimit.is_some() {
+            // SAFETY: only async-signal-safe calls (dup2, fcntl, setrlimit)
+            // between fork and exec, on descriptors this process owns.
             unsafe {
                 cmd.pre_exec(move || {
-                    if from == to {
-                        let flags = libc::fcntl(to, libc::F_GETFD);
-                        if flags < 0
-                            || libc::fcntl(to, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
-                        {
+                    if let Some((from, to)) = inherit {
+                        inherit_fd(from, to)?;
+                    }
+                    if let Some(n) = rlimit {
+                        let lim = libc::rlimit {
+                            rlim_cur: n,
+                            rlim_max: n,
+                        };
+                        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                             return Err(std::io::Error::last_os_error());
                         }
-                    } else if libc::dup2(from, to) < 0 {
-                        // dup2 leaves the new descriptor without FD_CLOEXEC.
-                        return Err(std::io::Error::last_os_error());
                     }
                     Ok(())
                 });
@@ -180,6 +260,7 @@ impl Daemon {
             child,
             program: spec.program.display().to_string(),
             log: spec.log.clone(),
+            exited: None,
         })
     }
 
@@ -190,22 +271,40 @@ impl Daemon {
 
     /// Whether it is still running.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.status().is_none()
+    }
+
+    /// The exit status once the daemon has exited, without blocking.
+    pub fn status(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().ok().flatten();
+        }
+        self.exited
+    }
+
+    /// The signal that ended the daemon, if one did (a crash, an abort, a
+    /// seccomp kill).
+    pub fn crashed(&mut self) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        self.status().and_then(|s| s.signal())
     }
 
     /// Waits up to `timeout` for the daemon to exit by itself (a vhost-user
     /// daemon exits when its frontend disconnects); returns the exit status.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        crate::process::wait_for(timeout, || {
+            status = self.status();
+            status.is_some()
+        });
+        status
+    }
+
+    /// Number of descriptors the daemon has open (from /proc).
+    pub fn open_fds(&self) -> Option<usize> {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .ok()
+            .map(|d| d.count())
     }
 
     /// Everything the daemon logged so far.
@@ -215,16 +314,42 @@ impl Daemon {
             .unwrap_or_default()
     }
 
+    /// The last `lines` lines of the log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = self.log_text();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// Path of the log file.
     pub fn log_path(&self) -> &Path {
         &self.log
     }
 }
 
+/// Makes `from` available as `to` in the child, without close-on-exec.
+///
+/// # Safety
+/// Called between fork and exec: only async-signal-safe calls.
+unsafe fn inherit_fd(from: RawFd, to: RawFd) -> std::io::Result<()> {
+    if from == to {
+        let flags = libc::fcntl(to, libc::F_GETFD);
+        if flags < 0 || libc::fcntl(to, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    } else if libc::dup2(from, to) < 0 {
+        // dup2 leaves the new descriptor without FD_CLOEXEC.
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if self.status().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -262,5 +387,19 @@ mod tests {
         let mut d = Daemon::spawn_on_listener(&spec, listener, 5).unwrap();
         assert!(d.wait_exit(Duration::from_secs(10)).is_some());
         assert!(d.log_text().contains("socket:"), "{}", d.log_text());
+    }
+
+    #[test]
+    fn descriptor_limit_is_applied_before_exec() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s.sock");
+        let mut spec = DaemonSpec::new(
+            "/bin/sh",
+            vec!["-c".into(), "ulimit -n; exit 4".into()],
+            dir.path().join("log"),
+        );
+        spec.rlimit_nofile = Some(321);
+        let err = Daemon::spawn_on_path(&spec, &sock).err().unwrap();
+        assert!(err.to_string().contains("321"), "{err}");
     }
 }

@@ -13,13 +13,18 @@
 //! ```
 //!
 //! `FSD_GUEST_DIR` replaces `$FSD_CACHE/guest` (same layout inside).
+//!
+//! The project's own programs (fsd, authd, monitor) are found in the cargo
+//! target directory the running test or tool was built into, so that a test
+//! never runs a binary of another checkout; one variable each overrides that:
+//! `FSD_BIN`, `AUTHD_BIN_DIR` (authd and authd-dialog) and `MONITOR_BIN`.
 
 use std::path::{Path, PathBuf};
 
 /// The cache root: `$FSD_CACHE`, else `$HOME/.cache/fsd`.
 pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("FSD_CACHE").filter(|v| !v.is_empty()) {
-        return PathBuf::from(dir);
+    if let Some(dir) = env_path("FSD_CACHE") {
+        return dir;
     }
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
     Path::new(&home).join(".cache/fsd")
@@ -27,19 +32,112 @@ pub fn cache_dir() -> PathBuf {
 
 /// The unpacked guest kernel: `$FSD_GUEST_DIR`, else `<cache>/guest`.
 pub fn guest_dir() -> PathBuf {
-    match std::env::var_os("FSD_GUEST_DIR").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => cache_dir().join("guest"),
+    env_path("FSD_GUEST_DIR").unwrap_or_else(|| cache_dir().join("guest"))
+}
+
+/// The reference daemon: `$FSD_VIRTIOFSD` (`$VIRTIOFSD_BIN`, its older
+/// name, is still read), else the one `scripts/install-deps.sh` installs with
+/// `cargo install --root <cache>/virtiofsd`, else a distribution's
+/// (`/usr/libexec/virtiofsd`). When none exists this is the cache path, so
+/// that messages name where it is expected.
+pub fn virtiofsd() -> PathBuf {
+    if let Some(p) = env_path("FSD_VIRTIOFSD").or_else(|| env_path("VIRTIOFSD_BIN")) {
+        return p;
+    }
+    let cached = cache_dir().join("virtiofsd/bin/virtiofsd");
+    [
+        cached.clone(),
+        PathBuf::from("/usr/libexec/virtiofsd"),
+        PathBuf::from("/usr/lib/qemu/virtiofsd"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .unwrap_or(cached)
+}
+
+/// The decompressed guest kernel with `.BTF` (`<guest dir>/vmlinux`), which
+/// the monitor reads symbols and structure layouts from.
+pub fn vmlinux() -> PathBuf {
+    guest_dir().join("vmlinux")
+}
+
+/// The fsd binary: `$FSD_BIN`, else `fsd` in the target directory (see
+/// [`built_binary`]). The error says how to build it.
+pub fn fsd() -> Result<PathBuf, String> {
+    built_binary("fsd", "FSD_BIN", "cargo build -p fsd")
+}
+
+/// The monitor binary: `$MONITOR_BIN`, else `monitor` in the target directory.
+pub fn monitor() -> Result<PathBuf, String> {
+    built_binary("monitor", "MONITOR_BIN", "cargo build -p monitor")
+}
+
+/// authd and its dialog program: both in `$AUTHD_BIN_DIR`, else in the
+/// target directory.
+pub fn authd() -> Result<(PathBuf, PathBuf), String> {
+    let build = "cargo build -p authd";
+    let Some(dir) = env_path("AUTHD_BIN_DIR") else {
+        return Ok((
+            target_binary("authd", build)?,
+            target_binary("authd-dialog", build)?,
+        ));
+    };
+    let (authd, dialog) = (dir.join("authd"), dir.join("authd-dialog"));
+    if let Some(p) = [&authd, &dialog].into_iter().find(|p| !p.is_file()) {
+        return Err(format!(
+            "AUTHD_BIN_DIR={}: {} does not exist (`{build}`)",
+            dir.display(),
+            p.display()
+        ));
+    }
+    Ok((authd, dialog))
+}
+
+/// A binary of this workspace: `$var` when set (it must exist), else
+/// [`target_binary`]. The error names `build`, the command that makes it.
+pub fn built_binary(name: &str, var: &str, build: &str) -> Result<PathBuf, String> {
+    match env_path(var) {
+        Some(p) if p.is_file() => Ok(p),
+        Some(p) => Err(format!("{var}={} does not exist (`{build}`)", p.display())),
+        None => target_binary(name, build),
     }
 }
 
-/// The reference daemon installed by `cargo install --root <cache>/virtiofsd`.
-/// `FSD_VIRTIOFSD` overrides it (for a virtiofsd installed elsewhere).
-pub fn virtiofsd() -> PathBuf {
-    match std::env::var_os("FSD_VIRTIOFSD").filter(|v| !v.is_empty()) {
-        Some(p) => PathBuf::from(p),
-        None => cache_dir().join("virtiofsd/bin/virtiofsd"),
+/// `<target>/<profile>/name`, where `<target>` is `CARGO_TARGET_DIR`, the
+/// target directory holding the running executable (tests and benchmarks
+/// live in `<target>/<profile>/deps/`) or `<workspace>/target`. The profile
+/// the running executable was built with is tried first, so that a stale
+/// binary of the other profile is never picked up before it.
+pub fn target_binary(name: &str, build: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = env_path("CARGO_TARGET_DIR").into_iter().collect();
+    for anc in exe.ancestors().skip(1).take(3) {
+        if anc.join("debug").is_dir() || anc.join("release").is_dir() {
+            dirs.push(anc.to_path_buf());
+        }
     }
+    dirs.push(workspace_root().join("target"));
+    dirs.dedup();
+    let profiles = if exe.components().any(|c| c.as_os_str() == "release") {
+        ["release", "debug"]
+    } else {
+        ["debug", "release"]
+    };
+    for d in &dirs {
+        for profile in profiles {
+            let p = d.join(profile).join(name);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    Err(format!(
+        "{name} not found in {}: build it first with `{build}`",
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
 }
 
 /// Built initramfs images, named by the SHA-256 of their content.
@@ -49,18 +147,12 @@ pub fn initramfs_cache() -> PathBuf {
 
 /// The static busybox that goes into every guest (`busybox-static`).
 pub fn busybox() -> PathBuf {
-    match std::env::var_os("FSD_BUSYBOX").filter(|v| !v.is_empty()) {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from("/bin/busybox"),
-    }
+    env_path("FSD_BUSYBOX").unwrap_or_else(|| PathBuf::from("/bin/busybox"))
 }
 
 /// The QEMU binary (`FSD_QEMU` overrides the one on `PATH`).
 pub fn qemu() -> PathBuf {
-    match std::env::var_os("FSD_QEMU").filter(|v| !v.is_empty()) {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from("qemu-system-x86_64"),
-    }
+    env_path("FSD_QEMU").unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"))
 }
 
 /// The workspace root (this crate lives one level below it).
@@ -73,10 +165,14 @@ pub fn workspace_root() -> PathBuf {
 
 /// The cargo target directory in use (`CARGO_TARGET_DIR` or `<workspace>/target`).
 pub fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()) {
-        Some(p) => PathBuf::from(p),
-        None => workspace_root().join("target"),
-    }
+    env_path("CARGO_TARGET_DIR").unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// A non-empty environment variable as a path.
+fn env_path(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 /// Finds `program` on `PATH` (or checks it directly when it has a slash).

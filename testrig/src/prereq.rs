@@ -1,12 +1,16 @@
-//! Prerequisite checks and the skip rule.
+//! Prerequisite checks and the skip rule, for every test of the workspace.
 //!
-//! A test that needs a real guest calls [`require`] first. When something is
-//! missing it prints `SKIP: <reason>` and gets `None`, so it returns without
-//! asserting anything — except in CI (`CI=true` or `CI=1`), where
-//! `scripts/install-deps.sh` must have provided everything and a missing piece
-//! is a failure (panic), never a silent pass.
+//! A test that needs something the machine may lack (a real guest, a
+//! program, a file, root) checks for it first. When it is missing the test
+//! prints `SKIP: <why>` on stdout and returns without asserting anything
+//! ([`skip`]) — except in CI (`CI=true`, `1` or `yes`), where
+//! `scripts/install-deps.sh` must have provided everything and a missing
+//! piece is a failure (panic), never a silent pass. `scripts/test.sh` counts
+//! the `SKIP:` lines as skipped tests. A test that needs a real guest calls
+//! [`require`].
 
-use std::path::PathBuf;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
 
 use crate::kernel::GuestKernel;
 use crate::paths;
@@ -22,6 +26,8 @@ pub enum Need {
     Busybox,
     /// The reference virtiofsd.
     Virtiofsd,
+    /// The decompressed guest kernel (`vmlinux`), for the monitor.
+    Vmlinux,
 }
 
 /// What [`require`] found.
@@ -33,6 +39,8 @@ pub struct Prereqs {
     pub qemu: PathBuf,
     /// virtiofsd, when [`Need::Virtiofsd`] was asked for.
     pub virtiofsd: Option<PathBuf>,
+    /// The decompressed guest kernel, when [`Need::Vmlinux`] was asked for.
+    pub vmlinux: Option<PathBuf>,
 }
 
 /// True when running under CI, where skipping is not allowed.
@@ -70,11 +78,20 @@ pub fn check(needs: &[Need]) -> Result<Prereqs, String> {
     if want_virtiofsd && !virtiofsd.is_file() {
         missing.push(format!("virtiofsd at {}", virtiofsd.display()));
     }
+    let want_vmlinux = needs.contains(&Need::Vmlinux);
+    let vmlinux = paths::vmlinux();
+    if want_vmlinux && !vmlinux.is_file() {
+        missing.push(format!(
+            "decompressed guest kernel at {}",
+            vmlinux.display()
+        ));
+    }
     match (missing.is_empty(), kernel, qemu) {
         (true, Ok(kernel), Some(qemu)) => Ok(Prereqs {
             kernel,
             qemu,
             virtiofsd: want_virtiofsd.then_some(virtiofsd),
+            vmlinux: want_vmlinux.then_some(vmlinux),
         }),
         _ => {
             let list = missing.join("; ");
@@ -91,10 +108,44 @@ pub fn check(needs: &[Need]) -> Result<Prereqs, String> {
 pub fn require(needs: &[Need]) -> Option<Prereqs> {
     match check(needs) {
         Ok(p) => Some(p),
-        Err(reason) if in_ci() => panic!("CI=true and a guest-test prerequisite is {reason}"),
-        Err(reason) => {
-            println!("SKIP: {reason}");
-            None
-        }
+        Err(reason) => skip(reason),
     }
+}
+
+/// The skip rule: prints `SKIP: why` and returns `None`, so that the caller
+/// returns without asserting anything; panics under CI instead.
+pub fn skip<T, W: Display>(why: W) -> Option<T> {
+    if in_ci() {
+        panic!("CI=true and {why}");
+    }
+    println!("SKIP: {why}");
+    None
+}
+
+/// The decompressed guest kernel alone (for tests that read it without
+/// booting a guest), or `None` after printing `SKIP: …`.
+pub fn vmlinux() -> Option<PathBuf> {
+    let p = paths::vmlinux();
+    if p.is_file() {
+        return Some(p);
+    }
+    skip(format!(
+        "no decompressed guest kernel at {} (run scripts/install-deps.sh)",
+        p.display()
+    ))
+}
+
+/// The first of `programs` (names looked up on `PATH`, or paths) that this
+/// machine lacks, with the Debian package list that provides it.
+pub fn missing_program(programs: &[&str]) -> Option<String> {
+    programs
+        .iter()
+        .find(|p| paths::which(Path::new(p)).is_none())
+        .map(|p| format!("{p} is not installed (apt: see scripts/apt/*.txt)"))
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }

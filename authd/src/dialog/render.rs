@@ -38,7 +38,9 @@ impl Rect {
 /// Where the buttons are, for hit testing by the window.
 pub const CANCEL_BUTTON: Rect = Rect::new(324, 320, 100, 34);
 pub const OK_BUTTON: Rect = Rect::new(440, 320, 100, 34);
-const SEAL_BAND: Rect = Rect::new(20, 52, 520, 62);
+/// The band in the seal colour behind the seal phrase; tests find the seal
+/// on a screenshot of the live window by it.
+pub const SEAL_BAND: Rect = Rect::new(20, 52, 520, 62);
 const GUEST_BOX: Rect = Rect::new(20, 178, 520, 86);
 const PASSWORD_FIELD: Rect = Rect::new(130, 276, 410, 30);
 

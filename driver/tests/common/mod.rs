@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use driver::harness::Unavailable;
 use driver::{DaemonKind, Harness, HarnessOptions};
 
 /// Starts `kind` on a fresh share, or prints SKIP (machine lacks root or
@@ -13,13 +12,8 @@ pub fn start(
     opts: &HarnessOptions,
     populate: impl FnOnce(&Path) -> std::io::Result<()>,
 ) -> Option<Harness> {
-    match Harness::available(kind) {
-        Ok(_) => {}
-        Err(Unavailable::Skip(m)) => {
-            eprintln!("SKIP: {m}");
-            return None;
-        }
-        Err(Unavailable::Fail(m)) => panic!("{m}"),
+    if !Harness::require(kind) {
+        return None;
     }
     match Harness::start(kind, opts, populate) {
         Ok(h) => Some(h),
@@ -30,17 +24,9 @@ pub fn start(
 /// Both daemons must be runnable for a side-by-side test; virtiofsd missing
 /// is a SKIP, fsd missing a failure.
 pub fn both_available() -> bool {
-    for kind in [DaemonKind::Virtiofsd, DaemonKind::Fsd] {
-        match Harness::available(kind) {
-            Ok(_) => {}
-            Err(Unavailable::Skip(m)) => {
-                eprintln!("SKIP: {m}");
-                return false;
-            }
-            Err(Unavailable::Fail(m)) => panic!("{m}"),
-        }
-    }
-    true
+    [DaemonKind::Virtiofsd, DaemonKind::Fsd]
+        .into_iter()
+        .all(Harness::require)
 }
 
 /// The standard test tree: a 10000-byte file, a directory with three files,

@@ -1,20 +1,21 @@
-//! Shared helpers of the real-guest tests (`guest_*.rs`): start fsd or the
-//! reference virtiofsd on a share, boot a QEMU TCG guest that runs a script,
-//! and fail with the console and daemon logs when something goes wrong.
+//! Shared helpers of the real-guest tests: start fsd or the reference
+//! virtiofsd on a share, boot a QEMU TCG guest that runs a script, and fail
+//! with the console and daemon logs when something goes wrong.
 //!
 //! Every test first calls [`testrig::require`]: without QEMU, the guest kernel
 //! or virtiofsd it prints `SKIP: …` and returns (run with `--nocapture` to see
 //! it); under `CI=true` a missing prerequisite fails instead.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use std::path::{Path, PathBuf};
 
 use testrig::guest_tools::GuestTools;
-use testrig::{Daemon, DaemonSpec, InitramfsBuilder, Prereqs, QemuConfig, Transcript, Vm};
+use testrig::{Daemon, DaemonSpec, InitramfsBuilder, Prereqs, QemuConfig, Sandbox, Transcript, Vm};
 
 /// Mount tag used by the tests.
 pub const TAG: &str = "share";
+
+/// The fsd binary cargo built for these tests.
+pub const FSD: &str = env!("CARGO_BIN_EXE_fsd");
 
 /// Which vhost-user-fs daemon serves the share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +37,7 @@ impl Server {
     pub fn program(self, env: &Prereqs) -> PathBuf {
         match self {
             Server::Virtiofsd => env.virtiofsd.clone().expect("require(Need::Virtiofsd)"),
-            Server::Fsd => PathBuf::from(env!("CARGO_BIN_EXE_fsd")),
+            Server::Fsd => PathBuf::from(FSD),
         }
     }
 
@@ -50,30 +51,20 @@ impl Server {
         log: &Path,
         extra: &[&str],
     ) -> DaemonSpec {
-        let mut spec =
-            DaemonSpec::virtiofsd_style(self.program(env), socket, share, "auto", extra, log);
-        spec.env.push(("RUST_LOG".into(), "info".into()));
-        spec
+        DaemonSpec::virtiofsd_style(self.program(env), socket, share, "auto", extra, log)
+            .rust_log("info")
     }
 }
 
-/// fsd as deployed: its default sandbox (mount namespace + pivot_root) and
-/// seccomp filter, which need root; unprivileged runs fall back to
-/// `--sandbox=none` (said on stdout).
-pub fn fsd_deployed_spec(socket: &Path, share: &Path, log: &Path) -> DaemonSpec {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let mut args: Vec<std::ffi::OsString> = vec![
-        format!("--socket-path={}", socket.display()).into(),
-        format!("--shared-dir={}", share.display()).into(),
-    ];
-    if !root {
-        println!("note: not root, fsd runs with --sandbox=none");
-        args.push("--sandbox=none".into());
-    }
-    let mut spec = DaemonSpec::new(env!("CARGO_BIN_EXE_fsd"), args, log);
-    spec.env.push(("RUST_LOG".into(), "info".into()));
-    spec
+/// fsd confined as `sandbox`, with `extra` flags (see [`DaemonSpec::fsd`]).
+pub fn fsd_spec<S: AsRef<std::ffi::OsStr>>(
+    sandbox: Sandbox,
+    socket: &Path,
+    share: &Path,
+    log: &Path,
+    extra: &[S],
+) -> DaemonSpec {
+    DaemonSpec::fsd(FSD, socket, share, sandbox, extra, log)
 }
 
 /// A guest run's result with the daemon log kept for failure messages.
@@ -157,6 +148,33 @@ pub fn share_in(dir: &Path, name: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::create_dir_all(&p).unwrap();
     p
+}
+
+/// A policy under which `secret/**` belongs to alice and is asked for (VM
+/// `vm1` acts for alice): fsd waits `ask_timeout_secs` for authd, grants
+/// last `grant_secs`, and the guest may cache as `cache` says.
+pub fn asking_policy(ask_timeout_secs: u64, cache: &str, grant_secs: u64) -> String {
+    format!(
+        r#"version = 1
+
+[defaults]
+ask_timeout_secs = {ask_timeout_secs}
+
+[[principal]]
+name = "alice"
+
+[[vm]]
+name = "vm1"
+principal = "alice"
+
+[[rule]]
+path = "secret/**"
+owner = "alice"
+without_grant = "ask"
+cache = "{cache}"
+grant_secs = {grant_secs}
+"#
+    )
 }
 
 /// Asserts that every line of `expected` appears in `output`, in order.

@@ -6,14 +6,12 @@
 //! battery (`driver/src/hostile.rs`), since a stock guest kernel refuses
 //! them itself.
 
-mod common;
-
-use common::{run_script, share_in, Server};
+use crate::common::{run_script, share_in, Server};
 use testrig::initramfs::GUEST_PASSWD;
+use testrig::script::with_prelude;
 use testrig::{require, Need};
 
 const SCRIPT: &str = r#"
-t() { l=$1; shift; if o=$("$@" 2>&1); then echo "$l: ok${o:+ $o}"; else echo "$l: fail $o"; fi; }
 ln -s /etc/passwd abs.lnk
 ln -s ../../../../../../../etc/passwd rel.lnk
 echo "abs: $(head -n1 abs.lnk)"
@@ -49,10 +47,10 @@ fn guest_resolves_symlinks_itself_and_refuses_bad_names() {
         let share = share_in(dir.path(), server.name());
         // A link planted on the host side, as an administrator might.
         std::os::unix::fs::symlink("/etc/passwd", share.join("host-made.lnk")).unwrap();
-        let run = run_script(&env, server, &share, SCRIPT, None);
+        let run = run_script(&env, server, &share, &with_prelude(SCRIPT), None);
         let out = run.output().to_string();
         let what = format!("{} transcript", server.name());
-        common::assert_lines_in_order(
+        crate::common::assert_lines_in_order(
             &out,
             &[
                 &format!("abs: {guest_root_line}"),

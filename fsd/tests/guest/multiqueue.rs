@@ -3,9 +3,7 @@
 //! request queue (visible as `virtioN-requests.K` interrupt vectors) and
 //! the share works through them.
 
-mod common;
-
-use common::{share_in, Server, TAG};
+use crate::common::{share_in, Server, TAG};
 use testrig::{require, Daemon, InitramfsBuilder, QemuConfig, Vm};
 
 const QUEUES: u32 = 2;

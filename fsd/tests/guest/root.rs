@@ -4,12 +4,10 @@
 //! fsd unconfined (like the other guest tests) and once as it is deployed
 //! (default namespace sandbox and seccomp filter).
 
-mod common;
-
 use std::path::Path;
 
-use common::{boot, Server, TAG};
-use testrig::{require, rootfs, Daemon, DaemonSpec, InitramfsBuilder, Need};
+use crate::common::{boot, fsd_spec, Server, TAG};
+use testrig::{require, rootfs, Daemon, DaemonSpec, InitramfsBuilder, Need, Sandbox};
 
 const SCRIPT: &str = "echo \"root: $(grep ' / ' /proc/mounts | cut -d' ' -f1-3)\"\n\
                       echo \"init: $(readlink /proc/1/exe)\"\n\
@@ -36,7 +34,9 @@ fn guest_boots_with_root_on_fsd_as_deployed() {
     let Some(env) = require(&[Need::Busybox]) else {
         return;
     };
-    boot_root_and_check(&env, common::fsd_deployed_spec);
+    boot_root_and_check(&env, |sock, root, log| {
+        fsd_spec(Sandbox::Namespace, sock, root, log, &[] as &[&str])
+    });
 }
 
 fn boot_root_and_check(env: &testrig::Prereqs, spec: impl Fn(&Path, &Path, &Path) -> DaemonSpec) {
@@ -59,7 +59,7 @@ fn boot_root_and_check(env: &testrig::Prereqs, spec: impl Fn(&Path, &Path, &Path
         .output()
         .unwrap_or_else(|e| panic!("{e}\n--- fsd log ---\n{}", daemon.log_text()));
     let bin_entries = std::fs::read_dir(root.join("bin")).unwrap().count();
-    common::assert_lines_in_order(
+    crate::common::assert_lines_in_order(
         out,
         &[
             &format!("root: {TAG} / virtiofs"),

@@ -3,11 +3,9 @@
 //! points QEMU at the same path. Shown with virtiofsd first (the reference
 //! behaviour), then with fsd.
 
-mod common;
-
 use std::os::unix::net::UnixListener;
 
-use common::{boot, share_in, Server, TAG};
+use crate::common::{boot, share_in, Server, TAG};
 use testrig::{require, Daemon, DaemonSpec, InitramfsBuilder, Need};
 
 const FD: i32 = 3;

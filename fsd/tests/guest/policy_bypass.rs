@@ -7,13 +7,12 @@
 //! then checks the host side: content unchanged, nothing created, moved or
 //! linked, and one audit line per refused attempt.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 
-use common::{boot, share_in, Server, TAG};
-use testrig::{require, Daemon, DaemonSpec, InitramfsBuilder, Need};
+use crate::common::{boot, fsd_spec, share_in, Server, TAG};
+use testrig::script::{attempts, with_prelude, Attempt};
+use testrig::{require, Daemon, InitramfsBuilder, Need, Sandbox};
 
 const MARKER: &str = "TOPSECRET-7f3a9c-MARKER";
 
@@ -36,10 +35,10 @@ owner = "alice"
 without_grant = "deny"
 "#;
 
-/// Each line: `<name> ok|FAIL`. Names starting with `pub-` are controls on
-/// an unprotected file and must succeed; every other one must fail.
+/// Each attempt prints `<name>: ok|fail <output>` (testrig's `t`). Names
+/// starting with `pub-` are controls on an unprotected file and must
+/// succeed; every other one must fail.
 const SCRIPT: &str = r##"
-t() { name=$1; shift; if out=$("$@" 2>&1); then echo "$name ok"; else echo "$name FAIL"; fi; echo "# $name: $(echo $out | head -c 120)"; }
 id -u
 t read            cat secret/doc.txt
 t copy            cp secret/doc.txt /tmp/copy
@@ -100,16 +99,15 @@ fn root_in_the_guest_cannot_reach_protected_files() {
     let log = work.path().join("fsd.log");
     let policy_arg = format!("--policy={}", policy.display());
     let audit_arg = format!("--audit-log={}", audit.display());
-    let spec = DaemonSpec::virtiofsd_style(
-        env!("CARGO_BIN_EXE_fsd"),
+    let spec = fsd_spec(
+        Sandbox::None,
         &socket,
         &share,
-        "auto",
-        &[&policy_arg, "--vm=vm1", &audit_arg],
         &log,
+        &[&policy_arg, "--vm=vm1", &audit_arg],
     );
     let daemon = Daemon::spawn_on_path(&spec, &socket).unwrap_or_else(|e| panic!("{e}"));
-    let builder = InitramfsBuilder::run_script(TAG, SCRIPT);
+    let builder = InitramfsBuilder::run_script(TAG, &with_prelude(SCRIPT));
     let transcript = boot(&env, &builder, &socket, &daemon, Server::Fsd);
     let out = transcript
         .output()
@@ -121,18 +119,14 @@ fn root_in_the_guest_cannot_reach_protected_files() {
         Some("0"),
         "the guest script runs as root"
     );
-    let results: HashMap<&str, &str> = out
-        .lines()
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(_, r)| *r == "ok" || *r == "FAIL")
-        .collect();
+    let results: HashMap<String, Attempt> = attempts(out).into_iter().collect();
     assert_eq!(results.len(), 26, "every attempt reported:\n{out}");
     let mut refused = 0;
     for (name, result) in &results {
         if name.starts_with("pub-") {
-            assert_eq!(*result, "ok", "control {name} must work:\n{out}");
+            assert!(result.ok, "control {name} must work:\n{out}");
         } else {
-            assert_eq!(*result, "FAIL", "attempt {name} must be refused:\n{out}");
+            assert!(!result.ok, "attempt {name} must be refused:\n{out}");
             refused += 1;
         }
     }

@@ -9,13 +9,11 @@
 //! implement FUSE locks), but a lock held on the host, or by another guest
 //! sharing the directory, is invisible to the guest.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::{assert_lines_in_order, run_script, share_in, Server};
+use crate::common::{assert_lines_in_order, run_script, share_in, Server};
 use testrig::guest_tools::GuestTools;
 use testrig::{require, Need};
 
@@ -89,7 +87,7 @@ fn fsd_locks_exclude_between_guest_processes_and_against_the_host() {
     let Some(env) = require(&[Need::Virtiofsd]) else {
         return;
     };
-    let tools = common::guest_tools();
+    let tools = crate::common::guest_tools();
     let dir = tempfile::tempdir().unwrap();
 
     let reference = run(&env, &tools, Server::Virtiofsd, dir.path());

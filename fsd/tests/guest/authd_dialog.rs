@@ -3,11 +3,11 @@
 //! a real X server (Xvfb), and the test plays the person at the screen with
 //! xdotool. Nothing in between is simulated.
 //!
-//! The guest script and the test take turns: the guest prints
-//! `@@STEP <name>` on its console when it reaches a point the test waits
-//! for, and waits for the test by polling for `public/.go-<name>` on the
-//! share, which the test creates when it is done with its part. Each
-//! attempt in the guest prints one line, `<name> ok|FAIL <output>`.
+//! The guest script and the test take turns (testrig's step handshake): the
+//! guest prints `@@STEP <name>` on its console when it reaches a point the
+//! test waits for, and waits for the test (`await <name>`) until the test
+//! creates `.go-<name>` in the share's root when it is done with its part.
+//! Each attempt in the guest prints one line, `<name>: ok|fail <output>`.
 //!
 //! fsd runs with its default sandbox (mount namespace, seccomp; it reaches
 //! authd through its unsandboxed broker) in some tests and with
@@ -30,17 +30,21 @@
 //! screenshot of the live dialog. Run with `--nocapture` to see the
 //! measured prompt-to-window latency and the guest transcripts.
 
-mod common;
-mod x11;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::TAG;
+use authd::dialog::render::{HEIGHT, SEAL_BAND, WIDTH};
+use authd::dialog::window::TITLE;
+use authd::dialog::FONT_PATH;
 use serde_json::{json, Value};
-use testrig::initramfs::{END_PREFIX, ERROR_PREFIX};
-use testrig::{require, Daemon, DaemonSpec, InitramfsBuilder, Need, Prereqs, QemuConfig, Vm};
-use x11::{Authd, Xvfb, DIALOG_SIZE, SEAL_PROBE};
+use testrig::authd::Authd;
+use testrig::script::with_prelude;
+use testrig::x11::Xvfb;
+use testrig::{
+    require, wait_for, Daemon, InitramfsBuilder, Need, Prereqs, QemuConfig, Sandbox, ScriptedGuest,
+};
+
+use crate::common::{asking_policy, fsd_spec, TAG};
 
 const MARKER: &str = "CONFIDENTIAL-5c1e7d-MARKER";
 const PUBLIC: &str = "public-text-ok";
@@ -55,36 +59,6 @@ const FOCUS_DELAY_MS: u64 = 500;
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);
 const DIALOG_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Shell functions every guest script starts with.
-const PRELUDE: &str = r#"
-step() { echo "@@STEP $1"; }
-# Waits for the test to create public/.go-NAME: its turn is over.
-await() {
-    i=0
-    until [ -e "public/.go-$1" ]; do
-        i=$((i+1))
-        if [ $i -gt 3000 ]; then echo "no go for $1"; exit 1; fi
-        sleep 0.2
-    done
-}
-# One line per attempt: NAME ok|FAIL OUTPUT
-t() {
-    name=$1; shift
-    if out=$("$@" 2>&1); then r=ok; else r=FAIL; fi
-    echo "$name $r $(echo $out | head -c 160)"
-}
-"#;
-
-/// How fsd confines itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sandbox {
-    /// The default: mount namespace + pivot_root and seccomp; authd is
-    /// reached through the broker (needs root; without it, falls back to none).
-    Namespace,
-    /// `--sandbox=none`: fsd connects to authd itself.
-    None,
-}
-
 /// What one test sets up.
 struct Setup<'a> {
     test: &'a str,
@@ -95,19 +69,18 @@ struct Setup<'a> {
     ask_timeout_secs: u64,
     /// authd configuration fields on top of the rig's.
     authd: Value,
-    /// The guest script (after [`PRELUDE`]); runs in the share's root.
+    /// The guest script (after testrig's prelude); runs in the share's root.
     script: &'a str,
 }
 
 /// One guest against fsd against authd, with the test at the screen.
 struct Rig {
     work: tempfile::TempDir,
-    share: PathBuf,
     x: Xvfb,
     authd: Authd,
-    fsd: Daemon,
+    _fsd: Daemon,
     fsd_audit: PathBuf,
-    vm: Option<Vm>,
+    guest: ScriptedGuest,
 }
 
 impl Rig {
@@ -116,53 +89,37 @@ impl Rig {
     /// is missing.
     fn start(s: Setup) -> Option<Rig> {
         let env: Prereqs = require(&[Need::Qemu, Need::Kernel, Need::Busybox])?;
-        let x = Xvfb::start(s.test)?;
+        let x = Xvfb::start(s.test, TITLE, &[Path::new(FONT_PATH)])?;
         let work = tempfile::tempdir().unwrap();
 
+        let (authd_bin, dialog_bin) = testrig::paths::authd().unwrap_or_else(|e| {
+            panic!(
+                "{e} (with the same CARGO_TARGET_DIR as this test), or point \
+                 AUTHD_BIN_DIR at a directory holding authd and authd-dialog"
+            )
+        });
         let mut authd_cfg = json!({
+            "frontend": "dialog",
+            "display": x.display,
+            "dialog_program": dialog_bin,
             "prompt_timeout_secs": 60,
             "focus_delay_ms": FOCUS_DELAY_MS,
         });
         for (k, v) in s.authd.as_object().unwrap() {
             authd_cfg[k] = v.clone();
         }
-        let mut authd = Authd::configure(&work.path().join("authd"), &x.display, authd_cfg);
+        let mut authd = Authd::configure(authd_bin, &work.path().join("authd"), authd_cfg);
         authd.enroll("alice", PASSWORD, PHRASE, SEAL_COLOR);
         authd.start();
 
-        let share = common::share_in(work.path(), "share");
+        let share = crate::common::share_in(work.path(), "share");
         std::fs::create_dir_all(share.join("secret")).unwrap();
         std::fs::create_dir_all(share.join("public")).unwrap();
         std::fs::write(share.join("secret/doc.txt"), MARKER).unwrap();
         std::fs::write(share.join("public/ok.txt"), PUBLIC).unwrap();
         let policy = work.path().join("policy.toml");
-        std::fs::write(
-            &policy,
-            format!(
-                r#"version = 1
-
-[defaults]
-ask_timeout_secs = {ask}
-
-[[principal]]
-name = "alice"
-
-[[vm]]
-name = "vm1"
-principal = "alice"
-
-[[rule]]
-path = "secret/**"
-owner = "alice"
-without_grant = "ask"
-cache = "direct"
-grant_secs = {grant}
-"#,
-                ask = s.ask_timeout_secs,
-                grant = s.grant_secs
-            ),
-        )
-        .unwrap();
+        let policy_text = asking_policy(s.ask_timeout_secs, "direct", s.grant_secs);
+        std::fs::write(&policy, policy_text).unwrap();
         let fsd_audit = work.path().join("fsd-audit.jsonl");
         let socket = work.path().join("fsd.sock");
         let spec = fsd_spec(
@@ -179,8 +136,7 @@ grant_secs = {grant}
         );
         let fsd = Daemon::spawn_on_path(&spec, &socket).unwrap_or_else(|e| panic!("{e}"));
 
-        let script = format!("{PRELUDE}\n{}", s.script);
-        let initrd = InitramfsBuilder::run_script(TAG, &script)
+        let initrd = InitramfsBuilder::run_script(TAG, &with_prelude(s.script))
             .build(&env.kernel)
             .unwrap_or_else(|e| panic!("{e}"));
         let mut cfg = QemuConfig::new(&env.kernel, &initrd).fs(&socket, TAG);
@@ -188,7 +144,13 @@ grant_secs = {grant}
         // wait itself, this only catches a guest that never powers off.
         cfg.timeout = Duration::from_secs(900);
         cfg.console_log = Some(work.path().join("console.log"));
-        let vm = Vm::start(&cfg).unwrap_or_else(|e| panic!("{e}"));
+        let guest = ScriptedGuest::start(&cfg, &share)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .timeout(STEP_TIMEOUT)
+            .log("fsd log", fsd.log_path())
+            .log("fsd audit", &fsd_audit)
+            .log("authd audit", &authd.audit_log)
+            .log("authd log", authd.log_path());
         println!(
             "{}: fsd sandbox {:?}, X on {}, files in {}",
             s.test,
@@ -198,100 +160,36 @@ grant_secs = {grant}
         );
         Some(Rig {
             work,
-            share,
             x,
             authd,
-            fsd,
+            _fsd: fsd,
             fsd_audit,
-            vm: Some(vm),
+            guest,
         })
     }
 
-    fn vm(&mut self) -> &mut Vm {
-        self.vm.as_mut().expect("guest running")
-    }
-
     /// Fails the test with everything needed to see why.
-    fn fail(&mut self, what: &str) -> ! {
-        let console = self.vm.as_ref().map(Vm::console).unwrap_or_default();
-        let tail: Vec<&str> = console.lines().collect();
-        let tail = tail[tail.len().saturating_sub(60)..].join("\n");
-        panic!(
-            "{what}\n--- guest console (tail) ---\n{tail}\n--- fsd log ---\n{}\n\
-             --- fsd audit ---\n{}\n--- authd audit ---\n{}\n--- authd log ---\n{}",
-            self.fsd.log_text(),
-            std::fs::read_to_string(&self.fsd_audit).unwrap_or_default(),
-            self.authd.audit_text(),
-            self.authd.log_text()
-        )
-    }
-
-    /// Waits for the guest to print `@@STEP name`.
-    fn step(&mut self, name: &str) {
-        let needle = format!("@@STEP {name}\n");
-        if !self.vm().wait_for_console(&needle, STEP_TIMEOUT) {
-            self.fail(&format!("the guest did not reach step {name:?}"));
-        }
-    }
-
-    /// Ends the test's turn: the guest's `await name` returns.
-    fn go(&self, name: &str) {
-        std::fs::write(self.share.join(format!("public/.go-{name}")), "").unwrap();
-    }
-
-    /// The rest of the guest's line that starts with `name `, once the
-    /// whole line is on the console.
-    fn line(&mut self, name: &str) -> String {
-        let prefix = format!("\n{name} ");
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        loop {
-            let console = self.vm().console();
-            if let Some(at) = console.find(&prefix) {
-                let rest = &console[at + prefix.len()..];
-                if let Some((line, _)) = rest.split_once('\n') {
-                    return line.to_owned();
-                }
-            }
-            // The script ended (or the guest died) without the line.
-            let ended = [END_PREFIX, ERROR_PREFIX, "Kernel panic"]
-                .iter()
-                .any(|m| console.contains(m));
-            if ended || Instant::now() >= deadline {
-                self.fail(&format!("the guest did not print {name:?}"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The guest's line for attempt `name`, once printed: (ok, output).
-    fn attempt(&mut self, name: &str) -> (bool, String) {
-        let line = self.line(name);
-        match line.split_once(' ') {
-            Some(("ok", rest)) => (true, rest.to_owned()),
-            Some(("FAIL", rest)) => (false, rest.to_owned()),
-            _ if line == "ok" => (true, String::new()),
-            _ if line == "FAIL" => (false, String::new()),
-            _ => self.fail(&format!("malformed line for {name}: {line:?}")),
-        }
+    fn fail(&self, what: &str) -> ! {
+        self.guest.fail(what)
     }
 
     /// Asserts attempt `name` succeeded and printed `want`.
     fn expect_ok(&mut self, name: &str, want: &str) {
-        let (ok, out) = self.attempt(name);
-        if !ok || out != want {
+        let a = self.guest.attempt(name);
+        if !a.ok || a.output != want {
             self.fail(&format!(
-                "{name}: expected success with {want:?}, got ok={ok} {out:?}"
+                "{name}: expected success with {want:?}, got {a:?}"
             ));
         }
     }
 
     /// Asserts attempt `name` failed with EACCES.
     fn expect_eacces(&mut self, name: &str) {
-        let (ok, out) = self.attempt(name);
-        if ok || !out.contains("Permission denied") {
+        let a = self.guest.attempt(name);
+        if a.ok || !a.output.contains("Permission denied") {
             self.fail(&format!(
-                "{name}: expected EACCES, got ok={ok} {out:?} (content leaked: {})",
-                out.contains(MARKER)
+                "{name}: expected EACCES, got {a:?} (content leaked: {})",
+                a.output.contains(MARKER)
             ));
         }
     }
@@ -365,12 +263,7 @@ grant_secs = {grant}
 
     /// Waits for the guest to power off and returns the script's output.
     fn finish(&mut self) -> String {
-        let vm = self.vm.take().expect("guest running");
-        let t = vm.wait().unwrap_or_else(|e| panic!("{e}"));
-        let out = t
-            .output()
-            .unwrap_or_else(|e| panic!("{e}\n--- fsd log ---\n{}", self.fsd.log_text()))
-            .to_owned();
+        let out = self.guest.finish().output.unwrap_or_default();
         for (what, text) in [
             (
                 "fsd audit",
@@ -383,35 +276,6 @@ grant_secs = {grant}
         }
         out
     }
-}
-
-/// fsd's command line: `--sandbox` left at its default (namespace) or none.
-fn fsd_spec(
-    sandbox: Sandbox,
-    socket: &Path,
-    share: &Path,
-    log: &Path,
-    extra: &[String],
-) -> DaemonSpec {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let mut args: Vec<std::ffi::OsString> = vec![
-        format!("--socket-path={}", socket.display()).into(),
-        format!("--shared-dir={}", share.display()).into(),
-        "--cache=auto".into(),
-    ];
-    match sandbox {
-        Sandbox::Namespace if root => {}
-        Sandbox::Namespace => {
-            println!("note: not root, fsd runs with --sandbox=none");
-            args.push("--sandbox=none".into());
-        }
-        Sandbox::None => args.push("--sandbox=none".into()),
-    }
-    args.extend(extra.iter().map(Into::into));
-    let mut spec = DaemonSpec::new(env!("CARGO_BIN_EXE_fsd"), args, log);
-    spec.env.push(("RUST_LOG".into(), "info".into()));
-    spec
 }
 
 /// Asserts that `outcomes` are exactly `want`, in order.
@@ -459,12 +323,12 @@ fn grant_flow(test: &str, sandbox: Sandbox) {
 step ask
 cat secret/doc.txt >/tmp/held 2>&1 &
 held=$!
-echo "held-pid $held"
+echo "held-pid: $held"
 await dialog-up
 t pub-during-prompt cat public/ok.txt
 step pub-done
 wait $held; rc=$?
-if [ $rc = 0 ]; then echo "grant-read ok $(cat /tmp/held)"; else echo "grant-read FAIL $(cat /tmp/held)"; fi
+report grant-read $rc "$(cat /tmp/held)"
 t reread cat secret/doc.txt
 t open-under-grant sh -c 'exec 3< secret/doc.txt'
 exec 3< secret/doc.txt
@@ -484,17 +348,17 @@ step done
     };
     let t0 = Instant::now();
 
-    rig.step("ask");
+    rig.guest.step("ask");
     let asked = Instant::now();
     let win = rig.dialog(1, "the first read");
     let to_window = asked.elapsed();
     assert_eq!(rig.x.dialogs().len(), 1, "one dialog");
 
     // fsd keeps serving the guest while one request waits for the person.
-    rig.go("dialog-up");
-    rig.step("pub-done");
+    rig.guest.go("dialog-up");
+    rig.guest.step("pub-done");
     rig.expect_ok("pub-during-prompt", PUBLIC);
-    if !rig.x.dialogs().contains(&win) || rig.vm().console().contains("grant-read") {
+    if !rig.x.dialogs().contains(&win) || rig.guest.console().contains("grant-read") {
         rig.fail("the protected read finished before anyone answered");
     }
 
@@ -510,7 +374,7 @@ step done
     assert_eq!(p["reason"]["path"], "secret/doc.txt");
     assert_eq!(p["frontend"], "dialog");
     // The pid is guest-reported (shown as unverified), and it is the cat's.
-    let pid = rig.line("held-pid");
+    let pid = rig.guest.line("held-pid");
     assert_eq!(p["reason"]["pid"].to_string(), pid, "{p}");
     let shown_ms = rig.authd.audit("prompt_shown")[0]["latency_ms"].clone();
     println!(
@@ -532,13 +396,15 @@ step done
     }
     // The band is 520x62 px; the phrase covers part of it.
     let seal_px = shot.count(SEAL_RGB);
-    let seal_ok = shot.pixel(SEAL_PROBE.0, SEAL_PROBE.1) == SEAL_RGB && seal_px > 20_000;
-    if (shot.width, shot.height) != DIALOG_SIZE || !seal_ok {
+    // A point inside the seal band, clear of the phrase's glyphs.
+    let probe = ((SEAL_BAND.x + 4) as u32, (SEAL_BAND.y + 4) as u32);
+    let seal_ok = shot.pixel(probe.0, probe.1) == SEAL_RGB && seal_px > 20_000;
+    if (shot.width, shot.height) != (WIDTH, HEIGHT) || !seal_ok {
         // Kept: the temporary directory goes with the test.
         let keep = std::env::temp_dir().join(format!("{test}-dialog.png"));
         std::fs::copy(&png, &keep).unwrap();
         rig.fail(&format!(
-            "the live dialog is {}x{} (want {DIALOG_SIZE:?}) with {seal_px} pixels of \
+            "the live dialog is {}x{} (want {WIDTH}x{HEIGHT}) with {seal_px} pixels of \
              alice's seal colour (want its band, over 20000): see {}",
             shot.width,
             shot.height,
@@ -554,7 +420,7 @@ step done
     );
     rig.x.key("Return");
 
-    rig.step("granted");
+    rig.guest.step("granted");
     rig.expect_ok("grant-read", MARKER);
     rig.expect_ok("reread", MARKER);
     rig.expect_ok("open-under-grant", "");
@@ -573,7 +439,7 @@ step done
 
     // The grant runs out (authd says so); nobody consents again.
     let expired = Duration::from_secs(GRANT_SECS + 60);
-    if !x11::wait_for(expired, || {
+    if !wait_for(expired, || {
         rig.authd
             .audit("grant_ended")
             .iter()
@@ -582,12 +448,12 @@ step done
         rig.fail("the grant did not expire");
     }
     // fsd heard the end (pushed on its subscription).
-    if !x11::wait_for(Duration::from_secs(30), || {
+    if !wait_for(Duration::from_secs(30), || {
         rig.fsd_audit().iter().any(|v| v["op"] == "grant-end")
     }) {
         rig.fail("fsd did not record the grant's end");
     }
-    rig.go("expired");
+    rig.guest.go("expired");
     // The descriptor opened under the grant: its read is refused at once,
     // without a new prompt (only opening again asks).
     rig.expect_eacces("fd-after-expiry");
@@ -599,7 +465,7 @@ step done
     rig.cancel(&win);
     rig.expect_eacces("open-after-expiry");
     rig.expect_ok("pub-after-expiry", PUBLIC);
-    rig.step("done");
+    rig.guest.step("done");
     let out = rig.finish();
     println!("{out}");
 
@@ -664,16 +530,16 @@ step done
     };
     let t0 = Instant::now();
     for (nth, attempt) in [(1, "wrong1"), (2, "wrong2")] {
-        rig.step(attempt);
+        rig.guest.step(attempt);
         let win = rig.dialog(nth, attempt);
         rig.answer(&win, "not alice's password");
         rig.expect_eacces(attempt);
     }
-    rig.step("locked");
+    rig.guest.step("locked");
     rig.expect_eacces("locked");
     rig.expect_ok("pub", PUBLIC);
     assert!(rig.x.dialogs().is_empty(), "no prompt while locked");
-    rig.step("done");
+    rig.guest.step("done");
     let out = rig.finish();
     println!("{out}");
 
@@ -748,8 +614,8 @@ step done
         return;
     };
     let t0 = Instant::now();
-    rig.step("burst");
-    let watcher = x11::Watcher::start(&rig.x.display);
+    rig.guest.step("burst");
+    let watcher = rig.x.watch();
     let win = rig.dialog(1, "the burst");
     // Let every concurrent open reach authd (six forks and execs take a
     // while under TCG), then decline once, well within the prompt timeout.
@@ -760,12 +626,12 @@ step done
     }
     let burst_prompts = rig.authd.audit("prompt").len();
     // Nobody at the screen from here on: prompts time out by themselves.
-    rig.step("loop");
+    rig.guest.step("loop");
     for i in 1..=10 {
         rig.expect_eacces(&format!("loop{i}"));
     }
     rig.expect_ok("pub", PUBLIC);
-    rig.step("done");
+    rig.guest.step("done");
     let (appeared, most) = watcher.finish();
     let out = rig.finish();
     println!("{out}");
@@ -819,13 +685,13 @@ t pub-after-kill cat public/ok.txt
 t while-down cat secret/doc.txt
 step down
 await restarted
-ok=FAIL; i=0
+rc=1; i=0
 while [ $i -lt 60 ]; do
     i=$((i+1))
-    if out=$(cat secret/doc.txt 2>&1); then ok=ok; break; fi
+    if out=$(cat secret/doc.txt 2>&1); then rc=0; break; fi
     sleep 0.5
 done
-echo "after-restart $ok $out"
+report after-restart $rc "$out"
 echo "attempts after restart: $i"
 exec 3< secret/doc.txt
 step granted
@@ -839,7 +705,7 @@ step done
         return;
     };
     let t0 = Instant::now();
-    rig.step("ask");
+    rig.guest.step("ask");
     let win = rig.dialog(1, "the read before the kill");
     rig.authd.kill();
     let killed = Instant::now();
@@ -860,28 +726,28 @@ step done
     rig.gone(&win);
     rig.expect_ok("pub-after-kill", PUBLIC);
     rig.expect_eacces("while-down");
-    rig.step("down");
+    rig.guest.step("down");
     assert_eq!(rig.authd.audit("prompt").len(), 1, "no prompt while down");
 
     rig.authd.start();
-    rig.go("restarted");
+    rig.guest.go("restarted");
     let win = rig.dialog(2, "the read after the restart");
     rig.answer(&win, PASSWORD);
     rig.expect_ok("after-restart", MARKER);
-    rig.step("granted");
+    rig.guest.step("granted");
 
     // The grant has 300 s to run; authd dies; fsd drops it at once.
     rig.authd.kill();
-    if !x11::wait_for(Duration::from_secs(30), || {
+    if !wait_for(Duration::from_secs(30), || {
         rig.fsd_audit().iter().any(|v| v["op"] == "grant-end")
     }) {
         rig.fail("fsd kept the grant after authd died");
     }
-    rig.go("killed-again");
+    rig.guest.go("killed-again");
     rig.expect_eacces("open-after-second-kill");
     rig.expect_eacces("fd-after-second-kill");
     rig.expect_ok("pub-end", PUBLIC);
-    rig.step("done");
+    rig.guest.step("done");
     let out = rig.finish();
     println!("{out}");
 

@@ -4,11 +4,9 @@
 //! machine). The share is served with `--cache=always` so file data stays
 //! in the guest's page cache.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::guest::Guest;
+use crate::common::Guest;
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 

@@ -14,14 +14,15 @@
 //! 3. a remount (`umount; mount`): the share works again and protection
 //!    holds.
 //!
-//! Each attempt prints `<name> ok|FAIL`; the host side is checked after.
+//! Each attempt prints one line (testrig's `t`); the host side is checked
+//! after.
 
-mod common;
-
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{boot, share_in, Server, TAG};
-use testrig::{require, Daemon, DaemonSpec, InitramfsBuilder, Need};
+use crate::common::{boot, fsd_spec, share_in, Server, TAG};
+use testrig::script::{attempts, with_prelude, Attempt};
+use testrig::{require, Daemon, InitramfsBuilder, Need, Sandbox};
 
 const MARKER: &str = "TOPSECRET-5d1e-MARKER";
 
@@ -52,10 +53,9 @@ without_grant = "deny"
 "#;
 
 const SCRIPT: &str = r##"
-t() { name=$1; shift; if out=$("$@" 2>&1); then echo "$name ok"; else echo "$name FAIL"; fi; echo "# $name: $(echo $out | head -c 120)"; }
 # 1. Ancestor swap, then the host saves at the protected path.
-mv box box_old && mkdir -p decoy/secret && mv decoy box && touch .step-swapped
-i=0; while [ ! -e .step-saved ] && [ $i -lt 240 ]; do sleep 0.5; i=$((i+1)); done
+mv box box_old && mkdir -p decoy/secret && mv decoy box && touch .swapped
+await saved
 t swap-saved-seen test -e box/secret/x
 t swap-read cat box/secret/x
 t swap-copy cp box/secret/x /tmp/x
@@ -103,22 +103,15 @@ fn guest_root_cannot_get_through_by_exhaustion_swaps_or_remounts() {
     let audit = work.path().join("audit.log");
     let socket = work.path().join("fsd.sock");
     let log = work.path().join("fsd.log");
-    let mut args: Vec<std::ffi::OsString> = vec![
-        format!("--socket-path={}", socket.display()).into(),
-        format!("--shared-dir={}", share.display()).into(),
-        format!("--policy={}", policy.display()).into(),
+    let args = [
+        format!("--policy={}", policy.display()),
         "--vm=vm1".into(),
-        format!("--audit-log={}", audit.display()).into(),
-        format!("--label-db={}", work.path().join("labels.db").display()).into(),
+        format!("--audit-log={}", audit.display()),
+        format!("--label-db={}", work.path().join("labels.db").display()),
         "--rlimit-nofile=512".into(),
     ];
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("note: not root, fsd runs with --sandbox=none");
-        args.push("--sandbox=none".into());
-    }
-    let mut spec = DaemonSpec::new(env!("CARGO_BIN_EXE_fsd"), args, &log);
-    spec.env.push(("RUST_LOG".into(), "info".into()));
+    // As deployed: the namespace sandbox and seccomp.
+    let spec = fsd_spec(Sandbox::Namespace, &socket, &share, &log, &args);
     let daemon = Daemon::spawn_on_path(&spec, &socket).unwrap_or_else(|e| panic!("{e}"));
 
     // The host's part of the swap: once the guest has swapped, save a file
@@ -126,17 +119,17 @@ fn guest_root_cannot_get_through_by_exhaustion_swaps_or_remounts() {
     let host_share = share.clone();
     let host = std::thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(600);
-        while !host_share.join(".step-swapped").exists() {
+        while !host_share.join(".swapped").exists() {
             if Instant::now() > deadline {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(200));
         }
         std::fs::write(host_share.join("box/secret/x"), MARKER).unwrap();
-        std::fs::write(host_share.join(".step-saved"), b"").unwrap();
+        std::fs::write(host_share.join(".go-saved"), b"").unwrap();
         true
     });
-    let builder = InitramfsBuilder::run_script(TAG, SCRIPT);
+    let builder = InitramfsBuilder::run_script(TAG, &with_prelude(SCRIPT));
     let transcript = boot(&env, &builder, &socket, &daemon, Server::Fsd);
     let out = transcript
         .output()
@@ -145,10 +138,13 @@ fn guest_root_cannot_get_through_by_exhaustion_swaps_or_remounts() {
     assert!(host.join().unwrap(), "the guest never swapped:\n{out}");
     assert!(out.contains("script done"), "{out}");
 
+    let results: HashMap<String, Attempt> = attempts(out).into_iter().collect();
     let outcome = |name: &str| -> &str {
-        out.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("no line for {name}:\n{out}"))
+        match results.get(name) {
+            Some(a) if a.ok => "ok",
+            Some(_) => "FAIL",
+            None => panic!("no line for {name}:\n{out}"),
+        }
     };
     for must_work in [
         "swap-saved-seen",
@@ -159,7 +155,12 @@ fn guest_root_cannot_get_through_by_exhaustion_swaps_or_remounts() {
         "mount",
         "remount-pub-read",
     ] {
-        assert_eq!(outcome(must_work), "ok", "{must_work}:\n{out}\n{}", daemon.log_text());
+        assert_eq!(
+            outcome(must_work),
+            "ok",
+            "{must_work}:\n{out}\n{}",
+            daemon.log_text()
+        );
     }
     for must_fail in [
         "swap-read",
@@ -175,9 +176,15 @@ fn guest_root_cannot_get_through_by_exhaustion_swaps_or_remounts() {
     ] {
         assert_eq!(outcome(must_fail), "FAIL", "{must_fail}:\n{out}");
     }
-    assert!(!out.contains(MARKER), "protected content reached the guest:\n{out}");
+    assert!(
+        !out.contains(MARKER),
+        "protected content reached the guest:\n{out}"
+    );
     // The host side is untouched.
-    assert_eq!(std::fs::read_to_string(share.join("etc/shadow")).unwrap(), MARKER);
+    assert_eq!(
+        std::fs::read_to_string(share.join("etc/shadow")).unwrap(),
+        MARKER
+    );
     assert_eq!(
         std::fs::read_to_string(share.join("etc/passwd")).unwrap(),
         "root:x:0:0\n"

@@ -2,11 +2,9 @@
 //! daemon exits by itself with success, as virtiofsd does (management layers
 //! such as libvirt rely on it instead of tracking the process).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{boot, share_in, Server, TAG};
+use crate::common::{boot, share_in, Server, TAG};
 use testrig::{require, Daemon, InitramfsBuilder, Need};
 
 #[test]

@@ -15,8 +15,8 @@
 //! stand-in (`authd_stub`), so that the test decides when the grant ends.
 //!
 //! The guest reads a 1 MiB protected file whose every 4 KiB block carries
-//! a marker no other run can contain, then waits for the test (it polls for
-//! `public/.go-<step>` on the share). The test finds the marker in guest
+//! a marker no other run can contain, then waits for the test (testrig's
+//! step handshake). The test finds the marker in guest
 //! RAM, ends the grant, and waits until no copy is left anywhere in guest
 //! RAM; then the guest reads a public file, runs a command, and is refused
 //! the protected file, which no grant covers any more.
@@ -27,21 +27,21 @@
 //! `MONITOR_BIN=/path/to/monitor`). Without one of them the test prints
 //! `SKIP: …` and returns, except under `CI=true`, where it fails.
 
-mod authd_stub;
-mod common;
-
-use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use authd_stub::FakeAuthd;
-use common::TAG;
+use testrig::script::with_prelude;
+use testrig::{
+    require, skip, Daemon, DaemonSpec, InitramfsBuilder, MemoryBackend, Need, QemuConfig, Sandbox,
+    ScriptedGuest,
+};
+
+use crate::authd_stub::FakeAuthd;
+use crate::common::{asking_policy, fsd_spec, TAG};
 use monitor_client::report::FlushReport;
-use testrig::initramfs::{END_PREFIX, ERROR_PREFIX};
-use testrig::{require, Daemon, DaemonSpec, InitramfsBuilder, MemoryBackend, Need, QemuConfig, Vm};
 
 /// Size of the protected file: 256 blocks of 4 KiB, each with the marker.
 const FILE_SIZE: usize = 1 << 20;
@@ -54,34 +54,18 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(300);
 /// (the monitor's first request also builds the kernel profile).
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(240);
 
-/// The guest's side. Each attempt prints one line `<name> ok|FAIL <output>`;
-/// nothing the guest prints contains file content. The protected file is
-/// read with busybox cat into /dev/null (sendfile): its content goes into
-/// the page cache and nowhere else, so the page cache is the only place a
-/// copy can be left.
+/// The guest's side (after testrig's prelude). Each attempt prints one line
+/// `<name>: ok|fail <output>`; nothing the guest prints contains file
+/// content. The protected file is read with busybox cat into /dev/null
+/// (sendfile): its content goes into the page cache and nowhere else, so the
+/// page cache is the only place a copy can be left.
 const SCRIPT: &str = r#"
-step() { echo "@@STEP $1"; }
-# Waits for the test to create public/.go-NAME: its turn is over.
-await() {
-    i=0
-    until [ -e "public/.go-$1" ]; do
-        i=$((i+1))
-        if [ $i -gt 3000 ]; then echo "no go for $1"; exit 1; fi
-        sleep 0.2
-    done
-}
-# One line per attempt: NAME ok|FAIL OUTPUT (stdout discarded).
-t() {
-    name=$1; shift
-    if "$@" >/dev/null 2>/tmp/err; then r=ok; else r=FAIL; fi
-    echo "$name $r $(head -c 160 /tmp/err | tr '\n' ' ')"
-}
-t read-granted cat secret/marker.txt
+t read-granted sh -c 'cat secret/marker.txt >/dev/null'
 step cached
 await revoked
-echo "public-read $(cat public/ok.txt)"
-echo "command $(uname -s)"
-t read-revoked cat secret/marker.txt
+echo "public-read: $(cat public/ok.txt)"
+echo "command: $(uname -s)"
+t read-revoked sh -c 'cat secret/marker.txt >/dev/null'
 step done
 "#;
 
@@ -104,50 +88,6 @@ fn marked_file(path: &Path, marker: &str) {
     std::fs::write(path, data).unwrap();
 }
 
-/// Prints why the test cannot run and returns None; fails under `CI=true`.
-fn skip<T>(why: &str) -> Option<T> {
-    if testrig::prereq::in_ci() {
-        panic!("CI=true and {why}");
-    }
-    println!("SKIP: {why}");
-    eprintln!("SKIP: {why}");
-    None
-}
-
-/// The `monitor` binary: `$MONITOR_BIN`, else beside fsd's.
-fn monitor_program() -> Option<PathBuf> {
-    let p = std::env::var_os("MONITOR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_BIN_EXE_fsd"))
-                .parent()
-                .expect("fsd's binary has a directory")
-                .join("monitor")
-        });
-    if p.is_file() {
-        Some(p)
-    } else {
-        skip(&format!(
-            "no monitor binary at {} (`cargo build -p monitor` with the same \
-             CARGO_TARGET_DIR, or set MONITOR_BIN)",
-            p.display()
-        ))
-    }
-}
-
-/// The decompressed guest kernel the monitor reads symbols from.
-fn vmlinux(env: &testrig::Prereqs) -> Option<PathBuf> {
-    let candidates = [
-        env.kernel.vmlinux.clone(),
-        std::env::var_os("MONITOR_VMLINUX").map(PathBuf::from),
-        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/fsd/guest/vmlinux")),
-    ];
-    match candidates.into_iter().flatten().find(|p| p.is_file()) {
-        Some(p) => Some(p),
-        None => skip("no decompressed guest vmlinux (scripts/install-deps.sh makes one)"),
-    }
-}
-
 /// Guest RAM's backing file, removed when the test ends.
 struct ShmFile(PathBuf);
 
@@ -164,59 +104,15 @@ struct Rig {
     monitor_bin: PathBuf,
     mem: ShmFile,
     authd: FakeAuthd,
-    monitor: Daemon,
+    _monitor: Daemon,
     fsd: Daemon,
-    vm: Vm,
+    guest: ScriptedGuest,
 }
 
 impl Rig {
     /// Fails the test with everything needed to see why.
     fn fail(&self, what: &str) -> ! {
-        let console = self.vm.console();
-        let tail: Vec<&str> = console.lines().collect();
-        let tail = tail[tail.len().saturating_sub(60)..].join("\n");
-        panic!(
-            "{what}\n--- guest console (tail) ---\n{tail}\n--- fsd log ---\n{}\n\
-             --- monitor log ---\n{}\n--- fsd audit ---\n{}",
-            self.fsd.log_text(),
-            self.monitor.log_text(),
-            std::fs::read_to_string(self.work.path().join("fsd-audit.jsonl")).unwrap_or_default()
-        )
-    }
-
-    /// Waits for the guest to print `@@STEP name`.
-    fn step(&mut self, name: &str) {
-        let needle = format!("@@STEP {name}\n");
-        if !self.vm.wait_for_console(&needle, STEP_TIMEOUT) {
-            self.fail(&format!("the guest did not reach step {name:?}"));
-        }
-    }
-
-    /// Ends the test's turn: the guest's `await name` returns.
-    fn go(&self, name: &str) {
-        std::fs::write(self.share.join(format!("public/.go-{name}")), "").unwrap();
-    }
-
-    /// The rest of the guest's console line that starts with `name `.
-    fn line(&mut self, name: &str) -> String {
-        let prefix = format!("\n{name} ");
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        loop {
-            let console = self.vm.console();
-            if let Some(at) = console.find(&prefix) {
-                let rest = &console[at + prefix.len()..];
-                if let Some((line, _)) = rest.split_once('\n') {
-                    return line.trim_end().to_owned();
-                }
-            }
-            let ended = [END_PREFIX, ERROR_PREFIX, "Kernel panic"]
-                .iter()
-                .any(|m| console.contains(m));
-            if ended || Instant::now() >= deadline {
-                self.fail(&format!("the guest did not print {name:?}"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.guest.fail(what)
     }
 
     /// Guest-physical addresses of every copy of `marker` in guest RAM,
@@ -245,45 +141,27 @@ impl Rig {
     }
 }
 
-/// `secret/**` belongs to alice, is asked for, and may be cached by the
-/// guest while a grant lasts (the grant outlives the test).
-const POLICY: &str = r#"version = 1
-
-[defaults]
-ask_timeout_secs = 30
-
-[[principal]]
-name = "alice"
-
-[[vm]]
-name = "vm1"
-principal = "alice"
-
-[[rule]]
-path = "secret/**"
-owner = "alice"
-without_grant = "ask"
-cache = "flush"
-grant_secs = 3600
-"#;
-
 /// Writes the share (`secret/marker.txt` carries `marker`), starts the
 /// stand-in authd (granting), the monitor daemon naming the guest, fsd with
 /// the flushing policy, and boots the guest.
 fn start(test: &str, marker: &str) -> Option<Rig> {
-    let env = require(&[Need::Qemu, Need::Kernel, Need::Busybox])?;
-    let vmlinux = vmlinux(&env)?;
-    let monitor_bin = monitor_program()?;
+    let env = require(&[Need::Qemu, Need::Kernel, Need::Busybox, Need::Vmlinux])?;
+    let vmlinux = env.vmlinux.clone()?;
+    let monitor_bin = match testrig::paths::monitor() {
+        Ok(p) => p,
+        Err(e) => return skip(e),
+    };
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
 
-    let share = common::share_in(dir, "share");
+    let share = crate::common::share_in(dir, "share");
     std::fs::create_dir_all(share.join("secret")).unwrap();
     std::fs::create_dir_all(share.join("public")).unwrap();
     std::fs::write(share.join("public/ok.txt"), PUBLIC).unwrap();
     marked_file(&share.join("secret/marker.txt"), marker);
     let policy_path = dir.join("policy.toml");
-    std::fs::write(&policy_path, POLICY).unwrap();
+    // The guest may cache while a grant lasts; the grant outlives the test.
+    std::fs::write(&policy_path, asking_policy(30, "flush", 3600)).unwrap();
 
     let authd = FakeAuthd::start(dir);
     authd.grant.store(true, Ordering::SeqCst);
@@ -306,42 +184,32 @@ fn start(test: &str, marker: &str) -> Option<Rig> {
     .unwrap();
     // The daemon attaches to the VM on its first request, long after boot.
     let monitor_socket = dir.join("monitor.sock");
-    let mut spec = DaemonSpec::new(
+    let spec = DaemonSpec::monitor(
         &monitor_bin,
-        vec![
-            format!("--config={}", monitor_config.display()).into(),
-            format!("--profile-cache={}", dir.join("profiles").display()).into(),
-            "daemon".into(),
-            format!("--socket={}", monitor_socket.display()).into(),
-        ],
+        &monitor_config,
+        &dir.join("profiles"),
+        &monitor_socket,
         dir.join("monitor.log"),
     );
-    spec.env.push(("RUST_LOG".into(), "info".into()));
     let monitor = Daemon::spawn_on_path(&spec, &monitor_socket).unwrap_or_else(|e| panic!("{e}"));
 
     let socket = dir.join("fsd.sock");
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let mut args: Vec<OsString> = vec![
-        format!("--socket-path={}", socket.display()).into(),
-        format!("--shared-dir={}", share.display()).into(),
-        "--cache=auto".into(),
-        format!("--policy={}", policy_path.display()).into(),
-        "--vm=vm1".into(),
-        format!("--audit-log={}", dir.join("fsd-audit.jsonl").display()).into(),
-        format!("--authd-socket={}", authd.socket.display()).into(),
-        format!("--monitor-socket={}", monitor_socket.display()).into(),
-    ];
-    if !root {
-        // The namespace sandbox needs root.
-        println!("note: not root, fsd runs with --sandbox=none");
-        args.push("--sandbox=none".into());
-    }
-    let mut spec = DaemonSpec::new(env!("CARGO_BIN_EXE_fsd"), args, dir.join("fsd.log"));
-    spec.env.push(("RUST_LOG".into(), "info".into()));
+    let spec = fsd_spec(
+        Sandbox::Namespace,
+        &socket,
+        &share,
+        &dir.join("fsd.log"),
+        &[
+            format!("--policy={}", policy_path.display()),
+            "--vm=vm1".into(),
+            format!("--audit-log={}", dir.join("fsd-audit.jsonl").display()),
+            format!("--authd-socket={}", authd.socket.display()),
+            format!("--monitor-socket={}", monitor_socket.display()),
+        ],
+    );
     let fsd = Daemon::spawn_on_path(&spec, &socket).unwrap_or_else(|e| panic!("{e}"));
 
-    let initrd = InitramfsBuilder::run_script(TAG, SCRIPT)
+    let initrd = InitramfsBuilder::run_script(TAG, &with_prelude(SCRIPT))
         .build(&env.kernel)
         .unwrap_or_else(|e| panic!("{e}"));
     let mut cfg = QemuConfig::new(&env.kernel, &initrd).fs(&socket, TAG);
@@ -353,21 +221,22 @@ fn start(test: &str, marker: &str) -> Option<Rig> {
     // never powers off.
     cfg.timeout = Duration::from_secs(900);
     cfg.console_log = Some(dir.join("console.log"));
-    let vm = Vm::start(&cfg).unwrap_or_else(|e| panic!("{e}"));
-    println!(
-        "{test}: fsd sandbox {}, files in {}",
-        if root { "namespace" } else { "none" },
-        dir.display()
-    );
+    let guest = ScriptedGuest::start(&cfg, &share)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .timeout(STEP_TIMEOUT)
+        .log("fsd log", fsd.log_path())
+        .log("monitor log", monitor.log_path())
+        .log("fsd audit", &dir.join("fsd-audit.jsonl"));
+    println!("{test}: files in {}", dir.display());
     Some(Rig {
         work,
         share,
         monitor_bin,
         mem,
         authd,
-        monitor,
+        _monitor: monitor,
         fsd,
-        vm,
+        guest,
     })
 }
 
@@ -384,14 +253,14 @@ fn grant_end_flushes_the_guest_page_cache() {
 
     // 1. The guest reads the protected file under a live grant.
     let booted = Instant::now();
-    rig.step("cached");
+    rig.guest.step("cached");
     println!(
         "guest read the protected file {:?} after start",
         booted.elapsed()
     );
-    let line = rig.line("read-granted");
-    if !line.starts_with("ok") {
-        rig.fail(&format!("read under the grant: {line:?}"));
+    let read = rig.guest.attempt("read-granted");
+    if !read.ok {
+        rig.fail(&format!("read under the grant: {read:?}"));
     }
     if rig.authd.asked.load(Ordering::SeqCst) == 0 {
         rig.fail("fsd never asked authd");
@@ -455,21 +324,21 @@ fn grant_end_flushes_the_guest_page_cache() {
     );
 
     // 4. The guest still works; the file is refused without a grant.
-    rig.go("revoked");
-    rig.step("done");
-    let public = rig.line("public-read");
+    rig.guest.go("revoked");
+    rig.guest.step("done");
+    let public = rig.guest.line("public-read");
     if public != PUBLIC {
         rig.fail(&format!("public read after the flush: {public:?}"));
     }
-    let command = rig.line("command");
+    let command = rig.guest.line("command");
     if command != "Linux" {
         rig.fail(&format!("command after the flush: {command:?}"));
     }
-    let refused = rig.line("read-revoked");
-    if !(refused.starts_with("FAIL") && refused.contains("Permission denied")) {
+    let refused = rig.guest.attempt("read-revoked");
+    if refused.ok || !refused.output.contains("Permission denied") {
         rig.fail(&format!("read after the grant ended: {refused:?}"));
     }
-    if rig.vm.console().contains(&marker) {
+    if rig.guest.console().contains(&marker) {
         rig.fail("the guest printed protected content");
     }
 
@@ -499,10 +368,7 @@ fn grant_end_flushes_the_guest_page_cache() {
     }
 
     // The guest powers off by itself once the script ends.
-    let transcript = match rig.vm.wait() {
-        Ok(t) => t,
-        Err(e) => panic!("guest did not end cleanly: {e}"),
-    };
+    let transcript = rig.guest.finish();
     // The injected calls left the guest kernel without complaint.
     for bad in ["WARNING", "BUG:", "Oops", "sleeping function called"] {
         assert!(

@@ -6,14 +6,12 @@
 //! transcripts to be equal, and also checks key lines against what POSIX says,
 //! so that both daemons being wrong the same way still fails.
 
-mod common;
-
-use common::{assert_lines_in_order, run_script, share_in, Server};
+use crate::common::{assert_lines_in_order, run_script, share_in, Server};
+use testrig::script::with_prelude;
 use testrig::{require, Need};
 
 /// The guest script; cwd is the share.
 const SCRIPT: &str = r#"
-t() { l=$1; shift; if o=$("$@" 2>&1); then echo "$l: ok${o:+ $o}"; else echo "$l: fail $o"; fi; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 echo "== create, write, read back after dropping caches"
 printf 'hello\n' > a.txt
@@ -101,7 +99,7 @@ fn posix_transcript_matches_virtiofsd() {
     let mut outputs = Vec::new();
     for server in [Server::Virtiofsd, Server::Fsd] {
         let share = share_in(dir.path(), server.name());
-        let run = run_script(&env, server, &share, SCRIPT, None);
+        let run = run_script(&env, server, &share, &with_prelude(SCRIPT), None);
         let out = run.output().to_string();
         check_expected(&out, server);
         check_host_side(&share, server);

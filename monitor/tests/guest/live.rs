@@ -4,12 +4,10 @@
 //! machine); the SMBIOS tampering check runs last because it rewrites guest
 //! memory.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use common::guest::{Guest, UUID};
+use crate::common::{Guest, UUID};
 use monitor::vm::Vm;
 use monitor::{process, smbios};
 
