@@ -610,6 +610,7 @@ fn labels_persist_by_default() {
             format!("--policy={}", policy.display()),
             format!("--vm={vm}"),
         ],
+        default_label_db: true,
         ..Default::default()
     };
     if !Harness::require(DaemonKind::Fsd) {
@@ -618,6 +619,7 @@ fn labels_persist_by_default() {
     // Between the runs the moved tree waits here (same file system, so a
     // rename keeps its inodes).
     let parked = work.path().join("parked");
+    let log;
     {
         let mut h = Harness::start(DaemonKind::Fsd, &opts, |p| {
             std::fs::create_dir_all(p.join("vault/sub"))?;
@@ -633,10 +635,11 @@ fn labels_persist_by_default() {
         std::fs::create_dir(share.join("pub")).unwrap();
         std::fs::rename(share.join("vault/sub"), share.join("pub/sub")).unwrap();
         std::fs::rename(share.join("pub"), &parked).unwrap();
+        log = h.daemon.log_tail();
     }
     assert!(
         db.exists(),
-        "the default label database {} exists",
+        "the default label database {} exists; fsd said:\n{log}",
         db.display()
     );
     let mut h = Harness::start(DaemonKind::Fsd, &opts, |p| {
