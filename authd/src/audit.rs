@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::protocol::{now_unix_ms, DenyReason, EndCause, Grant, Reason};
+use authd_client::protocol::{now_unix_ms, DenyReason, EndCause, Grant, Reason};
 
 /// What happened.
 #[derive(Debug, Serialize)]

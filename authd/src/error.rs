@@ -1,5 +1,5 @@
 //! Typed errors of the daemon, the store and the command line. The client
-//! has its own ([`crate::client::ClientError`]) because it never fails open.
+//! has its own ([`authd_client::client::ClientError`]) because it never fails open.
 
 use std::path::PathBuf;
 

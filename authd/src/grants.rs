@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::protocol::{now_unix_ms, EndCause, Grant, RevokeScope};
+use authd_client::protocol::{now_unix_ms, EndCause, Grant, RevokeScope};
 
 struct Entry {
     grant: Grant,

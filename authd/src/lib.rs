@@ -7,39 +7,35 @@
 //! answers with a time-limited grant. Grant ends are pushed to subscribers so
 //! that fsd stops serving as soon as a grant expires or is revoked.
 //!
-//! The wire protocol is described in `docs/authd.md`; [`client`] and
-//! [`grant_cache`] are what fsd
-//! links against.
+//! The wire protocol and the client fsd links live in the `authd-client`
+//! crate (docs/authd.md), so that fsd links no GUI code.
+//!
+//! | concern | module |
+//! |---|---|
+//! | append-only JSON-lines audit of prompts and outcomes (never passwords) | [`audit`] |
+//! | daemon configuration (JSON file, every field defaulted) | [`config`] |
+//! | the trusted dialog: pure renderer, window process, parent side | [`dialog`] |
+//! | typed errors | [`error`] |
+//! | the grant table: lifetimes, revocation, expiry | [`grants`] |
+//! | failure delay and lockout per principal, prompt rate per VM | [`limits`] |
+//! | argon2id hashing and verification | [`password`] |
+//! | asking the person: coalescing, one prompt per VM, dialog or terminal | [`prompt`] |
+//! | the seal: a phrase and colour chosen by the user, shown only by authd | [`seal`] |
+//! | the daemon: socket, peer credential check, request dispatch | [`server`] |
+//! | the root-only credential store with crash-safe atomic replace | [`store`] |
+//! | terminal fallback prompt for hosts without a display | [`tty`] |
 
-// Append-only JSON-lines audit log of prompts and outcomes (never passwords).
 pub mod audit;
-// The protocol and client live in `authd-client`, so fsd can link them
-// without the dialog; re-exported here under their old paths.
-pub use authd_client::{client, grant_cache, protocol};
-// The client fsd uses: authenticate with a timeout, subscribe to grant ends.
-// Daemon configuration (JSON file, every field defaulted).
 pub mod config;
-// The trusted dialog: pure renderer, window process, and the parent side.
 pub mod dialog;
-// Typed errors of the crate.
 pub mod error;
-// For fsd: live grants mirrored from authd through a subscription, fail closed.
-// The grant table: lifetimes, revocation, expiry.
 pub mod grants;
-// Abuse resistance: failure delay and lockout per principal, prompt rate per VM.
 pub mod limits;
-// argon2id hashing and verification of passwords.
 pub mod password;
-// Asking the person: coalescing, one prompt per VM, dialog or terminal.
 pub mod prompt;
-// Wire types of the JSON-lines protocol (version 1).
-// The seal: a phrase and colour chosen by the user, shown only by authd.
 pub mod seal;
-// The daemon: socket, peer credential check, request dispatch.
 pub mod server;
-// The root-only credential store with crash-safe atomic replace.
 pub mod store;
-// Terminal fallback prompt for hosts without a display.
 pub mod tty;
 
 pub use error::{Error, Result};

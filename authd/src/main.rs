@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use authd::client::{AuthRequest, Client, Decision, Denial};
 use authd::config::Config;
-use authd::protocol::{Reason, RevokeScope};
 use authd::seal::{Rgb, Seal};
 use authd::server::Daemon;
 use authd::store::{Authority, Store};
+use authd_client::client::{AuthRequest, Client, Decision, Denial};
+use authd_client::protocol::{Reason, RevokeScope};
 use clap::{Args, Parser, Subcommand};
 use zeroize::Zeroizing;
 

@@ -17,11 +17,11 @@ use crate::grants::GrantTable;
 use crate::limits::{FailState, Faillock, PromptRate};
 use crate::password;
 use crate::prompt::{Answer, Broker, Frontend};
-use crate::protocol::{
+use crate::store::{validate_principal, Store};
+use authd_client::protocol::{
     Call, DenyReason, EndCause, Event, EventKind, Grant, Reason, Reply, ReplyBody, Request,
     RevokeScope, MAX_LINE, VERSION,
 };
-use crate::store::{validate_principal, Store};
 
 /// A connection's write half, shared by request threads and broadcasts.
 struct Conn {

@@ -7,9 +7,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use authd::client::{AuthRequest, ClientError};
 use authd::config::FrontendKind;
-use authd::protocol::DenyReason;
+use authd_client::client::{AuthRequest, ClientError};
+use authd_client::protocol::DenyReason;
 use common::{Daemon, PASSWORD};
 
 fn no_frontend(dir: &std::path::Path) -> authd::config::Config {

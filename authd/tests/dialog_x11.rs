@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use authd::client::{AuthRequest, Decision, Denial};
 use authd::config::{FaillockConfig, PromptRateConfig};
 use authd::dialog::render::{render, View};
 use authd::dialog::{load_font, DialogRequest, FONT_PATH};
-use authd::protocol::{now_unix_ms, DenyReason, EndCause};
 use authd::seal::Seal;
+use authd_client::client::{AuthRequest, Decision, Denial};
+use authd_client::protocol::{now_unix_ms, DenyReason, EndCause};
 use common::{Daemon, PASSWORD};
 
 fn request(lifetime_secs: u64) -> AuthRequest {

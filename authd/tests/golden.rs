@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use ab_glyph::FontRef;
 use authd::dialog::render::{render, Frame, View, HEIGHT, OK_BUTTON, WIDTH};
 use authd::dialog::{load_font, DialogRequest, FONT_PATH};
-use authd::protocol::Reason;
 use authd::seal::{Rgb, Seal};
+use authd_client::protocol::Reason;
 
 fn font_bytes(test: &str) -> Option<Vec<u8>> {
     if !Path::new(FONT_PATH).exists() {

@@ -7,8 +7,8 @@ mod common;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use authd::client::AuthRequest;
 use authd::config::PromptRateConfig;
+use authd_client::client::AuthRequest;
 use common::{median, Daemon, PASSWORD};
 
 const RUNS: usize = 31;

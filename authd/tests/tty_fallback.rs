@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use authd::client::AuthRequest;
 use authd::config::FrontendKind;
-use authd::protocol::{DenyReason, EndCause};
+use authd_client::client::AuthRequest;
+use authd_client::protocol::{DenyReason, EndCause};
 use common::{Daemon, PASSWORD, PHRASE};
 use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
 
@@ -213,7 +213,7 @@ fn tty_prompt_grants_then_revoke_and_lock_push_events() {
 
 #[test]
 fn grant_cache_follows_revokes_and_fails_closed_when_authd_dies() {
-    use authd::grant_cache::{Ended, GrantCache};
+    use authd_client::grant_cache::{Ended, GrantCache};
 
     let pty = Pty::open();
     let tmp = tempfile::tempdir().unwrap();

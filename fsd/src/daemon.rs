@@ -138,12 +138,9 @@ fn load_guard(
     broker: &Arc<Broker>,
 ) -> Result<Arc<Guard>> {
     let policy = Policy::load(&a.policy)?;
-    let vm = policy.vm(&a.vm).ok_or_else(|| {
-        Error::Access(format!(
-            "{} does not declare the VM {:?} ([[vm]] name = ...)",
-            a.policy.display(),
-            a.vm
-        ))
+    let vm = policy.vm(&a.vm).ok_or_else(|| Error::UnknownVm {
+        policy: a.policy.clone(),
+        vm: a.vm.clone(),
     })?;
     info!(
         "policy {}: VM {} used by {}, {} rules",
@@ -156,7 +153,10 @@ fn load_guard(
         Some(p) => {
             let b = broker.clone();
             AuditLog::with_opener(Box::new(move || b.open(Resource::AuditLog).map(File::from)))
-                .map_err(|e| Error::Access(format!("audit log {}: {e}", p.display())))?
+                .map_err(|source| Error::AuditLog {
+                    path: p.clone(),
+                    source,
+                })?
         }
         None => AuditLog::disabled(),
     };
@@ -168,7 +168,12 @@ fn load_guard(
         Ok(s)
     });
     let monitor = match &a.monitor_socket {
-        Some(_) => Some(MonitorLink::start(broker.clone()).map_err(Error::Fs)?),
+        Some(_) => Some(
+            MonitorLink::start(broker.clone()).map_err(|source| Error::Thread {
+                name: "monitor link",
+                source,
+            })?,
+        ),
         None => None,
     };
     // The guard is needed by the grant-end callback, and the grant source by
@@ -229,8 +234,9 @@ fn load_guard(
     // elsewhere must stay protected after a restart (a VM reboot restarts
     // fsd). A database that cannot be opened stops fsd from starting.
     let db = &a.label_db;
-    let db_err = |e: std::io::Error| {
-        Error::Access(format!("label database {}: {e} (--label-db)", db.display()))
+    let db_err = |source: std::io::Error| Error::LabelDb {
+        path: db.clone(),
+        source,
     };
     if let Some(dir) = db.parent() {
         std::fs::create_dir_all(dir).map_err(db_err)?;
@@ -317,7 +323,7 @@ pub fn run(s: Settings) -> Result<()> {
                 limits,
             },
         )
-        .map_err(Error::Fs)
+        .map_err(Error::FileSystem)
     })?;
     sandbox::drop_privileges(file_handles)?;
     if s.sandbox == SandboxMode::None {
@@ -337,10 +343,12 @@ pub fn run(s: Settings) -> Result<()> {
         .map_err(Error::Device)?,
     );
     let mem = AtomicMem::new(GuestMem::new());
-    let mut daemon = VhostUserDaemon::new("fsd".into(), backend, mem)
-        .map_err(|e| Error::Daemon(e.to_string()))?;
+    let mut daemon = VhostUserDaemon::new("fsd".into(), backend, mem).map_err(Error::VhostUser)?;
     if let Some(g) = &guard {
-        signals::spawn_reloader(g.clone()).map_err(Error::Fs)?;
+        signals::spawn_reloader(g.clone()).map_err(|source| Error::Thread {
+            name: "SIGHUP reloader",
+            source,
+        })?;
     }
     let peers = s
         .access
@@ -359,9 +367,7 @@ pub fn run(s: Settings) -> Result<()> {
         s.sandbox
     );
     let mut listener = Listener::from(listener);
-    daemon
-        .start(&mut listener)
-        .map_err(|e| Error::Daemon(e.to_string()))?;
+    daemon.start(&mut listener).map_err(Error::VhostUser)?;
     info!("VMM connected");
     let result = daemon.wait();
     match result {
@@ -372,6 +378,6 @@ pub fn run(s: Settings) -> Result<()> {
             info!("VMM disconnected");
             Ok(())
         }
-        Err(e) => Err(Error::Daemon(e.to_string())),
+        Err(e) => Err(Error::VhostUser(e)),
     }
 }

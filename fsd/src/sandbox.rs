@@ -250,10 +250,11 @@ pub fn confine<T>(
         SandboxMode::Chroot => {
             let built = build(root)?;
             let d = cstr(shared_dir);
-            // SAFETY: valid C strings.
-            check(unsafe { libc::chroot(d.as_ptr()) })
-                .and_then(|_| check(unsafe { libc::chdir(c"/".as_ptr()) }))
-                .map_err(|e| SandboxError::Chroot(shared_dir.into(), e))?;
+            let chroot_err = |e| SandboxError::Chroot(shared_dir.into(), e);
+            // SAFETY: a valid C string.
+            check(unsafe { libc::chroot(d.as_ptr()) }).map_err(chroot_err)?;
+            // SAFETY: a valid C string.
+            check(unsafe { libc::chdir(c"/".as_ptr()) }).map_err(chroot_err)?;
             Ok(built)
         }
         SandboxMode::Namespace => {
@@ -261,18 +262,19 @@ pub fn confine<T>(
             stage_root(shared_dir)?;
             let d = cstr(shared_dir);
             let pivot_err = |e| SandboxError::PivotRoot(shared_dir.into(), e);
-            // SAFETY: valid C strings; the sequence is the documented way
-            // to pivot onto the current directory and drop the old root.
-            check(unsafe { libc::chdir(d.as_ptr()) })
-                .and_then(|_| {
-                    check(unsafe {
-                        libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr())
-                            as libc::c_int
-                    })
-                })
-                .and_then(|_| check(unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) }))
-                .and_then(|_| check(unsafe { libc::chdir(c"/".as_ptr()) }))
-                .map_err(pivot_err)?;
+            // The documented way to pivot onto the current directory and
+            // drop the old root: chdir, pivot_root(".", "."), umount2(".").
+            // SAFETY: a valid C string.
+            check(unsafe { libc::chdir(d.as_ptr()) }).map_err(pivot_err)?;
+            // SAFETY: valid C strings.
+            check(unsafe {
+                libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int
+            })
+            .map_err(pivot_err)?;
+            // SAFETY: a valid C string.
+            check(unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) }).map_err(pivot_err)?;
+            // SAFETY: a valid C string.
+            check(unsafe { libc::chdir(c"/".as_ptr()) }).map_err(pivot_err)?;
             // The root is now the staging tmpfs: `/share` and `/proc`. Mount
             // tables opened now name the share `/share`.
             let share =
@@ -387,10 +389,11 @@ fn kept_caps(file_handles: bool) -> caps::CapsHashSet {
 
 /// Third step: no supplementary groups, only the capabilities needed.
 pub fn drop_privileges(file_handles: bool) -> Result<(), SandboxError> {
-    // SAFETY: plain syscalls.
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(());
     }
+    // SAFETY: an empty group list (size 0, no pointer read).
     check(unsafe { libc::setgroups(0, std::ptr::null()) }).map_err(SandboxError::Groups)?;
     let keep = kept_caps(file_handles);
     let err = |e: caps::errors::CapsError| SandboxError::Caps(e.to_string());

@@ -69,6 +69,8 @@ fn group_id(group: &str) -> Result<u32, SocketError> {
     if gr.is_null() {
         return Err(SocketError::UnknownGroup(group.into()));
     }
+    // SAFETY: `gr` is non-null and points at getgrnam's static storage,
+    // which no other call has overwritten yet.
     Ok(unsafe { (*gr).gr_gid })
 }
 

@@ -10,6 +10,7 @@
 //! it from the back-end.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use log::{error, warn};
@@ -47,7 +48,7 @@ pub struct FsBackend {
     pool: Option<Pool>,
     lock_waiters: LockWaiters,
     mem: RwLock<Option<AtomicMem>>,
-    event_idx: RwLock<bool>,
+    event_idx: AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +84,7 @@ impl FsBackend {
             pool,
             lock_waiters: LockWaiters::default(),
             mem: RwLock::new(None),
-            event_idx: RwLock::new(false),
+            event_idx: AtomicBool::new(false),
         })
     }
 
@@ -163,7 +164,7 @@ impl FsBackend {
             .as_ref()
             .ok_or(DeviceError::NoMemory)?
             .memory();
-        let event_idx = *self.event_idx.read().unwrap();
+        let event_idx = self.event_idx.load(Ordering::Acquire);
         let chains: Vec<Chain> = vring
             .get_mut()
             .get_queue_mut()
@@ -219,7 +220,7 @@ impl VhostUserBackend for FsBackend {
     }
 
     fn set_event_idx(&self, enabled: bool) {
-        *self.event_idx.write().unwrap() = enabled;
+        self.event_idx.store(enabled, Ordering::Release);
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
@@ -262,7 +263,7 @@ impl VhostUserBackend for FsBackend {
         let vring = vrings
             .get(device_event as usize)
             .ok_or(DeviceError::UnknownEvent(device_event))?;
-        if *self.event_idx.read().unwrap() {
+        if self.event_idx.load(Ordering::Acquire) {
             // Process until the guest has stopped adding chains, with
             // notifications off meanwhile (VIRTIO_RING_F_EVENT_IDX).
             loop {

@@ -392,6 +392,7 @@ fn sighup_reloads_and_a_bad_policy_keeps_the_old_one() {
         &policy_path,
         "version = 1\n[[rule]]\npath = \"secret/**\"\nowner = \"nobody\"\n",
     );
+    // SAFETY: signalling the daemon this test started.
     unsafe { libc::kill(pid, libc::SIGHUP) };
     std::thread::sleep(Duration::from_millis(500));
     wait_errno(&mut s, doc, 0, "bad policy refused, old one kept");
@@ -401,6 +402,7 @@ fn sighup_reloads_and_a_bad_policy_keeps_the_old_one() {
         &policy_path,
         &format!("{good}\n[[rule]]\npath = \"public/open\"\nowner = \"alice\"\nwithout_grant = \"deny\"\n"),
     );
+    // SAFETY: signalling the daemon this test started.
     unsafe { libc::kill(pid, libc::SIGHUP) };
     wait_errno(&mut s, open, EACCES, "rule added for a known file");
     wait_errno(&mut s, doc, EACCES, "secret protected again");

@@ -20,8 +20,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::protocol::Reason;
 use crate::seal::Seal;
+use authd_client::protocol::Reason;
 
 /// Font the dialog draws with (Debian package `fonts-dejavu-core`).
 pub const FONT_PATH: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";

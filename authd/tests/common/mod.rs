@@ -7,10 +7,10 @@
 
 use std::path::{Path, PathBuf};
 
-use authd::client::Client;
 use authd::config::Config;
 use authd::dialog::window::TITLE;
 use authd::dialog::FONT_PATH;
+use authd_client::client::Client;
 use testrig::authd::Authd;
 pub use testrig::wait_for;
 pub use testrig::x11::Xvfb;
@@ -127,8 +127,8 @@ pub fn enroll(state_dir: &Path, principal: &str, password: &str) {
     );
 }
 
-pub fn reason() -> authd::protocol::Reason {
-    authd::protocol::Reason {
+pub fn reason() -> authd_client::protocol::Reason {
+    authd_client::protocol::Reason {
         operation: "open".into(),
         path: "/home/alice/notes/secret.txt".into(),
         pid: 4242,

@@ -11,8 +11,10 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{fstat, openat2, Mode, OFlags, ResolveFlags};
 
 /// The share root as fsd sees it, for reopening inodes by their current
 /// host name and for naming them relative to the share.
@@ -40,8 +42,8 @@ impl Confined {
     }
 
     /// The share root's descriptor.
-    pub fn root_fd(&self) -> RawFd {
-        self.root.as_raw_fd()
+    pub fn root_fd(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
     }
 
     /// `path` (the kernel's current name of an inode, as the daemon sees
@@ -88,7 +90,7 @@ impl Confined {
         write: bool,
     ) -> io::Result<File> {
         let rel = self.relative(&name()?)?;
-        let opath = open_beneath(self.root.as_raw_fd(), &rel, libc::O_PATH)?;
+        let opath = open_beneath(self.root.as_fd(), &rel, OFlags::PATH)?;
         let (dev, ino, mode) = identity(&opath)?;
         if (dev, ino) != expect()? {
             return Err(io::Error::from_raw_os_error(libc::ESTALE));
@@ -125,58 +127,29 @@ impl Confined {
     }
 }
 
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_NO_SYMLINKS: u64 = 0x04;
-const RESOLVE_BENEATH: u64 = 0x08;
-
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
 /// Opens `rel` (relative to `dir`) with `flags`, never leaving `dir` and never
 /// following a symlink on the way.
-pub fn open_beneath(dir: RawFd, rel: &Path, flags: i32) -> io::Result<File> {
+pub fn open_beneath(dir: BorrowedFd<'_>, rel: &Path, flags: OFlags) -> io::Result<File> {
     let rel = rel.strip_prefix("/").unwrap_or(rel);
     let rel = if rel.as_os_str().is_empty() {
         Path::new(".")
     } else {
         rel
     };
-    let c = CString::new(std::os::unix::ffi::OsStrExt::as_bytes(rel.as_os_str()))
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let how = OpenHow {
-        flags: (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64,
-        mode: 0,
-        resolve: RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS,
-    };
-    // SAFETY: `how` is a valid open_how of the size passed; `c` is a valid C
-    // string that outlives the call. The returned fd is owned by the File.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir,
-            c.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this fd to us.
-    Ok(unsafe { File::from_raw_fd(fd as RawFd) })
+    let fd = openat2(
+        dir,
+        rel,
+        flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_SYMLINKS,
+    )?;
+    Ok(File::from(fd))
 }
 
-/// `(st_dev, st_ino)` of an open file, to check we opened the intended inode.
-pub fn identity(f: &impl AsRawFd) -> io::Result<(u64, u64, u32)> {
-    // SAFETY: fstat writes into a zeroed stat struct we own.
-    let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat64(f.as_raw_fd(), &mut st) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+/// `(st_dev, st_ino, st_mode)` of an open file, to check we opened the
+/// intended inode.
+pub fn identity(f: &impl AsFd) -> io::Result<(u64, u64, u32)> {
+    let st = fstat(f)?;
     Ok((st.st_dev, st.st_ino, st.st_mode))
 }
 
@@ -195,12 +168,12 @@ mod tests {
         symlink("../outside", share.join("esc")).unwrap();
         symlink("/etc/passwd", share.join("abs")).unwrap();
         let root = File::open(&share).unwrap();
-        let fd = root.as_raw_fd();
-        assert!(open_beneath(fd, Path::new("inside"), libc::O_RDONLY).is_ok());
-        assert!(open_beneath(fd, Path::new("/inside"), libc::O_RDONLY).is_ok());
+        let fd = root.as_fd();
+        assert!(open_beneath(fd, Path::new("inside"), OFlags::RDONLY).is_ok());
+        assert!(open_beneath(fd, Path::new("/inside"), OFlags::RDONLY).is_ok());
         for bad in ["../outside", "esc", "abs", "inside/../../outside"] {
             assert!(
-                open_beneath(fd, Path::new(bad), libc::O_RDONLY).is_err(),
+                open_beneath(fd, Path::new(bad), OFlags::RDONLY).is_err(),
                 "{bad} must not open"
             );
         }

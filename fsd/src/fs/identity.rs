@@ -11,7 +11,9 @@
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use rustix::fs::{statat, statx, AtFlags, StatxFlags};
 
 /// Host identity of an inode: device, inode number and generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,9 +47,19 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
     h.max(1)
 }
 
+/// `AT_EMPTY_PATH` when `path` is empty (the directory itself), and never
+/// following a final symlink.
+fn at_flags(path: &CStr) -> AtFlags {
+    if path.to_bytes().is_empty() {
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW
+    } else {
+        AtFlags::SYMLINK_NOFOLLOW
+    }
+}
+
 /// The generation of the inode `path` names relative to `dir` (not following
 /// a final symlink); an empty `path` means `dir` itself.
-pub fn generation_at(dir: RawFd, path: &CStr) -> io::Result<u64> {
+pub fn generation_at(dir: BorrowedFd<'_>, path: &CStr) -> io::Result<u64> {
     let mut h = RawHandle {
         handle_bytes: MAX_HANDLE_SZ as u32,
         handle_type: 0,
@@ -61,11 +73,11 @@ pub fn generation_at(dir: RawFd, path: &CStr) -> io::Result<u64> {
     };
     // SAFETY: `h` is a file_handle with room for MAX_HANDLE_SZ bytes, as its
     // handle_bytes says; `path` is a valid C string; the kernel writes only
-    // into `h` and `mount_id`.
+    // into `h` and `mount_id`. (rustix has no name_to_handle_at.)
     let r = unsafe {
         libc::syscall(
             libc::SYS_name_to_handle_at,
-            dir,
+            dir.as_raw_fd(),
             path.as_ptr(),
             &mut h as *mut RawHandle,
             &mut mount_id as *mut libc::c_int,
@@ -78,28 +90,14 @@ pub fn generation_at(dir: RawFd, path: &CStr) -> io::Result<u64> {
     }
     let e = io::Error::last_os_error();
     match e.raw_os_error() {
-        Some(libc::EOPNOTSUPP) => birth_time(dir, path, flags),
+        Some(libc::EOPNOTSUPP) => birth_time(dir, path),
         _ => Err(e),
     }
 }
 
-fn birth_time(dir: RawFd, path: &CStr, flags: i32) -> io::Result<u64> {
-    // SAFETY: statx is plain old data, zeroed is a valid value.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: valid fd, C string and output buffer.
-    let r = unsafe {
-        libc::statx(
-            dir,
-            path.as_ptr(),
-            flags | libc::AT_SYMLINK_NOFOLLOW,
-            libc::STATX_BTIME,
-            &mut stx,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if stx.stx_mask & libc::STATX_BTIME == 0 {
+fn birth_time(dir: BorrowedFd<'_>, path: &CStr) -> io::Result<u64> {
+    let stx = statx(dir, path, at_flags(path), StatxFlags::BTIME)?;
+    if stx.stx_mask & StatxFlags::BTIME.bits() == 0 {
         return Ok(0);
     }
     Ok(fnv1a(&[
@@ -110,23 +108,13 @@ fn birth_time(dir: RawFd, path: &CStr, flags: i32) -> io::Result<u64> {
 
 /// `(st_dev, st_ino, st_mode)` of what `path` names relative to `dir`,
 /// without following a final symlink.
-pub fn stat_at(dir: RawFd, path: &CStr) -> io::Result<(u64, u64, u32)> {
-    // SAFETY: stat64 is plain old data, zeroed is a valid value.
-    let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
-    let flags = if path.to_bytes().is_empty() {
-        libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW
-    } else {
-        libc::AT_SYMLINK_NOFOLLOW
-    };
-    // SAFETY: valid fd, C string and output buffer.
-    if unsafe { libc::fstatat64(dir, path.as_ptr(), &mut st, flags) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+pub fn stat_at(dir: BorrowedFd<'_>, path: &CStr) -> io::Result<(u64, u64, u32)> {
+    let st = statat(dir, path, at_flags(path))?;
     Ok((st.st_dev, st.st_ino, st.st_mode))
 }
 
 /// The full identity of what `path` names relative to `dir`.
-pub fn id_at(dir: RawFd, path: &CStr) -> io::Result<(InodeId, u32)> {
+pub fn id_at(dir: BorrowedFd<'_>, path: &CStr) -> io::Result<(InodeId, u32)> {
     let (dev, ino, mode) = stat_at(dir, path)?;
     let gen = generation_at(dir, path)?;
     Ok((InodeId { dev, ino, gen }, mode))
@@ -136,7 +124,7 @@ pub fn id_at(dir: RawFd, path: &CStr) -> io::Result<(InodeId, u32)> {
 mod tests {
     use super::*;
     use std::ffi::CString;
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
 
     #[test]
     fn a_reused_inode_number_gets_another_generation() {
@@ -147,8 +135,8 @@ mod tests {
         // Create and delete until the file system hands out a number again.
         for _ in 0..256 {
             std::fs::write(t.path().join("f"), b"x").unwrap();
-            let (id, _) = id_at(dir.as_raw_fd(), &name).unwrap();
-            assert_eq!(id, id_at(dir.as_raw_fd(), &name).unwrap().0, "stable");
+            let (id, _) = id_at(dir.as_fd(), &name).unwrap();
+            assert_eq!(id, id_at(dir.as_fd(), &name).unwrap().0, "stable");
             if let Some(old) = seen.insert(id.ino, id) {
                 assert_ne!(
                     old.gen, id.gen,

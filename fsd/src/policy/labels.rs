@@ -119,7 +119,7 @@ impl Labels {
                 if let Some(rule) = policy.rule_for(&child_rel) {
                     let gen = std::ffi::CString::new(e.path().as_os_str().as_bytes())
                         .ok()
-                        .and_then(|c| crate::fs::identity::generation_at(libc::AT_FDCWD, &c).ok())
+                        .and_then(|c| crate::fs::identity::generation_at(rustix::fs::CWD, &c).ok())
                         .unwrap_or(0);
                     let id = InodeId {
                         dev: md.dev(),
