@@ -106,30 +106,20 @@ impl NodeTable {
         match nodes.get(&node) {
             Some(n) if n.key == key => {
                 n.lookups.fetch_add(1, Ordering::AcqRel);
-                Ok(false)
+                return Ok(false);
             }
-            Some(_) => {
-                nodes.insert(
-                    node,
-                    Node {
-                        key,
-                        lookups: AtomicU64::new(1),
-                    },
-                );
-                Ok(true)
-            }
-            None if nodes.len() >= self.limits.nodes => Err(enfile()),
-            None => {
-                nodes.insert(
-                    node,
-                    Node {
-                        key,
-                        lookups: AtomicU64::new(1),
-                    },
-                );
-                Ok(true)
-            }
+            None if nodes.len() >= self.limits.nodes => return Err(enfile()),
+            // New, or a new inode under a reused number.
+            _ => {}
         }
+        nodes.insert(
+            node,
+            Node {
+                key,
+                lookups: AtomicU64::new(1),
+            },
+        );
+        Ok(true)
     }
 
     /// Registers the root, which the guest never forgets.

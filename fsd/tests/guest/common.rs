@@ -177,6 +177,20 @@ grant_secs = {grant_secs}
     )
 }
 
+/// A policy under which VM `vm1` acts for alice and each of `paths`
+/// belongs to alice and is denied without a grant.
+pub fn denying_policy(paths: &[&str]) -> String {
+    let mut p = String::from(
+        "version = 1\n\n[[principal]]\nname = \"alice\"\n\n[[vm]]\nname = \"vm1\"\nprincipal = \"alice\"\n",
+    );
+    for path in paths {
+        p.push_str(&format!(
+            "\n[[rule]]\npath = \"{path}\"\nowner = \"alice\"\nwithout_grant = \"deny\"\n"
+        ));
+    }
+    p
+}
+
 /// Asserts that every line of `expected` appears in `output`, in order.
 pub fn assert_lines_in_order(output: &str, expected: &[&str], what: &str) {
     let lines: Vec<&str> = output.lines().collect();

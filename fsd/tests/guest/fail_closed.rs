@@ -20,37 +20,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::common::{boot, fsd_spec, share_in, Server, TAG};
+use crate::common::{boot, denying_policy, fsd_spec, share_in, Server, TAG};
 use testrig::script::{attempts, with_prelude, Attempt};
 use testrig::{require, Daemon, InitramfsBuilder, Need, Sandbox};
 
 const MARKER: &str = "TOPSECRET-5d1e-MARKER";
 
-const POLICY: &str = r#"
-version = 1
-
-[[principal]]
-name = "alice"
-
-[[vm]]
-name = "vm1"
-principal = "alice"
-
-[[rule]]
-path = "vault/**"
-owner = "alice"
-without_grant = "deny"
-
-[[rule]]
-path = "etc/shadow"
-owner = "alice"
-without_grant = "deny"
-
-[[rule]]
-path = "box/secret/x"
-owner = "alice"
-without_grant = "deny"
-"#;
+const PROTECTED: [&str; 3] = ["vault/**", "etc/shadow", "box/secret/x"];
 
 const SCRIPT: &str = r##"
 # 1. Ancestor swap, then the host saves at the protected path.
@@ -99,7 +75,7 @@ fn guest_root_cannot_get_through_by_exhaustion_swaps_or_remounts() {
     std::fs::write(share.join("etc/passwd"), "root:x:0:0\n").unwrap();
     std::fs::write(share.join("pub/open"), "public\n").unwrap();
     let policy = work.path().join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
+    std::fs::write(&policy, denying_policy(&PROTECTED)).unwrap();
     let audit = work.path().join("audit.log");
     let socket = work.path().join("fsd.sock");
     let log = work.path().join("fsd.log");
