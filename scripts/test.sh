@@ -31,7 +31,7 @@ cargo build --workspace --all-targets --locked
 
 step "tests"
 cargo test --workspace --locked --no-fail-fast -- --nocapture 2>&1 | tee target/test-output.log
-for extra in scripts/fuzz-smoke.sh scripts/bench-smoke.sh; do
+for extra in scripts/verify-units.sh scripts/fuzz-smoke.sh scripts/bench-smoke.sh; do
     if [ -x "$extra" ]; then
         step "$extra"
         "$extra"
