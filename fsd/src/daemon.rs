@@ -20,6 +20,7 @@ use crate::broker::{self, Broker, Resource};
 use crate::cli::{AccessControl, CacheMode, InodeFileHandles, SandboxMode, Settings, SocketSpec};
 use crate::dispatch::{AtomicMem, Dispatcher, GuestMem};
 use crate::error::{Error, Result};
+use crate::fs::hostwatch::HostWatch;
 use crate::fs::nodes::Limits;
 use crate::fs::{SharedFs, SharedFsOptions};
 use crate::monitor_link::MonitorLink;
@@ -303,6 +304,11 @@ pub fn run(s: Settings) -> Result<()> {
     };
 
     let root_prefix = sandbox::root_prefix(s.sandbox, &shared);
+    // Only a policy needs to know of renames on the host.
+    let host_watch = match guard {
+        Some(_) => HostWatch::start(&shared),
+        None => HostWatch::disabled(),
+    };
     let cfg = passthrough_config(&s, &root_prefix.to_string_lossy(), file_handles);
     let limits = Limits::for_nofile(nofile, !cfg.inode_file_handles);
     info!(
@@ -321,6 +327,7 @@ pub fn run(s: Settings) -> Result<()> {
                 root_prefix,
                 guard: guard.clone(),
                 limits,
+                host_watch,
             },
         )
         .map_err(Error::FileSystem)

@@ -355,6 +355,10 @@ fn protection_follows_the_host() {
     );
     // Moving any of them away is refused too.
     assert_eq!(errno(s.rename(dsecret, b"x", root, b"x")), EACCES);
+    // The remembered "public" answers were in use, and every host rename
+    // above invalidated them (fs/hostwatch.rs).
+    let log = st.h.daemon.log_tail();
+    assert!(!log.contains("cannot watch renames"), "{log}");
     let audit = std::fs::read_to_string(st.work.path().join("audit.log")).unwrap();
     for p in [
         "vault/new",

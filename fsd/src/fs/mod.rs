@@ -19,6 +19,7 @@
 
 pub mod confine;
 pub mod dirs;
+pub mod hostwatch;
 pub mod identity;
 pub mod locks;
 pub mod names;
@@ -48,6 +49,7 @@ use fuse_backend_rs::transport::FsCacheReqHandler;
 
 use self::confine::Confined;
 use self::dirs::DirTable;
+use self::hostwatch::HostWatch;
 use self::locks::{LockKind, LockRequest, LockTable};
 use self::names::{check_component, check_link_target};
 use self::nodes::{Limits, NodeTable};
@@ -79,6 +81,8 @@ pub struct SharedFs {
     guard: Option<Arc<Guard>>,
     /// The share root, for confined reopening and host names.
     confined: Confined,
+    /// Renames anywhere on the share's file system (see [`hostwatch`]).
+    watch: HostWatch,
 }
 
 /// Settings of [`SharedFs`] beyond those of the passthrough layer.
@@ -96,6 +100,8 @@ pub struct SharedFsOptions {
     pub guard: Option<Arc<Guard>>,
     /// How much one guest may hold.
     pub limits: Limits,
+    /// Renames on the share's file system, when a policy is loaded.
+    pub host_watch: HostWatch,
 }
 
 impl SharedFs {
@@ -128,6 +134,7 @@ impl SharedFs {
             nodes: NodeTable::new(opts.limits),
             guard: opts.guard,
             confined: Confined::new(share, opts.root_prefix)?,
+            watch: opts.host_watch,
         })
     }
 
@@ -594,8 +601,12 @@ impl FileSystem for SharedFs {
         self.check(ctx, newdir, Op::Write, "rename", Access::Request)?;
         self.check_child(ctx, olddir, oldname, Op::Metadata, "rename")?;
         self.check_child(ctx, newdir, newname, Op::Metadata, "rename over")?;
-        self.inner
-            .rename(ctx, olddir, oldname, newdir, newname, flags)
+        let r = self
+            .inner
+            .rename(ctx, olddir, oldname, newdir, newname, flags);
+        // Names changed: remembered answers about unprotected files go.
+        self.watch.bump();
+        r
     }
 
     fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {

@@ -57,6 +57,19 @@ impl Limits {
 struct Node {
     key: InodeKey,
     lookups: AtomicU64,
+    /// The epoch (see `hostwatch`) at which the node was last found
+    /// unprotected; 0 when never.
+    public_at: AtomicU64,
+}
+
+impl Node {
+    fn new(key: InodeKey, lookups: u64) -> Self {
+        Node {
+            key,
+            lookups: AtomicU64::new(lookups),
+            public_at: AtomicU64::new(0),
+        }
+    }
 }
 
 /// Nodes the guest holds, with their lookup counts, and a handle count.
@@ -112,25 +125,16 @@ impl NodeTable {
             // New, or a new inode under a reused number.
             _ => {}
         }
-        nodes.insert(
-            node,
-            Node {
-                key,
-                lookups: AtomicU64::new(1),
-            },
-        );
+        nodes.insert(node, Node::new(key, 1));
         Ok(true)
     }
 
     /// Registers the root, which the guest never forgets.
     pub fn add_root(&self, node: u64, key: InodeKey) {
-        self.nodes.write().unwrap().insert(
-            node,
-            Node {
-                key,
-                lookups: AtomicU64::new(u64::MAX / 2),
-            },
-        );
+        self.nodes
+            .write()
+            .unwrap()
+            .insert(node, Node::new(key, u64::MAX / 2));
     }
 
     /// Gives back `count` lookups of `node`; the node goes when none is left.
@@ -159,6 +163,22 @@ impl NodeTable {
             {
                 nodes.remove(&node);
             }
+        }
+    }
+
+    /// Whether `node` was found unprotected at `epoch`.
+    pub fn public_at(&self, node: u64, epoch: u64) -> bool {
+        self.nodes
+            .read()
+            .unwrap()
+            .get(&node)
+            .is_some_and(|n| n.public_at.load(Ordering::Acquire) == epoch)
+    }
+
+    /// Remembers that `node` was found unprotected at `epoch`.
+    pub fn set_public(&self, node: u64, epoch: u64) {
+        if let Some(n) = self.nodes.read().unwrap().get(&node) {
+            n.public_at.store(epoch, Ordering::Release);
         }
     }
 

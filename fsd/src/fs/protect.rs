@@ -83,13 +83,29 @@ impl SharedFs {
         if let Some(rule) = g.labels.rule_of_key(key) {
             return Ok(Found::Protected { rule, key });
         }
+        // Read before looking, so that a change during the look is seen
+        // by the next check (see `hostwatch`).
+        let epoch = self
+            .watch
+            .epoch()
+            .map(|e| e.wrapping_add(g.generation()).max(1));
+        if let Some(e) = epoch {
+            if self.nodes.public_at(node, e) {
+                return Ok(Found::Public);
+            }
+        }
         let policy = g.policy();
         let located = self
             .host_path(node)
             .and_then(|rel| self.locate(g, &policy, &rel, key));
         Ok(match located {
             Ok(Some(rule)) => Found::Protected { rule, key },
-            Ok(None) => Found::Public,
+            Ok(None) => {
+                if let Some(e) = epoch {
+                    self.nodes.set_public(node, e);
+                }
+                Found::Public
+            }
             Err(e) => Found::Undecided(e),
         })
     }

@@ -94,6 +94,8 @@ pub struct Guard {
     reread: PolicyReader,
     /// The share root as the daemon names it (for rescans on reload).
     share_root: std::path::PathBuf,
+    /// Counts policy reloads.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// Reads the current text of the policy file.
@@ -117,7 +119,15 @@ impl Guard {
             read_under_grant: Mutex::new(HashMap::new()),
             reread,
             share_root,
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// A counter that moves with every change of what protects what: policy
+    /// reloads and labels on directories. Answers remembered under one
+    /// value are not trusted under another.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire) + self.labels.dir_changes()
     }
 
     pub fn vm(&self) -> &str {
@@ -307,6 +317,8 @@ impl Guard {
         let labelled = self.labels.relabel(&new, &self.share_root);
         log::info!("policy reload: {labelled} files match the new rules");
         *self.policy.write().unwrap() = Arc::new(new);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if let Err(e) = self.audit.reopen() {
             log::error!("audit log: {e}");
         }

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -73,6 +73,9 @@ pub struct Labels {
     /// How many labels are on directories: when none are, no access needs
     /// to look for a labelled ancestor.
     dirs: AtomicUsize,
+    /// Counts every change to the set of labelled directories, so that an
+    /// answer remembered before one is not trusted after it.
+    dir_changes: AtomicU64,
     db: Mutex<Option<File>>,
 }
 
@@ -98,6 +101,7 @@ impl Labels {
             by_key: RwLock::default(),
             max,
             dirs: AtomicUsize::new(0),
+            dir_changes: AtomicU64::new(0),
             db: Mutex::new(None),
         }
     }
@@ -154,6 +158,9 @@ impl Labels {
         }
         if dir {
             self.dirs.fetch_add(1, Ordering::Relaxed);
+        }
+        if old != Some(new) && (dir || old.is_some_and(|o| o.dir)) {
+            self.dir_changes.fetch_add(1, Ordering::AcqRel);
         }
         Ok(old != Some(new))
     }
@@ -267,9 +274,15 @@ impl Labels {
             by_key.remove(&key);
             if l.dir {
                 self.dirs.fetch_sub(1, Ordering::Relaxed);
+                self.dir_changes.fetch_add(1, Ordering::AcqRel);
             }
         }
         None
+    }
+
+    /// A counter that moves whenever a directory gains or loses a label.
+    pub fn dir_changes(&self) -> u64 {
+        self.dir_changes.load(Ordering::Acquire)
     }
 
     /// Whether any directory carries a label.
@@ -304,6 +317,7 @@ impl Labels {
         });
         let dirs = by_key.values().filter(|l| l.dir).count();
         self.dirs.store(dirs, Ordering::Relaxed);
+        self.dir_changes.fetch_add(1, Ordering::AcqRel);
     }
 
     /// After a reload: label what the new rules match (walking the share
