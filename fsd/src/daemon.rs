@@ -61,9 +61,13 @@ pub fn passthrough_config(s: &Settings, root_dir: &str, file_handles: bool) -> C
         do_import: false,
         killpriv_v2: s.killpriv_v2,
         inode_file_handles: file_handles,
-        // Guests see host inode numbers, as with virtiofsd, so that host
-        // tools (and the monitor) can name a guest's cached inode.
-        use_host_ino: true,
+        // Node ids are fsd's own and never reused for another inode: a host
+        // inode number freed and handed to a new file while the guest still
+        // holds the old node must not make the two one node (it would share
+        // the old one's remembered decisions). Guests still see host inode
+        // numbers (st_ino in every attribute reply, which is the guest's
+        // i_ino), so host tools and the monitor can name a cached inode.
+        use_host_ino: false,
         allow_direct_io: s.allow_direct_io,
         ..Default::default()
     }

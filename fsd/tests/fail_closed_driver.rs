@@ -411,6 +411,37 @@ fn reused_inode_numbers_inherit_nothing() {
             .nodeid;
         assert_eq!(read_all(&mut s, node), Err(EACCES), "spool/n{i}.key");
     }
+    // Again, with the guest still holding the nodes of the deleted files:
+    // with file handles the host frees their inodes at once, and a new
+    // file with a freed number must still be a new node.
+    let mut held = Vec::new();
+    for i in 0..64 {
+        let name = format!("held{i}");
+        let (e, fh) = s
+            .create(spool, name.as_bytes(), libc::O_RDWR as u32, 0o644)
+            .unwrap();
+        assert_eq!(read_all(&mut s, e.nodeid).unwrap(), b"", "public");
+        s.release(e.nodeid, fh.fh, false).unwrap();
+        s.unlink(spool, name.as_bytes()).unwrap();
+        held.push((e.nodeid, e.attr.ino));
+    }
+    let held_inos: std::collections::HashSet<u64> = held.iter().map(|h| h.1).collect();
+    let mut reused_held = 0;
+    for i in 0..64 {
+        let p = share.join(format!("spool/m{i}.key"));
+        std::fs::write(&p, SECRET).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        if held_inos.contains(&std::fs::metadata(&p).unwrap().ino()) {
+            reused_held += 1;
+        }
+        let e = s.lookup(spool, format!("m{i}.key").as_bytes()).unwrap();
+        assert!(
+            !held.iter().any(|h| h.0 == e.nodeid),
+            "m{i}.key got the node id of a deleted file"
+        );
+        assert_eq!(read_all(&mut s, e.nodeid), Err(EACCES), "spool/m{i}.key");
+    }
+    println!("{reused_held} of 64 protected files reused a number the guest still held");
     println!("{reused} of 64 protected files got a freed inode number");
 }
 

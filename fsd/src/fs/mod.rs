@@ -83,6 +83,8 @@ pub struct SharedFs {
     confined: Confined,
     /// Renames anywhere on the share's file system (see [`hostwatch`]).
     watch: HostWatch,
+    /// Host names of nodes, remembered under the rename epoch.
+    dir_paths: protect::DirPaths,
 }
 
 /// Settings of [`SharedFs`] beyond those of the passthrough layer.
@@ -135,6 +137,7 @@ impl SharedFs {
             guard: opts.guard,
             confined: Confined::new(share, opts.root_prefix)?,
             watch: opts.host_watch,
+            dir_paths: Default::default(),
         })
     }
 
@@ -143,6 +146,7 @@ impl SharedFs {
     /// imported again (it may be a new mount of the share).
     fn new_session(&self) -> io::Result<()> {
         self.locks.clear();
+        self.dir_paths.write().unwrap().clear();
         self.dirs.clear();
         self.nodes.reset();
         // Clears the passthrough layer's inodes and handles and imports the

@@ -38,6 +38,12 @@ use crate::policy::guard::Found;
 use crate::policy::labels::InodeKey;
 use crate::policy::{Guard, Policy};
 
+/// Names remembered at most (cleared when full; a few MiB at most).
+const DIR_PATHS: usize = 4096;
+
+/// Host names of nodes, with the epoch they were read at.
+pub(super) type DirPaths = std::sync::RwLock<std::collections::HashMap<u64, (u64, Arc<Path>)>>;
+
 fn ebadf() -> io::Error {
     io::Error::from_raw_os_error(libc::EBADF)
 }
@@ -57,6 +63,35 @@ impl SharedFs {
     pub(super) fn host_path(&self, node: u64) -> io::Result<PathBuf> {
         let p = self.inner.readlinkat_proc_file(node)?;
         self.confined.relative(&p)
+    }
+
+    /// The epoch under which remembered answers and names hold (see
+    /// `hostwatch`), read before looking so that a change during the look
+    /// is seen by the next check; `None` when nothing may be remembered.
+    fn epoch(&self, g: &Guard) -> Option<u64> {
+        self.watch
+            .epoch()
+            .map(|e| e.wrapping_add(g.generation()).max(1))
+    }
+
+    /// [`Self::host_path`], remembered for directories under `epoch`: only
+    /// a rename changes a name, and every rename moves the epoch.
+    fn host_path_at(&self, node: u64, epoch: Option<u64>) -> io::Result<PathBuf> {
+        let Some(e) = epoch else {
+            return self.host_path(node);
+        };
+        if let Some((at, p)) = self.dir_paths.read().unwrap().get(&node) {
+            if *at == e {
+                return Ok(p.to_path_buf());
+            }
+        }
+        let p = self.host_path(node)?;
+        let mut cache = self.dir_paths.write().unwrap();
+        if cache.len() >= DIR_PATHS {
+            cache.clear();
+        }
+        cache.insert(node, (e, Arc::from(p.as_path())));
+        Ok(p)
     }
 
     /// The node's name for the audit log and the prompt.
@@ -83,12 +118,7 @@ impl SharedFs {
         if let Some(rule) = g.labels.rule_of_key(key) {
             return Ok(Found::Protected { rule, key });
         }
-        // Read before looking, so that a change during the look is seen
-        // by the next check (see `hostwatch`).
-        let epoch = self
-            .watch
-            .epoch()
-            .map(|e| e.wrapping_add(g.generation()).max(1));
+        let epoch = self.epoch(g);
         if let Some(e) = epoch {
             if self.nodes.public_at(node, e) {
                 return Ok(Found::Public);
@@ -96,8 +126,8 @@ impl SharedFs {
         }
         let policy = g.policy();
         let located = self
-            .host_path(node)
-            .and_then(|rel| self.locate(g, &policy, &rel, key));
+            .host_path_at(node, epoch)
+            .and_then(|rel| self.locate(g, &policy, &rel, key, false));
         Ok(match located {
             Ok(Some(rule)) => Found::Protected { rule, key },
             Ok(None) => {
@@ -114,9 +144,14 @@ impl SharedFs {
     /// (ENOENT) is public; any other failure is undecided.
     pub(super) fn found_child(&self, g: &Guard, parent: u64, name: &CStr) -> Found {
         let policy = g.policy();
+        let epoch = self.epoch(g);
+        // A parent found unprotected at this epoch has no rule and no
+        // labelled directory above it: only the entry's own label and name
+        // remain to be checked.
+        let parent_public = epoch.is_some_and(|e| self.nodes.public_at(parent, e));
         let r = (|| {
             let rel = self
-                .host_path(parent)?
+                .host_path_at(parent, epoch)?
                 .join(std::ffi::OsStr::from_bytes(name.to_bytes()));
             let c = cpath(&rel)?;
             let (dev, ino, _) = match stat_at(self.confined.root_fd(), &c) {
@@ -135,7 +170,9 @@ impl SharedFs {
                     return Ok(Some((rule, key)));
                 }
             }
-            Ok(self.locate(g, &policy, &rel, key)?.map(|rule| (rule, key)))
+            Ok(self
+                .locate(g, &policy, &rel, key, parent_public)?
+                .map(|rule| (rule, key)))
         })();
         match r {
             Ok(Some((rule, key))) => Found::Protected { rule, key },
@@ -144,19 +181,23 @@ impl SharedFs {
         }
     }
 
-    /// Rules 2 and 3 for the inode `key` at host path `rel`; labels it when
-    /// protected.
+    /// Rules 2 and 3 for the inode `key` at host path `rel` (rule 3 left
+    /// out when the caller knows no directory above is labelled); labels
+    /// it when protected.
     fn locate(
         &self,
         g: &Guard,
         policy: &Policy,
         rel: &Path,
         key: InodeKey,
+        no_labelled_ancestor: bool,
     ) -> io::Result<Option<u32>> {
         let by_path = policy.rule_for(&rule_path(rel));
         let rule = match by_path {
             Some(r) => Some(r),
-            None if g.labels.any_dir() => self.labelled_ancestor(g, rel)?,
+            None if g.labels.any_dir() && !no_labelled_ancestor => {
+                self.labelled_ancestor(g, rel)?
+            }
             None => None,
         };
         if let Some(r) = rule {
@@ -229,6 +270,10 @@ impl SharedFs {
         let Some(g) = &self.guard else {
             return Ok(());
         };
+        if new {
+            // Nothing remembered under this node id belongs to this inode.
+            self.dir_paths.write().unwrap().remove(&e.inode);
+        }
         let undo = |err: io::Error| {
             self.nodes.forget(e.inode, 1);
             self.inner.forget(ctx, e.inode, 1);
