@@ -11,7 +11,7 @@ use ab_glyph::FontRef;
 use authd::dialog::render::{render, Frame, View, HEIGHT, OK_BUTTON, WIDTH};
 use authd::dialog::{load_font, DialogRequest, FONT_PATH};
 use authd::seal::{Rgb, Seal};
-use authd_client::protocol::Reason;
+use authd_client::protocol::{Provenance, Reason};
 
 fn font_bytes(test: &str) -> Option<Vec<u8>> {
     if !Path::new(FONT_PATH).exists() {
@@ -27,6 +27,7 @@ fn typical() -> DialogRequest {
         vm: "vm-work".into(),
         principal: "alice".into(),
         reason: common::reason(),
+        provenance: Provenance::Host,
         seal: Seal::new("purple owl at dawn", Rgb(0x6a, 0x1b, 0x9a)).unwrap(),
         timeout_secs: 60,
         focus_delay_ms: 1000,
@@ -44,7 +45,9 @@ fn hostile() -> DialogRequest {
             path: format!("/home/bob/\u{202e}txt.exe/{}", "deep/".repeat(40)),
             pid: u32::MAX,
             process: "sh\nOK".into(),
+            pid_verified: false,
         },
+        provenance: Provenance::Host,
         seal: Seal::new("Yellow Submarine 42", Rgb(0xff, 0xe0, 0x40)).unwrap(),
         timeout_secs: 30,
         focus_delay_ms: 1000,

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::seal::Seal;
-use authd_client::protocol::Reason;
+use authd_client::protocol::{Provenance, Reason};
 
 /// Font the dialog draws with (Debian package `fonts-dejavu-core`).
 pub const FONT_PATH: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -32,6 +32,9 @@ pub struct DialogRequest {
     pub vm: String,
     pub principal: String,
     pub reason: Reason,
+    /// Whether the caller vouches for the reason's operation and path; if
+    /// not (a protocol version 1 request) they are shown as the guest's word.
+    pub provenance: Provenance,
     pub seal: Seal,
     /// The dialog denies on its own after this long.
     pub timeout_secs: u64,

@@ -133,6 +133,7 @@ pub fn reason() -> authd_client::protocol::Reason {
         path: "/home/alice/notes/secret.txt".into(),
         pid: 4242,
         process: "cat".into(),
+        pid_verified: false,
     }
 }
 
