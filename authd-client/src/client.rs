@@ -50,7 +50,9 @@ pub enum ClientError {
 pub struct AuthRequest {
     pub vm: String,
     pub principal: String,
-    /// What the guest reported; shown to the user, never trusted.
+    /// What is asked for: operation and path as the caller saw them, pid
+    /// and process as the guest reported them. Shown to the user, never
+    /// used for a decision.
     pub reason: Reason,
     /// Grant lifetime from fsd's policy (the daemon may shorten it).
     pub lifetime: Duration,
@@ -300,19 +302,18 @@ fn read_reply(
             None => return Err(ClientError::Timeout),
             Some(ServerMessage::Event(_)) => continue,
             Some(ServerMessage::Reply(Reply { v, id: rid, body })) => {
+                // An error is read in any version: a daemon too old for this
+                // one says so in its own ("unsupported version 2, this is 1").
+                if let ReplyBody::Error { message } = body {
+                    return Err(ClientError::Refused(message));
+                }
                 if v != VERSION {
                     return Err(ClientError::Protocol(format!("version {v}")));
                 }
                 if rid != id {
-                    if let ReplyBody::Error { message } = body {
-                        return Err(ClientError::Refused(message));
-                    }
                     return Err(ClientError::Protocol(format!(
                         "reply to request {rid}, expected {id}"
                     )));
-                }
-                if let ReplyBody::Error { message } = body {
-                    return Err(ClientError::Refused(message));
                 }
                 return Ok(body);
             }

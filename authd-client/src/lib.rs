@@ -6,7 +6,7 @@
 //!
 //! | concern | module |
 //! |---|---|
-//! | messages of protocol version 1 (JSON lines) | [`protocol`] |
+//! | messages of protocol version 2, and the version 1 requests still accepted (JSON lines) | [`protocol`] |
 //! | calls: authenticate, grants, revoke, lock, subscribe | [`client`] |
 //! | live grants kept in memory from the subscription | [`grant_cache`] |
 

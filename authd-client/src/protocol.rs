@@ -1,28 +1,71 @@
 //! Wire types. One JSON object per line in each direction. Every request
-//! carries `"v": 1` and an `id` chosen by the caller; every reply carries the
-//! same `id`, so answers cannot be confused when a connection has several
-//! requests in flight. Pushed events carry `"event"` and no `id`.
+//! carries its protocol version `"v"` and an `id` chosen by the caller; every
+//! reply carries the same `id`, so answers cannot be confused when a
+//! connection has several requests in flight, and the version the request
+//! was made in. Pushed events carry `"event"` and no `id`.
+//!
+//! Version 2 changed only what a [`Reason`] vouches for (its operation and
+//! path are the caller's own facts); the daemon still accepts version 1
+//! requests and shows their reasons as version 1 labelled them, all of it
+//! the guest's word ([`Provenance`]).
 
 use serde::{Deserialize, Serialize};
 
 /// Protocol version spoken by this build.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+
+/// Oldest request version the daemon still accepts.
+pub const MIN_VERSION: u32 = 1;
 
 /// Longest accepted request line; longer lines close the connection.
 pub const MAX_LINE: usize = 64 * 1024;
 
-/// What the guest says it is doing. Every field is guest-controlled and is
-/// shown to the user as such; none of it is used for a security decision.
+/// What is being asked for, shown to the person deciding; none of it is
+/// used for a security decision.
+///
+/// From version 2 on, `operation` and `path` are the caller's own facts:
+/// fsd decoded the request and resolved the file on the host itself, so the
+/// guest can choose what to ask for but cannot misdescribe it. `pid` and
+/// `process` are the guest's word: the pid is the one in the FUSE header,
+/// which the guest kernel writes, unless `pid_verified` says the caller
+/// checked them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reason {
-    /// File operation, e.g. `open`, `read`, `unlink`.
+    /// File operation as the caller decoded it, e.g. `open`, `unlink`.
     pub operation: String,
-    /// Path as seen by the guest.
+    /// The file's path on the host, relative to the VM's shared directory.
     pub path: String,
-    /// Process id as reported in the FUSE header (guest-written).
+    /// Process id from the FUSE header (guest-written).
     pub pid: u32,
-    /// Process name as reported by the guest.
+    /// Process name, empty when unknown (virtio-fs does not carry it).
     pub process: String,
+    /// Whether the caller checked `pid` and `process` against what the host
+    /// knows of the guest's processes (the monitor's process list). Absent
+    /// in version 1, and ignored there.
+    #[serde(default)]
+    pub pid_verified: bool,
+}
+
+/// Who vouches for a [`Reason`]'s `operation` and `path`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provenance {
+    /// The caller saw them itself (version 2 and later).
+    Host,
+    /// Nobody: a version 1 request, whose reason was all labelled as the
+    /// guest's word.
+    Guest,
+}
+
+impl Provenance {
+    /// What a reason in a request of protocol version `v` vouches for.
+    pub fn of_version(v: u32) -> Provenance {
+        if v >= 2 {
+            Provenance::Host
+        } else {
+            Provenance::Guest
+        }
+    }
 }
 
 /// Which grants a revoke call ends.
@@ -43,7 +86,7 @@ pub struct Request {
     pub call: Call,
 }
 
-/// The calls of protocol version 1.
+/// The calls (the same in versions 1 and 2).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Call {
@@ -182,22 +225,24 @@ mod tests {
     #[test]
     fn request_wire_format() {
         let r = Request {
-            v: 1,
+            v: VERSION,
             id: 7,
             call: Call::Authenticate {
                 vm: "vm1".into(),
                 principal: "alice".into(),
                 reason: Reason {
                     operation: "open".into(),
-                    path: "/home/alice/k".into(),
+                    path: "k.pem".into(),
                     pid: 42,
                     process: "cat".into(),
+                    pid_verified: false,
                 },
                 lifetime_secs: 300,
             },
         };
         let s = serde_json::to_string(&r).unwrap();
         assert!(s.contains(r#""op":"authenticate""#), "{s}");
+        assert!(s.contains(r#""pid_verified":false"#), "{s}");
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
         let revoke: Request =
             serde_json::from_str(r#"{"v":1,"id":2,"op":"revoke","scope":{"vm":"vm1"}}"#).unwrap();
@@ -215,6 +260,24 @@ mod tests {
                 scope: RevokeScope::All
             }
         );
+    }
+
+    #[test]
+    fn version_1_requests_still_parse() {
+        let line = r#"{"v":1,"id":7,"op":"authenticate","vm":"vm1","principal":"alice",
+            "reason":{"operation":"open","path":"k.pem","pid":42,"process":"cat"},
+            "lifetime_secs":300}"#;
+        let r: Request = serde_json::from_str(line).unwrap();
+        assert_eq!(r.v, 1);
+        match r.call {
+            Call::Authenticate { reason, .. } => {
+                assert_eq!(reason.pid, 42);
+                assert!(!reason.pid_verified);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert_eq!(Provenance::of_version(1), Provenance::Guest);
+        assert_eq!(Provenance::of_version(VERSION), Provenance::Host);
     }
 
     #[test]

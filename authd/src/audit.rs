@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use authd_client::protocol::{now_unix_ms, DenyReason, EndCause, Grant, Reason};
+use authd_client::protocol::{now_unix_ms, DenyReason, EndCause, Grant, Provenance, Reason};
 
 /// What happened.
 #[derive(Debug, Serialize)]
@@ -27,6 +27,8 @@ pub enum Record<'a> {
         vm: &'a str,
         principal: &'a str,
         reason: &'a Reason,
+        /// Whether the prompt showed operation and path as the host's facts.
+        provenance: Provenance,
         frontend: &'a str,
     },
     /// The prompt became visible, this long after it was requested.

@@ -50,12 +50,17 @@ enum Cmd {
         vm: String,
         #[arg(long)]
         principal: String,
+        /// The operation, shown as the caller's own fact.
         #[arg(long, default_value = "open")]
         operation: String,
+        /// The file's path relative to the VM's shared directory, shown as
+        /// the caller's own fact.
         #[arg(long, default_value = "")]
         path: String,
+        /// Process id, shown as reported by the guest.
         #[arg(long, default_value_t = 0)]
         pid: u32,
+        /// Process name, shown as reported by the guest.
         #[arg(long, default_value = "")]
         process: String,
         /// Requested grant lifetime in seconds.
@@ -158,6 +163,7 @@ fn run(cli: Cli) -> AnyResult<ExitCode> {
                     path,
                     pid,
                     process,
+                    pid_verified: false,
                 },
                 lifetime: Duration::from_secs(lifetime),
             };

@@ -19,8 +19,8 @@ use crate::password;
 use crate::prompt::{Answer, Broker, Frontend};
 use crate::store::{validate_principal, Store};
 use authd_client::protocol::{
-    Call, DenyReason, EndCause, Event, EventKind, Grant, Reason, Reply, ReplyBody, Request,
-    RevokeScope, MAX_LINE, VERSION,
+    Call, DenyReason, EndCause, Event, EventKind, Grant, Provenance, Reason, Reply, ReplyBody,
+    Request, RevokeScope, MAX_LINE, MIN_VERSION, VERSION,
 };
 
 /// A connection's write half, shared by request threads and broadcasts.
@@ -36,13 +36,25 @@ impl Conn {
         w.write_all(&line)
     }
 
-    fn reply(&self, id: u64, body: ReplyBody) {
-        let _ = self.send(&Reply {
-            v: VERSION,
-            id,
-            body,
-        });
+    /// Answers request `id` in protocol version `v`: the request's own, so
+    /// that a version 1 client reads its replies (their shape is the same).
+    fn reply(&self, v: u32, id: u64, body: ReplyBody) {
+        let _ = self.send(&Reply { v, id, body });
     }
+}
+
+/// The version to answer a request line in: the one it names when this
+/// daemon speaks it, else this daemon's own.
+fn answer_version(v: Option<u64>) -> u32 {
+    v.and_then(|v| u32::try_from(v).ok())
+        .filter(|v| (MIN_VERSION..=VERSION).contains(v))
+        .unwrap_or(VERSION)
+}
+
+/// A connection that asked for grant ends, and the version it asked in.
+struct Subscriber {
+    conn: Arc<Conn>,
+    v: u32,
 }
 
 /// The daemon's state.
@@ -55,7 +67,7 @@ pub struct Daemon {
     broker: Broker<ReplyBody>,
     frontend: Frontend,
     audit: Audit,
-    subscribers: Mutex<Vec<Arc<Conn>>>,
+    subscribers: Mutex<Vec<Subscriber>>,
 }
 
 fn deny(why: DenyReason) -> ReplyBody {
@@ -206,6 +218,7 @@ impl Daemon {
                 pid: cred.pid.as_raw_nonzero().get(),
             });
             conn.reply(
+                VERSION,
                 0,
                 ReplyBody::Error {
                     message: format!("uid {uid} is not allowed"),
@@ -224,6 +237,7 @@ impl Daemon {
                 Ok(0) | Err(_) => break,
                 Ok(_) if buf.last() != Some(&b'\n') => {
                     conn.reply(
+                        VERSION,
                         0,
                         ReplyBody::Error {
                             message: "line too long".into(),
@@ -236,13 +250,12 @@ impl Daemon {
             let req: Request = match serde_json::from_slice(&buf) {
                 Ok(r) => r,
                 Err(e) => {
-                    // Still answer with the id if it can be read.
-                    let id = serde_json::from_slice::<serde_json::Value>(&buf)
-                        .ok()
-                        .and_then(|v| v.get("id").and_then(|i| i.as_u64()))
-                        .unwrap_or(0);
+                    // Still answer with the id and version if they can be read.
+                    let line = serde_json::from_slice::<serde_json::Value>(&buf).ok();
+                    let field = |name: &str| line.as_ref().and_then(|l| l.get(name)?.as_u64());
                     conn.reply(
-                        id,
+                        answer_version(field("v")),
+                        field("id").unwrap_or(0),
                         ReplyBody::Error {
                             message: format!("bad request: {e}"),
                         },
@@ -250,11 +263,15 @@ impl Daemon {
                     continue;
                 }
             };
-            if req.v != VERSION {
+            if !(MIN_VERSION..=VERSION).contains(&req.v) {
                 conn.reply(
+                    VERSION,
                     req.id,
                     ReplyBody::Error {
-                        message: format!("unsupported version {}, this is {VERSION}", req.v),
+                        message: format!(
+                            "unsupported version {}, this is {VERSION} (accepts {MIN_VERSION} to {VERSION})",
+                            req.v
+                        ),
                     },
                 );
                 continue;
@@ -264,31 +281,38 @@ impl Daemon {
         self.subscribers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|c| !Arc::ptr_eq(c, &conn));
+            .retain(|s| !Arc::ptr_eq(&s.conn, &conn));
     }
 
     fn dispatch(self: &Arc<Self>, req: Request, conn: &Arc<Conn>) {
-        let id = req.id;
+        let (v, id) = (req.v, req.id);
         match req.call {
             Call::Authenticate {
                 vm,
                 principal,
-                reason,
+                mut reason,
                 lifetime_secs,
             } => {
+                let provenance = Provenance::of_version(v);
+                if provenance == Provenance::Guest {
+                    // Version 1 has no such field; nothing was checked.
+                    reason.pid_verified = false;
+                }
                 let me = self.clone();
                 let to = conn.clone();
                 let spawned = std::thread::Builder::new()
                     .name("authenticate".into())
                     .spawn(move || {
-                        let body = me.authenticate(&vm, &principal, &reason, lifetime_secs);
-                        to.reply(id, body);
+                        let body =
+                            me.authenticate(&vm, &principal, &reason, provenance, lifetime_secs);
+                        to.reply(v, id, body);
                     });
                 if spawned.is_err() {
-                    conn.reply(id, deny(DenyReason::Internal));
+                    conn.reply(v, id, deny(DenyReason::Internal));
                 }
             }
             Call::ListGrants => conn.reply(
+                v,
                 id,
                 ReplyBody::Grants {
                     grants: self.grants.list(),
@@ -300,18 +324,21 @@ impl Daemon {
                 for g in &ended {
                     self.grant_ended(g, EndCause::Revoked);
                 }
-                conn.reply(id, ReplyBody::Revoked { count });
+                conn.reply(v, id, ReplyBody::Revoked { count });
             }
             Call::Lock => {
                 let count = self.lock_all();
-                conn.reply(id, ReplyBody::Revoked { count });
+                conn.reply(v, id, ReplyBody::Revoked { count });
             }
             Call::Subscribe => {
                 self.subscribers
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push(conn.clone());
-                conn.reply(id, ReplyBody::Subscribed);
+                    .push(Subscriber {
+                        conn: conn.clone(),
+                        v,
+                    });
+                conn.reply(v, id, ReplyBody::Subscribed);
             }
         }
     }
@@ -327,25 +354,31 @@ impl Daemon {
 
     fn grant_ended(&self, grant: &Grant, cause: EndCause) {
         self.audit.record(Record::GrantEnded { grant, cause });
-        let event = Event {
-            v: VERSION,
-            kind: EventKind::GrantEnded {
-                grant: grant.clone(),
-                cause,
-            },
+        let kind = EventKind::GrantEnded {
+            grant: grant.clone(),
+            cause,
         };
         self.subscribers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|c| c.send(&event).is_ok());
+            .retain(|s| {
+                let event = Event {
+                    v: s.v,
+                    kind: kind.clone(),
+                };
+                s.conn.send(&event).is_ok()
+            });
     }
 
     /// Decides one authentication request (coalesced with identical ones).
+    /// `provenance` says whether the caller vouches for the reason's
+    /// operation and path (what the prompt may show as the host's facts).
     pub fn authenticate(
         &self,
         vm: &str,
         principal: &str,
         reason: &Reason,
+        provenance: Provenance,
         lifetime_secs: u64,
     ) -> ReplyBody {
         if !validate(vm, principal, reason) || lifetime_secs == 0 {
@@ -355,7 +388,7 @@ impl Daemon {
         let body = self.broker.run(
             vm,
             principal,
-            || self.authenticate_alone(vm, principal, reason, lifetime),
+            || self.authenticate_alone(vm, principal, reason, provenance, lifetime),
             deny(DenyReason::Internal),
         );
         if let ReplyBody::Denied { why, .. } = &body {
@@ -375,6 +408,7 @@ impl Daemon {
         vm: &str,
         principal: &str,
         reason: &Reason,
+        provenance: Provenance,
         lifetime: Duration,
     ) -> ReplyBody {
         if let Some(grant) = self.grants.find_live(vm, principal) {
@@ -419,6 +453,7 @@ impl Daemon {
             vm: vm.to_owned(),
             principal: principal.to_owned(),
             reason: reason.clone(),
+            provenance,
             seal: user.seal.clone(),
             timeout_secs: self.cfg.prompt_timeout_secs,
             focus_delay_ms: self.cfg.focus_delay_ms,
@@ -427,6 +462,7 @@ impl Daemon {
             vm,
             principal,
             reason,
+            provenance,
             frontend: self.frontend.name(),
         });
         let asked = Instant::now();

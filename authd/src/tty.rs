@@ -16,7 +16,7 @@ use rustix::termios::{self, LocalModes, OptionalActions, QueueSelector, Termios}
 use zeroize::Zeroizing;
 
 use crate::dialog::render::display_safe;
-use crate::dialog::DialogRequest;
+use crate::dialog::{facts, DialogRequest, Fact};
 use crate::error::{Error, Result};
 use crate::prompt::Answer;
 
@@ -46,25 +46,29 @@ pub fn banner(req: &DialogRequest) -> String {
         ink.2,
         display_safe(&req.seal.phrase)
     );
-    let r = &req.reason;
+    let lines = |facts: &[Fact], indent: &str| -> String {
+        facts
+            .iter()
+            .map(|f| format!("{indent}{:<11}{}\r\n", format!("{}:", f.label), f.value))
+            .collect()
+    };
+    let (host, guest) = facts(req);
+    let guest = if guest.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\r\nReported by the guest, not verified by the host:\r\n{}",
+            lines(&guest, "  ")
+        )
+    };
     format!(
         "\x1b[2J\x1b[H\r\n== authd: host authentication ==\r\n\r\n\
          Seal:      {seal}  ({c})\r\n\
          Not your seal? Do not type your password.\r\n\r\n\
-         VM:        {}\r\n\
-         Principal: {}\r\n\r\n\
-         Reported by the guest, not verified by the host:\r\n\
-         \x20 Operation: {}\r\n\
-         \x20 Path:      {}\r\n\
-         \x20 Process:   {} (pid {})\r\n\r\n\
+         {}{guest}\r\n\
          An empty password denies. Denies on its own after {} s.\r\n\
          Password: ",
-        display_safe(&req.vm),
-        display_safe(&req.principal),
-        display_safe(&r.operation),
-        display_safe(&r.path),
-        display_safe(&r.process),
-        r.pid,
+        lines(&host, ""),
         req.timeout_secs,
     )
 }

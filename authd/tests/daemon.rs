@@ -101,13 +101,28 @@ fn replies_carry_their_request_ids_and_errors_are_answered() {
         (b["id"].as_u64(), b["result"].as_str()),
         (Some(11), Some("revoked"))
     );
+    // A version 1 client is answered in version 1, a version 2 one in 2.
+    assert_eq!((a["v"].as_u64(), b["v"].as_u64()), (Some(1), Some(1)));
+    w.write_all(b"{\"v\":2,\"id\":14,\"op\":\"list_grants\"}\n")
+        .unwrap();
+    let c = next();
+    assert_eq!(
+        (c["v"].as_u64(), c["id"].as_u64(), c["result"].as_str()),
+        (Some(2), Some(14), Some("grants"))
+    );
 
-    w.write_all(b"{\"v\":2,\"id\":12,\"op\":\"list_grants\"}\n")
+    w.write_all(b"{\"v\":3,\"id\":12,\"op\":\"list_grants\"}\n")
         .unwrap();
     let e = next();
     assert_eq!(
         (e["id"].as_u64(), e["result"].as_str()),
         (Some(12), Some("error"))
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unsupported version 3")),
+        "{e}"
     );
     w.write_all(b"{\"v\":1,\"id\":13,\"op\":\"format_disk\"}\n")
         .unwrap();

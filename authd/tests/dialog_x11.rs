@@ -14,7 +14,7 @@ use authd::dialog::render::{render, View};
 use authd::dialog::{load_font, DialogRequest, FONT_PATH};
 use authd::seal::Seal;
 use authd_client::client::{AuthRequest, Decision, Denial};
-use authd_client::protocol::{now_unix_ms, DenyReason, EndCause};
+use authd_client::protocol::{now_unix_ms, DenyReason, EndCause, Provenance};
 use common::{Daemon, PASSWORD};
 
 fn request(lifetime_secs: u64) -> AuthRequest {
@@ -96,6 +96,7 @@ fn right_password_after_focus_delay_grants_and_expiry_is_pushed() {
         vm: "vm-test".into(),
         principal: "alice".into(),
         reason: common::reason(),
+        provenance: Provenance::Host,
         seal: Seal::new(common::PHRASE, common::COLOR.parse().unwrap()).unwrap(),
         timeout_secs: d.cfg.prompt_timeout_secs,
         focus_delay_ms: d.cfg.focus_delay_ms,

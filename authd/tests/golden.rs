@@ -11,7 +11,7 @@ use ab_glyph::FontRef;
 use authd::dialog::render::{render, Frame, View, HEIGHT, OK_BUTTON, WIDTH};
 use authd::dialog::{load_font, DialogRequest, FONT_PATH};
 use authd::seal::{Rgb, Seal};
-use authd_client::protocol::Reason;
+use authd_client::protocol::{Provenance, Reason};
 
 fn font_bytes(test: &str) -> Option<Vec<u8>> {
     if !Path::new(FONT_PATH).exists() {
@@ -27,24 +27,42 @@ fn typical() -> DialogRequest {
         vm: "vm-work".into(),
         principal: "alice".into(),
         reason: common::reason(),
+        provenance: Provenance::Host,
         seal: Seal::new("purple owl at dawn", Rgb(0x6a, 0x1b, 0x9a)).unwrap(),
         timeout_secs: 60,
         focus_delay_ms: 1000,
     }
 }
 
-/// A hostile guest: overlong path, a right-to-left override to reorder
-/// what the user reads, control characters, a pale seal colour.
+/// A protocol version 1 request: its caller vouched for nothing, so the
+/// whole reason is shown as the guest's word (as every request was before
+/// version 2).
+fn version_1() -> DialogRequest {
+    DialogRequest {
+        reason: Reason {
+            path: "/home/alice/notes/secret.txt".into(),
+            ..common::reason()
+        },
+        provenance: Provenance::Guest,
+        ..typical()
+    }
+}
+
+/// A hostile guest: the operation is fsd's, but the guest named the files
+/// (a control sequence, a right-to-left override to reorder what the user
+/// reads, an overlong path) and the process; and a pale seal colour.
 fn hostile() -> DialogRequest {
     DialogRequest {
         vm: "vm-untrusted-with-a-rather-long-name".into(),
         principal: "bob".into(),
         reason: Reason {
-            operation: "unlink\u{1b}[2J".into(),
-            path: format!("/home/bob/\u{202e}txt.exe/{}", "deep/".repeat(40)),
+            operation: "unlink".into(),
+            path: format!("\u{1b}[2Jbob/\u{202e}txt.exe/{}", "deep/".repeat(40)),
             pid: u32::MAX,
             process: "sh\nOK".into(),
+            pid_verified: false,
         },
+        provenance: Provenance::Host,
         seal: Seal::new("Yellow Submarine 42", Rgb(0xff, 0xe0, 0x40)).unwrap(),
         timeout_secs: 30,
         focus_delay_ms: 1000,
@@ -100,6 +118,18 @@ fn renders_match_goldens() {
         &render(
             &View {
                 request: &t,
+                password_len: 9,
+                ok_armed: true,
+            },
+            &font,
+        ),
+    );
+    let v1 = version_1();
+    check(
+        "version-1.png",
+        &render(
+            &View {
+                request: &v1,
                 password_len: 9,
                 ok_armed: true,
             },
@@ -163,6 +193,48 @@ fn picture_depends_only_on_what_it_should() {
             &font
         )
     );
+}
+
+/// Whether any pixel has the exact fill colour of the box that holds what
+/// only the guest says (its amber background).
+fn shows_guest_box(frame: &Frame) -> bool {
+    frame
+        .pixels
+        .iter()
+        .any(|&p| p == Rgb(0xfd, 0xf1, 0xd8).to_pixel())
+}
+
+#[test]
+fn only_what_the_host_did_not_see_is_the_guests_word() {
+    let Some(bytes) = font_bytes("only_what_the_host_did_not_see_is_the_guests_word") else {
+        return;
+    };
+    let font = FontRef::try_from_slice(&bytes).unwrap();
+    let view = |request: &DialogRequest| {
+        render(
+            &View {
+                request,
+                password_len: 0,
+                ok_armed: false,
+            },
+            &font,
+        )
+    };
+    let t = typical();
+    assert!(
+        shows_guest_box(&view(&t)),
+        "pid and process are the guest's"
+    );
+    let mut checked = typical();
+    checked.reason.pid_verified = true;
+    assert!(
+        !shows_guest_box(&view(&checked)),
+        "a checked pid leaves nothing that only the guest says"
+    );
+    // A version 1 caller vouched for nothing: a checked pid does not count.
+    let mut old = version_1();
+    old.reason.pid_verified = true;
+    assert_eq!(view(&old), view(&version_1()));
 }
 
 #[test]

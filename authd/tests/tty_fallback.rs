@@ -138,8 +138,11 @@ fn tty_prompt_grants_then_revoke_and_lock_push_events() {
         "seal colour missing: {shown}"
     );
     assert!(shown.contains("#6a1b9a"));
-    assert!(shown.contains("Reported by the guest"));
-    assert!(shown.contains("/home/alice/notes/secret.txt"));
+    // Operation and path are the host's facts, above what the guest says.
+    let said = shown.find("Reported by the guest").expect("guest section");
+    let path = shown.find("notes/secret.txt").expect("path shown");
+    assert!(path < said, "path shown as the guest's word: {shown}");
+    assert!(shown[said..].contains("cat (pid 4242)"), "{shown}");
     pty.type_line(PASSWORD);
     let a = pending
         .join()
@@ -311,4 +314,74 @@ fn sigterm_ends_every_grant_and_tells_subscribers() {
         .expect("end event");
     assert_eq!((ev.grant, ev.cause), (grant, EndCause::Locked));
     assert!(!d.cfg.socket.exists(), "socket removed on exit");
+}
+
+#[test]
+fn version_1_client_is_answered_in_version_1_and_its_reason_shown_as_the_guests() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixStream;
+
+    let pty = Pty::open();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = Daemon::config(tmp.path());
+    cfg.frontend = FrontendKind::Tty;
+    cfg.tty = Some(pty.path.clone().into());
+    let d = Daemon::start(tmp.path(), cfg);
+    d.enroll("alice", PASSWORD);
+    // A client of version 1, as fsd was before version 2: raw JSON lines.
+    let connect = || {
+        let s = UnixStream::connect(&d.cfg.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        (BufReader::new(s.try_clone().unwrap()), s)
+    };
+    let read = |r: &mut BufReader<UnixStream>| {
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        serde_json::from_str::<serde_json::Value>(&l).unwrap()
+    };
+    let (mut sub, mut sub_w) = connect();
+    sub_w
+        .write_all(b"{\"v\":1,\"id\":1,\"op\":\"subscribe\"}\n")
+        .unwrap();
+    assert_eq!(read(&mut sub)["result"], "subscribed");
+
+    let (mut r, mut w) = connect();
+    w.write_all(
+        b"{\"v\":1,\"id\":2,\"op\":\"authenticate\",\"vm\":\"vm-old\",\"principal\":\"alice\",\
+          \"reason\":{\"operation\":\"open\",\"path\":\"notes/secret.txt\",\"pid\":4242,\
+          \"process\":\"cat\",\"pid_verified\":true},\"lifetime_secs\":60}\n",
+    )
+    .unwrap();
+    pty.wait_prompt(1);
+    let shown = pty.text();
+    // Version 1 vouched for nothing: all of the reason is the guest's word,
+    // and a pid_verified it cannot have meant is ignored.
+    let said = shown.find("Reported by the guest").expect("guest section");
+    let path = shown.find("notes/secret.txt").expect("path shown");
+    assert!(said < path, "a version 1 path shown as the host's: {shown}");
+    assert!(shown[said..].contains("Operation:"), "{shown}");
+    assert!(shown[said..].contains("cat (pid 4242)"), "{shown}");
+    pty.type_line(PASSWORD);
+    let reply = read(&mut r);
+    assert_eq!(
+        (
+            reply["v"].as_u64(),
+            reply["id"].as_u64(),
+            reply["result"].as_str()
+        ),
+        (Some(1), Some(2), Some("granted")),
+        "{reply}"
+    );
+    let prompt = d.audit("prompt");
+    assert_eq!(prompt[0]["provenance"], "guest", "{prompt:?}");
+    assert_eq!(prompt[0]["reason"]["pid_verified"], false, "{prompt:?}");
+
+    // Its subscription hears the end in version 1 too.
+    authd_cli(&d, &["lock"]);
+    let ev = read(&mut sub);
+    assert_eq!(
+        (ev["v"].as_u64(), ev["event"].as_str(), ev["cause"].as_str()),
+        (Some(1), Some("grant_ended"), Some("locked")),
+        "{ev}"
+    );
 }

@@ -104,11 +104,7 @@ impl<'q> Session<'q> {
 
     /// FUSE_GETATTR.
     pub fn getattr(&mut self, node: u64) -> Result<AttrOut> {
-        self.ok(
-            Request::new(op::GETATTR, node).arg(&GetattrIn::default()),
-            ATTR_LEN,
-        )?
-        .parse()
+        self.ok(getattr_request(node), ATTR_LEN)?.parse()
     }
 
     /// FUSE_SETATTR with a prepared `SetattrIn`.
@@ -119,15 +115,7 @@ impl<'q> Session<'q> {
 
     /// FUSE_OPEN (or OPENDIR when `dir`).
     pub fn open(&mut self, node: u64, flags: u32, dir: bool) -> Result<OpenOut> {
-        let opcode = if dir { op::OPENDIR } else { op::OPEN };
-        self.ok(
-            Request::new(opcode, node).arg(&OpenIn {
-                flags,
-                fuse_flags: 0,
-            }),
-            OPEN_LEN,
-        )?
-        .parse()
+        self.ok(open_request(node, flags, dir), OPEN_LEN)?.parse()
     }
 
     /// FUSE_RELEASE (or RELEASEDIR when `dir`).
@@ -165,14 +153,7 @@ impl<'q> Session<'q> {
         flags: u32,
     ) -> Result<(EntryOut, OpenOut)> {
         let r = self.ok(
-            Request::new(op::CREATE, parent)
-                .arg(&CreateIn {
-                    flags,
-                    mode,
-                    umask: 0,
-                    fuse_flags: 0,
-                })
-                .name(name),
+            create_request(parent, name, mode, flags),
             ENTRY_LEN + OPEN_LEN,
         )?;
         Ok((r.parse()?, r.parse_at(ENTRY_LEN as usize)?))
@@ -180,13 +161,8 @@ impl<'q> Session<'q> {
 
     /// FUSE_MKDIR.
     pub fn mkdir(&mut self, parent: u64, name: &[u8], mode: u32) -> Result<EntryOut> {
-        self.ok(
-            Request::new(op::MKDIR, parent)
-                .arg(&MkdirIn { mode, umask: 0 })
-                .name(name),
-            ENTRY_LEN,
-        )?
-        .parse()
+        self.ok(mkdir_request(parent, name, mode), ENTRY_LEN)?
+            .parse()
     }
 
     /// FUSE_MKNOD.
@@ -293,6 +269,39 @@ pub const ENTRY_LEN: u32 = std::mem::size_of::<EntryOut>() as u32;
 pub const ATTR_LEN: u32 = std::mem::size_of::<AttrOut>() as u32;
 /// Reply body bytes of an `OpenOut`.
 pub const OPEN_LEN: u32 = std::mem::size_of::<OpenOut>() as u32;
+
+/// A GETATTR request.
+pub fn getattr_request(node: u64) -> Request {
+    Request::new(op::GETATTR, node).arg(&GetattrIn::default())
+}
+
+/// An OPEN request (OPENDIR when `dir`).
+pub fn open_request(node: u64, flags: u32, dir: bool) -> Request {
+    let opcode = if dir { op::OPENDIR } else { op::OPEN };
+    Request::new(opcode, node).arg(&OpenIn {
+        flags,
+        fuse_flags: 0,
+    })
+}
+
+/// A CREATE request: creates and opens `name`.
+pub fn create_request(parent: u64, name: &[u8], mode: u32, flags: u32) -> Request {
+    Request::new(op::CREATE, parent)
+        .arg(&CreateIn {
+            flags,
+            mode,
+            umask: 0,
+            fuse_flags: 0,
+        })
+        .name(name)
+}
+
+/// A MKDIR request.
+pub fn mkdir_request(parent: u64, name: &[u8], mode: u32) -> Request {
+    Request::new(op::MKDIR, parent)
+        .arg(&MkdirIn { mode, umask: 0 })
+        .name(name)
+}
 
 /// A READ request (for pipelined use).
 pub fn read_request(node: u64, fh: u64, offset: u64, size: u32) -> Request {

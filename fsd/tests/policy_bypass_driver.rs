@@ -221,6 +221,15 @@ fn grants_open_access_and_their_end_closes_it() {
     }
     expect_errno(errno(r), "refused");
     assert_eq!(authd.asked.load(Ordering::SeqCst), 1);
+    // fsd vouches for the operation and the path (its own decoding, its
+    // own resolution on the host); the pid is the guest's and unchecked.
+    let (v, reason) = authd.reasons.lock().unwrap()[0].clone();
+    assert_eq!(v, authd_client::protocol::VERSION);
+    assert_eq!(
+        (reason.operation.as_str(), reason.path.as_str()),
+        ("open", "secret/doc")
+    );
+    assert!(!reason.pid_verified, "{reason:?}");
 
     // Granted: reads and writes work normally.
     authd.grant.store(true, Ordering::SeqCst);
@@ -278,6 +287,7 @@ fn authd_down_fails_closed_and_the_rest_keeps_flowing() {
         socket: work.path().join("nobody.sock"),
         grant: Arc::default(),
         asked: Arc::default(),
+        reasons: Arc::default(),
         subscribers: Arc::default(),
         issued: Arc::default(),
     };

@@ -5,7 +5,7 @@
 
 use ab_glyph::{point, Font, FontRef, GlyphId, PxScale, ScaleFont};
 
-use super::DialogRequest;
+use super::{facts, DialogRequest};
 use crate::seal::Rgb;
 
 /// Fixed size of the dialog, in pixels. A fixed size keeps the live window
@@ -41,7 +41,12 @@ pub const OK_BUTTON: Rect = Rect::new(440, 320, 100, 34);
 /// The band in the seal colour behind the seal phrase; tests find the seal
 /// on a screenshot of the live window by it.
 pub const SEAL_BAND: Rect = Rect::new(20, 52, 520, 62);
-const GUEST_BOX: Rect = Rect::new(20, 178, 520, 86);
+/// The first line of the host's facts, and the step between lines.
+const HOST_FIRST: f32 = 154.0;
+const HOST_STEP: f32 = 18.0;
+/// Where the box of what only the guest says ends (it starts below the
+/// host's facts).
+const GUEST_BOX_BOTTOM: i32 = 264;
 const PASSWORD_FIELD: Rect = Rect::new(130, 276, 410, 30);
 
 const BG: Rgb = Rgb(0xf4, 0xf4, 0xf2);
@@ -134,39 +139,38 @@ pub fn render(view: &View<'_>, font: &FontRef<'_>) -> Frame {
     );
 
     // Facts known to the host.
-    c.text("VM", 24.0, 154.0, 15.0, MUTED, 100.0);
-    c.text(&display_safe(&r.vm), 130.0, 154.0, 15.0, TEXT, 410.0);
-    c.text("Principal", 24.0, 172.0, 15.0, MUTED, 100.0);
-    c.text(&display_safe(&r.principal), 130.0, 172.0, 15.0, TEXT, 410.0);
+    let (host, guest) = facts(r);
+    let mut y = HOST_FIRST;
+    for f in &host {
+        c.text(f.label, 24.0, y, 15.0, MUTED, 100.0);
+        c.text(&f.value, 130.0, y, 15.0, TEXT, 410.0);
+        y += HOST_STEP;
+    }
 
     // Everything below comes from the guest and may be a lie.
-    c.fill(GUEST_BOX, GUEST_BG);
-    c.fill(
-        Rect::new(GUEST_BOX.x, GUEST_BOX.y, 4, GUEST_BOX.h),
-        GUEST_EDGE,
-    );
-    let gx = GUEST_BOX.x as f32 + 14.0;
-    let gy = GUEST_BOX.y as f32;
-    c.text(
-        "Reported by the guest, not verified by the host:",
-        gx,
-        gy + 18.0,
-        13.0,
-        GUEST_TEXT,
-        500.0,
-    );
-    let rows = [
-        ("Operation", display_safe(&r.reason.operation)),
-        ("Path", display_safe(&r.reason.path)),
-        (
-            "Process",
-            format!("{} (pid {})", display_safe(&r.reason.process), r.reason.pid),
-        ),
-    ];
-    for (i, (label, value)) in rows.iter().enumerate() {
-        let y = gy + 40.0 + 19.0 * i as f32;
-        c.text(label, gx, y, 14.0, MUTED, 100.0);
-        c.text(value, 130.0, y, 14.0, TEXT, 405.0);
+    if !guest.is_empty() {
+        let top = (y - HOST_STEP) as i32 + 6;
+        let guest_box = Rect::new(20, top, 520, GUEST_BOX_BOTTOM - top);
+        c.fill(guest_box, GUEST_BG);
+        c.fill(
+            Rect::new(guest_box.x, guest_box.y, 4, guest_box.h),
+            GUEST_EDGE,
+        );
+        let gx = guest_box.x as f32 + 14.0;
+        let gy = guest_box.y as f32;
+        c.text(
+            "Reported by the guest, not verified by the host:",
+            gx,
+            gy + 18.0,
+            13.0,
+            GUEST_TEXT,
+            500.0,
+        );
+        for (i, f) in guest.iter().enumerate() {
+            let y = gy + 40.0 + 19.0 * i as f32;
+            c.text(f.label, gx, y, 14.0, MUTED, 100.0);
+            c.text(&f.value, 130.0, y, 14.0, TEXT, 405.0);
+        }
     }
 
     c.text(

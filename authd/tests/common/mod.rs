@@ -127,12 +127,15 @@ pub fn enroll(state_dir: &Path, principal: &str, password: &str) {
     );
 }
 
+/// What fsd sends: the operation it decoded, the file's path in the share
+/// as it resolved it, and the pid from the FUSE header.
 pub fn reason() -> authd_client::protocol::Reason {
     authd_client::protocol::Reason {
         operation: "open".into(),
-        path: "/home/alice/notes/secret.txt".into(),
+        path: "notes/secret.txt".into(),
         pid: 4242,
         process: "cat".into(),
+        pid_verified: false,
     }
 }
 

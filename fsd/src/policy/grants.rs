@@ -13,8 +13,11 @@ use authd_client::client::{AuthRequest, Decision, Denial};
 use authd_client::grant_cache::GrantCache;
 use authd_client::protocol::Reason;
 
-/// What is being asked, as shown to the person deciding. Everything but
-/// `vm` and `principal` comes from the guest and is labelled as such.
+/// What is being asked, as shown to the person deciding. fsd vouches for
+/// all of it but the pid: the VM is this daemon's, the principal its
+/// policy's, the operation the one it decoded and the path the one it
+/// resolved on the host (relative to the share). The pid is only what the
+/// guest wrote in the FUSE header, and is shown as such.
 #[derive(Debug, Clone)]
 pub struct AccessRequest {
     pub vm: String,
@@ -72,6 +75,11 @@ impl GrantSource for GrantCache {
                 pid: req.guest_pid,
                 // virtio-fs does not carry the process name.
                 process: String::new(),
+                // Not checked. When the monitor runs, its process list of
+                // this VM (`monitor_client::Client::ps`) could confirm the
+                // pid and give the name; then this says so and authd shows
+                // them as the host's facts.
+                pid_verified: false,
             },
             lifetime: req.lifetime,
         };

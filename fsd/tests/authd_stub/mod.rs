@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use authd_client::protocol::{
-    now_unix_ms, Call, DenyReason, EndCause, Event, EventKind, Grant, Reply, ReplyBody, Request,
-    ServerMessage, VERSION,
+    now_unix_ms, Call, DenyReason, EndCause, Event, EventKind, Grant, Reason, Reply, ReplyBody,
+    Request, ServerMessage, VERSION,
 };
 
 /// authd's protocol, answered by the test: grants while `grant` is set.
@@ -21,6 +21,8 @@ pub struct FakeAuthd {
     pub socket: PathBuf,
     pub grant: Arc<AtomicBool>,
     pub asked: Arc<AtomicUsize>,
+    /// Each authenticate request's protocol version and reason, in order.
+    pub reasons: Arc<Mutex<Vec<(u32, Reason)>>>,
     pub subscribers: Arc<Mutex<Vec<UnixStream>>>,
     pub issued: Arc<Mutex<Vec<Grant>>>,
 }
@@ -33,20 +35,27 @@ impl FakeAuthd {
             socket,
             grant: Arc::new(AtomicBool::new(false)),
             asked: Arc::new(AtomicUsize::new(0)),
+            reasons: Arc::default(),
             subscribers: Arc::new(Mutex::new(Vec::new())),
             issued: Arc::new(Mutex::new(Vec::new())),
         };
-        let (grant, asked, subs, issued) = (
+        let (grant, asked, reasons, subs, issued) = (
             f.grant.clone(),
             f.asked.clone(),
+            f.reasons.clone(),
             f.subscribers.clone(),
             f.issued.clone(),
         );
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { return };
-                let (grant, asked, subs, issued) =
-                    (grant.clone(), asked.clone(), subs.clone(), issued.clone());
+                let (grant, asked, reasons, subs, issued) = (
+                    grant.clone(),
+                    asked.clone(),
+                    reasons.clone(),
+                    subs.clone(),
+                    issued.clone(),
+                );
                 std::thread::spawn(move || {
                     let mut lines = BufReader::new(conn.try_clone().unwrap()).lines();
                     while let Some(Ok(line)) = lines.next() {
@@ -59,10 +68,11 @@ impl FakeAuthd {
                             Call::Authenticate {
                                 vm,
                                 principal,
+                                reason,
                                 lifetime_secs,
-                                ..
                             } => {
                                 asked.fetch_add(1, Ordering::SeqCst);
+                                reasons.lock().unwrap().push((req.v, reason));
                                 if grant.load(Ordering::SeqCst) {
                                     let g = Grant {
                                         id: format!("g{}", req.id),

@@ -3,7 +3,7 @@
 //! own passwd, never the host's), and `..`, `.` or names with `/` never reach
 //! the daemon as new entries. The raw-FUSE variants (a hostile guest kernel
 //! sending `..` or `a/b` as a name) are exercised by the host-side driver's
-//! battery (`driver/src/hostile.rs`), since a stock guest kernel refuses
+//! battery (`driver/src/hostile/names.rs`), since a stock guest kernel refuses
 //! them itself.
 
 use crate::common::{run_script, share_in, Server};
