@@ -56,6 +56,12 @@ pub struct Dispatcher {
     /// A FUSE session is up (INIT answered, no DESTROY or device restart
     /// since): a second INIT would renegotiate under the guest's feet.
     initialized: AtomicBool,
+    /// A FUSE session exists at all: an INIT was answered and no DESTROY or
+    /// device reset came since. Unlike `initialized`, a VMM that merely
+    /// stops and restarts the device (VM pause and resume, which re-sends
+    /// SET_FEATURES) leaves it up: the guest driver goes on without a new
+    /// INIT. Requests outside a session are refused.
+    session: AtomicBool,
 }
 
 /// For requests that carry names: the size of the fixed argument before
@@ -149,6 +155,7 @@ impl Dispatcher {
             server: Server::new(fs.clone()),
             fs,
             initialized: AtomicBool::new(false),
+            session: AtomicBool::new(false),
         }
     }
 
@@ -156,6 +163,13 @@ impl Dispatcher {
     /// new FUSE_INIT.
     pub fn device_restarted(&self) {
         self.initialized.store(false, Ordering::SeqCst);
+    }
+
+    /// The device was reset (the guest driver is gone): no session is left
+    /// until the next INIT.
+    pub fn device_reset(&self) {
+        self.initialized.store(false, Ordering::SeqCst);
+        self.session.store(false, Ordering::SeqCst);
     }
 
     /// The header of a chain's request, if it can be read at all.
@@ -219,8 +233,10 @@ impl Dispatcher {
 
         let is_init = header.opcode == Opcode::Init as u32;
         let live = self.initialized.load(Ordering::SeqCst);
-        if header.opcode == Opcode::Destroy as u32 && live {
+        let session = self.session.load(Ordering::SeqCst);
+        if header.opcode == Opcode::Destroy as u32 && session {
             self.initialized.store(false, Ordering::SeqCst);
+            self.session.store(false, Ordering::SeqCst);
         }
         let written = match header.opcode {
             _ if malformed && no_reply => 0,
@@ -235,8 +251,8 @@ impl Dispatcher {
             // Before INIT there is no session: no root, no labels, nothing
             // to act on. Only INIT is answered (the kernel sends nothing
             // else first); FORGETs get no reply, as always.
-            _ if !is_init && !live && no_reply => 0,
-            _ if !is_init && !live => {
+            _ if !is_init && !session && no_reply => 0,
+            _ if !is_init && !session => {
                 debug!("request {} before FUSE_INIT refused", header.opcode);
                 reply_error(writer, header.unique, libc::EIO)
             }
@@ -259,6 +275,7 @@ impl Dispatcher {
                         if is_init && read_written_header(mem, &chain).is_some_and(|h| h.error == 0)
                         {
                             self.initialized.store(true, Ordering::SeqCst);
+                            self.session.store(true, Ordering::SeqCst);
                         }
                         n
                     }

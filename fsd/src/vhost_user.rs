@@ -210,13 +210,14 @@ impl VhostUserBackend for FsBackend {
     }
 
     /// Called on every SET_FEATURES, i.e. each time the VMM starts the
-    /// device (boot, guest reboot): a new FUSE session will begin.
+    /// device: at boot and guest reboot (a new INIT follows), but also when
+    /// a paused VM resumes (none follows, the session goes on).
     fn acked_features(&self, _features: u64) {
         self.dispatcher.device_restarted();
     }
 
     fn reset_device(&self) {
-        self.dispatcher.device_restarted();
+        self.dispatcher.device_reset();
     }
 
     fn set_event_idx(&self, enabled: bool) {
