@@ -39,4 +39,4 @@ pub use error::{Error, Result};
 pub use initramfs::{InitMode, InitramfsBuilder};
 pub use kernel::GuestKernel;
 pub use prereq::{require, Need, Prereqs};
-pub use qemu::{MemoryBackend, QemuConfig, Transcript, VhostUserFs, Vm};
+pub use qemu::{MemoryBackend, Plugin, QemuConfig, Transcript, VhostUserFs, Vm};

@@ -22,6 +22,9 @@ pub enum Need {
     Busybox,
     /// The reference virtiofsd.
     Virtiofsd,
+    /// QEMU 10 (TCG plugin API v4) beside the system QEMU, see
+    /// [`paths::qemu10`].
+    Qemu10,
 }
 
 /// What [`require`] found.
@@ -33,6 +36,8 @@ pub struct Prereqs {
     pub qemu: PathBuf,
     /// virtiofsd, when [`Need::Virtiofsd`] was asked for.
     pub virtiofsd: Option<PathBuf>,
+    /// QEMU 10, when [`Need::Qemu10`] was asked for.
+    pub qemu10: Option<PathBuf>,
 }
 
 /// True when running under CI, where skipping is not allowed.
@@ -70,11 +75,20 @@ pub fn check(needs: &[Need]) -> Result<Prereqs, String> {
     if want_virtiofsd && !virtiofsd.is_file() {
         missing.push(format!("virtiofsd at {}", virtiofsd.display()));
     }
+    let want_qemu10 = needs.contains(&Need::Qemu10);
+    let qemu10 = paths::qemu10();
+    if want_qemu10 && !qemu10.is_file() {
+        missing.push(format!(
+            "QEMU 10 at {} (bookworm-backports; or set FSD_QEMU10)",
+            qemu10.display()
+        ));
+    }
     match (missing.is_empty(), kernel, qemu) {
         (true, Ok(kernel), Some(qemu)) => Ok(Prereqs {
             kernel,
             qemu,
             virtiofsd: want_virtiofsd.then_some(virtiofsd),
+            qemu10: want_qemu10.then_some(qemu10),
         }),
         _ => {
             let list = missing.join("; ");
