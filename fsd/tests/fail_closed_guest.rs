@@ -159,7 +159,12 @@ fn guest_root_cannot_get_through_by_exhaustion_swaps_or_remounts() {
         "mount",
         "remount-pub-read",
     ] {
-        assert_eq!(outcome(must_work), "ok", "{must_work}:\n{out}\n{}", daemon.log_text());
+        assert_eq!(
+            outcome(must_work),
+            "ok",
+            "{must_work}:\n{out}\n{}",
+            daemon.log_text()
+        );
     }
     for must_fail in [
         "swap-read",
@@ -175,9 +180,15 @@ fn guest_root_cannot_get_through_by_exhaustion_swaps_or_remounts() {
     ] {
         assert_eq!(outcome(must_fail), "FAIL", "{must_fail}:\n{out}");
     }
-    assert!(!out.contains(MARKER), "protected content reached the guest:\n{out}");
+    assert!(
+        !out.contains(MARKER),
+        "protected content reached the guest:\n{out}"
+    );
     // The host side is untouched.
-    assert_eq!(std::fs::read_to_string(share.join("etc/shadow")).unwrap(), MARKER);
+    assert_eq!(
+        std::fs::read_to_string(share.join("etc/shadow")).unwrap(),
+        MARKER
+    );
     assert_eq!(
         std::fs::read_to_string(share.join("etc/passwd")).unwrap(),
         "root:x:0:0\n"
