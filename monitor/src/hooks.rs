@@ -372,11 +372,13 @@ impl PluginLink {
         Ok(())
     }
 
-    /// The next line from the socket; `None` when `timeout` passes first.
-    fn read_message(
+    /// The next raw line from the socket (without its newline); `None`
+    /// when `timeout` passes first. For a consumer that only counts or
+    /// forwards lines; [`PluginLink::next`] parses them.
+    pub fn next_line(
         &mut self,
         timeout: Duration,
-    ) -> std::result::Result<Option<Message>, LinkError> {
+    ) -> std::result::Result<Option<String>, LinkError> {
         self.reader
             .get_ref()
             .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
@@ -386,13 +388,25 @@ impl PluginLink {
             Ok(_) => {
                 let line = String::from_utf8_lossy(&self.partial).trim().to_string();
                 self.partial.clear();
-                Message::parse(&line)
-                    .map(Some)
-                    .map_err(|source| LinkError::Malformed { line, source })
+                Ok(Some(line))
             }
             // What was read so far stays in `partial` for the next call.
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Ok(None),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The next line from the socket, parsed; `None` when `timeout` passes
+    /// first.
+    fn read_message(
+        &mut self,
+        timeout: Duration,
+    ) -> std::result::Result<Option<Message>, LinkError> {
+        match self.next_line(timeout)? {
+            None => Ok(None),
+            Some(line) => Message::parse(&line)
+                .map(Some)
+                .map_err(|source| LinkError::Malformed { line, source }),
         }
     }
 
