@@ -256,6 +256,16 @@ pub struct PluginStats {
     pub dropped_down: u64,
     pub faulted: u64,
     pub armed_generation: u64,
+    /// Host time spent inside hook callbacks, ns (all vCPUs together).
+    #[serde(default)]
+    pub callback_ns: u64,
+}
+
+impl PluginStats {
+    /// Mean host time of one hook callback, ns.
+    pub fn ns_per_hit(&self) -> u64 {
+        self.callback_ns.checked_div(self.hits).unwrap_or(0)
+    }
 }
 
 /// A reply of the plugin.

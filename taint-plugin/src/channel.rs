@@ -51,6 +51,8 @@ pub struct Stats {
     pub faulted: AtomicU64,
     /// The hook table generation in force (0: the command line's).
     pub armed_generation: AtomicU64,
+    /// Host time spent inside hook callbacks, ns (summed over vCPUs).
+    pub callback_ns: AtomicU64,
 }
 
 impl Stats {
@@ -64,20 +66,22 @@ impl Stats {
             "dropped_down": g(&self.dropped_down),
             "faulted": g(&self.faulted),
             "armed_generation": g(&self.armed_generation),
+            "callback_ns": g(&self.callback_ns),
         })
     }
 
     /// One line for QEMU's log at exit.
     pub fn summary(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let hits = g(&self.hits);
         format!(
-            "taint-plugin: hits={} sent={} dropped_full={} dropped_down={} faulted={} generation={}\n",
-            g(&self.hits),
+            "taint-plugin: hits={hits} sent={} dropped_full={} dropped_down={} faulted={} generation={} ns_per_hit={}\n",
             g(&self.sent),
             g(&self.dropped_full),
             g(&self.dropped_down),
             g(&self.faulted),
-            g(&self.armed_generation)
+            g(&self.armed_generation),
+            g(&self.callback_ns).checked_div(hits).unwrap_or(0)
         )
     }
 }
@@ -146,6 +150,14 @@ impl Channel {
     pub fn next_seq(&self) -> u64 {
         self.shared.stats.hits.fetch_add(1, Ordering::Relaxed);
         self.shared.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Adds the host time one callback took.
+    pub fn callback_took(&self, ns: u64) {
+        self.shared
+            .stats
+            .callback_ns
+            .fetch_add(ns, Ordering::Relaxed);
     }
 
     /// Puts an event into the ring, or drops and counts it. Never waits.

@@ -177,6 +177,7 @@ unsafe extern "C" fn on_hit(vcpu: c_uint, userdata: *mut c_void) {
         let (Some(ch), Some(regs)) = (CHANNEL.get(), REGS.get()) else {
             return;
         };
+        let started = now_ns();
         let seq = ch.next_seq();
         let r = Regs {
             args: regs.args.map(|h| read_reg(h).unwrap_or(0)),
@@ -184,12 +185,13 @@ unsafe extern "C" fn on_hit(vcpu: c_uint, userdata: *mut c_void) {
         };
         let hit = Hit {
             seq,
-            ns: now_ns(),
+            ns: started,
             vcpu,
             generation: site.generation,
         };
         let ev = capture(&mut QemuMem, site.hook, site.offsets, &r, hit);
         ch.push(ev);
+        ch.callback_took(now_ns().saturating_sub(started));
     }));
 }
 
