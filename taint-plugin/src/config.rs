@@ -82,6 +82,17 @@ impl Kind {
         }
     }
 
+    /// How many argument registers the kind reads (each read is a call
+    /// into QEMU, so the others are left alone).
+    pub fn args_used(self) -> usize {
+        match self {
+            Kind::Fork | Kind::Exit | Kind::Exec => 1,
+            Kind::Send | Kind::Recv => 2,
+            Kind::Read | Kind::Write => 3,
+            Kind::Call => 4,
+        }
+    }
+
     /// The event name on the wire (`"ev"`).
     pub fn wire_name(self) -> &'static str {
         match self {

@@ -179,8 +179,13 @@ unsafe extern "C" fn on_hit(vcpu: c_uint, userdata: *mut c_void) {
         };
         let started = now_ns();
         let seq = ch.next_seq();
+        let mut args = [0u64; 4];
+        let used = site.hook.kind.args_used();
+        for (a, h) in args.iter_mut().zip(regs.args).take(used) {
+            *a = read_reg(h).unwrap_or(0);
+        }
         let r = Regs {
-            args: regs.args.map(|h| read_reg(h).unwrap_or(0)),
+            args,
             gs_base: regs.gs_base.and_then(read_reg),
         };
         let hit = Hit {

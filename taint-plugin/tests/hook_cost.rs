@@ -173,7 +173,7 @@ fn hook_cost_in_the_guest() {
         let tag = format!("b{r}");
         turn(&mut bare, None, "run", &tag);
         for (op, ns) in run_costs(&bare.vm.console(), &tag) {
-            figures.entry(("no plugin", leak(op))).or_default().push(ns);
+            figures.entry(("no plugin", op_name(op))).or_default().push(ns);
         }
         for (config, plan) in [("loaded", &idle), ("hooked", &hooked)] {
             link.arm(plan, Duration::from_secs(60)).expect("arm");
@@ -192,7 +192,7 @@ fn hook_cost_in_the_guest() {
                 hooked_time += t.elapsed();
             }
             for (op, ns) in run_costs(&plug.vm.console(), &tag) {
-                figures.entry((config, leak(op))).or_default().push(ns);
+                figures.entry((config, op_name(op))).or_default().push(ns);
             }
         }
     }
@@ -230,8 +230,12 @@ fn hook_cost_in_the_guest() {
     println!("hooks on the path: {}", hooks_of.join("; "));
     println!(
         "events: {hooked_events} in the hooked runs ({:.0} a second, read here as they came); \
-         plugin counters at exit {stats:?}; load average at the end: {}",
+         {} ns of host time per hook callback on average",
         hooked_events as f64 / hooked_time.as_secs_f64(),
+        stats.ns_per_hit()
+    );
+    println!(
+        "plugin counters at exit {stats:?}; load average at the end: {}",
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .trim()
@@ -239,7 +243,7 @@ fn hook_cost_in_the_guest() {
 }
 
 /// The six operation names, as `'static` keys.
-fn leak(op: String) -> &'static str {
+fn op_name(op: String) -> &'static str {
     ON_PATH
         .iter()
         .map(|(o, _)| *o)
