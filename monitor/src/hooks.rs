@@ -168,7 +168,7 @@ pub struct GuestTask {
     pub ptr: u64,
     pub pid: Option<i32>,
     pub tgid: Option<i32>,
-    /// `real_parent->tgid`.
+    /// `real_parent->tgid`, in fork events (both tasks) only.
     pub ppid: Option<i32>,
     /// Guest monotonic ns at fork (with `ptr`, tells a reused pid apart).
     pub start_ns: Option<u64>,

@@ -31,7 +31,7 @@ pub struct Task {
     pub read: bool,
     pub pid: i32,
     pub tgid: i32,
-    /// `real_parent->tgid`, when that could be read too.
+    /// `real_parent->tgid` (read for the two tasks of a fork event only).
     pub ppid: Option<i32>,
     /// `start_time` (ns of monotonic guest time at fork).
     pub start_ns: Option<u64>,

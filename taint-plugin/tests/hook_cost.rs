@@ -173,7 +173,10 @@ fn hook_cost_in_the_guest() {
         let tag = format!("b{r}");
         turn(&mut bare, None, "run", &tag);
         for (op, ns) in run_costs(&bare.vm.console(), &tag) {
-            figures.entry(("no plugin", op_name(op))).or_default().push(ns);
+            figures
+                .entry(("no plugin", op_name(op)))
+                .or_default()
+                .push(ns);
         }
         for (config, plan) in [("loaded", &idle), ("hooked", &hooked)] {
             link.arm(plan, Duration::from_secs(60)).expect("arm");
