@@ -35,11 +35,14 @@ pub const FORK: &str = "wake_up_new_task";
 pub const EXIT: &str = "do_exit";
 /// Exec: `begin_new_exec(bprm)`, past the point of no return.
 pub const EXEC: &str = "begin_new_exec";
-/// Send: `__sock_sendmsg(sock, msg)`, which every send path of 6.1 calls
-/// (`sendto`, `sendmsg`, `write` on a socket, in-kernel `sock_sendmsg`).
+/// Send: `__sock_sendmsg(sock, msg)`, which the send paths of 6.1 call
+/// (`sendto`, `sendmsg`, `write` on a socket, in-kernel `sock_sendmsg`),
+/// except `sendmmsg` to the address of the message before (inlined
+/// `sock_sendmsg_nosec`; see docs/taint.md).
 pub const SEND: &str = "__sock_sendmsg";
 /// Receive: `sock_recvmsg(sock, msg, flags)` (`recvfrom`, `recvmsg`, `read`
-/// on a socket, in-kernel `kernel_recvmsg`).
+/// on a socket, in-kernel `kernel_recvmsg`; `recvmmsg` only for its first
+/// message).
 pub const RECV: &str = "sock_recvmsg";
 /// File reads and writes at the VFS: every `read`/`write` of any file, so
 /// they cost the most; left out of [`PROCESS_AND_SOCKETS`].
