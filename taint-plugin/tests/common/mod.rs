@@ -26,6 +26,11 @@ echo "SHELL $$"
 echo READY
 "#;
 
+/// What every test here needs; `None` after printing SKIP (a panic in CI).
+pub fn require() -> Option<testrig::Prereqs> {
+    testrig::require(&[Need::Qemu10, Need::Kernel, Need::Busybox, Need::Virtiofsd])
+}
+
 /// The plugin's shared object: `FSD_TAINT_PLUGIN`, else a release build
 /// into `<target>/taint-plugin` (a target directory of its own, so the
 /// build does not wait on the lock of the `cargo test` that runs this).
