@@ -15,9 +15,10 @@
 //!
 //! Raw bindings (`qemu_plugin::sys`) are used for the hot paths: the exec
 //! callback gets a `'static` hook site as its user data (no allocation per
-//! translation), registers and memory are read into per-thread GLib arrays
-//! that QEMU may resize (the crate's memory reader hands QEMU a buffer GLib
-//! did not allocate, which QEMU then resizes).
+//! translation), registers and memory are read into per-thread GLib arrays.
+//! QEMU resizes the array it is given for a memory read (documented in
+//! qemu-plugin.h), so it must be one GLib allocated: the crate's own reader
+//! wraps a Rust buffer in a stack `GByteArray`, which GLib must not resize.
 
 use std::cell::Cell;
 use std::ffi::{c_uint, c_void, CStr};
