@@ -7,5 +7,8 @@
 //! - [`lock`]: take, hold and release `flock`, POSIX (`fcntl` process-owned)
 //!   and OFD locks, and query them with `F_GETLK`, printing what happened;
 //!   the `lockprobe` binary wraps it.
+//! - [`syscalls`]: fork, exit, socket sends and a cost loop of the system
+//!   calls the taint hooks watch; the `hookprobe` binary wraps it.
 
 pub mod lock;
+pub mod syscalls;

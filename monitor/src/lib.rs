@@ -12,6 +12,8 @@
 //! - [`inject`]: running a guest kernel function by call injection.
 //! - [`freeze`]: parking and waking a process from outside.
 //! - [`pagecache`]: finding and flushing the cached pages of a file.
+//! - [`hooks`]: where the TCG plugin hooks the guest kernel, and the events
+//!   it streams back (fork, exit, exec, socket send/receive, file I/O).
 //! - [`daemon`]: serving fsd's (and operators') requests, e.g. "flush
 //!   these inodes in VM X", over a Unix socket.
 //! - [`error`]: what can go wrong, one variant per cause.
@@ -23,6 +25,7 @@ pub mod daemon;
 pub mod error;
 pub mod freeze;
 pub mod gdb;
+pub mod hooks;
 pub mod inject;
 pub mod kernel;
 pub mod mem;

@@ -9,6 +9,9 @@
 //! guest/release                           <release>
 //! guest/vmlinux                           decompressed ELF kernel with .BTF
 //! virtiofsd/bin/virtiofsd                 reference daemon
+//! qemu10/root/usr/bin/qemu-system-x86_64  QEMU 10 (bookworm-backports, dpkg -x)
+//! qemu10/root/usr/share/{qemu,seabios}    its firmware
+//! qemu10/root/usr/lib/x86_64-linux-gnu/qemu  its modules
 //! initramfs/<sha256>.cpio                 initramfs images built by the rig
 //! ```
 //!
@@ -153,6 +156,42 @@ pub fn busybox() -> PathBuf {
 /// The QEMU binary (`FSD_QEMU` overrides the one on `PATH`).
 pub fn qemu() -> PathBuf {
     env_path("FSD_QEMU").unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"))
+}
+
+/// Where `scripts/install-deps.sh` unpacks QEMU 10 (beside the system QEMU).
+pub fn qemu10_root() -> PathBuf {
+    cache_dir().join("qemu10/root")
+}
+
+/// A QEMU whose TCG plugin API can read registers and guest memory (API v4,
+/// QEMU >= 9.2): `FSD_QEMU10`, else the one unpacked under [`qemu10_root`].
+pub fn qemu10() -> PathBuf {
+    match std::env::var_os("FSD_QEMU10").filter(|v| !v.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => qemu10_root().join("usr/bin/qemu-system-x86_64"),
+    }
+}
+
+/// Firmware directories (`-L`) of the unpacked QEMU 10; empty when the
+/// binary came from `FSD_QEMU10` (an installed QEMU finds its own).
+pub fn qemu10_data_dirs() -> Vec<PathBuf> {
+    if std::env::var_os("FSD_QEMU10").is_some_and(|v| !v.is_empty()) {
+        return Vec::new();
+    }
+    ["usr/share/qemu", "usr/share/seabios"]
+        .iter()
+        .map(|d| qemu10_root().join(d))
+        .filter(|d| d.is_dir())
+        .collect()
+}
+
+/// Module directory (`QEMU_MODULE_DIR`) of the unpacked QEMU 10, so it never
+/// loads the system QEMU's modules of another version.
+pub fn qemu10_module_dir() -> Option<PathBuf> {
+    if std::env::var_os("FSD_QEMU10").is_some_and(|v| !v.is_empty()) {
+        return None;
+    }
+    Some(qemu10_root().join("usr/lib/x86_64-linux-gnu/qemu")).filter(|d| d.is_dir())
 }
 
 /// The workspace root (this crate lives one level below it).

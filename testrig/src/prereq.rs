@@ -28,6 +28,9 @@ pub enum Need {
     Virtiofsd,
     /// The decompressed guest kernel (`vmlinux`), for the monitor.
     Vmlinux,
+    /// QEMU 10 (TCG plugin API v4) beside the system QEMU, see
+    /// [`paths::qemu10`].
+    Qemu10,
 }
 
 /// What [`require`] found.
@@ -41,6 +44,8 @@ pub struct Prereqs {
     pub virtiofsd: Option<PathBuf>,
     /// The decompressed guest kernel, when [`Need::Vmlinux`] was asked for.
     pub vmlinux: Option<PathBuf>,
+    /// QEMU 10, when [`Need::Qemu10`] was asked for.
+    pub qemu10: Option<PathBuf>,
 }
 
 /// True when running under CI, where skipping is not allowed.
@@ -86,12 +91,21 @@ pub fn check(needs: &[Need]) -> Result<Prereqs, String> {
             vmlinux.display()
         ));
     }
+    let want_qemu10 = needs.contains(&Need::Qemu10);
+    let qemu10 = paths::qemu10();
+    if want_qemu10 && !qemu10.is_file() {
+        missing.push(format!(
+            "QEMU 10 at {} (bookworm-backports; or set FSD_QEMU10)",
+            qemu10.display()
+        ));
+    }
     match (missing.is_empty(), kernel, qemu) {
         (true, Ok(kernel), Some(qemu)) => Ok(Prereqs {
             kernel,
             qemu,
             virtiofsd: want_virtiofsd.then_some(virtiofsd),
             vmlinux: want_vmlinux.then_some(vmlinux),
+            qemu10: want_qemu10.then_some(qemu10),
         }),
         _ => {
             let list = missing.join("; ");

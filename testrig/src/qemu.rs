@@ -70,6 +70,13 @@ pub struct QemuConfig {
     pub qmp: Option<PathBuf>,
     /// `-gdb unix:PATH,server=on,wait=off`.
     pub gdb: Option<PathBuf>,
+    /// Firmware directories, one `-L` each (searched before QEMU's own).
+    pub data_dirs: Vec<PathBuf>,
+    /// Environment for the QEMU process (e.g. `QEMU_MODULE_DIR`).
+    pub env: Vec<(OsString, OsString)>,
+    /// TCG plugins, one `-plugin` each: the shared object and its
+    /// `key=value` arguments.
+    pub plugins: Vec<Plugin>,
     /// Appended verbatim at the end of the command line.
     pub extra_args: Vec<OsString>,
     /// Start-to-power-off limit for [`Vm::wait`].
@@ -93,6 +100,9 @@ impl QemuConfig {
             uuid: None,
             qmp: None,
             gdb: None,
+            data_dirs: Vec::new(),
+            env: Vec::new(),
+            plugins: Vec::new(),
             extra_args: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             console_log: None,
@@ -106,6 +116,30 @@ impl QemuConfig {
             tag: tag.to_string(),
             num_request_queues: None,
             queue_size: None,
+        });
+        self
+    }
+
+    /// Runs QEMU 10 ([`paths::qemu10`]) instead of the system QEMU, with its
+    /// own firmware and modules, so TCG plugins can read registers and memory.
+    pub fn qemu10(mut self) -> Self {
+        self.qemu = paths::qemu10();
+        self.data_dirs = paths::qemu10_data_dirs();
+        if let Some(dir) = paths::qemu10_module_dir() {
+            self.env
+                .push(("QEMU_MODULE_DIR".into(), dir.into_os_string()));
+        }
+        self
+    }
+
+    /// Loads a TCG plugin: `-plugin SO,key=value,...`.
+    pub fn plugin(mut self, so: &Path, args: &[(&str, String)]) -> Self {
+        self.plugins.push(Plugin {
+            path: so.to_path_buf(),
+            args: args
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
         });
         self
     }
@@ -135,6 +169,10 @@ impl QemuConfig {
             "-no-reboot",
         ] {
             push(s.to_string());
+        }
+        for dir in &self.data_dirs {
+            push("-L".into());
+            push(dir.display().to_string());
         }
         push("-m".into());
         push(format!("{mib}M"));
@@ -189,8 +227,33 @@ impl QemuConfig {
             push("-gdb".into());
             push(format!("unix:{},server=on,wait=off", p.display()));
         }
+        for p in &self.plugins {
+            a.push("-plugin".into());
+            a.push(p.arg());
+        }
         a.extend(self.extra_args.iter().cloned());
         a
+    }
+}
+
+/// One TCG plugin on the QEMU command line.
+#[derive(Debug, Clone)]
+pub struct Plugin {
+    /// The plugin's shared object.
+    pub path: PathBuf,
+    /// Its arguments, in order (QEMU hands them to the plugin as `key=value`).
+    pub args: Vec<(String, String)>,
+}
+
+impl Plugin {
+    /// The `-plugin` option value. QEMU splits it at commas, so a comma in a
+    /// path or value is doubled.
+    pub fn arg(&self) -> OsString {
+        let mut s = self.path.display().to_string().replace(',', ",,");
+        for (k, v) in &self.args {
+            s.push_str(&format!(",{k}={}", v.replace(',', ",,")));
+        }
+        s.into()
     }
 }
 
@@ -268,6 +331,7 @@ impl Vm {
     pub fn start(cfg: &QemuConfig) -> Result<Vm> {
         let mut child = Command::new(&cfg.qemu)
             .args(cfg.args(false))
+            .envs(cfg.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -303,6 +367,7 @@ impl Vm {
     pub fn interactive(cfg: &QemuConfig) -> Result<std::process::ExitStatus> {
         Command::new(&cfg.qemu)
             .args(cfg.args(true))
+            .envs(cfg.env.iter().map(|(k, v)| (k, v)))
             .status()
             .map_err(|source| Error::Spawn {
                 program: cfg.qemu.display().to_string(),
@@ -456,5 +521,30 @@ mod tests {
         assert!(joined.contains("vhost-user-fs-pci,chardev=fs0,tag=t,num-request-queues=2"));
         assert!(joined.contains("-uuid 00000000-0000-0000-0000-000000000001"));
         assert!(joined.contains("-no-reboot"));
+        assert!(!joined.contains("-plugin"));
+    }
+
+    #[test]
+    fn plugin_and_firmware_options() {
+        let k = GuestKernel {
+            release: "r".into(),
+            vmlinuz: "/k".into(),
+            modules_dir: "/m".into(),
+            config: None,
+            vmlinux: None,
+        };
+        let mut cfg = QemuConfig::new(&k, Path::new("/i")).plugin(
+            Path::new("/p/libx.so"),
+            &[("sock", "/run/a,b.sock".into()), ("ring", "64".into())],
+        );
+        cfg.data_dirs.push("/fw".into());
+        let args: Vec<String> = cfg
+            .args(false)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        assert!(joined.contains("-plugin /p/libx.so,sock=/run/a,,b.sock,ring=64"));
+        assert!(joined.contains("-L /fw"));
     }
 }

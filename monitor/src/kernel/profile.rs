@@ -13,7 +13,7 @@ use super::kallsyms::{self, Symbol};
 use crate::error::{Error, Result};
 
 /// Bump when the set of extracted facts changes so old caches are rebuilt.
-const PROFILE_FORMAT: u32 = 5;
+const PROFILE_FORMAT: u32 = 6;
 
 /// Symbols the monitor looks up. Missing ones are simply absent from the
 /// profile; features that need them fail with `MissingSymbol`.
@@ -61,6 +61,17 @@ pub const WANTED_SYMBOLS: &[&str] = &[
     // A work function the kernel runs every second even on an idle guest
     // (kworker context: process context, no locks held).
     "vmstat_shepherd",
+    // Hooks of the TCG plugin (see hooks.rs): fork, exit, exec, socket
+    // send/receive, file read/write, and the per-CPU `current_task`.
+    "wake_up_new_task",
+    "do_exit",
+    "begin_new_exec",
+    "__sock_sendmsg",
+    "sock_sendmsg",
+    "sock_recvmsg",
+    "vfs_read",
+    "vfs_write",
+    "current_task",
 ];
 
 /// Struct members the monitor reads, as (struct, dotted member path).
@@ -116,6 +127,20 @@ pub const WANTED_FIELDS: &[(&str, &str)] = &[
     ("page", "index"),
     ("page", "_mapcount"),
     ("page", "_refcount"),
+    // Read by the TCG plugin's hooks (see hooks.rs).
+    ("task_struct", "start_time"),
+    ("linux_binprm", "filename"),
+    ("socket", "type"),
+    ("socket", "sk"),
+    ("sock_common", "skc_daddr"),
+    ("sock_common", "skc_rcv_saddr"),
+    ("sock_common", "skc_dport"),
+    ("sock_common", "skc_num"),
+    ("sock_common", "skc_family"),
+    ("sock_common", "skc_v6_daddr"),
+    ("sock_common", "skc_v6_rcv_saddr"),
+    ("msghdr", "msg_iter.count"),
+    ("file", "f_inode"),
 ];
 
 /// Enumerators the monitor needs (page flag bits, from `enum pageflags`).
