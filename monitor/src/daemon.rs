@@ -99,9 +99,14 @@ impl State {
             }
             // Defined for the taint engine and the packet filter, which do
             // not exist yet.
-            Op::FileEvents { .. } | Op::SocketOwner { .. } => {
-                return Err(Error::Unsupported(op.name()))
-            }
+            Op::FileEvents { .. }
+            | Op::GuestEvents { .. }
+            | Op::TaintStatus { .. }
+            | Op::TaintQuery { .. }
+            | Op::TaintGraph { .. }
+            | Op::TaintDerived { .. }
+            | Op::TaintWatch
+            | Op::SocketOwner { .. } => return Err(Error::Unsupported(op.name())),
         })
     }
 }
@@ -223,7 +228,7 @@ mod tests {
         let local = "10.0.2.15:80".parse().unwrap();
         let (kind, _) = failure(c.socket_owner("nope", Transport::Tcp, local, T));
         assert_eq!(kind, FailureKind::Unsupported);
-        let (kind, _) = failure(c.file_events("nope", vec![], T));
+        let (kind, _) = failure(c.file_events("nope", vec![], 0, T));
         assert_eq!(kind, FailureKind::Unsupported);
         // The connection still serves after failures.
         c.ping(T).unwrap();
