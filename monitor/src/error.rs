@@ -148,6 +148,9 @@ pub enum Error {
     /// A reply could not be encoded as JSON.
     #[error("encoding a reply: {0}")]
     EncodeReply(#[source] serde_json::Error),
+    /// Taint tracking failed (state, bounds, audit log, Graphviz).
+    #[error(transparent)]
+    Taint(crate::taint::TaintError),
 }
 
 /// Crate-wide result.
