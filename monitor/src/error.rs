@@ -142,6 +142,9 @@ pub enum Error {
     /// An injected call was given more arguments than registers carry.
     #[error("an injected call takes at most six arguments, not {0}")]
     TooManyArguments(usize),
+    /// The request cannot be served as sent.
+    #[error("bad request: {0}")]
+    BadRequest(String),
     /// The daemon knows the request but does not serve it (yet).
     #[error("the monitor does not serve {0} requests yet")]
     Unsupported(&'static str),

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use monitor_client::taint::Transport;
 use monitor_client::taint_report::{Carrier, Subject, TaintedEntry, VmEntry};
 
 use super::alert::rfc3339;
@@ -55,7 +56,7 @@ fn node_id(vm: &str, s: &Subject) -> String {
         Subject::UnverifiedProcess { pid } => format!("pid:{pid}"),
         Subject::Unix { name } => format!("unix:{name}"),
         Subject::UnixPair { a, b } => format!("unixpair:{a:#x}:{b:#x}"),
-        Subject::Flow { transport, a, b } => format!("flow:{transport:?}:{a}:{b}"),
+        Subject::Flow { transport: t, a, b } => format!("flow:{}:{a}:{b}", transport(*t)),
     };
     quote(&format!("{vm}/{key}"))
 }
@@ -90,18 +91,40 @@ fn describe(e: &TaintedEntry) -> (Vec<String>, &'static str) {
             vec!["unix pair".into(), format!("{a:#x}"), format!("{b:#x}")],
             "hexagon",
         ),
-        Subject::Flow { transport, a, b } => (
-            vec![
-                format!("{transport:?}").to_lowercase(),
-                a.to_string(),
-                b.to_string(),
-            ],
+        Subject::Flow { transport: t, a, b } => (
+            vec![transport(*t).to_string(), a.to_string(), b.to_string()],
             "diamond",
         ),
     }
 }
 
-fn carrier(c: Carrier) -> &'static str {
+/// An entry on one line, for people (`monitor taint watch`, alerts).
+pub fn one_line(e: &TaintedEntry) -> String {
+    let (lines, _) = describe(e);
+    let kind = match &e.subject {
+        Subject::File { .. } => "file",
+        Subject::Process { .. } | Subject::UnverifiedProcess { .. } => "process",
+        Subject::Unix { .. } | Subject::UnixPair { .. } => "socket",
+        Subject::Flow { .. } => "flow",
+    };
+    let mut s = format!("{kind} {}", lines.join(" "));
+    if e.ended {
+        s.push_str(" (ended)");
+    }
+    s.retain(|c| !c.is_control());
+    s
+}
+
+/// A transport's name, as the wire writes it.
+pub fn transport(t: Transport) -> &'static str {
+    match t {
+        Transport::Tcp => "tcp",
+        Transport::Udp => "udp",
+    }
+}
+
+/// The name of the event that carried taint.
+pub fn carrier(c: Carrier) -> &'static str {
     match c {
         Carrier::Source => "source",
         Carrier::Open => "open",

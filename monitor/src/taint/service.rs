@@ -134,12 +134,12 @@ impl TaintService {
     fn log_notice(&self, n: &TaintNotice) {
         if let TaintNotice::Leak { alert } = n {
             log::warn!(
-                "taint leak: {} pid {} ({}) sent to {} ({:?}); chain of {}",
+                "taint leak: {} pid {} ({}) sent to {} ({}); chain of {}",
                 alert.vm_name,
                 alert.pid,
                 alert.name,
                 alert.destination,
-                alert.transport,
+                super::graph::transport(alert.transport),
                 alert.chain.len()
             );
         }

@@ -98,6 +98,8 @@ impl Guest {
             mem: mem.clone(),
             vmlinux,
             system_map: None,
+            uuid: None,
+            addrs: Vec::new(),
         };
         let mut g = Guest {
             vm,
