@@ -67,6 +67,7 @@ impl Rig {
             root_prefix: PathBuf::from(&share),
             guard: None,
             limits: fsd::fs::nodes::Limits::for_nofile(4096, true),
+            taint: None,
         };
         let fs = SharedFs::new(cfg, std::fs::File::open(&share).expect("share"), opts).expect("SharedFs");
         let dispatcher = Dispatcher::new(Arc::new(fs));
