@@ -116,10 +116,7 @@ pub type Connector = Box<dyn Fn() -> std::io::Result<UnixStream> + Send>;
 
 /// Starts the sender thread for VM `vm` (as the monitor's configuration
 /// names it); the file system gives its view through the returned cell.
-pub fn start(
-    vm: String,
-    connect: Connector,
-) -> std::io::Result<(TaintTap, ViewCell)> {
+pub fn start(vm: String, connect: Connector) -> std::io::Result<(TaintTap, ViewCell)> {
     let (tx, rx) = sync_channel(QUEUE);
     let dropped = Arc::new(AtomicU64::new(0));
     let view = Arc::new(OnceLock::new());

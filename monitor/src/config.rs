@@ -120,7 +120,8 @@ mod tests {
         assert!(c.taint.freeze_on_leak);
         assert_eq!(c.taint.limits.files, 10);
         assert_eq!(
-            c.taint.limits.processes, 16384,
+            c.taint.limits.processes,
+            crate::taint::Limits::default().processes,
             "unnamed limits keep their default"
         );
         assert!(serde_json::from_str::<Config>(r#"{"taint":{"freez_on_leak":true}}"#).is_err());

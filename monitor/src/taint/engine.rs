@@ -198,12 +198,18 @@ pub struct VmState {
     pub counters: Counters,
 }
 
-/// Rough memory of one tainted entry (key, value, two index slots).
-const ENTRY_BYTES: u64 = 400;
-/// Of one process-view entry.
-const KNOWN_BYTES: u64 = 120;
+/// Memory of one tainted entry (key, value, its age index, names, and the
+/// hash table's slack), as the resident set grew per entry when tables were
+/// filled with a million events (`examples/taint_throughput.rs`).
+pub const ENTRY_BYTES: u64 = 1024;
+/// Of one process-view or alerted-pair entry, likewise.
+pub const SMALL_BYTES: u64 = 384;
 /// Of one derived-file record, path aside.
-const DERIVED_BYTES: u64 = 96;
+pub const DERIVED_BYTES: u64 = 128;
+
+/// Longest name (path, `comm`, UNIX address) kept, in bytes: a guest
+/// chooses its names, and the tables' memory bound counts on this.
+pub const MAX_NAME: usize = 256;
 
 impl VmState {
     fn new(id: VmId, l: &Limits) -> VmState {
@@ -284,15 +290,15 @@ impl VmState {
     }
 
     fn approx_bytes(&self) -> u64 {
-        let entries = (self.files.len() + self.procs.len() + self.unix.len() + self.inet.len())
-            as u64
-            + self.alerted.len() as u64;
+        let entries =
+            (self.files.len() + self.procs.len() + self.unix.len() + self.inet.len()) as u64;
+        let small = (self.known.len() + self.alerted.len()) as u64;
         let derived: u64 = self
             .derived
             .iter()
             .map(|d| DERIVED_BYTES + d.path.as_ref().map_or(0, |p| p.len() as u64))
             .sum();
-        entries * ENTRY_BYTES + self.known.len() as u64 * KNOWN_BYTES + derived
+        entries * ENTRY_BYTES + small * SMALL_BYTES + derived
     }
 
     /// The VM's status.

@@ -56,7 +56,7 @@ fn node_id(vm: &str, s: &Subject) -> String {
         Subject::UnverifiedProcess { pid } => format!("pid:{pid}"),
         Subject::Unix { name } => format!("unix:{name}"),
         Subject::UnixPair { a, b } => format!("unixpair:{a:#x}:{b:#x}"),
-        Subject::Flow { transport: t, a, b } => format!("flow:{}:{a}:{b}", transport(*t)),
+        Subject::Flow(f) => format!("flow:{}:{}:{}", transport(f.transport), f.a, f.b),
     };
     quote(&format!("{vm}/{key}"))
 }
@@ -91,8 +91,12 @@ fn describe(e: &TaintedEntry) -> (Vec<String>, &'static str) {
             vec!["unix pair".into(), format!("{a:#x}"), format!("{b:#x}")],
             "hexagon",
         ),
-        Subject::Flow { transport: t, a, b } => (
-            vec![transport(*t).to_string(), a.to_string(), b.to_string()],
+        Subject::Flow(f) => (
+            vec![
+                transport(f.transport).to_string(),
+                f.a.to_string(),
+                f.b.to_string(),
+            ],
             "diamond",
         ),
     }
@@ -105,7 +109,7 @@ pub fn one_line(e: &TaintedEntry) -> String {
         Subject::File { .. } => "file",
         Subject::Process { .. } | Subject::UnverifiedProcess { .. } => "process",
         Subject::Unix { .. } | Subject::UnixPair { .. } => "socket",
-        Subject::Flow { .. } => "flow",
+        Subject::Flow(_) => "flow",
     };
     let mut s = format!("{kind} {}", lines.join(" "));
     if e.ended {

@@ -60,17 +60,36 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// At most about 31 MiB per VM ([`Limits::max_bytes_per_vm`]).
     fn default() -> Self {
         Limits {
             vms: 32,
-            files: 16384,
-            processes: 16384,
-            known_processes: 32768,
-            sockets: 8192,
-            derived: 4096,
-            alerts: 4096,
+            files: 8192,
+            processes: 8192,
+            known_processes: 16384,
+            sockets: 4096,
+            derived: 2048,
+            alerts: 1024,
             chain: 64,
         }
+    }
+}
+
+impl Limits {
+    /// The most one VM's tables take with every table full (names at their
+    /// longest), by the engine's per-entry figures.
+    pub fn max_bytes_per_vm(&self) -> u64 {
+        use engine::{DERIVED_BYTES, ENTRY_BYTES, SMALL_BYTES};
+        let entries = (self.files + self.processes + 2 * self.sockets) as u64;
+        let small = (self.known_processes + self.alerts) as u64;
+        let derived = self.derived as u64 * (DERIVED_BYTES + engine::MAX_NAME as u64 + 3);
+        entries * ENTRY_BYTES + small * SMALL_BYTES + derived
+    }
+
+    /// The most taint tracking takes: every VM at its bound, and the
+    /// host-wide index of flows between VMs full.
+    pub fn max_bytes(&self) -> u64 {
+        self.vms as u64 * self.max_bytes_per_vm() + self.sockets as u64 * engine::ENTRY_BYTES
     }
 }
 

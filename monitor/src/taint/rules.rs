@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 
-use super::engine::{Effects, FlowMark, Ident, Node, VmState};
+use super::engine::{Effects, FlowMark, Ident, Node, VmState, MAX_NAME};
 use super::tables::Bounded;
 use super::Limits;
 use crate::report::Process;
@@ -495,10 +495,6 @@ impl Step<'_> {
         }
     }
 }
-
-/// Longest name (path, `comm`, UNIX address) kept, in bytes: a guest
-/// chooses its names, and the tables' memory bound counts on this.
-pub const MAX_NAME: usize = 256;
 
 /// `s`, cut to [`MAX_NAME`] bytes on a character boundary.
 fn clip(s: &str) -> String {

@@ -780,18 +780,19 @@ fn a_million_forks_and_files_stay_within_the_bounds() {
     let (d, _) = t.e.derived_after(&v.uuid, 0, usize::MAX);
     assert_eq!(d.len(), limits.derived);
     // Memory: the estimate stays under its bound for one VM.
-    let per_vm_bound =
-        (limits.files + limits.processes + 2 * limits.sockets + limits.alerts) as u64 * 400
-            + limits.known_processes as u64 * 120
-            + limits.derived as u64 * (96 + 260);
+    let per_vm_bound = limits.max_bytes_per_vm();
     let bytes = t.e.approx_bytes();
     println!(
-        "after {N} forks and {N} files: {} processes, {} files, {} known, {} evicted, about {} KiB",
+        "after {N} forks and {N} files: {} processes, {} files, {} known, {} evicted, \
+         about {} KiB (bound {} KiB per VM, {} MiB for {} VMs)",
         s.processes,
         s.files,
         s.known_processes,
         s.evicted,
-        bytes / 1024
+        bytes / 1024,
+        per_vm_bound / 1024,
+        limits.max_bytes() >> 20,
+        limits.vms
     );
     assert!(bytes <= per_vm_bound, "{bytes} > {per_vm_bound}");
     // The most recent children are still tainted; the tracker says the
