@@ -448,4 +448,50 @@ mod tests {
         let (_, _, dropped) = answer(&mut r).unwrap();
         assert!(dropped >= QUEUE as u64 * 4, "{dropped}");
     }
+
+    /// What handing one event over costs a request, with a monitor that
+    /// answers every batch and with none (every event dropped). Prints,
+    /// asserts nothing:
+    /// `cargo test -p fsd --release --lib record_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn record_cost() {
+        const N: u64 = 2_000_000;
+        let t = tempfile::tempdir().unwrap();
+        let sock = t.path().join("m.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let monitor = thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(conn);
+            let mut n = 0u64;
+            while let Some((_, events, _)) = answer(&mut r) {
+                n += events.len() as u64;
+            }
+            n
+        });
+        let s = sock.clone();
+        let (tap, _cell) = start("vm1".into(), Box::new(move || UnixStream::connect(&s))).unwrap();
+        let t0 = Instant::now();
+        for i in 0..N {
+            tap.record(ev(1 + (i % 64) as u32, i % 4096, FileAccess::Read, NO_RULE));
+        }
+        let per = t0.elapsed().as_nanos() as f64 / N as f64;
+        thread::sleep(Duration::from_millis(500));
+        println!(
+            "with a monitor: {per:.0} ns per event handed over; {} of {N} dropped at the queue",
+            tap.dropped()
+        );
+        drop(tap);
+        drop(_cell);
+        let got = monitor.join().unwrap();
+        println!("the monitor received {got} events (duplicates within a batch merged)");
+        let s = t.path().join("none.sock");
+        let (tap, _cell) = start("vm1".into(), Box::new(move || UnixStream::connect(&s))).unwrap();
+        let t0 = Instant::now();
+        for i in 0..N {
+            tap.record(ev(1, i % 4096, FileAccess::Read, NO_RULE));
+        }
+        let per = t0.elapsed().as_nanos() as f64 / N as f64;
+        println!("without a monitor: {per:.0} ns per event handed over (all counted as dropped)");
+    }
 }
