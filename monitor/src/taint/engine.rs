@@ -255,6 +255,19 @@ impl VmState {
         t.get(s).filter(|_| !t.is_retired(s))
     }
 
+    /// A tainted entry whose taint still flows out of it. A process named
+    /// by its task and start time keeps its taint after it was seen to
+    /// end: no other process can have that name, and "ended" may only mean
+    /// its leader thread exited while other threads run on. A process named
+    /// by a pid alone, or by a task without a start time, must be live: a
+    /// new process can come under that name.
+    pub(super) fn holder(&self, s: &Subject) -> Option<&Node> {
+        match s {
+            Subject::Process { start_time, .. } if *start_time != 0 => self.node(s),
+            _ => self.live(s),
+        }
+    }
+
     /// The entry of `s` in its wire form.
     pub fn entry(&self, s: &Subject) -> Option<TaintedEntry> {
         let n = self.node(s)?;
@@ -570,7 +583,7 @@ impl Engine {
                         })
                         .cloned(),
                 };
-                subject.and_then(|s| vm.live(&s).and(vm.entry(&s)))
+                subject.and_then(|s| vm.holder(&s).and(vm.entry(&s)))
             }
             Query::Flow {
                 transport,

@@ -134,7 +134,7 @@ impl Step<'_> {
             }
         }
         if e.access.writes() && !self.vm.files.contains(&file) {
-            if let Some(p) = self.vm.live(&process) {
+            if let Some(p) = self.vm.holder(&process) {
                 let (rule, p_verified) = (p.rule.clone(), p.verified);
                 let origin = self.origin(Some(process), Carrier::Write);
                 let node = Node {
@@ -332,7 +332,7 @@ impl Step<'_> {
         };
         let subject = child.subject();
         self.vm.known.insert(child_pid, child);
-        if let Some(p) = self.vm.live(parent) {
+        if let Some(p) = self.vm.holder(parent) {
             let (rule, verified) = (p.rule.clone(), p.verified);
             let origin = self.origin(Some(parent.clone()), Carrier::Fork);
             self.taint(
@@ -374,7 +374,7 @@ impl Step<'_> {
         let Some(s) = Self::socket_subject(socket) else {
             return self.reject();
         };
-        let Some(p) = self.vm.live(me) else {
+        let Some(p) = self.vm.holder(me) else {
             return;
         };
         let (rule, verified) = (p.rule.clone(), p.verified);

@@ -253,6 +253,28 @@ fn case1_reader_copy_and_child_are_tainted_the_rest_is_clean() {
 }
 
 #[test]
+fn threads_outliving_their_leader_keep_the_taint() {
+    let mut t = T::new();
+    let v = vm(1);
+    let (cat, _, _) = case1(&mut t, &v);
+    // A second thread (tid 150), then the leader exits.
+    let thread = P { pid: 150, ..cat };
+    let mut spawn = cat.fork(&v, &thread);
+    if let GuestEventKind::Fork { child_tgid, .. } = &mut spawn.kind {
+        *child_tgid = cat.pid;
+    }
+    t.guest(&v, vec![spawn, cat.exit(&v)]);
+    // The thread sends out: still the tainted process, still a leak.
+    let mut send = cat.inet(&v, true, Transport::Tcp, "10.0.2.15:1", "8.8.8.8:53");
+    send.pid = 150;
+    let fx = t.guest(&v, vec![send]);
+    assert_eq!(fx.alerts().count(), 1);
+    // Its writes are tainted too, under its own tid.
+    t.files(&v, vec![fe(150, 60, FileAccess::Write, None)]);
+    assert!(t.tainted(&v, &file(60)));
+}
+
+#[test]
 fn exec_keeps_taint() {
     let mut t = T::new();
     let v = vm(1);
