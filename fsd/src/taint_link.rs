@@ -240,7 +240,7 @@ impl Sender {
         match self.call(events, dropped) {
             Ok(derived) => {
                 if self.retry_at.take().is_some() {
-                    info!("monitor reachable again: taint events flow");
+                    info!("the monitor takes taint events again");
                 }
                 self.backoff = Duration::from_secs(1);
                 self.reported = dropped;
@@ -250,9 +250,14 @@ impl Sender {
                 self.client = None;
                 self.dropped.fetch_add(n, Ordering::Relaxed);
                 if self.retry_at.is_none() {
+                    let why = if e.is_unreachable() {
+                        "monitor unreachable"
+                    } else {
+                        "monitor refused them"
+                    };
                     warn!(
-                        "monitor unreachable, taint events of {} are dropped (and counted) \
-                         until it is back: {e}",
+                        "{why}: taint events of {} are dropped (and counted) until it takes \
+                         them again: {e}",
                         self.vm
                     );
                 }

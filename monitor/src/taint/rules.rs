@@ -257,7 +257,8 @@ impl Step<'_> {
     }
 
     pub(super) fn guest_event(&mut self, e: &GuestEvent) {
-        if (e.vm != self.vm.id.uuid && e.vm != self.vm.id.name) || e.task == 0 || e.pid == 0 {
+        let ours = e.vm.eq_ignore_ascii_case(&self.vm.id.uuid) || e.vm == self.vm.id.name;
+        if !ours || e.task == 0 || e.pid == 0 {
             // Another VM's event in this VM's batch, or no process at all.
             return self.reject();
         }

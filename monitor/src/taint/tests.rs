@@ -620,6 +620,10 @@ fn forged_and_garbage_events_are_counted_not_trusted() {
     no_task.task = 0;
     let mut elsewhere = p.exec(&v);
     elsewhere.vm = "vm9".into();
+    // The VM by its UUID, in capitals: ours.
+    let mut by_uuid = P::new(4243, "z").exec(&v);
+    by_uuid.vm = v.uuid.to_uppercase();
+    assert_eq!(t.guest(&v, vec![by_uuid]).accepted, 1);
     let fork0 = p.fork(
         &v,
         &P {
