@@ -213,7 +213,8 @@ pub struct Opt {
     pub authd_socket: Option<PathBuf>,
 
     /// The monitor's socket: when a grant ends, fsd asks it to flush what
-    /// the guest read under the grant from the guest's page cache.
+    /// the guest read under the grant from the guest's page cache; file
+    /// events for taint tracking go there too (docs/taint.md).
     #[arg(long, value_name = "PATH", requires = "policy")]
     pub monitor_socket: Option<PathBuf>,
 

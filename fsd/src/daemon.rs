@@ -306,6 +306,17 @@ pub fn run(s: Settings) -> Result<()> {
         )?),
         None => None,
     };
+    // File events for the monitor's taint tracking: only with a monitor.
+    let taint = match &s.access {
+        Some(a) if a.monitor_socket.is_some() => Some(
+            crate::taint_link::start(a.vm.clone(), crate::taint_link::via_broker(broker.clone()))
+                .map_err(|source| Error::Thread {
+                name: "taint link",
+                source,
+            })?,
+        ),
+        _ => None,
+    };
 
     let root_prefix = sandbox::root_prefix(s.sandbox, &shared);
     // Only a policy needs to know of renames on the host.
@@ -332,16 +343,21 @@ pub fn run(s: Settings) -> Result<()> {
                 guard: guard.clone(),
                 limits,
                 host_watch,
+                taint: taint.as_ref().map(|(tap, _)| tap.clone()),
             },
         )
         .map_err(Error::FileSystem)
     })?;
+    let fs = Arc::new(fs);
+    if let Some((_, view)) = &taint {
+        let _ = view.set(fs.clone() as Arc<dyn crate::taint_link::FsView>);
+    }
     sandbox::drop_privileges(file_handles)?;
     if s.sandbox == SandboxMode::None {
         info!("running without a sandbox (--sandbox=none)");
     }
 
-    let dispatcher = Arc::new(Dispatcher::new(Arc::new(fs)));
+    let dispatcher = Arc::new(Dispatcher::new(fs));
     let backend = Arc::new(
         FsBackend::new(
             DeviceConfig {

@@ -14,6 +14,7 @@
 //! | the file system: passthrough behind name checks, readonly, locks | [`fs`] |
 //! | per-file access control: policy, labels, grants, audit | [`policy`] |
 //! | asking the monitor to flush when a grant ends | [`monitor_link`] |
+//! | file events for the monitor's taint tracking, off the request path | [`taint_link`] |
 //! | host resources for the sandboxed daemon, from its parent | [`broker`] |
 //! | confinement: namespaces, pivot_root, capabilities, rlimits | [`sandbox`] |
 //! | the seccomp allow-list | [`seccomp`] |
@@ -35,6 +36,7 @@ pub mod sandbox;
 pub mod seccomp;
 pub mod signals;
 pub mod socket;
+pub mod taint_link;
 pub mod vhost_user;
 
 pub use error::{Error, Result};

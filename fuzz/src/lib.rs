@@ -68,6 +68,7 @@ impl Rig {
             guard: None,
             limits: fsd::fs::nodes::Limits::for_nofile(4096, true),
             host_watch: fsd::fs::hostwatch::HostWatch::disabled(),
+            taint: None,
         };
         let fs = SharedFs::new(cfg, std::fs::File::open(&share).expect("share"), opts).expect("SharedFs");
         let dispatcher = Dispatcher::new(Arc::new(fs));

@@ -17,7 +17,8 @@ use crate::protocol::{
     to_line, FailureKind, Op, Reply, ReplyBody, Request, MAX_REPLY_LINE, VERSION,
 };
 use crate::report::{FlushReport, FreezeReport, Identity, Process};
-use crate::taint::{FileEvent, SocketOwner, Transport};
+use crate::taint::{FileEvent, GuestEvent, SocketOwner, Transport};
+use crate::taint_report::{DerivedFile, Query, TaintNotice, TaintStatus, TaintedEntry, VmEntry};
 
 /// Why a call did not return a result.
 #[derive(Debug, thiserror::Error)]
@@ -144,9 +145,18 @@ impl Client {
         if left.is_zero() {
             return Err(ClientError::Timeout(timeout));
         }
+        self.read_line_within(Some(left), timeout)
+    }
+
+    /// Reads one reply line, waiting at most `left` (`None`: for ever).
+    fn read_line_within(
+        &mut self,
+        left: Option<Duration>,
+        timeout: Duration,
+    ) -> Result<Reply, ClientError> {
         self.reader
             .get_ref()
-            .set_read_timeout(Some(left))
+            .set_read_timeout(left)
             .map_err(ClientError::Io)?;
         let mut line = Vec::new();
         let n = (&mut self.reader)
@@ -231,21 +241,117 @@ impl Client {
         }
     }
 
-    /// Reports file accesses for taint tracking; returns how many the
-    /// monitor took in. Not served yet (see [`crate::taint`]).
+    /// Reports file accesses for taint tracking, with the number of events
+    /// fsd lost since it started; returns how many the monitor took in and
+    /// the files they made derived from a rule.
     pub fn file_events(
         &mut self,
         vm: &str,
         events: Vec<FileEvent>,
+        dropped: u64,
         timeout: Duration,
-    ) -> Result<u64, ClientError> {
+    ) -> Result<(u64, Vec<DerivedFile>), ClientError> {
         let op = Op::FileEvents {
             vm: vm.into(),
             events,
+            dropped,
         };
         match self.call(op, timeout)? {
-            ReplyBody::Accepted { count } => Ok(count),
+            ReplyBody::Accepted { count, derived } => Ok((count, derived)),
             other => Err(unexpected("accepted", &other)),
+        }
+    }
+
+    /// Reports events of hooks in the guest kernel of `vm`, with the number
+    /// the hooks lost since they started; returns how many were taken in.
+    pub fn guest_events(
+        &mut self,
+        vm: &str,
+        events: Vec<GuestEvent>,
+        dropped: u64,
+        timeout: Duration,
+    ) -> Result<u64, ClientError> {
+        let op = Op::GuestEvents {
+            vm: vm.into(),
+            events,
+            dropped,
+        };
+        match self.call(op, timeout)? {
+            ReplyBody::Accepted { count, .. } => Ok(count),
+            other => Err(unexpected("accepted", &other)),
+        }
+    }
+
+    /// Taint tracking counted, for VM `vm` or for all.
+    pub fn taint_status(
+        &mut self,
+        vm: Option<&str>,
+        timeout: Duration,
+    ) -> Result<TaintStatus, ClientError> {
+        let op = Op::TaintStatus {
+            vm: vm.map(str::to_owned),
+        };
+        match self.call(op, timeout)? {
+            ReplyBody::TaintStatus { status } => Ok(status),
+            other => Err(unexpected("taint_status", &other)),
+        }
+    }
+
+    /// Whether a process or a flow of `vm` is tainted: the entry if so, and
+    /// whether the VM's tracking is complete.
+    pub fn taint_query(
+        &mut self,
+        vm: &str,
+        query: Query,
+        timeout: Duration,
+    ) -> Result<(Option<TaintedEntry>, bool), ClientError> {
+        let op = Op::TaintQuery {
+            vm: vm.into(),
+            query,
+        };
+        match self.call(op, timeout)? {
+            ReplyBody::TaintAnswer { tainted, complete } => Ok((tainted, complete)),
+            other => Err(unexpected("taint_answer", &other)),
+        }
+    }
+
+    /// The VM's tainted entries with their origins (a graph's nodes; each
+    /// origin is an edge), and its UUID.
+    pub fn taint_graph(
+        &mut self,
+        vm: &str,
+        timeout: Duration,
+    ) -> Result<(String, Vec<VmEntry>), ClientError> {
+        match self.call(Op::TaintGraph { vm: vm.into() }, timeout)? {
+            ReplyBody::TaintGraph { vm, nodes } => Ok((vm, nodes)),
+            other => Err(unexpected("taint_graph", &other)),
+        }
+    }
+
+    /// Files of `vm` derived from a rule, after position `after`; returns
+    /// them and the position to ask from next.
+    pub fn taint_derived(
+        &mut self,
+        vm: &str,
+        after: u64,
+        timeout: Duration,
+    ) -> Result<(Vec<DerivedFile>, u64), ClientError> {
+        let op = Op::TaintDerived {
+            vm: vm.into(),
+            after,
+        };
+        match self.call(op, timeout)? {
+            ReplyBody::Derived { files, next } => Ok((files, next)),
+            other => Err(unexpected("derived", &other)),
+        }
+    }
+
+    /// Turns this connection into a stream of taint notices.
+    pub fn taint_watch(mut self, timeout: Duration) -> Result<Watch, ClientError> {
+        let id = self.next_id;
+        match self.call(Op::TaintWatch, timeout)? {
+            ReplyBody::Watching => Ok(Watch { client: self, id }),
+            other => Err(unexpected("watching", &other)),
         }
     }
 
@@ -266,6 +372,35 @@ impl Client {
         match self.call(op, timeout)? {
             ReplyBody::SocketOwner { owner } => Ok(owner),
             other => Err(unexpected("socket_owner", &other)),
+        }
+    }
+}
+
+/// A connection turned into a stream of taint notices
+/// ([`Client::taint_watch`]).
+#[derive(Debug)]
+pub struct Watch {
+    client: Client,
+    /// The `taint_watch` request's id, which every notice carries.
+    id: u64,
+}
+
+impl Watch {
+    /// The next notice, waiting at most `timeout` (`None`: for ever).
+    pub fn next_notice(&mut self, timeout: Option<Duration>) -> Result<TaintNotice, ClientError> {
+        let shown = timeout.unwrap_or(Duration::MAX);
+        let reply = self.client.read_line_within(timeout, shown)?;
+        if reply.v != VERSION {
+            return Err(ClientError::Version(reply.v));
+        }
+        match (reply.id, reply.body) {
+            (id, ReplyBody::TaintNotice { notice }) if id == self.id => Ok(notice),
+            (_, ReplyBody::Error { kind, message }) => Err(ClientError::Monitor { kind, message }),
+            (id, ReplyBody::TaintNotice { .. }) => Err(ClientError::WrongId {
+                expected: self.id,
+                got: id,
+            }),
+            (_, other) => Err(unexpected("taint_notice", &other)),
         }
     }
 }
@@ -370,7 +505,37 @@ mod tests {
             },
             Op::FileEvents { events, .. } => ReplyBody::Accepted {
                 count: events.len() as u64,
+                derived: vec![DerivedFile {
+                    dev: 1,
+                    ino: 2,
+                    rule: "secret/**".into(),
+                    path: None,
+                    seq: 1,
+                }],
             },
+            Op::GuestEvents { events, .. } => ReplyBody::Accepted {
+                count: events.len() as u64,
+                derived: vec![],
+            },
+            Op::TaintStatus { .. } => ReplyBody::TaintStatus {
+                status: TaintStatus {
+                    vms: vec![Default::default()],
+                    ..Default::default()
+                },
+            },
+            Op::TaintQuery { .. } => ReplyBody::TaintAnswer {
+                tainted: None,
+                complete: true,
+            },
+            Op::TaintGraph { vm } => ReplyBody::TaintGraph {
+                vm: format!("uuid-of-{vm}"),
+                nodes: vec![],
+            },
+            Op::TaintDerived { .. } => ReplyBody::Derived {
+                files: vec![],
+                next: 1,
+            },
+            Op::TaintWatch => ReplyBody::Watching,
             Op::SocketOwner { vm, .. } if vm == "nobody" => ReplyBody::SocketOwner { owner: None },
             Op::SocketOwner { .. } => ReplyBody::SocketOwner {
                 owner: Some(SocketOwner {
@@ -404,8 +569,19 @@ mod tests {
             dev: 1,
             ino: 2,
             access: FileAccess::Write,
+            path: None,
+            rule: None,
         };
-        assert_eq!(c.file_events("web", vec![ev, ev], T).unwrap(), 2);
+        let (count, derived) = c.file_events("web", vec![ev.clone(), ev], 0, T).unwrap();
+        assert_eq!((count, derived.len()), (2, 1));
+        assert_eq!(c.guest_events("web", vec![], 0, T).unwrap(), 0);
+        assert_eq!(c.taint_status(None, T).unwrap().vms.len(), 1);
+        let (t, complete) = c
+            .taint_query("web", Query::Process { pid: 5, task: None }, T)
+            .unwrap();
+        assert!(t.is_none() && complete);
+        assert_eq!(c.taint_graph("web", T).unwrap().0, "uuid-of-web");
+        assert_eq!(c.taint_derived("web", 0, T).unwrap().1, 1);
         let local = "10.0.2.15:80".parse().unwrap();
         let owner = c.socket_owner("web", Transport::Tcp, local, T).unwrap();
         assert_eq!(owner.unwrap().name, "curl");
@@ -460,7 +636,14 @@ mod tests {
                 // Another version.
                 4 => vec![b"{\"v\":2,\"id\":4,\"result\":\"pong\"}\n".to_vec()],
                 // The wrong kind of result.
-                5 => vec![to_line(&Reply::new(5, ReplyBody::Accepted { count: 1 })).unwrap()],
+                5 => vec![to_line(&Reply::new(
+                    5,
+                    ReplyBody::Accepted {
+                        count: 1,
+                        derived: vec![],
+                    },
+                ))
+                .unwrap()],
                 // Not a reply at all.
                 _ => vec![b"{\"hello\":1}\n".to_vec()],
             })
@@ -518,5 +701,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let e = Client::connect(dir.path().join("none.sock")).unwrap_err();
         assert!(matches!(e, ClientError::Connect { .. }) && e.is_unreachable());
+    }
+
+    #[test]
+    fn a_watch_streams_notices_with_its_id() {
+        let (mine, theirs) = UnixStream::pair().unwrap();
+        let server = thread::spawn(move || {
+            serve(theirs, |req| {
+                let notice = |id, missed| {
+                    to_line(&Reply::new(
+                        id,
+                        ReplyBody::TaintNotice {
+                            notice: TaintNotice::Lagged { missed },
+                        },
+                    ))
+                    .unwrap()
+                };
+                vec![
+                    to_line(&Reply::new(req.id, ReplyBody::Watching)).unwrap(),
+                    notice(req.id, 1),
+                    notice(req.id, 2),
+                    notice(req.id + 5, 3),
+                ]
+            })
+        });
+        let mut w = Client::from_stream(mine).taint_watch(T).unwrap();
+        assert_eq!(
+            w.next_notice(Some(T)).unwrap(),
+            TaintNotice::Lagged { missed: 1 }
+        );
+        assert_eq!(
+            w.next_notice(None).unwrap(),
+            TaintNotice::Lagged { missed: 2 }
+        );
+        assert!(matches!(
+            w.next_notice(Some(T)),
+            Err(ClientError::WrongId { .. })
+        ));
+        let e = w.next_notice(Some(Duration::from_millis(50))).unwrap_err();
+        assert!(matches!(e, ClientError::Timeout(_)), "{e}");
+        drop(w);
+        server.join().unwrap();
     }
 }

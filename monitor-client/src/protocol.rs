@@ -21,7 +21,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::report::{FlushReport, FreezeReport, Identity, Process};
-use crate::taint::{FileEvent, SocketOwner, Transport};
+use crate::taint::{FileEvent, GuestEvent, SocketOwner, Transport};
+use crate::taint_report::{DerivedFile, Query, TaintNotice, TaintStatus, TaintedEntry, VmEntry};
 
 /// Protocol version spoken by this build.
 pub const VERSION: u32 = 1;
@@ -65,9 +66,48 @@ pub enum Op {
     /// as fsd serves them) and scrub the freed frames; [`ReplyBody::Flushed`].
     Flush { vm: String, inos: Vec<u64> },
     /// File accesses fsd served, for taint tracking; answered with
-    /// [`ReplyBody::Accepted`]. Defined, not yet served: the daemon answers
-    /// [`FailureKind::Unsupported`].
-    FileEvents { vm: String, events: Vec<FileEvent> },
+    /// [`ReplyBody::Accepted`], which lists the files these events made
+    /// derived from a rule.
+    FileEvents {
+        vm: String,
+        events: Vec<FileEvent>,
+        /// Events fsd could not send since it started (queue full, monitor
+        /// down): tracking of this VM is incomplete when not 0.
+        #[serde(default)]
+        dropped: u64,
+    },
+    /// Process and socket events from hooks in the guest kernel, all of
+    /// VM `vm` (each event names it too); answered with
+    /// [`ReplyBody::Accepted`].
+    GuestEvents {
+        vm: String,
+        events: Vec<GuestEvent>,
+        /// Events the hooks lost since they started (their ring was full).
+        #[serde(default)]
+        dropped: u64,
+    },
+    /// Taint tracking counted, for one VM or all; [`ReplyBody::TaintStatus`].
+    TaintStatus {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vm: Option<String>,
+    },
+    /// Is this process or flow tainted? For a packet filter;
+    /// [`ReplyBody::TaintAnswer`].
+    TaintQuery { vm: String, query: Query },
+    /// Every tainted entry of the VM with its origin, and the entries of
+    /// other VMs its origins lead to; [`ReplyBody::TaintGraph`].
+    TaintGraph { vm: String },
+    /// Files derived from a rule, after position `after` of the VM's list
+    /// (fsd catching up after a restart); [`ReplyBody::Derived`].
+    TaintDerived {
+        vm: String,
+        #[serde(default)]
+        after: u64,
+    },
+    /// Turns the connection into a stream of taint notices: answered with
+    /// [`ReplyBody::Watching`], then one [`ReplyBody::TaintNotice`] per
+    /// notice, all with this request's id, until the client hangs up.
+    TaintWatch,
     /// Which guest process owns the socket bound to `local`, for a packet
     /// filter; answered with [`ReplyBody::SocketOwner`]. Defined, not yet
     /// served: the daemon answers [`FailureKind::Unsupported`].
@@ -89,20 +129,32 @@ impl Op {
             Op::Thaw { .. } => "thaw",
             Op::Flush { .. } => "flush",
             Op::FileEvents { .. } => "file_events",
+            Op::GuestEvents { .. } => "guest_events",
+            Op::TaintStatus { .. } => "taint_status",
+            Op::TaintQuery { .. } => "taint_query",
+            Op::TaintGraph { .. } => "taint_graph",
+            Op::TaintDerived { .. } => "taint_derived",
+            Op::TaintWatch => "taint_watch",
             Op::SocketOwner { .. } => "socket_owner",
         }
     }
 
-    /// The VM the operation is about (`None` for `ping`).
+    /// The VM the operation is about (`None` for `ping`, `taint_watch` and
+    /// a `taint_status` of all VMs).
     pub fn vm(&self) -> Option<&str> {
         match self {
-            Op::Ping => None,
+            Op::Ping | Op::TaintWatch => None,
+            Op::TaintStatus { vm } => vm.as_deref(),
             Op::Uuid { vm }
             | Op::Ps { vm }
             | Op::Freeze { vm, .. }
             | Op::Thaw { vm, .. }
             | Op::Flush { vm, .. }
             | Op::FileEvents { vm, .. }
+            | Op::GuestEvents { vm, .. }
+            | Op::TaintQuery { vm, .. }
+            | Op::TaintGraph { vm }
+            | Op::TaintDerived { vm, .. }
             | Op::SocketOwner { vm, .. } => Some(vm),
         }
     }
@@ -136,8 +188,31 @@ pub enum ReplyBody {
     Thawed { report: FreezeReport },
     /// To `flush`.
     Flushed { report: FlushReport },
-    /// To `file_events`: how many events were taken in.
-    Accepted { count: u64 },
+    /// To `file_events` and `guest_events`: how many events were taken
+    /// in, and the files they made derived from a rule (for fsd's
+    /// `inherit`).
+    Accepted {
+        count: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        derived: Vec<DerivedFile>,
+    },
+    /// To `taint_status`.
+    TaintStatus { status: TaintStatus },
+    /// To `taint_query`: the tainted entry, if it is tainted; `complete`
+    /// false means the VM's tracking lost events or entries, so "not
+    /// tainted" is not certain (a filter may then fail closed).
+    TaintAnswer {
+        tainted: Option<TaintedEntry>,
+        complete: bool,
+    },
+    /// To `taint_graph`.
+    TaintGraph { vm: String, nodes: Vec<VmEntry> },
+    /// To `taint_derived`: the files, and the `after` to ask with next.
+    Derived { files: Vec<DerivedFile>, next: u64 },
+    /// To `taint_watch`: notices follow.
+    Watching,
+    /// One notice of a watch stream (id: the `taint_watch` request's).
+    TaintNotice { notice: TaintNotice },
     /// To `socket_owner`: the owning process, `None` when no guest socket
     /// is bound there (or it closed before the lookup).
     SocketOwner { owner: Option<SocketOwner> },
@@ -156,6 +231,12 @@ impl ReplyBody {
             ReplyBody::Thawed { .. } => "thawed",
             ReplyBody::Flushed { .. } => "flushed",
             ReplyBody::Accepted { .. } => "accepted",
+            ReplyBody::TaintStatus { .. } => "taint_status",
+            ReplyBody::TaintAnswer { .. } => "taint_answer",
+            ReplyBody::TaintGraph { .. } => "taint_graph",
+            ReplyBody::Derived { .. } => "derived",
+            ReplyBody::Watching => "watching",
+            ReplyBody::TaintNotice { .. } => "taint_notice",
             ReplyBody::SocketOwner { .. } => "socket_owner",
             ReplyBody::Error { .. } => "error",
         }
@@ -283,7 +364,31 @@ pub fn to_line<T: Serialize>(message: &T) -> serde_json::Result<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::report::{FlushReport, FreezeReport, Identity, Process};
-    use crate::taint::{FileAccess, FileEvent, SocketOwner, Transport};
+    use crate::taint::{
+        FileAccess, FileEvent, GuestEvent, GuestEventKind, SocketInfo, SocketOwner, Transport,
+    };
+    use crate::taint_report::{Carrier, LeakAlert, Origin, Subject, VmTaintStatus};
+
+    fn entry() -> TaintedEntry {
+        TaintedEntry {
+            subject: Subject::Process {
+                task: 0xffff_8880_0300_0000,
+                start_time: 77,
+            },
+            name: Some("curl".into()),
+            pid: Some(731),
+            rule: Some("secret/**".into()),
+            origin: Origin {
+                from: Some(Subject::File { dev: 2051, ino: 99 }),
+                from_vm: None,
+                by: Carrier::Read,
+                at_ms: 1_700_000_000_000,
+                seq: 12,
+            },
+            verified: true,
+            ended: false,
+        }
+    }
 
     fn every_op() -> Vec<Op> {
         vec![
@@ -310,15 +415,77 @@ mod tests {
                         dev: 0x803,
                         ino: 99,
                         access: FileAccess::Read,
+                        path: Some("secret/a.txt".into()),
+                        rule: Some("secret/**".into()),
                     },
                     FileEvent {
                         pid: 8,
                         dev: 0x803,
                         ino: 100,
                         access: FileAccess::Rename,
+                        path: None,
+                        rule: None,
                     },
                 ],
+                dropped: 3,
             },
+            Op::GuestEvents {
+                vm: "web".into(),
+                events: vec![
+                    GuestEvent {
+                        vm: "web".into(),
+                        kind: GuestEventKind::Fork {
+                            child_pid: 9,
+                            child_tgid: 9,
+                            child_task: 0xffff_8880_0000_2000,
+                            child_start_time: 44,
+                        },
+                        pid: 8,
+                        tgid: 8,
+                        task: 0xffff_8880_0000_1000,
+                        start_time: 40,
+                        comm: "sh".into(),
+                    },
+                    GuestEvent {
+                        vm: "web".into(),
+                        kind: GuestEventKind::Send {
+                            socket: SocketInfo::Inet {
+                                transport: Transport::Udp,
+                                local: "10.0.2.15:5353".parse().unwrap(),
+                                peer: None,
+                            },
+                        },
+                        pid: 9,
+                        tgid: 9,
+                        task: 0xffff_8880_0000_2000,
+                        start_time: 44,
+                        comm: "dig".into(),
+                    },
+                ],
+                dropped: 0,
+            },
+            Op::TaintStatus { vm: None },
+            Op::TaintStatus {
+                vm: Some("web".into()),
+            },
+            Op::TaintQuery {
+                vm: "web".into(),
+                query: Query::Process { pid: 9, task: None },
+            },
+            Op::TaintQuery {
+                vm: "web".into(),
+                query: Query::Flow {
+                    transport: Transport::Tcp,
+                    local: "10.0.2.15:44312".parse().unwrap(),
+                    peer: "93.184.216.34:443".parse().unwrap(),
+                },
+            },
+            Op::TaintGraph { vm: "web".into() },
+            Op::TaintDerived {
+                vm: "web".into(),
+                after: 4,
+            },
+            Op::TaintWatch,
             Op::SocketOwner {
                 vm: "web".into(),
                 transport: Transport::Tcp,
@@ -378,7 +545,79 @@ mod tests {
                     work_us: 72_160,
                 },
             },
-            ReplyBody::Accepted { count: 2 },
+            ReplyBody::Accepted {
+                count: 2,
+                derived: vec![],
+            },
+            ReplyBody::Accepted {
+                count: 1,
+                derived: vec![DerivedFile {
+                    dev: 2051,
+                    ino: 7,
+                    rule: "secret/**".into(),
+                    path: Some("tmp/copy".into()),
+                    seq: 1,
+                }],
+            },
+            ReplyBody::TaintStatus {
+                status: TaintStatus {
+                    vms: vec![VmTaintStatus {
+                        vm: "6f1c3e2a-0000-4000-8000-000000000001".into(),
+                        name: "web".into(),
+                        files: 2,
+                        complete: false,
+                        incomplete: vec!["fsd dropped 3 events".into()],
+                        ..VmTaintStatus::default()
+                    }],
+                    approx_bytes: 4096,
+                    persistent: true,
+                },
+            },
+            ReplyBody::TaintAnswer {
+                tainted: Some(entry()),
+                complete: true,
+            },
+            ReplyBody::TaintAnswer {
+                tainted: None,
+                complete: false,
+            },
+            ReplyBody::TaintGraph {
+                vm: "6f1c3e2a-0000-4000-8000-000000000001".into(),
+                nodes: vec![VmEntry {
+                    vm: "6f1c3e2a-0000-4000-8000-000000000001".into(),
+                    entry: entry(),
+                }],
+            },
+            ReplyBody::Derived {
+                files: vec![],
+                next: 9,
+            },
+            ReplyBody::Watching,
+            ReplyBody::TaintNotice {
+                notice: TaintNotice::Leak {
+                    alert: LeakAlert {
+                        at_ms: 1_700_000_000_100,
+                        vm: "6f1c3e2a-0000-4000-8000-000000000001".into(),
+                        vm_name: "web".into(),
+                        pid: 731,
+                        name: "curl".into(),
+                        task: 0xffff_8880_0300_0000,
+                        start_time: 77,
+                        transport: Transport::Tcp,
+                        local: "10.0.2.15:44312".parse().unwrap(),
+                        destination: "93.184.216.34:443".parse().unwrap(),
+                        chain: vec![VmEntry {
+                            vm: "6f1c3e2a-0000-4000-8000-000000000001".into(),
+                            entry: entry(),
+                        }],
+                        chain_complete: true,
+                        freeze: true,
+                    },
+                },
+            },
+            ReplyBody::TaintNotice {
+                notice: TaintNotice::Lagged { missed: 5 },
+            },
             ReplyBody::SocketOwner {
                 owner: Some(SocketOwner {
                     pid: 310,

@@ -112,7 +112,7 @@ pub struct Process {
 }
 
 /// Kernel addresses as `0x…` text, as people read them.
-mod hex_addr {
+pub(crate) mod hex_addr {
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
@@ -125,6 +125,24 @@ mod hex_addr {
             .strip_prefix("0x")
             .ok_or_else(|| D::Error::custom(format!("address {text:?} lacks 0x")))?;
         u64::from_str_radix(digits, 16).map_err(D::Error::custom)
+    }
+}
+
+/// Optional kernel addresses as `0x…` text (absent or `null` for none).
+pub(crate) mod opt_hex_addr {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => super::hex_addr::serialize(v, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        #[derive(Deserialize)]
+        struct Hex(#[serde(with = "super::hex_addr")] u64);
+        Ok(Option::<Hex>::deserialize(d)?.map(|h| h.0))
     }
 }
 

@@ -4,17 +4,25 @@
 //!
 //! ```json
 //! { "vms": { "web": { "qmp": "/run/vm/web.qmp", "gdb": "/run/vm/web.gdb",
-//!                     "mem": "/dev/shm/web-ram", "vmlinux": "/boot/vmlinux-6.1" } } }
+//!                     "mem": "/dev/shm/web-ram", "vmlinux": "/boot/vmlinux-6.1",
+//!                     "uuid": "6f1c3e2a-…", "addrs": ["10.0.0.2"] } },
+//!   "taint": { "state_dir": "/var/lib/monitor/taint", "audit_log": "/var/log/monitor/taint.log",
+//!              "freeze_on_leak": false } }
 //! ```
 //!
-//! The same fields can be given as command-line flags instead.
+//! The same VM fields can be given as command-line flags instead. `uuid`
+//! and `addrs` serve taint tracking (docs/taint.md): the UUID keys the VM's
+//! taint state without asking QEMU, and the addresses of all VMs tell a
+//! send to a neighbour from a leak.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::taint::TaintConfig;
 
 /// Where to reach one VM and which kernel it runs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -32,6 +40,13 @@ pub struct VmSpec {
     /// A System.map, when the distribution ships a real one.
     #[serde(default)]
     pub system_map: Option<PathBuf>,
+    /// The VM's UUID (QEMU's `-uuid`); when absent, QMP `query-uuid` is
+    /// asked once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// The guest's IP addresses, as other VMs of this host reach it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addrs: Vec<IpAddr>,
 }
 
 /// The config file.
@@ -39,6 +54,9 @@ pub struct VmSpec {
 pub struct Config {
     #[serde(default)]
     pub vms: BTreeMap<String, VmSpec>,
+    /// Taint tracking.
+    #[serde(default)]
+    pub taint: TaintConfig,
 }
 
 impl Config {
@@ -50,6 +68,26 @@ impl Config {
             path: path.to_owned(),
             source,
         })
+    }
+
+    /// The addresses of every VM: destinations inside the host.
+    pub fn internal_addrs(&self) -> HashSet<IpAddr> {
+        self.vms
+            .values()
+            .flat_map(|v| v.addrs.iter().copied())
+            .collect()
+    }
+
+    /// The name of the VM with this UUID, if the file gives it.
+    pub fn name_of_uuid(&self, uuid: &str) -> Option<&str> {
+        self.vms
+            .iter()
+            .find(|(_, v)| {
+                v.uuid
+                    .as_deref()
+                    .is_some_and(|u| u.eq_ignore_ascii_case(uuid))
+            })
+            .map(|(n, _)| n.as_str())
     }
 
     /// Look up a VM by name.
@@ -71,5 +109,21 @@ mod tests {
                 .unwrap();
         assert_eq!(c.vm("a").unwrap().gdb, None);
         assert!(c.vm("b").is_err());
+        assert!(!c.taint.freeze_on_leak);
+        let c: Config = serde_json::from_str(
+            r#"{"vms":{"a":{"qmp":"/q","mem":"/m","vmlinux":"/k","uuid":"AB-CD","addrs":["10.0.0.2"]}},
+                "taint":{"freeze_on_leak":true,"limits":{"files":10}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.name_of_uuid("ab-cd"), Some("a"));
+        assert!(c.internal_addrs().contains(&"10.0.0.2".parse().unwrap()));
+        assert!(c.taint.freeze_on_leak);
+        assert_eq!(c.taint.limits.files, 10);
+        assert_eq!(
+            c.taint.limits.processes,
+            crate::taint::Limits::default().processes,
+            "unnamed limits keep their default"
+        );
+        assert!(serde_json::from_str::<Config>(r#"{"taint":{"freez_on_leak":true}}"#).is_err());
     }
 }

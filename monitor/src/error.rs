@@ -142,12 +142,18 @@ pub enum Error {
     /// An injected call was given more arguments than registers carry.
     #[error("an injected call takes at most six arguments, not {0}")]
     TooManyArguments(usize),
+    /// The request cannot be served as sent.
+    #[error("bad request: {0}")]
+    BadRequest(String),
     /// The daemon knows the request but does not serve it (yet).
     #[error("the monitor does not serve {0} requests yet")]
     Unsupported(&'static str),
     /// A reply could not be encoded as JSON.
     #[error("encoding a reply: {0}")]
     EncodeReply(#[source] serde_json::Error),
+    /// Taint tracking failed (state, bounds, audit log, Graphviz).
+    #[error(transparent)]
+    Taint(crate::taint::TaintError),
 }
 
 /// Crate-wide result.

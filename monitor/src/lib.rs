@@ -14,11 +14,14 @@
 //! - [`pagecache`]: finding and flushing the cached pages of a file.
 //! - [`hooks`]: where the TCG plugin hooks the guest kernel, and the events
 //!   it streams back (fork, exit, exec, socket send/receive, file I/O).
+//! - [`taint`]: following confidential data across files, processes and
+//!   sockets of many VMs (engine, bounds, journal, alerts, graph).
 //! - [`daemon`]: serving fsd's (and operators') requests, e.g. "flush
 //!   these inodes in VM X", over a Unix socket.
 //! - [`error`]: what can go wrong, one variant per cause.
-//! - [`protocol`] and [`report`]: the wire protocol and the result types,
-//!   defined once in the `monitor-client` crate that fsd links.
+//! - [`protocol`], [`report`] and [`taint_report`]: the wire protocol and
+//!   the result types, defined once in the `monitor-client` crate that fsd
+//!   links.
 
 pub mod config;
 pub mod daemon;
@@ -34,8 +37,9 @@ pub mod paging;
 pub mod process;
 pub mod qmp;
 pub mod smbios;
+pub mod taint;
 pub mod vm;
 pub mod vmi;
 
 pub use error::{Error, Result};
-pub use monitor_client::{protocol, report};
+pub use monitor_client::{protocol, report, taint_report};

@@ -8,8 +8,11 @@ use clap::{Args, Parser, Subcommand};
 
 use monitor::config::{Config, VmSpec};
 use monitor::kernel::{KernelImage, Profile};
+use monitor::taint::{graph, TaintService};
+use monitor::taint_report::{TaintNotice, TaintStatus};
 use monitor::vm::Vm;
 use monitor::{freeze, pagecache, process, smbios};
+use monitor_client::{Client, ClientError};
 
 /// Why a command ends unsuccessfully.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +32,19 @@ enum CliError {
     /// `--json` output could not be encoded.
     #[error("encoding JSON output: {0}")]
     Output(#[source] serde_json::Error),
+    /// The daemon could not be asked, or refused.
+    #[error(transparent)]
+    Daemon(#[from] ClientError),
+    /// Taint tracking's state or output failed.
+    #[error(transparent)]
+    Taint(#[from] monitor::taint::TaintError),
+    /// Output could not be written.
+    #[error("writing {what}: {source}")]
+    Write {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 type Result<T> = std::result::Result<T, CliError>;
@@ -127,6 +143,14 @@ enum Cmd {
         #[arg(long)]
         socket: PathBuf,
     },
+    /// Taint tracking, as the daemon keeps it (docs/taint.md).
+    Taint {
+        #[command(subcommand)]
+        cmd: TaintCmd,
+        /// The daemon's socket.
+        #[arg(long, global = true, default_value = "/run/monitor.sock")]
+        socket: PathBuf,
+    },
     /// Thaw a frozen guest process (needs --gdb).
     Thaw {
         pid: u32,
@@ -136,6 +160,192 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum TaintCmd {
+    /// What is tainted per VM, and whether tracking is complete.
+    Status {
+        /// One VM (name or UUID); default: all.
+        #[arg(long)]
+        vm: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print taint notices and leak alerts as they happen.
+    Watch {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The VM's taint graph: files, processes and sockets as nodes, the
+    /// events that carried taint as edges.
+    Graph {
+        /// The VM (name or UUID).
+        #[arg(long)]
+        vm: String,
+        /// `svg` (through Graphviz's dot) or `dot`.
+        #[arg(long, value_enum, default_value_t = GraphFormat::Svg)]
+        format: GraphFormat,
+        /// Write here instead of to standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GraphFormat {
+    Svg,
+    Dot,
+}
+
+/// How long the command line waits for the daemon's answer.
+const DAEMON_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn vm_names(status: &TaintStatus) -> std::collections::BTreeMap<String, String> {
+    status
+        .vms
+        .iter()
+        .map(|v| (v.vm.clone(), v.name.clone()))
+        .collect()
+}
+
+fn taint(cmd: &TaintCmd, socket: &std::path::Path) -> Result<()> {
+    let mut c = Client::connect(socket)?;
+    match cmd {
+        TaintCmd::Status { vm, json } => {
+            let s = c.taint_status(vm.as_deref(), DAEMON_TIMEOUT)?;
+            if *json {
+                return print_json(&s);
+            }
+            println!(
+                "{:<12} {:<36} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  TRACKING",
+                "VM", "UUID", "FILES", "PROCS", "UNVER", "UNIX", "INET", "ALERTS"
+            );
+            for v in &s.vms {
+                println!(
+                    "{:<12} {:<36} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  {}",
+                    v.name,
+                    v.vm,
+                    v.files,
+                    v.processes,
+                    v.unverified,
+                    v.unix_sockets,
+                    v.inet_flows,
+                    v.alerts,
+                    if v.complete { "complete" } else { "INCOMPLETE" }
+                );
+                for why in &v.incomplete {
+                    println!("    incomplete: {why}");
+                }
+            }
+            println!(
+                "about {} KiB of taint state, {}",
+                s.approx_bytes / 1024,
+                if s.persistent {
+                    "kept across restarts"
+                } else {
+                    "in memory only (no taint.state_dir)"
+                }
+            );
+        }
+        TaintCmd::Watch { json } => {
+            let mut names = vm_names(&c.taint_status(None, DAEMON_TIMEOUT)?);
+            let mut w = Client::connect(socket)?.taint_watch(DAEMON_TIMEOUT)?;
+            loop {
+                let n = w.next_notice(None)?;
+                let vm = match &n {
+                    TaintNotice::Tainted { vm, .. } | TaintNotice::Freeze { vm, .. } => Some(vm),
+                    _ => None,
+                };
+                if vm.is_some_and(|vm| !names.contains_key(vm)) {
+                    // A VM that appeared since: learn its name.
+                    names = vm_names(&c.taint_status(None, DAEMON_TIMEOUT)?);
+                }
+                if *json {
+                    println!("{}", serde_json::to_string(&n).map_err(CliError::Output)?);
+                } else {
+                    println!("{}", notice_line(&n, &names));
+                }
+            }
+        }
+        TaintCmd::Graph { vm, format, output } => {
+            let names = vm_names(&c.taint_status(None, DAEMON_TIMEOUT)?);
+            let (_, nodes) = c.taint_graph(vm, DAEMON_TIMEOUT)?;
+            let dot = graph::dot(&nodes, &names);
+            let bytes = match format {
+                GraphFormat::Dot => dot.into_bytes(),
+                GraphFormat::Svg => graph::svg(&dot)?,
+            };
+            let write_err = |what: String| move |source| CliError::Write { what, source };
+            match output {
+                Some(p) => std::fs::write(p, &bytes).map_err(write_err(p.display().to_string()))?,
+                None => {
+                    use std::io::Write;
+                    std::io::stdout()
+                        .write_all(&bytes)
+                        .map_err(write_err("standard output".into()))?
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A notice on one line, for people.
+fn notice_line(n: &TaintNotice, names: &std::collections::BTreeMap<String, String>) -> String {
+    let name = |uuid: &str| names.get(uuid).cloned().unwrap_or_else(|| uuid.to_string());
+    match n {
+        TaintNotice::Tainted { vm, entry } => {
+            let from = match &entry.origin.from {
+                Some(_) => format!(" by {}", graph::carrier(entry.origin.by)),
+                None => " (source)".into(),
+            };
+            format!(
+                "{} tainted {}{from}{}",
+                name(vm),
+                graph::one_line(entry),
+                entry
+                    .rule
+                    .as_ref()
+                    .map_or(String::new(), |r| format!(", rule {r}"))
+            )
+        }
+        TaintNotice::Leak { alert } => {
+            let chain: Vec<String> = alert
+                .chain
+                .iter()
+                .map(|l| graph::one_line(&l.entry))
+                .collect();
+            format!(
+                "LEAK {} pid {} ({}) -> {} {}{}; chain: {}{}",
+                alert.vm_name,
+                alert.pid,
+                alert.name,
+                alert.destination,
+                graph::transport(alert.transport),
+                if alert.freeze { ", freezing" } else { "" },
+                chain.join(" <- "),
+                if alert.chain_complete {
+                    ""
+                } else {
+                    " <- (evicted)"
+                }
+            )
+        }
+        TaintNotice::Freeze {
+            vm,
+            pid,
+            ok,
+            message,
+        } => format!(
+            "{} pid {} {}: {message}",
+            name(vm),
+            pid,
+            if *ok { "frozen" } else { "NOT frozen" }
+        ),
+        TaintNotice::Lagged { missed } => format!("(this watcher missed {missed} notices)"),
+    }
 }
 
 fn resolve(cli: &Cli, t: &Target) -> Result<VmSpec> {
@@ -158,6 +368,8 @@ fn resolve(cli: &Cli, t: &Target) -> Result<VmSpec> {
         mem: need(&t.mem, "give --vm NAME or --mem")?,
         vmlinux: need(&t.vmlinux, "give --vm NAME or --vmlinux")?,
         system_map: t.system_map.clone(),
+        uuid: None,
+        addrs: Vec::new(),
     })
 }
 
@@ -281,12 +493,27 @@ fn run(cli: &Cli) -> Result<()> {
             }
             let listener = std::os::unix::net::UnixListener::bind(socket)
                 .map_err(|e| monitor::Error::io(format!("bind {}", socket.display()), e))?;
-            let state = std::sync::Arc::new(monitor::daemon::State::new(
+            let (taint, restored) = TaintService::open(&config.taint, config.internal_addrs())?;
+            if let Some(r) = restored {
+                log::info!(
+                    "taint state restored ({} snapshot, {} journal batches replayed, {} skipped)",
+                    if r.from_snapshot { "from a" } else { "no" },
+                    r.replayed,
+                    r.skipped
+                );
+            }
+            let freeze_on_leak = config.taint.freeze_on_leak;
+            let state = std::sync::Arc::new(monitor::daemon::State::with_taint(
                 config,
                 cli.profile_cache.clone(),
+                std::sync::Arc::new(taint),
             ));
+            if freeze_on_leak {
+                monitor::daemon::start_freezer(state.clone())?;
+            }
             monitor::daemon::serve(listener, state)?;
         }
+        Cmd::Taint { cmd, socket } => taint(cmd, socket)?,
         Cmd::Thaw {
             pid,
             target,

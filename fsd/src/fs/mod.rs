@@ -15,7 +15,9 @@
 //!   ([`xattr`]), on descriptors reopened strictly beneath the share
 //!   ([`confine`]);
 //! * a guest may unmount and mount again (DESTROY, then INIT) at any time:
-//!   every session starts from the share root afresh, under every sandbox.
+//!   every session starts from the share root afresh, under every sandbox;
+//! * file accesses are reported for taint tracking, and files written with
+//!   a rule's data get its label ([`taint`]).
 
 pub mod confine;
 pub mod dirs;
@@ -25,6 +27,7 @@ pub mod locks;
 pub mod names;
 pub mod nodes;
 mod protect;
+mod taint;
 pub mod xattr;
 
 use std::ffi::CStr;
@@ -53,8 +56,11 @@ use self::hostwatch::HostWatch;
 use self::locks::{LockKind, LockRequest, LockTable};
 use self::names::{check_component, check_link_target};
 use self::nodes::{Limits, NodeTable};
+use self::protect::cpath;
 use crate::policy::guard::{Access, Found, Op};
-use crate::policy::{CacheRule, Guard};
+use crate::policy::Guard;
+use crate::taint_link::TaintTap;
+use monitor_client::taint::FileAccess;
 
 fn erofs() -> io::Error {
     io::Error::from_raw_os_error(libc::EROFS)
@@ -79,6 +85,8 @@ pub struct SharedFs {
     nodes: NodeTable,
     /// Per-file access control, when a policy is loaded.
     guard: Option<Arc<Guard>>,
+    /// File events for the monitor's taint tracking (`--monitor-socket`).
+    taint: Option<TaintTap>,
     /// The share root, for confined reopening and host names.
     confined: Confined,
     /// Renames anywhere on the share's file system (see [`hostwatch`]).
@@ -104,6 +112,8 @@ pub struct SharedFsOptions {
     pub limits: Limits,
     /// Renames on the share's file system, when a policy is loaded.
     pub host_watch: HostWatch,
+    /// Where file events for taint tracking go, if anywhere.
+    pub taint: Option<TaintTap>,
 }
 
 impl SharedFs {
@@ -135,6 +145,7 @@ impl SharedFs {
             dirs: DirTable::default(),
             nodes: NodeTable::new(opts.limits),
             guard: opts.guard,
+            taint: opts.taint,
             confined: Confined::new(share, opts.root_prefix)?,
             watch: opts.host_watch,
             dir_paths: Default::default(),
@@ -311,7 +322,7 @@ impl SharedFs {
     /// Protected content the policy keeps out of the guest's page cache.
     fn direct_io(&self, rule: Option<u32>, opts: &mut OpenOptions) {
         if let (Some(g), Some(r)) = (&self.guard, rule) {
-            if g.cache_rule(r) == CacheRule::Direct {
+            if g.direct_io(r) {
                 opts.insert(OpenOptions::DIRECT_IO);
                 opts.remove(OpenOptions::KEEP_CACHE);
             }
@@ -652,6 +663,9 @@ impl FileSystem for SharedFs {
             |(h, _, _)| h.is_some(),
         )?;
         self.direct_io(rule, &mut opts);
+        if acc == libc::O_RDONLY || acc == libc::O_RDWR {
+            self.observe(ctx, inode, FileAccess::Open, rule);
+        }
         Ok((h, opts, passthrough))
     }
 
@@ -696,9 +710,12 @@ impl FileSystem for SharedFs {
     ) -> io::Result<usize> {
         // Checked on every read, not only at open: a handle opened under a
         // grant stops working when the grant ends.
-        self.check(ctx, inode, Op::Read, "read", Access::Handle)?;
-        self.inner
-            .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
+        let rule = self.check(ctx, inode, Op::Read, "read", Access::Handle)?;
+        let n = self
+            .inner
+            .read(ctx, inode, handle, w, size, offset, lock_owner, flags)?;
+        self.observe(ctx, inode, FileAccess::Read, rule);
+        Ok(n)
     }
 
     fn write(
@@ -715,8 +732,11 @@ impl FileSystem for SharedFs {
         fuse_flags: u32,
     ) -> io::Result<usize> {
         self.writable()?;
-        self.check(ctx, inode, Op::Write, "write", Access::Handle)?;
-        self.inner.write(
+        let rule = self.check(ctx, inode, Op::Write, "write", Access::Handle)?;
+        // Data of a rule that inherits, from a process fsd saw read it:
+        // the file is labelled before the data lands.
+        let rule = rule.or_else(|| self.inherit_on_write(ctx, inode));
+        let n = self.inner.write(
             ctx,
             inode,
             handle,
@@ -727,7 +747,9 @@ impl FileSystem for SharedFs {
             delayed_write,
             flags,
             fuse_flags,
-        )
+        )?;
+        self.observe(ctx, inode, FileAccess::Write, rule);
+        Ok(n)
     }
 
     fn flush(&self, ctx: &Context, inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {

@@ -48,7 +48,7 @@ fn ebadf() -> io::Error {
     io::Error::from_raw_os_error(libc::EBADF)
 }
 
-fn cpath(rel: &Path) -> io::Result<CString> {
+pub(super) fn cpath(rel: &Path) -> io::Result<CString> {
     CString::new(rel.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 

@@ -17,6 +17,14 @@
 //! without_grant = "ask"      # or "deny"
 //! cache = "direct"           # or "flush"
 //! grant_secs = 300
+//! confidential = true        # a taint source (default for protected files)
+//! inherit = true             # files written from it get this label (default likewise)
+//!
+//! [[rule]]
+//! path = "srv/reports/**"    # tracked, not protected
+//! owner = "alice"
+//! protect = []
+//! confidential = true
 //! ```
 //!
 //! A policy that does not parse or does not make sense is refused as a
@@ -82,8 +90,22 @@ pub struct Rule {
     pub without_grant: Missing,
     pub cache: CacheRule,
     pub grant: Duration,
+    /// Whether its files are taint sources: the monitor follows their data
+    /// (docs/taint.md). True by default for a rule that protects.
+    pub confidential: bool,
+    /// Whether a file written by a process that read one of its files gets
+    /// its label (docs/policy.md, "Labels that follow data"). True by
+    /// default for a rule that protects.
+    pub inherit: bool,
     /// Line of the rule in the policy file.
     pub line: usize,
+}
+
+impl Rule {
+    /// A rule that protects nothing and only marks files confidential.
+    pub fn tracks_only(&self) -> bool {
+        self.protect == Protect::default()
+    }
 }
 
 /// A VM this policy covers, and the person who uses it.
@@ -180,6 +202,8 @@ struct RawRule {
     without_grant: Option<Missing>,
     cache: Option<CacheRule>,
     grant_secs: Option<Spanned<u64>>,
+    confidential: Option<Spanned<bool>>,
+    inherit: Option<Spanned<bool>>,
 }
 
 /// Longest grant a policy may ask for.
@@ -316,12 +340,20 @@ impl Policy {
                 globs.add(glob);
                 glob_rule.push(rules.len() as u32);
             }
+            let confidential = r.confidential.as_ref().map(|c| *c.get_ref());
             let protect = match &r.protect {
                 None => Protect::ALL,
+                // Only tracked: confidential, not protected.
+                Some(list) if list.get_ref().is_empty() && confidential == Some(true) => {
+                    Protect::default()
+                }
                 Some(list) if list.get_ref().is_empty() => {
                     return Err(err(
                         Some(list.span()),
-                        "protect must name at least one of read, write, metadata, exec".into(),
+                        "protect = [] protects nothing: name at least one of read, write, \
+                         metadata, exec, or add confidential = true to track these files \
+                         without protecting them"
+                            .into(),
                     ))
                 }
                 Some(list) => list.get_ref().iter().fold(Protect::default(), |acc, p| {
@@ -333,6 +365,20 @@ impl Policy {
                     })
                 }),
             };
+            let protects = protect != Protect::default();
+            let confidential = confidential.unwrap_or(protects);
+            let inherit = match &r.inherit {
+                Some(i) if *i.get_ref() && !confidential => {
+                    return Err(err(
+                        Some(i.span()),
+                        "inherit = true needs confidential = true: a derived file inherits \
+                         the label of the confidential file its data came from"
+                            .into(),
+                    ))
+                }
+                Some(i) => *i.get_ref(),
+                None => protects && confidential,
+            };
             rules.push(Rule {
                 pattern,
                 owner: known(&r.owner, "rule owner")?,
@@ -343,6 +389,8 @@ impl Policy {
                     Some(s) => secs(s, "grant_secs")?,
                     None => default_grant,
                 },
+                confidential,
+                inherit,
                 line,
             });
         }
@@ -486,5 +534,45 @@ grant_secs = 10
 
         let e = bad("version = 1\n[[rule]]\npath = \"a/[\"\nowner = \"x\"\n");
         assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    fn with_rule(lines: &str) -> Result<Policy, PolicyError> {
+        parse(&format!(
+            "version = 1\n[[principal]]\nname = \"a\"\n[[rule]]\npath = \"r/**\"\nowner = \"a\"\n{lines}"
+        ))
+    }
+
+    #[test]
+    fn confidential_and_inherit() {
+        // Protected files are sources, and their data carries the label on.
+        let r = &with_rule("").unwrap().rules[0];
+        assert!(r.confidential && r.inherit && !r.tracks_only());
+        // Either can be turned off.
+        let r = &with_rule("confidential = false\n").unwrap().rules[0];
+        assert!(!r.confidential && !r.inherit);
+        let r = &with_rule("inherit = false\n").unwrap().rules[0];
+        assert!(r.confidential && !r.inherit);
+        // Track only: nothing protected, the files are sources.
+        let p = with_rule("protect = []\nconfidential = true\n").unwrap();
+        let r = &p.rules[0];
+        assert!(r.tracks_only() && r.confidential && !r.inherit);
+        assert_eq!(
+            p.rule_for("r/x"),
+            Some(0),
+            "track-only files are labelled too"
+        );
+        let r = &with_rule("protect = []\nconfidential = true\ninherit = true\n")
+            .unwrap()
+            .rules[0];
+        assert!(r.tracks_only() && r.inherit);
+        // What makes no sense is refused, with the line.
+        let e = with_rule("protect = []\n").unwrap_err();
+        assert_eq!(e.line, Some(7), "{e}");
+        assert!(e.message.contains("confidential = true"), "{e}");
+        let e = with_rule("protect = []\nconfidential = false\n").unwrap_err();
+        assert_eq!(e.line, Some(7), "{e}");
+        let e = with_rule("confidential = false\ninherit = true\n").unwrap_err();
+        assert_eq!(e.line, Some(8), "{e}");
+        assert!(with_rule("confidential = \"yes\"\n").is_err());
     }
 }

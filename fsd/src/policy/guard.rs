@@ -17,6 +17,7 @@ use std::time::SystemTime;
 use super::audit::{rfc3339, AuditLog, Record};
 use super::file::{CacheRule, Missing, Policy, PolicyError, Protect};
 use super::grants::{AccessRequest, GrantSource};
+use super::inherit::Readers;
 use super::labels::{InodeKey, Labels};
 
 /// The kind of access a request makes, as a policy names it.
@@ -84,6 +85,8 @@ pub struct Guard {
     vm: String,
     policy: RwLock<Arc<Policy>>,
     pub labels: Labels,
+    /// Pids that read files whose rule inherits (see [`super::inherit`]).
+    pub readers: Readers,
     grants: Arc<dyn GrantSource>,
     audit: AuditLog,
     /// Host inodes read under each principal's current grant: what the
@@ -114,6 +117,7 @@ impl Guard {
             vm,
             policy: RwLock::new(Arc::new(policy)),
             labels: Labels::default(),
+            readers: Readers::default(),
             grants,
             audit,
             read_under_grant: Mutex::new(HashMap::new()),
@@ -159,7 +163,9 @@ impl Guard {
         let p = self.policy();
         match p.rule(r) {
             Some(rule) => {
-                rule.without_grant == Missing::Ask && !self.grants.is_live(&self.vm, &rule.owner)
+                !rule.tracks_only()
+                    && rule.without_grant == Missing::Ask
+                    && !self.grants.is_live(&self.vm, &rule.owner)
             }
             None => false,
         }
@@ -170,6 +176,48 @@ impl Guard {
         self.policy()
             .rule(rule)
             .map_or(CacheRule::Direct, |rule| rule.cache)
+    }
+
+    /// Whether an inode labelled with `rule` is opened with direct I/O: it
+    /// is protected and its rule keeps it out of the guest's page cache. A
+    /// rule that only tracks changes nothing about caching.
+    pub fn direct_io(&self, rule: u32) -> bool {
+        self.policy()
+            .rule(rule)
+            .map_or(true, |r| !r.tracks_only() && r.cache == CacheRule::Direct)
+    }
+
+    /// The path pattern of `rule` (its identity on the wire), if its files
+    /// are taint sources.
+    pub fn confidential_pattern(&self, rule: u32) -> Option<String> {
+        self.policy()
+            .rule(rule)
+            .filter(|r| r.confidential)
+            .map(|r| r.pattern.clone())
+    }
+
+    /// A process read (or opened for reading) a file labelled with `rule`:
+    /// remember it when the rule inherits.
+    pub fn note_read(&self, guest_pid: u32, rule: u32) {
+        if self.policy().rule(rule).is_some_and(|r| r.inherit) {
+            self.readers.note(guest_pid, rule);
+        }
+    }
+
+    /// Records in the audit log that an inode got `rule`'s label because
+    /// data of that rule was written into it (`why` says who saw it).
+    pub fn audit_inherited(&self, rule: u32, path: &str, guest_pid: u32, why: &str) {
+        let owner = self
+            .policy()
+            .rule(rule)
+            .map_or_else(|| "?".to_string(), |r| r.owner.clone());
+        self.audit(
+            &owner,
+            "inherit",
+            path,
+            guest_pid,
+            &format!("labelled: {why}"),
+        );
     }
 
     /// Decides one access. `found` is what the file system found out about
@@ -205,6 +253,10 @@ impl Guard {
             self.audit("?", what, &path(), guest_pid, "denied: policy changing");
             return Err(eacces());
         };
+        if rule.tracks_only() {
+            // Confidential, not protected: taint tracking's business only.
+            return Ok(());
+        }
         if !rule.protect.contains(op.protect()) {
             if access == Access::Request {
                 self.audit(
@@ -314,6 +366,9 @@ impl Guard {
             )));
         }
         self.labels.remap(&old, &new);
+        // Rules are renumbered: forget which pids read what (the monitor,
+        // when there is one, still knows).
+        self.readers.clear();
         let labelled = self.labels.relabel(&new, &self.share_root);
         log::info!("policy reload: {labelled} files match the new rules");
         *self.policy.write().unwrap() = Arc::new(new);

@@ -9,6 +9,7 @@
 //! |---|---|
 //! | the policy file: parsing, checking, line-numbered errors | [`file`] |
 //! | labels that follow inodes, not paths | [`labels`] |
+//! | labels that follow data: files written by readers of a rule's files | [`inherit`] |
 //! | live grants and asking authd | [`grants`] |
 //! | the audit log | [`audit`] |
 //! | the decision for one request | [`guard`] |
@@ -17,6 +18,7 @@ pub mod audit;
 pub mod file;
 pub mod grants;
 pub mod guard;
+pub mod inherit;
 pub mod labels;
 
 pub use file::{CacheRule, Missing, Policy, PolicyError, Protect, Rule};

@@ -74,6 +74,8 @@ impl Guest {
             mem: mem.clone(),
             vmlinux,
             system_map: None,
+            uuid: None,
+            addrs: Vec::new(),
         };
         Some(Guest {
             vm,

@@ -170,6 +170,8 @@ pub fn boot(
         mem: mem.clone(),
         vmlinux,
         system_map: None,
+        uuid: None,
+        addrs: Vec::new(),
     };
     Some(Guest {
         vm,
