@@ -33,7 +33,6 @@ pub mod xattr;
 use std::ffi::CStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -926,17 +925,11 @@ impl FileSystem for SharedFs {
 
     fn fsyncdir(&self, _ctx: &Context, _inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
         let dir = self.dirs.get(handle)?;
-        let fd = dir.lock().unwrap().as_raw_fd();
-        // SAFETY: fsync on our own descriptor.
-        let r = unsafe {
-            if datasync {
-                libc::fdatasync(fd)
-            } else {
-                libc::fsync(fd)
-            }
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
+        let dir = dir.lock().unwrap();
+        if datasync {
+            rustix::fs::fdatasync(&*dir)?;
+        } else {
+            rustix::fs::fsync(&*dir)?;
         }
         Ok(())
     }

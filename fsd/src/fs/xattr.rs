@@ -19,9 +19,9 @@
 use std::ffi::CStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 
 use fuse_backend_rs::api::filesystem::{GetxattrReply, ListxattrReply};
+use rustix::fs::XattrFlags;
 
 /// The longest value the kernel stores (`XATTR_SIZE_MAX`).
 pub const XATTR_SIZE_MAX: u32 = 65536;
@@ -34,71 +34,41 @@ pub fn value_is_content(name: &CStr) -> bool {
     !(n.starts_with(b"security.") || n.starts_with(b"system."))
 }
 
-fn result(r: isize) -> io::Result<usize> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
-    }
-}
-
 /// FUSE_GETXATTR: the value, or its length when `size` is 0.
 pub fn get(f: &File, name: &CStr, size: u32) -> io::Result<GetxattrReply> {
-    let mut buf = vec![0u8; size.min(XATTR_SIZE_MAX) as usize];
-    // SAFETY: valid fd and C string; the buffer has `buf.len()` bytes.
-    let n = result(unsafe {
-        libc::fgetxattr(
-            f.as_raw_fd(),
-            name.as_ptr(),
-            buf.as_mut_ptr() as *mut libc::c_void,
-            buf.len(),
-        )
-    })?;
     if size == 0 {
+        let n = rustix::fs::fgetxattr_query(f, name)?;
         return Ok(GetxattrReply::Count(n as u32));
     }
+    let mut buf = vec![0u8; size.min(XATTR_SIZE_MAX) as usize];
+    let n = rustix::fs::fgetxattr(f, name, &mut buf[..])?;
     buf.truncate(n);
     Ok(GetxattrReply::Value(buf))
 }
 
 /// FUSE_LISTXATTR: the names, or their length when `size` is 0.
 pub fn list(f: &File, size: u32) -> io::Result<ListxattrReply> {
-    let mut buf = vec![0u8; size.min(XATTR_LIST_MAX) as usize];
-    // SAFETY: valid fd; the buffer has `buf.len()` bytes.
-    let n = result(unsafe {
-        libc::flistxattr(
-            f.as_raw_fd(),
-            buf.as_mut_ptr() as *mut libc::c_char,
-            buf.len(),
-        )
-    })?;
     if size == 0 {
+        let n = rustix::fs::flistxattr_query(f)?;
         return Ok(ListxattrReply::Count(n as u32));
     }
+    let mut buf = vec![0u8; size.min(XATTR_LIST_MAX) as usize];
+    let n = rustix::fs::flistxattr(f, &mut buf[..])?;
     buf.truncate(n);
     Ok(ListxattrReply::Names(buf))
 }
 
-/// FUSE_SETXATTR.
+/// FUSE_SETXATTR. The guest's flags go to the kernel as they are; it
+/// refuses what it does not know.
 pub fn set(f: &File, name: &CStr, value: &[u8], flags: u32) -> io::Result<()> {
-    // SAFETY: valid fd, C string and buffer of the given length.
-    let r = unsafe {
-        libc::fsetxattr(
-            f.as_raw_fd(),
-            name.as_ptr(),
-            value.as_ptr() as *const libc::c_void,
-            value.len(),
-            flags as i32,
-        )
-    };
-    result(r as isize).map(|_| ())
+    rustix::fs::fsetxattr(f, name, value, XattrFlags::from_bits_retain(flags))?;
+    Ok(())
 }
 
 /// FUSE_REMOVEXATTR.
 pub fn remove(f: &File, name: &CStr) -> io::Result<()> {
-    // SAFETY: valid fd and C string.
-    let r = unsafe { libc::fremovexattr(f.as_raw_fd(), name.as_ptr()) };
-    result(r as isize).map(|_| ())
+    rustix::fs::fremovexattr(f, name)?;
+    Ok(())
 }
 
 #[cfg(test)]
