@@ -232,7 +232,23 @@ impl Client {
     fn call(&self, call: Call, timeout: Duration) -> Result<ReplyBody, ClientError> {
         let deadline = Instant::now() + timeout;
         let (stream, mut reader) = self.connect()?;
-        let id = send(&stream, call, timeout)?;
+        let id = match send(&stream, call, timeout) {
+            Ok(id) => id,
+            // A daemon that refuses this peer answers and closes without
+            // reading the request: its answer is already waiting.
+            Err(ClientError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                return match read_reply(&mut reader, 0, deadline) {
+                    Err(ClientError::Refused(m)) => Err(ClientError::Refused(m)),
+                    _ => Err(ClientError::Io(e)),
+                };
+            }
+            Err(e) => return Err(e),
+        };
         read_reply(&mut reader, id, deadline)
     }
 }

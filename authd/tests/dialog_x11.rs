@@ -339,14 +339,14 @@ fn under_a_window_manager_the_dialog_is_on_top_and_takes_focus() {
         String::from_utf8_lossy(&out.stdout).contains("window id")
     };
     assert!(
-        common::wait_for(Duration::from_secs(20), wm_up),
+        common::wait_for(Duration::from_secs(60), wm_up),
         "openbox did not start"
     );
     // Another application has the focus when the prompt comes.
     let _decoy = x.run("xmessage", &["-name", "decoy", "another application"]);
     let decoy = {
         let mut found = None;
-        common::wait_for(Duration::from_secs(20), || {
+        common::wait_for(Duration::from_secs(60), || {
             let out = x.xdotool(&["search", "--onlyvisible", "--classname", "decoy"]);
             found = String::from_utf8_lossy(&out.stdout)
                 .split_whitespace()

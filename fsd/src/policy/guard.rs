@@ -294,7 +294,7 @@ impl Guard {
                     what,
                     &path(),
                     guest_pid,
-                    "denied: no live grant for I/O on a handle",
+                    "denied: the grant this handle was opened under has ended",
                 );
                 Err(eacces())
             }
