@@ -10,7 +10,7 @@
 //! |---|---|
 //! | envelope of protocol version 1: requests, replies, failures (JSON lines) | [`protocol`] |
 //! | what the monitor reports: flush, freeze and thaw, identity, processes | [`report`] |
-//! | messages for taint tracking and packet-filter ownership lookups | [`taint`] |
+//! | messages for taint tracking and socket-ownership lookups (packet filter) | [`taint`] |
 //! | a blocking client over one Unix-socket connection | [`client`] |
 
 pub mod client;

@@ -21,7 +21,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::report::{FlushReport, FreezeReport, Identity, Process};
-use crate::taint::{FileEvent, SocketOwner, Transport};
+use crate::taint::{FileEvent, SocketOwner, SocketQuery, Transport};
 
 /// Protocol version spoken by this build.
 pub const VERSION: u32 = 1;
@@ -69,12 +69,19 @@ pub enum Op {
     /// [`FailureKind::Unsupported`].
     FileEvents { vm: String, events: Vec<FileEvent> },
     /// Which guest process owns the socket bound to `local`, for a packet
-    /// filter; answered with [`ReplyBody::SocketOwner`]. Defined, not yet
-    /// served: the daemon answers [`FailureKind::Unsupported`].
+    /// filter; answered with [`ReplyBody::SocketOwner`].
     SocketOwner {
         vm: String,
         transport: Transport,
         local: std::net::SocketAddr,
+    },
+    /// The owners of several sockets at once, found with at most one walk
+    /// of the guest's tasks; answered with [`ReplyBody::SocketOwners`], one
+    /// entry per query, in order. A packet filter sends the new flows of a
+    /// batch of frames in one request.
+    SocketOwners {
+        vm: String,
+        sockets: Vec<SocketQuery>,
     },
 }
 
@@ -90,6 +97,7 @@ impl Op {
             Op::Flush { .. } => "flush",
             Op::FileEvents { .. } => "file_events",
             Op::SocketOwner { .. } => "socket_owner",
+            Op::SocketOwners { .. } => "socket_owners",
         }
     }
 
@@ -103,7 +111,8 @@ impl Op {
             | Op::Thaw { vm, .. }
             | Op::Flush { vm, .. }
             | Op::FileEvents { vm, .. }
-            | Op::SocketOwner { vm, .. } => Some(vm),
+            | Op::SocketOwner { vm, .. }
+            | Op::SocketOwners { vm, .. } => Some(vm),
         }
     }
 }
@@ -141,6 +150,9 @@ pub enum ReplyBody {
     /// To `socket_owner`: the owning process, `None` when no guest socket
     /// is bound there (or it closed before the lookup).
     SocketOwner { owner: Option<SocketOwner> },
+    /// To `socket_owners`: one entry per query, `None` where no guest
+    /// socket matched.
+    SocketOwners { owners: Vec<Option<SocketOwner>> },
     /// The request was refused or the operation failed.
     Error { kind: FailureKind, message: String },
 }
@@ -157,6 +169,7 @@ impl ReplyBody {
             ReplyBody::Flushed { .. } => "flushed",
             ReplyBody::Accepted { .. } => "accepted",
             ReplyBody::SocketOwner { .. } => "socket_owner",
+            ReplyBody::SocketOwners { .. } => "socket_owners",
             ReplyBody::Error { .. } => "error",
         }
     }
@@ -283,7 +296,7 @@ pub fn to_line<T: Serialize>(message: &T) -> serde_json::Result<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::report::{FlushReport, FreezeReport, Identity, Process};
-    use crate::taint::{FileAccess, FileEvent, SocketOwner, Transport};
+    use crate::taint::{FileAccess, FileEvent, SocketOwner, SocketQuery, Transport};
 
     fn every_op() -> Vec<Op> {
         vec![
@@ -328,6 +341,21 @@ mod tests {
                 vm: "web".into(),
                 transport: Transport::Udp,
                 local: "[fe80::1]:53".parse().unwrap(),
+            },
+            Op::SocketOwners {
+                vm: "web".into(),
+                sockets: vec![
+                    SocketQuery {
+                        transport: Transport::Tcp,
+                        local: "10.0.2.15:44312".parse().unwrap(),
+                        remote: Some("10.0.2.2:80".parse().unwrap()),
+                    },
+                    SocketQuery {
+                        transport: Transport::Udp,
+                        local: "10.0.2.15:5353".parse().unwrap(),
+                        remote: None,
+                    },
+                ],
             },
         ]
     }
@@ -384,9 +412,23 @@ mod tests {
                     pid: 310,
                     name: "curl".into(),
                     uid: 1000,
+                    exe: Some("/usr/bin/curl".into()),
+                    task: 0xffff_8880_0456_8000,
                 }),
             },
             ReplyBody::SocketOwner { owner: None },
+            ReplyBody::SocketOwners {
+                owners: vec![
+                    None,
+                    Some(SocketOwner {
+                        pid: 311,
+                        name: "nc".into(),
+                        uid: 0,
+                        exe: None,
+                        task: 0,
+                    }),
+                ],
+            },
             ReplyBody::Error {
                 kind: FailureKind::UnknownVm,
                 message: "no VM named web".into(),

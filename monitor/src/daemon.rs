@@ -18,8 +18,10 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::protocol::{to_line, FailureKind, Op, Reply, ReplyBody, Request, MAX_REQUEST_LINE};
+use crate::sockets::SocketTable;
 use crate::vm::Vm;
 use crate::{freeze, pagecache, process, smbios};
+use monitor_client::taint::{SocketOwner, SocketQuery};
 
 /// How long a flush, thaw or other injection may wait for a safe point.
 const INJECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,6 +31,8 @@ pub struct State {
     config: Config,
     cache: Option<PathBuf>,
     vms: Mutex<BTreeMap<String, Arc<Mutex<Vm>>>>,
+    /// Each VM's sockets as last seen, for ownership lookups.
+    sockets: Mutex<BTreeMap<String, Arc<Mutex<SocketTable>>>>,
 }
 
 impl State {
@@ -37,7 +41,30 @@ impl State {
             config,
             cache: profile_cache,
             vms: Mutex::new(BTreeMap::new()),
+            sockets: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Owners of guest sockets, through the VM's [`SocketTable`]; the
+    /// table is dropped with the VM's connection.
+    fn socket_owners(
+        &self,
+        name: &str,
+        queries: &[SocketQuery],
+    ) -> Result<Vec<Option<SocketOwner>>> {
+        let table = self
+            .sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        let mut table = table.lock().unwrap_or_else(|p| p.into_inner());
+        let res = self.with_vm(name, |vm| table.owners(vm, queries));
+        if res.as_ref().is_err_and(Error::vm_connection_lost) {
+            *table = SocketTable::new();
+        }
+        res
     }
 
     fn vm(&self, name: &str) -> Result<Arc<Mutex<Vm>>> {
@@ -97,11 +124,25 @@ impl State {
                     report: self.with_vm(vm, |vm| pagecache::flush(vm, &set, INJECT_TIMEOUT))?,
                 }
             }
-            // Defined for the taint engine and the packet filter, which do
-            // not exist yet.
-            Op::FileEvents { .. } | Op::SocketOwner { .. } => {
-                return Err(Error::Unsupported(op.name()))
+            Op::SocketOwner {
+                vm,
+                transport,
+                local,
+            } => {
+                let query = SocketQuery {
+                    transport: *transport,
+                    local: *local,
+                    remote: None,
+                };
+                ReplyBody::SocketOwner {
+                    owner: self.socket_owners(vm, &[query])?.pop().flatten(),
+                }
             }
+            Op::SocketOwners { vm, sockets } => ReplyBody::SocketOwners {
+                owners: self.socket_owners(vm, sockets)?,
+            },
+            // Defined for the taint engine, which does not exist yet.
+            Op::FileEvents { .. } => return Err(Error::Unsupported(op.name())),
         })
     }
 }
@@ -222,7 +263,7 @@ mod tests {
         assert!(message.contains("no VM named nope"), "{message}");
         let local = "10.0.2.15:80".parse().unwrap();
         let (kind, _) = failure(c.socket_owner("nope", Transport::Tcp, local, T));
-        assert_eq!(kind, FailureKind::Unsupported);
+        assert_eq!(kind, FailureKind::UnknownVm);
         let (kind, _) = failure(c.file_events("nope", vec![], T));
         assert_eq!(kind, FailureKind::Unsupported);
         // The connection still serves after failures.

@@ -12,6 +12,8 @@
 //! - [`inject`]: running a guest kernel function by call injection.
 //! - [`freeze`]: parking and waking a process from outside.
 //! - [`pagecache`]: finding and flushing the cached pages of a file.
+//! - [`sockets`]: which process owns a TCP or UDP socket (for a packet
+//!   filter).
 //! - [`daemon`]: serving fsd's (and operators') requests, e.g. "flush
 //!   these inodes in VM X", over a Unix socket.
 //! - [`error`]: what can go wrong, one variant per cause.
@@ -31,6 +33,7 @@ pub mod paging;
 pub mod process;
 pub mod qmp;
 pub mod smbios;
+pub mod sockets;
 pub mod vm;
 pub mod vmi;
 
