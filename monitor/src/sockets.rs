@@ -46,6 +46,8 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
 const IPPROTO_UDP: u16 = 17;
+const SOCK_STREAM: u16 = 1;
+const SOCK_DGRAM: u16 = 2;
 
 /// Where the kernel is, found once per attachment: reading it again costs
 /// a QMP round trip.
@@ -337,9 +339,14 @@ fn read_sock(k: &Kernel<'_>, sk: u64) -> Result<Option<(Transport, SocketAddr, S
     if family != AF_INET && family != AF_INET6 {
         return Ok(None);
     }
-    let transport = match k.read_field(sk, "sock", "sk_protocol")? as u16 {
-        IPPROTO_TCP => Transport::Tcp,
-        IPPROTO_UDP => Transport::Udp,
+    // A raw socket carries its protocol number too: the type tells it apart.
+    let kind = (
+        k.read_field(sk, "sock", "sk_type")? as u16,
+        k.read_field(sk, "sock", "sk_protocol")? as u16,
+    );
+    let transport = match kind {
+        (SOCK_STREAM, IPPROTO_TCP) => Transport::Tcp,
+        (SOCK_DGRAM, IPPROTO_UDP) => Transport::Udp,
         _ => return Ok(None),
     };
     // Ports are stored in network order; read_field reads little-endian.

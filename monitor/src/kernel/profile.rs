@@ -138,6 +138,7 @@ pub const WANTED_FIELDS: &[(&str, &str)] = &[
     ("sock", "__sk_common.skc_v6_rcv_saddr"),
     ("sock", "__sk_common.skc_v6_daddr"),
     ("sock", "sk_protocol"),
+    ("sock", "sk_type"),
     ("inet_sock", "inet_sport"),
     ("mm_struct", "exe_file"),
     ("mm_struct", "pgd"),
