@@ -7,5 +7,9 @@
 //! - [`lock`]: take, hold and release `flock`, POSIX (`fcntl` process-owned)
 //!   and OFD locks, and query them with `F_GETLK`, printing what happened;
 //!   the `lockprobe` binary wraps it.
+//! - [`net`]: traffic a hostile guest may send (SYN flood, port scan,
+//!   datagrams no socket owns, malformed frames) for the packet filter's
+//!   tests; the `netprobe` binary wraps it.
 
 pub mod lock;
+pub mod net;
