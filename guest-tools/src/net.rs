@@ -154,8 +154,10 @@ pub fn raw_udp(dst: Ipv4Addr, dport: u16, sport: u16, payload: &[u8]) -> io::Res
     r
 }
 
-/// Connects to `dst:dport`, writes `bytes` zero bytes in 64 KiB writes and
-/// closes; returns the seconds it took.
+/// Connects to `dst:dport`, writes `bytes` zero bytes in 64 KiB writes,
+/// shuts its side down and waits for the peer to close (so the socket stays
+/// open, and owned, until everything was delivered); returns the seconds it
+/// took to write.
 pub fn send_bulk(dst: Ipv4Addr, dport: u16, bytes: u64) -> io::Result<f64> {
     use std::io::Write;
     let t = std::time::Instant::now();
@@ -167,8 +169,12 @@ pub fn send_bulk(dst: Ipv4Addr, dport: u16, bytes: u64) -> io::Result<f64> {
         s.write_all(&buf[..n])?;
         left -= n as u64;
     }
+    let secs = t.elapsed().as_secs_f64();
     s.shutdown(std::net::Shutdown::Write)?;
-    Ok(t.elapsed().as_secs_f64())
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut rest);
+    Ok(secs)
 }
 
 /// Sends `payload` from an ordinary UDP socket and waits up to `timeout`

@@ -72,7 +72,15 @@ fn bulk(g: &mut Rig, rx: &mpsc::Receiver<(u64, f64)>, gw: Ipv4Addr, port: u16) -
     let (n, secs) = rx
         .recv_timeout(Duration::from_secs(600))
         .expect("the sink saw the transfer end");
-    assert_eq!(n, BULK, "short transfer ({out})");
+    if n != BULK {
+        let audit = g.audit_lines();
+        panic!(
+            "short transfer to {gw}:{port}: {n} of {BULK} bytes ({out})\nstatus: {}\naudit tail: {:#?}\nfilter log: {}",
+            g.status(),
+            &audit[audit.len().saturating_sub(5)..],
+            g.filter.log_tail(20)
+        );
+    }
     n as f64 / secs / 1e6
 }
 
