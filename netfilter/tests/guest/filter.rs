@@ -226,5 +226,18 @@ fn decides_by_process_and_user_and_survives_a_hostile_guest() {
         s["counters"]["fast_path"], s["counters"]["inspected"], s["counters"]["lookups"],
         s["counters"]["lookup_queries"], s["decision_latency"]["median_us"]
     );
-    let _ = g.dir();
+    // The operator's view: `netfilter status`.
+    let bin = testrig::paths::netfilter().unwrap();
+    let out = std::process::Command::new(bin)
+        .arg("status")
+        .arg("--control")
+        .arg(&g.control)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!(
+        "netfilter status:\n{}",
+        text.lines().take(8).collect::<Vec<_>>().join("\n")
+    );
+    assert!(out.status.success() && text.contains("table "), "{text}");
 }
