@@ -17,7 +17,7 @@
 //! | decided flows, expiry and eviction | [`conntrack`] |
 //! | who owns a socket (asked of the monitor) | [`owner`] |
 //! | is a process tainted (the taint tracker's question) | [`taint`] |
-//! | asking the person at the host | [`ask`] |
+//! | asking the person at the host (authd's dialog) | [`ask`], [`dialog`] |
 //! | the audit log (JSON lines) | [`audit`] |
 //! | counters and latencies | [`stats`] |
 //! | a batch's decisions, both directions | [`engine`] |
@@ -30,6 +30,7 @@ pub mod audit;
 pub mod conntrack;
 pub mod control;
 pub mod daemon;
+pub mod dialog;
 pub mod engine;
 pub mod error;
 pub mod frame;

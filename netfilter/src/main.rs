@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! netfilter run --policy FILE --guest SOCK --passt SOCK [--monitor SOCK]
-//!               [--audit FILE] [--control SOCK] [--no-batching] [--no-conntrack]
+//!               [--authd SOCK] [--audit FILE] [--control SOCK] [--no-batching] [--no-conntrack]
 //! netfilter check FILE                      # check a policy file
 //! netfilter status --control SOCK [--json]  # connection table and counters
 //! netfilter set --control SOCK [--batching on|off] [--conntrack on|off]
@@ -15,10 +15,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use netfilter::ask::NoDialog;
+use netfilter::ask::{Asker, NoDialog};
 use netfilter::audit::Audit;
 use netfilter::control::{self, Request, Status};
 use netfilter::daemon::{self, Endpoints};
+use netfilter::dialog::AuthdAsker;
 use netfilter::engine::{Shared, Switches};
 use netfilter::owner::{MonitorOwners, NoOwners, OwnerSource};
 use netfilter::policy::Policy;
@@ -62,6 +63,10 @@ enum Cmd {
         /// How long an ownership lookup may take.
         #[arg(long, default_value_t = 5)]
         monitor_timeout_secs: u64,
+        /// authd's socket: `ask` rules are put to the policy's `[ask]
+        /// principal` in authd's trusted dialog. Without it `ask` denies.
+        #[arg(long)]
+        authd: Option<PathBuf>,
         /// Audit log (JSON lines, appended).
         #[arg(long)]
         audit: Option<PathBuf>,
@@ -104,6 +109,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             passt,
             monitor,
             monitor_timeout_secs,
+            authd,
             audit,
             control,
             no_batching,
@@ -123,6 +129,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             };
             let taint = Box::new(NamedTaint::new(policy.taint_processes.clone()));
+            let asker: Box<dyn Asker> = match (authd, &policy.ask_principal) {
+                (Some(sock), Some(principal)) => Box::new(AuthdAsker::new(sock, principal.clone())),
+                _ => Box::new(NoDialog),
+            };
             let shared = Arc::new(Shared::new(
                 policy,
                 Switches::new(!no_batching, !no_conntrack),
@@ -132,7 +142,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 passt,
                 control,
             };
-            daemon::run(&ends, shared, owners, taint, Box::new(NoDialog), audit)?;
+            daemon::run(&ends, shared, owners, taint, asker, audit)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Check { policy } => {

@@ -79,6 +79,8 @@ new_flows_per_sec = 1000
 audit_lines_per_sec = 1000
 [taint]
 processes = ["exfil"]
+[ask]
+principal = "alice"
 [[rule]]
 name = "tainted"
 tainted = true

@@ -25,6 +25,9 @@
 //! [taint]
 //! processes = ["exfil"]            # stand-in until the taint tracker answers
 //!
+//! [ask]
+//! principal = "alice"              # who answers `ask` in authd's dialog
+//!
 //! [[rule]]
 //! name = "tainted processes stay inside"
 //! tainted = true
@@ -87,6 +90,8 @@ struct RawPolicy {
     #[serde(default)]
     taint: RawTaint,
     #[serde(default)]
+    ask: RawAsk,
+    #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
 }
 
@@ -117,6 +122,12 @@ struct RawLimits {
 struct RawTaint {
     #[serde(default)]
     processes: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAsk {
+    principal: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -363,6 +374,29 @@ impl Policy {
                 action: r.action,
             });
         }
+        let ask_principal = match &raw.ask.principal {
+            Some(p) if p.get_ref().is_empty() => {
+                return Err(err(
+                    Some(p.span()),
+                    "ask principal must not be empty".into(),
+                ))
+            }
+            p => p.as_ref().map(|p| p.get_ref().clone()),
+        };
+        if ask_principal.is_none() {
+            let first_ask = rules
+                .iter()
+                .find(|r| r.action == Action::Ask)
+                .map(|r| r.line);
+            if first_ask.is_some() || defaults.action == Action::Ask {
+                return Err(PolicyError {
+                    file: path.into(),
+                    line: first_ask,
+                    message: "ask needs [ask] principal = \"…\" (who answers in authd's dialog)"
+                        .into(),
+                });
+            }
+        }
         Ok(Policy {
             source: path.into(),
             vm: raw.vm.into_inner(),
@@ -370,6 +404,7 @@ impl Policy {
             defaults,
             limits,
             taint_processes: raw.taint.processes,
+            ask_principal,
         })
     }
 }
@@ -430,6 +465,9 @@ unknown_owner = "deny"
 [taint]
 processes = ["exfil"]
 
+[ask]
+principal = "alice"
+
 [[rule]]
 name = "tainted"
 tainted = true
@@ -488,7 +526,7 @@ action = "ask"
             false,
         );
         assert_eq!(a, Action::Ask);
-        assert_eq!(why.to_string(), "rule \"rule at line 25\" (line 25)");
+        assert_eq!(why.to_string(), "rule \"rule at line 28\" (line 28)");
         // Directories do not match a `*`.
         assert_eq!(
             p.decide(&k, &owner("wget", "/opt/good/sub/wget", 1000), false)
@@ -508,6 +546,7 @@ action = "ask"
             ("version = 1\nvm = \"a\"\n[defaults]\nunknown_owner = \"ask\"\n", 4, "not ask"),
             ("version = 1\nvm = \"a\"\n[limits]\nmax_flows = 0\n", 4, "max_flows"),
             ("version = 1\nvm = \"a\"\nwhat = 1\n", 3, "unknown field"),
+            ("version = 1\nvm = \"a\"\n[[rule]]\naction = \"ask\"\n", 3, "[ask] principal"),
             ("version = 1\nvm = \"a\"\n[[rule]]\nname = \"x\"\naction = \"deny\"\n[[rule]]\nname = \"x\"\naction = \"deny\"\n", 6, "two rules"),
         ];
         for (src, line, text) in cases {

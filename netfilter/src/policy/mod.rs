@@ -133,6 +133,9 @@ pub struct Policy {
     /// Process names treated as tainted until the taint tracker answers
     /// (see [`crate::taint`]).
     pub taint_processes: Vec<String>,
+    /// Who answers `ask` in authd's dialog (the VM's user, as enrolled in
+    /// authd); required when anything asks.
+    pub ask_principal: Option<String>,
 }
 
 /// Why a flow got its action.
