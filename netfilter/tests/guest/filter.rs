@@ -184,7 +184,9 @@ fn decides_by_process_and_user_and_survives_a_hostile_guest() {
         s["counters"]["resets_sent"], g.audit_lines().len()
     );
     assert!(s["table"]["flows"].as_u64().unwrap() <= 256, "{s}");
-    assert!(s["counters"]["denied"].as_u64().unwrap() >= 3000, "{s}");
+    // (A guest qdisc may drop a few of its own SYNs under the burst.)
+    assert!(s["counters"]["denied"].as_u64().unwrap() >= 2900, "{s}");
+    assert!(s["counters"]["rate_limited"].as_u64().unwrap() > 0, "{s}");
     assert_eq!(http.requests.load(std::sync::atomic::Ordering::Relaxed), 1);
 
     // A port scan with ordinary connects from a program the policy does
