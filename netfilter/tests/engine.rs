@@ -355,3 +355,49 @@ fn ask_once_always_and_deny() {
     );
     let _: SocketAddr = "1.2.3.4:5".parse().unwrap();
 }
+
+fn tcp6(sport: u16, dport: u16, dst: [u8; 16]) -> Vec<u8> {
+    let src: [u8; 16] = "2001:db8::15"
+        .parse::<std::net::Ipv6Addr>()
+        .unwrap()
+        .octets();
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(GUEST_MAC, PEER_MAC)
+        .ipv6(src, dst, 64)
+        .tcp(sport, dport, 1, 65535)
+        .syn()
+        .write(&mut v, &[])
+        .unwrap();
+    v
+}
+
+#[test]
+fn ipv6_flows_are_decided_like_ipv4() {
+    let policy = POLICY.replace(
+        "dest = \"192.0.2.1/32\"",
+        "dest = [\"192.0.2.1/32\", \"2001:db8::1/128\"]",
+    );
+    let mut r = rig(&policy, Box::new(NoDialog));
+    {
+        let mut m = r.mon.by_port.lock().unwrap();
+        m.insert(40001, owner(101, "wget", "/opt/good/wget"));
+        m.insert(40002, owner(102, "wget", "/opt/bad/wget"));
+    }
+    let peer: [u8; 16] = "2001:db8::1"
+        .parse::<std::net::Ipv6Addr>()
+        .unwrap()
+        .octets();
+    let other: [u8; 16] = "2001:db8::2"
+        .parse::<std::net::Ipv6Addr>()
+        .unwrap()
+        .octets();
+    assert_eq!(r.batch(&[tcp6(40001, 80, peer)]), (1, 0));
+    // Denied: answered with an IPv6 reset.
+    assert_eq!(r.batch(&[tcp6(40002, 80, peer)]), (0, 1));
+    assert_eq!(r.batch(&[tcp6(40001, 81, other)]), (0, 1));
+    let lines = r.audit_lines();
+    assert_eq!(lines[0]["dst"], "[2001:db8::1]:80");
+    assert_eq!(lines[0]["verdict"], "allow");
+    assert_eq!(lines[1]["verdict"], "deny");
+    assert_eq!(lines[2]["verdict"], "deny");
+}
