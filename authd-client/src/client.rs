@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::protocol::{
-    now_unix_ms, Call, DenyReason, EndCause, EventKind, Grant, Reason, Reply, ReplyBody, Request,
-    RevokeScope, ServerMessage, MAX_LINE, VERSION,
+    now_unix_ms, Call, Choice, DenyReason, EndCause, EventKind, Grant, Reason, Reply, ReplyBody,
+    Request, RevokeScope, ServerMessage, MAX_LINE, VERSION,
 };
 
 /// Why a call did not complete.
@@ -180,6 +180,35 @@ impl Client {
                 Decision::Denied(Denial::Failed(ClientError::Protocol(format!("{other:?}"))))
             }
             Err(e) => Decision::Denied(Denial::Failed(e)),
+        }
+    }
+
+    /// Puts `question` to `principal` in the trusted dialog and waits at
+    /// most `timeout` (the dialog's own timeout plus a margin). Anything but
+    /// an allowing answer is a denial.
+    pub fn confirm(
+        &self,
+        vm: &str,
+        principal: &str,
+        question: &str,
+        timeout: Duration,
+    ) -> Result<Choice, Denial> {
+        let call = Call::Confirm {
+            vm: vm.into(),
+            principal: principal.into(),
+            question: question.into(),
+        };
+        match self.call(call, timeout) {
+            Ok(ReplyBody::Confirmed { choice }) => Ok(choice),
+            Ok(ReplyBody::Denied {
+                why,
+                retry_after_ms,
+            }) => Err(Denial::ByDaemon {
+                why,
+                retry_after: retry_after_ms.map(Duration::from_millis),
+            }),
+            Ok(other) => Err(Denial::Failed(ClientError::Protocol(format!("{other:?}")))),
+            Err(e) => Err(Denial::Failed(e)),
         }
     }
 

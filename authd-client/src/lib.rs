@@ -7,7 +7,7 @@
 //! | concern | module |
 //! |---|---|
 //! | messages of protocol version 2, and the version 1 requests still accepted (JSON lines) | [`protocol`] |
-//! | calls: authenticate, grants, revoke, lock, subscribe | [`client`] |
+//! | calls: authenticate, confirm, grants, revoke, lock, subscribe | [`client`] |
 //! | live grants kept in memory from the subscription | [`grant_cache`] |
 
 pub mod client;

@@ -106,6 +106,25 @@ pub enum Call {
     Lock,
     /// Receive `grant_ended` events on this connection from now on.
     Subscribe,
+    /// Put a yes/no question from a host service (the packet filter: "process
+    /// X (uid U) in VM V wants to connect to D:P") to `principal`, in the
+    /// trusted dialog with their seal. No password and no grant: the answer
+    /// is allow once, allow always, or a denial.
+    Confirm {
+        vm: String,
+        principal: String,
+        question: String,
+    },
+}
+
+/// The person's answer to a [`Call::Confirm`] that allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Choice {
+    /// This one time.
+    Once,
+    /// This and the same question again (the asking service remembers it).
+    Always,
 }
 
 /// A time-limited permission for one VM to act as one principal.
@@ -174,6 +193,10 @@ pub enum ReplyBody {
         count: usize,
     },
     Subscribed,
+    /// To `confirm`: the person allowed.
+    Confirmed {
+        choice: Choice,
+    },
     Error {
         message: String,
     },
@@ -221,6 +244,33 @@ pub fn now_unix_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn confirm_wire_format() {
+        let r = Request {
+            v: 1,
+            id: 3,
+            call: Call::Confirm {
+                vm: "vm1".into(),
+                principal: "alice".into(),
+                question: "process nc wants to connect".into(),
+            },
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            s,
+            r#"{"v":1,"id":3,"op":"confirm","vm":"vm1","principal":"alice","question":"process nc wants to connect"}"#
+        );
+        let reply: Reply =
+            serde_json::from_str(r#"{"v":1,"id":3,"result":"confirmed","choice":"always"}"#)
+                .unwrap();
+        assert_eq!(
+            reply.body,
+            ReplyBody::Confirmed {
+                choice: Choice::Always
+            }
+        );
+    }
 
     #[test]
     fn request_wire_format() {

@@ -11,7 +11,9 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use authd_client::protocol::{now_unix_ms, DenyReason, EndCause, Grant, Provenance, Reason};
+use authd_client::protocol::{
+    now_unix_ms, Choice, DenyReason, EndCause, Grant, Provenance, Reason,
+};
 
 /// What happened.
 #[derive(Debug, Serialize)]
@@ -59,6 +61,20 @@ pub enum Record<'a> {
     GrantEnded {
         grant: &'a Grant,
         cause: EndCause,
+    },
+    /// A host service's question was allowed.
+    Confirmed {
+        vm: &'a str,
+        principal: &'a str,
+        question: &'a str,
+        choice: Choice,
+    },
+    /// A host service's question was not allowed.
+    ConfirmDenied {
+        vm: &'a str,
+        principal: &'a str,
+        question: &'a str,
+        why: DenyReason,
     },
     Started {
         pid: u32,

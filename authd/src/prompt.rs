@@ -17,6 +17,10 @@ use crate::tty;
 /// What the person answered.
 pub enum Answer {
     Password(Zeroizing<String>),
+    /// A question was allowed (once, or always).
+    Allowed {
+        always: bool,
+    },
     Cancelled,
     TimedOut,
 }

@@ -19,8 +19,8 @@ use crate::password;
 use crate::prompt::{Answer, Broker, Frontend};
 use crate::store::{validate_principal, Store};
 use authd_client::protocol::{
-    Call, DenyReason, EndCause, Event, EventKind, Grant, Provenance, Reason, Reply, ReplyBody,
-    Request, RevokeScope, MAX_LINE, MIN_VERSION, VERSION,
+    Call, Choice, DenyReason, EndCause, Event, EventKind, Grant, Provenance, Reason, Reply,
+    ReplyBody, Request, RevokeScope, MAX_LINE, MIN_VERSION, VERSION,
 };
 
 /// A connection's write half, shared by request threads and broadcasts.
@@ -311,6 +311,20 @@ impl Daemon {
                     conn.reply(v, id, deny(DenyReason::Internal));
                 }
             }
+            Call::Confirm {
+                vm,
+                principal,
+                question,
+            } => {
+                let me = self.clone();
+                let to = conn.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("confirm".into())
+                    .spawn(move || to.reply(v, id, me.confirm(&vm, &principal, &question)));
+                if spawned.is_err() {
+                    conn.reply(v, id, deny(DenyReason::Internal));
+                }
+            }
             Call::ListGrants => conn.reply(
                 v,
                 id,
@@ -402,6 +416,108 @@ impl Daemon {
         body
     }
 
+    /// Puts a host service's question to `principal` in the dialog with
+    /// their seal: no password, no grant, allow once or always, or a
+    /// denial. Prompts are serialised per VM and rate-limited like password
+    /// prompts (the question is caused by the guest's traffic).
+    pub fn confirm(&self, vm: &str, principal: &str, question: &str) -> ReplyBody {
+        let plain = |s: &str, max: usize| {
+            !s.is_empty() && s.len() <= max && !s.chars().any(char::is_control)
+        };
+        if !plain(vm, 128) || validate_principal(principal).is_err() || !plain(question, 1024) {
+            return deny(DenyReason::BadRequest);
+        }
+        // A key of its own in the broker: a question never shares the
+        // answer of a password prompt, nor of another question.
+        let key = format!("{principal}\u{1f}confirm\u{1f}{question}");
+        let body = self.broker.run(
+            vm,
+            &key,
+            || self.confirm_alone(vm, principal, question),
+            deny(DenyReason::Internal),
+        );
+        match &body {
+            ReplyBody::Confirmed { choice } => self.audit.record(Record::Confirmed {
+                vm,
+                principal,
+                question,
+                choice: *choice,
+            }),
+            ReplyBody::Denied { why, .. } => self.audit.record(Record::ConfirmDenied {
+                vm,
+                principal,
+                question,
+                why: *why,
+            }),
+            _ => {}
+        }
+        body
+    }
+
+    fn confirm_alone(&self, vm: &str, principal: &str, question: &str) -> ReplyBody {
+        let user = match self.store.user(principal) {
+            Ok(Some(u)) => u,
+            Ok(None) => return deny(DenyReason::UnknownPrincipal),
+            Err(e) => {
+                log::error!("store: {e}");
+                return deny(DenyReason::Internal);
+            }
+        };
+        if matches!(self.frontend, Frontend::None) {
+            return deny(DenyReason::NoFrontend);
+        }
+        if let Err(wait) = self.rate.try_take(vm, Instant::now()) {
+            return ReplyBody::Denied {
+                why: DenyReason::RateLimited,
+                retry_after_ms: Some(wait.as_millis() as u64),
+            };
+        }
+        let reason = Reason {
+            operation: "confirm".into(),
+            ..Reason::default()
+        };
+        let request = DialogRequest {
+            vm: vm.to_owned(),
+            principal: principal.to_owned(),
+            reason: reason.clone(),
+            seal: user.seal.clone(),
+            timeout_secs: self.cfg.prompt_timeout_secs,
+            focus_delay_ms: self.cfg.focus_delay_ms,
+            question: Some(question.to_owned()),
+            // The question is the host service's own text; the process
+            // facts inside it are the guest's, and it says so.
+            provenance: Provenance::Host,
+        };
+        self.audit.record(Record::Prompt {
+            vm,
+            principal,
+            reason: &reason,
+            provenance: Provenance::Host,
+            frontend: self.frontend.name(),
+        });
+        let asked = Instant::now();
+        let mut on_shown = || {
+            self.audit.record(Record::PromptShown {
+                vm,
+                principal,
+                latency_ms: asked.elapsed().as_secs_f64() * 1e3,
+            })
+        };
+        match self.frontend.ask(&request, &mut on_shown) {
+            Ok(Answer::Allowed { always }) => ReplyBody::Confirmed {
+                choice: if always { Choice::Always } else { Choice::Once },
+            },
+            Ok(Answer::Cancelled) => deny(DenyReason::Cancelled),
+            Ok(Answer::TimedOut) => deny(DenyReason::Timeout),
+            // A question has no password field.
+            Ok(Answer::Password(_)) => deny(DenyReason::Internal),
+            Err(e) => {
+                log::error!("prompt: {e}");
+                deny(DenyReason::Internal)
+            }
+        }
+    }
+
     /// The decision proper; the broker guarantees no other prompt for this VM runs.
     fn authenticate_alone(
         &self,
@@ -457,6 +573,7 @@ impl Daemon {
             seal: user.seal.clone(),
             timeout_secs: self.cfg.prompt_timeout_secs,
             focus_delay_ms: self.cfg.focus_delay_ms,
+            question: None,
         };
         self.audit.record(Record::Prompt {
             vm,
@@ -477,6 +594,8 @@ impl Daemon {
             Ok(Answer::Password(p)) => p,
             Ok(Answer::Cancelled) => return deny(DenyReason::Cancelled),
             Ok(Answer::TimedOut) => return deny(DenyReason::Timeout),
+            // A password prompt has no allow buttons.
+            Ok(Answer::Allowed { .. }) => return deny(DenyReason::Internal),
             Err(e) => {
                 log::error!("prompt: {e}");
                 return deny(DenyReason::Internal);

@@ -1,7 +1,8 @@
 //! Terminal fallback for hosts without a display. The prompt goes to a
 //! configured terminal (a console such as `/dev/tty8`, or a pty), shows the
 //! same seal (phrase on its colour, in 24-bit ANSI colour, with the colour's
-//! hex code for terminals without true colour), reads the password with echo
+//! hex code for terminals without true colour), reads the password (or, for
+//! a question, o / a / anything else) with echo
 //! off and restores the terminal afterwards.
 
 use std::fs::{File, OpenOptions};
@@ -46,6 +47,23 @@ pub fn banner(req: &DialogRequest) -> String {
         ink.2,
         display_safe(&req.seal.phrase)
     );
+    if let Some(q) = &req.question {
+        return format!(
+            "\x1b[2J\x1b[H\r\n== authd: host authentication ==\r\n\r\n\
+             Seal:      {seal}  ({c})\r\n\
+             Not your seal? Do not allow.\r\n\r\n\
+             VM:        {}\r\n\
+             Principal: {}\r\n\r\n\
+             Asked by a host service; process facts are read from the guest:\r\n\
+             \x20 {}\r\n\r\n\
+             Denies on its own after {} s.\r\n\
+             Allow? o = once, a = always, anything else denies: ",
+            display_safe(&req.vm),
+            display_safe(&req.principal),
+            display_safe(q),
+            req.timeout_secs,
+        );
+    }
     let lines = |facts: &[Fact], indent: &str| -> String {
         facts
             .iter()
@@ -138,6 +156,16 @@ pub fn ask(path: &Path, req: &DialogRequest, on_shown: &mut dyn FnMut()) -> Resu
         }
     }
     drop(restore);
+    if req.question.is_some() {
+        return Ok(match line.trim_ascii() {
+            b"o" | b"once" => Answer::Allowed { always: false },
+            b"a" | b"always" => Answer::Allowed { always: true },
+            _ => {
+                let _ = (&file).write_all(b"(denied)\r\n");
+                Answer::Cancelled
+            }
+        });
+    }
     if line.is_empty() {
         let _ = (&file).write_all(b"(denied)\r\n");
         return Ok(Answer::Cancelled);

@@ -100,6 +100,7 @@ fn right_password_after_focus_delay_grants_and_expiry_is_pushed() {
         seal: Seal::new(common::PHRASE, common::COLOR.parse().unwrap()).unwrap(),
         timeout_secs: d.cfg.prompt_timeout_secs,
         focus_delay_ms: d.cfg.focus_delay_ms,
+        question: None,
     };
     let expected = render(
         &View {

@@ -31,6 +31,7 @@ fn typical() -> DialogRequest {
         seal: Seal::new("purple owl at dawn", Rgb(0x6a, 0x1b, 0x9a)).unwrap(),
         timeout_secs: 60,
         focus_delay_ms: 1000,
+        question: None,
     }
 }
 
@@ -66,6 +67,7 @@ fn hostile() -> DialogRequest {
         seal: Seal::new("Yellow Submarine 42", Rgb(0xff, 0xe0, 0x40)).unwrap(),
         timeout_secs: 30,
         focus_delay_ms: 1000,
+        question: None,
     }
 }
 

@@ -9,6 +9,10 @@
 //!   the `lockprobe` binary wraps it.
 //! - [`syscalls`]: fork, exit, socket sends and a cost loop of the system
 //!   calls the taint hooks watch; the `hookprobe` binary wraps it.
+//! - [`net`]: traffic a hostile guest may send (SYN flood, port scan,
+//!   datagrams no socket owns, malformed frames) for the packet filter's
+//!   tests; the `netprobe` binary wraps it.
 
 pub mod lock;
+pub mod net;
 pub mod syscalls;

@@ -17,7 +17,7 @@ use crate::protocol::{
     to_line, FailureKind, Op, Reply, ReplyBody, Request, MAX_REPLY_LINE, VERSION,
 };
 use crate::report::{FlushReport, FreezeReport, Identity, Process};
-use crate::taint::{FileEvent, GuestEvent, SocketOwner, Transport};
+use crate::taint::{FileEvent, GuestEvent, SocketOwner, SocketQuery, Transport};
 use crate::taint_report::{DerivedFile, Query, TaintNotice, TaintStatus, TaintedEntry, VmEntry};
 
 /// Why a call did not return a result.
@@ -61,6 +61,9 @@ pub enum ClientError {
         expected: &'static str,
         got: &'static str,
     },
+    /// A `socket_owners` reply did not answer every query.
+    #[error("asked the owners of {asked} sockets, the monitor answered {got}")]
+    OwnerCount { asked: usize, got: usize },
     /// The monitor refused the request or the operation failed.
     #[error("the monitor answered: {message}")]
     Monitor { kind: FailureKind, message: String },
@@ -355,8 +358,7 @@ impl Client {
         }
     }
 
-    /// The guest process owning the socket bound to `local`. Not served
-    /// yet (see [`crate::taint`]).
+    /// The guest process owning the socket bound to `local`.
     pub fn socket_owner(
         &mut self,
         vm: &str,
@@ -372,6 +374,29 @@ impl Client {
         match self.call(op, timeout)? {
             ReplyBody::SocketOwner { owner } => Ok(owner),
             other => Err(unexpected("socket_owner", &other)),
+        }
+    }
+
+    /// The owners of several sockets, in the order asked, found with at
+    /// most one walk of the guest's tasks.
+    pub fn socket_owners(
+        &mut self,
+        vm: &str,
+        sockets: Vec<SocketQuery>,
+        timeout: Duration,
+    ) -> Result<Vec<Option<SocketOwner>>, ClientError> {
+        let asked = sockets.len();
+        let op = Op::SocketOwners {
+            vm: vm.into(),
+            sockets,
+        };
+        match self.call(op, timeout)? {
+            ReplyBody::SocketOwners { owners } if owners.len() == asked => Ok(owners),
+            ReplyBody::SocketOwners { owners } => Err(ClientError::OwnerCount {
+                asked,
+                got: owners.len(),
+            }),
+            other => Err(unexpected("socket_owners", &other)),
         }
     }
 }
@@ -542,7 +567,23 @@ mod tests {
                     pid: 9,
                     name: "curl".into(),
                     uid: 1000,
+                    exe: None,
+                    task: 0,
                 }),
+            },
+            Op::SocketOwners { sockets, .. } => ReplyBody::SocketOwners {
+                owners: sockets
+                    .iter()
+                    .map(|q| {
+                        (q.transport == Transport::Tcp).then(|| SocketOwner {
+                            pid: q.local.port() as u32,
+                            name: "wget".into(),
+                            uid: 1000,
+                            exe: Some("/bin/busybox".into()),
+                            task: 1,
+                        })
+                    })
+                    .collect(),
             },
         };
         vec![to_line(&Reply::new(req.id, body)).unwrap()]
@@ -589,6 +630,20 @@ mod tests {
             c.socket_owner("nobody", Transport::Udp, local, T).unwrap(),
             None
         );
+        let q = |transport, port| SocketQuery {
+            transport,
+            local: std::net::SocketAddr::from(([10, 0, 2, 15], port)),
+            remote: None,
+        };
+        let owners = c
+            .socket_owners(
+                "web",
+                vec![q(Transport::Tcp, 40000), q(Transport::Udp, 53)],
+                T,
+            )
+            .unwrap();
+        assert_eq!(owners[0].as_ref().unwrap().pid, 40000);
+        assert_eq!(owners[1], None);
         drop(c);
         server.join().unwrap();
     }

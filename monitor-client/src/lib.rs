@@ -12,7 +12,7 @@
 //! |---|---|
 //! | envelope of protocol version 1: requests, replies, failures (JSON lines) | [`protocol`] |
 //! | what the monitor reports: flush, freeze and thaw, identity, processes | [`report`] |
-//! | what flows into taint tracking: file events, guest kernel events; ownership lookups | [`taint`] |
+//! | what flows into taint tracking: file events, guest kernel events; ownership lookups for the packet filter | [`taint`] |
 //! | what taint tracking reports: entries, origins, alerts, status, notices | [`taint_report`] |
 //! | a blocking client over one Unix-socket connection | [`client`] |
 

@@ -21,7 +21,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::report::{FlushReport, FreezeReport, Identity, Process};
-use crate::taint::{FileEvent, GuestEvent, SocketOwner, Transport};
+use crate::taint::{FileEvent, GuestEvent, SocketOwner, SocketQuery, Transport};
 use crate::taint_report::{DerivedFile, Query, TaintNotice, TaintStatus, TaintedEntry, VmEntry};
 
 /// Protocol version spoken by this build.
@@ -109,12 +109,19 @@ pub enum Op {
     /// notice, all with this request's id, until the client hangs up.
     TaintWatch,
     /// Which guest process owns the socket bound to `local`, for a packet
-    /// filter; answered with [`ReplyBody::SocketOwner`]. Defined, not yet
-    /// served: the daemon answers [`FailureKind::Unsupported`].
+    /// filter; answered with [`ReplyBody::SocketOwner`].
     SocketOwner {
         vm: String,
         transport: Transport,
         local: std::net::SocketAddr,
+    },
+    /// The owners of several sockets at once, found with at most one walk
+    /// of the guest's tasks; answered with [`ReplyBody::SocketOwners`], one
+    /// entry per query, in order. A packet filter sends the new flows of a
+    /// batch of frames in one request.
+    SocketOwners {
+        vm: String,
+        sockets: Vec<SocketQuery>,
     },
 }
 
@@ -136,6 +143,7 @@ impl Op {
             Op::TaintDerived { .. } => "taint_derived",
             Op::TaintWatch => "taint_watch",
             Op::SocketOwner { .. } => "socket_owner",
+            Op::SocketOwners { .. } => "socket_owners",
         }
     }
 
@@ -155,7 +163,8 @@ impl Op {
             | Op::TaintQuery { vm, .. }
             | Op::TaintGraph { vm }
             | Op::TaintDerived { vm, .. }
-            | Op::SocketOwner { vm, .. } => Some(vm),
+            | Op::SocketOwner { vm, .. }
+            | Op::SocketOwners { vm, .. } => Some(vm),
         }
     }
 }
@@ -216,6 +225,9 @@ pub enum ReplyBody {
     /// To `socket_owner`: the owning process, `None` when no guest socket
     /// is bound there (or it closed before the lookup).
     SocketOwner { owner: Option<SocketOwner> },
+    /// To `socket_owners`: one entry per query, `None` where no guest
+    /// socket matched.
+    SocketOwners { owners: Vec<Option<SocketOwner>> },
     /// The request was refused or the operation failed.
     Error { kind: FailureKind, message: String },
 }
@@ -238,6 +250,7 @@ impl ReplyBody {
             ReplyBody::Watching => "watching",
             ReplyBody::TaintNotice { .. } => "taint_notice",
             ReplyBody::SocketOwner { .. } => "socket_owner",
+            ReplyBody::SocketOwners { .. } => "socket_owners",
             ReplyBody::Error { .. } => "error",
         }
     }
@@ -365,7 +378,8 @@ mod tests {
     use super::*;
     use crate::report::{FlushReport, FreezeReport, Identity, Process};
     use crate::taint::{
-        FileAccess, FileEvent, GuestEvent, GuestEventKind, SocketInfo, SocketOwner, Transport,
+        FileAccess, FileEvent, GuestEvent, GuestEventKind, SocketInfo, SocketOwner, SocketQuery,
+        Transport,
     };
     use crate::taint_report::{Carrier, LeakAlert, Origin, Subject, VmTaintStatus};
 
@@ -496,6 +510,21 @@ mod tests {
                 transport: Transport::Udp,
                 local: "[fe80::1]:53".parse().unwrap(),
             },
+            Op::SocketOwners {
+                vm: "web".into(),
+                sockets: vec![
+                    SocketQuery {
+                        transport: Transport::Tcp,
+                        local: "10.0.2.15:44312".parse().unwrap(),
+                        remote: Some("10.0.2.2:80".parse().unwrap()),
+                    },
+                    SocketQuery {
+                        transport: Transport::Udp,
+                        local: "10.0.2.15:5353".parse().unwrap(),
+                        remote: None,
+                    },
+                ],
+            },
         ]
     }
 
@@ -623,9 +652,23 @@ mod tests {
                     pid: 310,
                     name: "curl".into(),
                     uid: 1000,
+                    exe: Some("/usr/bin/curl".into()),
+                    task: 0xffff_8880_0456_8000,
                 }),
             },
             ReplyBody::SocketOwner { owner: None },
+            ReplyBody::SocketOwners {
+                owners: vec![
+                    None,
+                    Some(SocketOwner {
+                        pid: 311,
+                        name: "nc".into(),
+                        uid: 0,
+                        exe: None,
+                        task: 0,
+                    }),
+                ],
+            },
             ReplyBody::Error {
                 kind: FailureKind::UnknownVm,
                 message: "no VM named web".into(),

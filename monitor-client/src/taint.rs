@@ -18,6 +18,9 @@
 //! the guest kernel, and so is all memory the hooks read. The monitor checks
 //! fsd's pids against the process view the hooks give it and marks what it
 //! could not check as unverified.
+//!
+//! The packet filter asks the monitor which guest process owns a socket
+//! (`socket_owner`, and `socket_owners` for a batch).
 
 use std::net::SocketAddr;
 
@@ -93,6 +96,28 @@ pub struct SocketOwner {
     pub name: String,
     /// `real_cred->uid`.
     pub uid: u32,
+    /// Path of the executable (`mm->exe_file`), when the process has one
+    /// and its path could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// Guest address of the process's `task_struct`: with the pid, the key
+    /// that tells a process from a later one that reuses its pid (0 when
+    /// unknown).
+    #[serde(default)]
+    pub task: u64,
+}
+
+/// One socket to find, by what a packet of its flow shows: the guest-side
+/// address and port, and the peer when it is known (it tells apart sockets
+/// that share a local port, such as a listener and its accepted sockets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SocketQuery {
+    pub transport: Transport,
+    /// The guest's end of the flow.
+    pub local: std::net::SocketAddr,
+    /// The other end, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<std::net::SocketAddr>,
 }
 
 /// One event seen by a hook in the guest kernel: what a QEMU plugin (or

@@ -26,10 +26,12 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::protocol::{to_line, FailureKind, Op, Reply, ReplyBody, Request, MAX_REQUEST_LINE};
+use crate::sockets::SocketTable;
 use crate::taint::alert::Freezer;
 use crate::taint::{EngineConfig, FreezeOrder, Input, TaintService, VmId};
 use crate::vm::Vm;
 use crate::{freeze, pagecache, process, smbios};
+use monitor_client::taint::{SocketOwner, SocketQuery};
 
 /// How long a flush, thaw or other injection may wait for a safe point.
 const INJECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -49,6 +51,8 @@ pub struct State {
     taint: Arc<TaintService>,
     /// UUIDs QMP gave for VMs whose config entry names none.
     uuids: Mutex<HashMap<String, String>>,
+    /// Each VM's sockets as last seen, for ownership lookups.
+    sockets: Mutex<BTreeMap<String, Arc<Mutex<SocketTable>>>>,
 }
 
 impl State {
@@ -74,6 +78,7 @@ impl State {
             vms: Mutex::new(BTreeMap::new()),
             taint,
             uuids: Mutex::new(HashMap::new()),
+            sockets: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -123,6 +128,28 @@ impl State {
             Some(u) => Ok(id(u, name)),
             None => Err(Error::UnknownVm(name.into())),
         }
+    }
+
+    /// Owners of guest sockets, through the VM's [`SocketTable`]; the
+    /// table is dropped with the VM's connection.
+    fn socket_owners(
+        &self,
+        name: &str,
+        queries: &[SocketQuery],
+    ) -> Result<Vec<Option<SocketOwner>>> {
+        let table = self
+            .sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        let mut table = table.lock().unwrap_or_else(|p| p.into_inner());
+        let res = self.with_vm(name, |vm| table.owners(vm, queries));
+        if res.as_ref().is_err_and(Error::vm_connection_lost) {
+            *table = SocketTable::new();
+        }
+        res
     }
 
     fn vm(&self, name: &str) -> Result<Arc<Mutex<Vm>>> {
@@ -241,8 +268,23 @@ impl State {
                     "taint_watch needs a connection of its own".into(),
                 ))
             }
-            // Defined for the packet filter, which does not exist yet.
-            Op::SocketOwner { .. } => return Err(Error::Unsupported(op.name())),
+            Op::SocketOwner {
+                vm,
+                transport,
+                local,
+            } => {
+                let query = SocketQuery {
+                    transport,
+                    local,
+                    remote: None,
+                };
+                ReplyBody::SocketOwner {
+                    owner: self.socket_owners(&vm, &[query])?.pop().flatten(),
+                }
+            }
+            Op::SocketOwners { vm, sockets } => ReplyBody::SocketOwners {
+                owners: self.socket_owners(&vm, &sockets)?,
+            },
         })
     }
 
@@ -651,7 +693,7 @@ mod tests {
         assert!(message.contains("no VM named nope"), "{message}");
         let local = "10.0.2.15:80".parse().unwrap();
         let (kind, _) = failure(c.socket_owner("nope", Transport::Tcp, local, T));
-        assert_eq!(kind, FailureKind::Unsupported);
+        assert_eq!(kind, FailureKind::UnknownVm);
         let (kind, _) = failure(c.file_events("nope", vec![], 0, T));
         assert_eq!(kind, FailureKind::UnknownVm);
         // A watch is a connection of its own, never a line among others.

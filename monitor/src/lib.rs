@@ -16,6 +16,8 @@
 //!   it streams back (fork, exit, exec, socket send/receive, file I/O).
 //! - [`taint`]: following confidential data across files, processes and
 //!   sockets of many VMs (engine, bounds, journal, alerts, graph).
+//! - [`sockets`]: which process owns a TCP or UDP socket (for a packet
+//!   filter).
 //! - [`daemon`]: serving fsd's (and operators') requests, e.g. "flush
 //!   these inodes in VM X", over a Unix socket.
 //! - [`error`]: what can go wrong, one variant per cause.
@@ -37,6 +39,7 @@ pub mod paging;
 pub mod process;
 pub mod qmp;
 pub mod smbios;
+pub mod sockets;
 pub mod taint;
 pub mod vm;
 pub mod vmi;

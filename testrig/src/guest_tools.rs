@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::paths;
 
 /// Binaries the `guest-tools` crate provides.
-pub const TOOLS: &[&str] = &["lockprobe", "hookprobe"];
+pub const TOOLS: &[&str] = &["lockprobe", "hookprobe", "netprobe"];
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 

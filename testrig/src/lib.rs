@@ -26,6 +26,8 @@
 //! - [`authd`]: enroll and run the real authd; [`x11`]: a private Xvfb and
 //!   xdotool, for its dialog.
 //! - [`qemu`]: boot the guest and collect a [`Transcript`].
+//! - [`net`]: a network for the guest through passt (user mode, no tap),
+//!   over QEMU's `-netdev stream`.
 //! - [`script`]: the shell helpers of guest scripts, their one output
 //!   format, and the step handshake of a guest that takes turns with the test;
 //!   [`shell`]: a shell in a running guest over a second serial port.
@@ -43,6 +45,7 @@ pub mod guest_tools;
 pub mod initramfs;
 pub mod kernel;
 pub mod modules;
+pub mod net;
 pub mod paths;
 pub mod prereq;
 pub mod process;

@@ -75,6 +75,12 @@ pub fn monitor() -> Result<PathBuf, String> {
     built_binary("monitor", "MONITOR_BIN", "cargo build -p monitor")
 }
 
+/// The packet filter: `$NETFILTER_BIN`, else `netfilter` in the target
+/// directory.
+pub fn netfilter() -> Result<PathBuf, String> {
+    built_binary("netfilter", "NETFILTER_BIN", "cargo build -p netfilter")
+}
+
 /// authd and its dialog program: both in `$AUTHD_BIN_DIR`, else in the
 /// target directory.
 pub fn authd() -> Result<(PathBuf, PathBuf), String> {

@@ -40,6 +40,11 @@ pub struct DialogRequest {
     pub timeout_secs: u64,
     /// OK and Enter stay inert this long after the window gains focus.
     pub focus_delay_ms: u64,
+    /// A question from a host service instead of a password prompt: the
+    /// dialog shows it with Deny, Allow always and Allow once, and no
+    /// password field (`confirm` in authd's protocol).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub question: Option<String>,
 }
 
 /// What the dialog process tells the daemon, one JSON line each.
@@ -50,6 +55,8 @@ pub enum ChildMessage {
     Shown,
     /// The user confirmed with this password.
     Password { password: String },
+    /// The user allowed the question, once or always.
+    Allowed { always: bool },
     /// Esc, Cancel, or the window was closed.
     Cancelled,
     /// Nobody answered before the timeout.
@@ -125,6 +132,7 @@ mod tests {
             seal: Seal::new("owl", Rgb(0, 0, 0)).unwrap(),
             timeout_secs: 60,
             focus_delay_ms: 0,
+            question: None,
         }
     }
 

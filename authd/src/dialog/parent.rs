@@ -118,6 +118,7 @@ pub fn ask(
                 drop(stdin);
                 return Ok(Answer::Password(zeroize::Zeroizing::new(password)));
             }
+            Ok(Some(ChildMessage::Allowed { always })) => return Ok(Answer::Allowed { always }),
             Ok(Some(ChildMessage::Cancelled)) => return Ok(Answer::Cancelled),
             Ok(Some(ChildMessage::TimedOut)) => return Ok(Answer::TimedOut),
             Err(mpsc::RecvTimeoutError::Timeout) => return Ok(Answer::TimedOut),

@@ -38,6 +38,11 @@ impl Rect {
 /// Where the buttons are, for hit testing by the window.
 pub const CANCEL_BUTTON: Rect = Rect::new(324, 320, 100, 34);
 pub const OK_BUTTON: Rect = Rect::new(440, 320, 100, 34);
+/// The buttons of a question (`DialogRequest::question`).
+pub const DENY_BUTTON: Rect = Rect::new(20, 320, 100, 34);
+pub const ALWAYS_BUTTON: Rect = Rect::new(296, 320, 124, 34);
+pub const ONCE_BUTTON: Rect = Rect::new(430, 320, 110, 34);
+const QUESTION_BOX: Rect = Rect::new(20, 186, 520, 118);
 /// The band in the seal colour behind the seal phrase; tests find the seal
 /// on a screenshot of the live window by it.
 pub const SEAL_BAND: Rect = Rect::new(20, 52, 520, 62);
@@ -130,7 +135,11 @@ pub fn render(view: &View<'_>, font: &FontRef<'_>) -> Frame {
     let x = SEAL_BAND.x as f32 + (SEAL_BAND.w as f32 - w) / 2.0;
     c.text(&phrase, x, SEAL_BAND.y as f32 + 41.0, size, ink, 500.0);
     c.text(
-        "Not your seal? Do not type your password.",
+        if r.question.is_some() {
+            "Not your seal? Do not allow."
+        } else {
+            "Not your seal? Do not type your password."
+        },
         20.0,
         132.0,
         12.5,
@@ -145,6 +154,11 @@ pub fn render(view: &View<'_>, font: &FontRef<'_>) -> Frame {
         c.text(f.label, 24.0, y, 15.0, MUTED, 100.0);
         c.text(&f.value, 130.0, y, 15.0, TEXT, 410.0);
         y += HOST_STEP;
+    }
+
+    if let Some(q) = &r.question {
+        question(&mut c, q, view.ok_armed, r.timeout_secs);
+        return c.frame;
     }
 
     // Everything below comes from the guest and may be a lie.
@@ -216,6 +230,38 @@ pub fn render(view: &View<'_>, font: &FontRef<'_>) -> Frame {
     c.frame
 }
 
+/// The rest of a question dialog: the question, wrapped, and its three
+/// buttons (the two that allow stay inert like OK until the focus delay).
+fn question(c: &mut Canvas<'_, '_>, q: &str, armed: bool, timeout_secs: u64) {
+    c.fill(QUESTION_BOX, GUEST_BG);
+    c.fill(
+        Rect::new(QUESTION_BOX.x, QUESTION_BOX.y, 4, QUESTION_BOX.h),
+        GUEST_EDGE,
+    );
+    let x = QUESTION_BOX.x as f32 + 14.0;
+    let y = QUESTION_BOX.y as f32;
+    c.text(
+        "Asked by a host service; process facts are read from the guest:",
+        x,
+        y + 18.0,
+        13.0,
+        GUEST_TEXT,
+        500.0,
+    );
+    for (i, line) in c.wrap(&display_safe(q), 15.0, 490.0, 4).iter().enumerate() {
+        c.text(line, x, y + 42.0 + 20.0 * i as f32, 15.0, TEXT, 490.0);
+    }
+    c.fill(DENY_BUTTON, BUTTON_BG);
+    c.centered("Deny", DENY_BUTTON, 15.0, TEXT);
+    let bg = if armed { OK_BG } else { OK_INERT_BG };
+    c.fill(ALWAYS_BUTTON, bg);
+    c.centered("Allow always", ALWAYS_BUTTON, 15.0, WHITE);
+    c.fill(ONCE_BUTTON, bg);
+    c.centered("Allow once", ONCE_BUTTON, 15.0, WHITE);
+    let footer = format!("Esc or closing denies. Denies on its own after {timeout_secs} s.");
+    c.text(&footer, 20.0, 372.0, 12.0, MUTED, 520.0);
+}
+
 struct Canvas<'f, 'a> {
     frame: Frame,
     font: &'f FontRef<'a>,
@@ -253,6 +299,31 @@ impl Canvas<'_, '_> {
 
     fn measure(&self, text: &str, size: f32) -> f32 {
         self.glyphs(text, size).last().map_or(0.0, |g| g.1)
+    }
+
+    /// Splits `text` at spaces into at most `max_lines` lines no wider than
+    /// `max_w` (the last one is cut with '…' by [`Canvas::text`]).
+    fn wrap(&self, text: &str, size: f32, max_w: f32, max_lines: usize) -> Vec<String> {
+        let mut lines: Vec<String> = Vec::new();
+        let mut cur = String::new();
+        for word in text.split_whitespace() {
+            let candidate = if cur.is_empty() {
+                word.to_owned()
+            } else {
+                format!("{cur} {word}")
+            };
+            // The last line keeps every remaining word (and is cut when drawn).
+            let fits = cur.is_empty() || self.measure(&candidate, size) <= max_w;
+            if fits || lines.len() + 1 == max_lines {
+                cur = candidate;
+            } else {
+                lines.push(std::mem::replace(&mut cur, word.to_owned()));
+            }
+        }
+        if !cur.is_empty() {
+            lines.push(cur);
+        }
+        lines
     }
 
     fn centered(&mut self, text: &str, r: Rect, size: f32, color: Rgb) {

@@ -8,6 +8,9 @@
 //!   focus (losing focus re-arms the delay), so keystrokes aimed at another
 //!   window cannot confirm it;
 //! * Esc, Cancel or closing the window denies; so does the timeout;
+//! * a question (`DialogRequest::question`) has Deny, Allow always and
+//!   Allow once instead of a password field; the allowing buttons (and
+//!   Enter, which allows once) are inert under the same focus delay;
 //! * synthetic key events (replayed by X11 on focus) are ignored.
 
 use std::num::NonZeroU32;
@@ -23,7 +26,9 @@ use winit::keyboard::{Key, NamedKey};
 use winit::window::{Window, WindowId, WindowLevel};
 use zeroize::Zeroizing;
 
-use super::render::{self, View, CANCEL_BUTTON, HEIGHT, OK_BUTTON, WIDTH};
+use super::render::{
+    self, View, ALWAYS_BUTTON, CANCEL_BUTTON, DENY_BUTTON, HEIGHT, OK_BUTTON, ONCE_BUTTON, WIDTH,
+};
 use super::{ChildMessage, DialogRequest};
 use crate::error::{Error, Result};
 
@@ -40,6 +45,10 @@ pub enum External {
 /// How the dialog ended.
 pub enum Outcome {
     Password(Zeroizing<String>),
+    /// A question was allowed, once or always.
+    Allowed {
+        always: bool,
+    },
     Cancelled,
     TimedOut,
 }
@@ -77,7 +86,18 @@ impl App<'_> {
         event_loop.exit();
     }
 
+    /// A question's allowing answer, honoured only once armed.
+    fn allow(&mut self, event_loop: &ActiveEventLoop, always: bool) {
+        if self.ok_armed(Instant::now()) {
+            self.finish(event_loop, Outcome::Allowed { always });
+        }
+    }
+
     fn submit(&mut self, event_loop: &ActiveEventLoop) {
+        if self.request.question.is_some() {
+            // Enter allows once; "always" takes a click.
+            return self.allow(event_loop, false);
+        }
         if !self.ok_armed(Instant::now()) {
             return;
         }
@@ -188,7 +208,15 @@ impl ApplicationHandler<External> for App<'_> {
                 ..
             } => {
                 let (x, y) = self.cursor;
-                if OK_BUTTON.contains(x, y) {
+                if self.request.question.is_some() {
+                    if ONCE_BUTTON.contains(x, y) {
+                        self.allow(event_loop, false);
+                    } else if ALWAYS_BUTTON.contains(x, y) {
+                        self.allow(event_loop, true);
+                    } else if DENY_BUTTON.contains(x, y) {
+                        self.finish(event_loop, Outcome::Cancelled);
+                    }
+                } else if OK_BUTTON.contains(x, y) {
                     self.submit(event_loop);
                 } else if CANCEL_BUTTON.contains(x, y) {
                     self.finish(event_loop, Outcome::Cancelled);
@@ -205,6 +233,7 @@ impl ApplicationHandler<External> for App<'_> {
                     Key::Named(NamedKey::Backspace) => {
                         self.password.pop();
                     }
+                    _ if self.request.question.is_some() => {}
                     _ => {
                         if let Some(text) = &event.text {
                             for c in text.chars().filter(|c| !c.is_control()) {
@@ -292,6 +321,7 @@ pub fn message(outcome: Outcome) -> ChildMessage {
         Outcome::Password(p) => ChildMessage::Password {
             password: p.as_str().to_owned(),
         },
+        Outcome::Allowed { always } => ChildMessage::Allowed { always },
         Outcome::Cancelled => ChildMessage::Cancelled,
         Outcome::TimedOut => ChildMessage::TimedOut,
     }

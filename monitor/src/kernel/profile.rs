@@ -13,7 +13,7 @@ use super::kallsyms::{self, Symbol};
 use crate::error::{Error, Result};
 
 /// Bump when the set of extracted facts changes so old caches are rebuilt.
-const PROFILE_FORMAT: u32 = 6;
+const PROFILE_FORMAT: u32 = 7;
 
 /// Symbols the monitor looks up. Missing ones are simply absent from the
 /// profile; features that need them fail with `MissingSymbol`.
@@ -72,6 +72,10 @@ pub const WANTED_SYMBOLS: &[&str] = &[
     "vfs_read",
     "vfs_write",
     "current_task",
+    // Socket ownership (sockets.rs): a file is a socket when its f_op is
+    // this; the kernel's own page tables live in init_mm.
+    "socket_file_ops",
+    "init_mm",
 ];
 
 /// Struct members the monitor reads, as (struct, dotted member path).
@@ -141,6 +145,36 @@ pub const WANTED_FIELDS: &[(&str, &str)] = &[
     ("sock_common", "skc_v6_rcv_saddr"),
     ("msghdr", "msg_iter.count"),
     ("file", "f_inode"),
+    // Socket ownership (sockets.rs): task -> files -> fdtable -> file ->
+    // socket -> sock, and the executable's path.
+    ("task_struct", "files"),
+    ("files_struct", "fdt"),
+    ("fdtable", "max_fds"),
+    ("fdtable", "fd"),
+    ("file", "f_op"),
+    ("file", "private_data"),
+    ("file", "f_path"),
+    ("sock", "__sk_common.skc_family"),
+    ("sock", "__sk_common.skc_rcv_saddr"),
+    ("sock", "__sk_common.skc_daddr"),
+    ("sock", "__sk_common.skc_dport"),
+    ("sock", "__sk_common.skc_num"),
+    ("sock", "__sk_common.skc_v6_rcv_saddr"),
+    ("sock", "__sk_common.skc_v6_daddr"),
+    ("sock", "sk_protocol"),
+    ("sock", "sk_type"),
+    ("inet_sock", "inet_sport"),
+    ("mm_struct", "exe_file"),
+    ("mm_struct", "pgd"),
+    ("path", "mnt"),
+    ("path", "dentry"),
+    ("dentry", "d_parent"),
+    ("dentry", "d_name.len"),
+    ("dentry", "d_name.name"),
+    ("vfsmount", "mnt_root"),
+    ("mount", "mnt"),
+    ("mount", "mnt_parent"),
+    ("mount", "mnt_mountpoint"),
 ];
 
 /// Enumerators the monitor needs (page flag bits, from `enum pageflags`).

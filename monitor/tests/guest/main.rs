@@ -9,3 +9,4 @@ mod common;
 
 mod live;
 mod ops;
+mod sockets;
