@@ -343,20 +343,48 @@ fn under_a_window_manager_the_dialog_is_on_top_and_takes_focus() {
         common::wait_for(Duration::from_secs(60), wm_up),
         "openbox did not start"
     );
-    // Another application has the focus when the prompt comes.
-    let _decoy = x.run("xmessage", &["-name", "decoy", "another application"]);
-    let decoy = {
-        let mut found = None;
-        common::wait_for(Duration::from_secs(60), || {
+    // Another application has the focus when the prompt comes. A decoy
+    // that does not show up is started again (at most three times), and
+    // what it said is kept for the failure message.
+    let mut tries = Vec::new();
+    let mut decoy_proc = None;
+    let mut decoy = None;
+    for attempt in 0..3 {
+        let log = std::env::temp_dir().join(format!("decoy-{}-{attempt}.log", std::process::id()));
+        let err = std::fs::File::create(&log).unwrap();
+        let mut child = testrig::Proc(
+            std::process::Command::new("xmessage")
+                .args(["-name", "decoy", "another application"])
+                .env("DISPLAY", &x.display)
+                .stdout(std::process::Stdio::null())
+                .stderr(err)
+                .spawn()
+                .expect("spawn xmessage"),
+        );
+        common::wait_for(Duration::from_secs(20), || {
             let out = x.xdotool(&["search", "--onlyvisible", "--classname", "decoy"]);
-            found = String::from_utf8_lossy(&out.stdout)
+            decoy = String::from_utf8_lossy(&out.stdout)
                 .split_whitespace()
                 .next()
                 .map(str::to_owned);
-            found.is_some()
+            decoy.is_some()
         });
-        found.expect("decoy window")
-    };
+        if decoy.is_some() {
+            decoy_proc = Some(child);
+            break;
+        }
+        let exited = child.0.try_wait().ok().flatten();
+        let any = x.xdotool(&["search", "--classname", "decoy"]);
+        tries.push(format!(
+            "attempt {attempt}: exited {exited:?}, said {:?}, windows of that class (visible or not): {:?}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            String::from_utf8_lossy(&any.stdout)
+        ));
+        let _ = child.terminate(Duration::from_secs(2));
+        let _ = std::fs::remove_file(&log);
+    }
+    let _decoy = decoy_proc;
+    let decoy = decoy.unwrap_or_else(|| panic!("decoy window never shown: {tries:#?}"));
     let out = x.xdotool(&["windowactivate", "--sync", &decoy]);
     assert!(out.status.success(), "activating the decoy");
     assert!(common::wait_for(Duration::from_secs(10), || x
