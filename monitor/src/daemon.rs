@@ -86,6 +86,19 @@ impl State {
         &self.taint
     }
 
+    /// Takes events of `vm` into taint tracking; the reply says how many
+    /// were taken in and which files they showed to be derived.
+    fn ingest(&self, vm: &str, input: Input) -> Result<ReplyBody> {
+        let fx = self
+            .taint
+            .ingest(self.vm_id(vm)?, input)
+            .map_err(Error::Taint)?;
+        Ok(ReplyBody::Accepted {
+            count: fx.accepted,
+            derived: fx.derived,
+        })
+    }
+
     /// The VM a request names, with the UUID that keys its taint state: a
     /// configured VM's `uuid`, else QEMU's (asked once); a UUID itself; or
     /// a name the taint state still knows (for status and graphs after
@@ -215,30 +228,12 @@ impl State {
                 vm,
                 events,
                 dropped,
-            } => {
-                let fx = self
-                    .taint
-                    .ingest(self.vm_id(&vm)?, Input::Files { events, dropped })
-                    .map_err(Error::Taint)?;
-                ReplyBody::Accepted {
-                    count: fx.accepted,
-                    derived: fx.derived,
-                }
-            }
+            } => self.ingest(&vm, Input::Files { events, dropped })?,
             Op::GuestEvents {
                 vm,
                 events,
                 dropped,
-            } => {
-                let fx = self
-                    .taint
-                    .ingest(self.vm_id(&vm)?, Input::Guest { events, dropped })
-                    .map_err(Error::Taint)?;
-                ReplyBody::Accepted {
-                    count: fx.accepted,
-                    derived: fx.derived,
-                }
-            }
+            } => self.ingest(&vm, Input::Guest { events, dropped })?,
             Op::TaintStatus { vm } => {
                 let uuid = vm.map(|v| self.vm_id(&v)).transpose()?.map(|id| id.uuid);
                 ReplyBody::TaintStatus {
