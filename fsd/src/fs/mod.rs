@@ -405,6 +405,17 @@ fn valid_open_flags(flags: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// The file flags READ and WRITE carry, as fsd lets them reach the host.
+/// The passthrough layer applies them to the handle's descriptor with
+/// F_SETFL when they differ from the open flags, and on an F_SETFL error
+/// it closes that descriptor by mistake (fuse-backend-rs 0.14), leaving the
+/// handle's number free for the next file fsd opens. O_DIRECT (EINVAL where
+/// the file system lacks it) and O_NOATIME (EPERM) are the flags F_SETFL
+/// refuses for a guest's choosing; neither changes what fsd serves.
+fn io_flags(flags: u32) -> u32 {
+    flags & !((libc::O_DIRECT | libc::O_NOATIME) as u32)
+}
+
 /// An entry that gives the guest nothing to cache (node id 0).
 fn no_entry() -> Entry {
     // SAFETY: stat64 is plain old data; all zeroes is a valid value.
@@ -744,7 +755,7 @@ impl FileSystem for SharedFs {
             offset,
             lock_owner,
             delayed_write,
-            flags,
+            io_flags(flags),
             fuse_flags,
         )?;
         self.observe(ctx, inode, FileAccess::Write, rule);
