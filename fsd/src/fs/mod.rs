@@ -92,6 +92,13 @@ pub struct SharedFs {
     watch: HostWatch,
     /// Host names of nodes, remembered under the rename epoch.
     dir_paths: protect::DirPaths,
+    /// The open flags of each file handle. READ and WRITE carry the guest's
+    /// current file flags, which the passthrough layer applies to the host
+    /// descriptor with F_SETFL when they differ from the open flags; on an
+    /// F_SETFL error it closes that descriptor by mistake (fuse-backend-rs
+    /// 0.14), freeing its number for the next file fsd opens. fsd passes
+    /// the open flags instead, so F_SETFL never runs.
+    handle_flags: std::sync::Mutex<std::collections::HashMap<u64, u32>>,
 }
 
 /// Settings of [`SharedFs`] beyond those of the passthrough layer.
@@ -148,6 +155,7 @@ impl SharedFs {
             confined: Confined::new(share, opts.root_prefix)?,
             watch: opts.host_watch,
             dir_paths: Default::default(),
+            handle_flags: Default::default(),
         })
     }
 
@@ -157,6 +165,7 @@ impl SharedFs {
     fn new_session(&self) -> io::Result<()> {
         self.locks.clear();
         self.dir_paths.write().unwrap().clear();
+        self.handle_flags.lock().unwrap().clear();
         self.dirs.clear();
         self.nodes.reset();
         // Clears the passthrough layer's inodes and handles and imports the
@@ -352,6 +361,17 @@ impl SharedFs {
             })
     }
 
+    /// The flags `handle` was opened with (see `handle_flags`); `flags`
+    /// for a handle fsd does not know, which the passthrough layer refuses.
+    fn open_flags(&self, handle: u64, flags: u32) -> u32 {
+        self.handle_flags
+            .lock()
+            .unwrap()
+            .get(&handle)
+            .copied()
+            .unwrap_or(flags)
+    }
+
     fn writable(&self) -> io::Result<()> {
         if self.readonly {
             Err(erofs())
@@ -403,17 +423,6 @@ fn valid_open_flags(flags: u32) -> io::Result<()> {
         return Err(einval());
     }
     Ok(())
-}
-
-/// The file flags READ and WRITE carry, as fsd lets them reach the host.
-/// The passthrough layer applies them to the handle's descriptor with
-/// F_SETFL when they differ from the open flags, and on an F_SETFL error
-/// it closes that descriptor by mistake (fuse-backend-rs 0.14), leaving the
-/// handle's number free for the next file fsd opens. O_DIRECT (EINVAL where
-/// the file system lacks it) and O_NOATIME (EPERM) are the flags F_SETFL
-/// refuses for a guest's choosing; neither changes what fsd serves.
-fn io_flags(flags: u32) -> u32 {
-    flags & !((libc::O_DIRECT | libc::O_NOATIME) as u32)
 }
 
 /// An entry that gives the guest nothing to cache (node id 0).
@@ -653,6 +662,12 @@ impl FileSystem for SharedFs {
         fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
         valid_open_flags(flags)?;
+        // Directories are opened with OPENDIR; a guest kernel never sends
+        // OPEN for one, and a file handle on a directory is no use.
+        let (st, _) = self.inner.getattr(ctx, inode, None)?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            return Err(io::Error::from_raw_os_error(libc::EISDIR));
+        }
         if self.readonly && wants_write(flags) {
             return Err(erofs());
         }
@@ -672,6 +687,9 @@ impl FileSystem for SharedFs {
             || self.inner.open(ctx, inode, flags, fuse_flags),
             |(h, _, _)| h.is_some(),
         )?;
+        if let Some(h) = h {
+            self.handle_flags.lock().unwrap().insert(h, flags);
+        }
         self.direct_io(rule, &mut opts);
         if acc == libc::O_RDONLY || acc == libc::O_RDWR {
             self.observe(ctx, inode, FileAccess::Open, rule);
@@ -697,6 +715,9 @@ impl FileSystem for SharedFs {
             || self.inner.create(ctx, parent, name, args),
             |(_, h, _, _)| h.is_some(),
         )?;
+        if let Some(h) = h {
+            self.handle_flags.lock().unwrap().insert(h, args.flags);
+        }
         if let Err(err) = self.register(ctx, parent, &e) {
             if let Some(h) = h {
                 let _ = self.release(ctx, e.inode, args.flags, h, false, false, None);
@@ -755,7 +776,7 @@ impl FileSystem for SharedFs {
             offset,
             lock_owner,
             delayed_write,
-            io_flags(flags),
+            self.open_flags(handle, flags),
             fuse_flags,
         )?;
         self.observe(ctx, inode, FileAccess::Write, rule);
@@ -803,6 +824,7 @@ impl FileSystem for SharedFs {
             .release(inode, handle, lock_owner.filter(|_| flush));
         self.inner
             .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)?;
+        self.handle_flags.lock().unwrap().remove(&handle);
         self.nodes.handle_closed();
         Ok(())
     }
