@@ -18,13 +18,17 @@ use monitor::hooks::{self, EventKind, GuestEvent, HookPlan, Message, PluginLink,
 const SCRIPT: &str = r#"
 read -r go <&3
 hookprobe probe
-sleep 3 &
-echo "SLEEP $!"
-usleep 300000
+sleep 60 &
+S=$!
+echo "SLEEP $S"
+n=0
+until [ "$(cat /proc/$S/comm 2>/dev/null)" = sleep ] || [ $n -ge 300 ]; do usleep 100000; n=$((n+1)); done
 ps -o pid,comm | while read -r pid comm; do echo "PS $pid $comm"; done
+kill $S
 nc -l -p 5555 >/tmp/nc.out &
 echo "NCSRV $!"
-usleep 300000
+n=0
+until grep -q ':15B3 [0-9A-F:]* 0A' /proc/net/tcp /proc/net/tcp6 2>/dev/null || [ $n -ge 300 ]; do usleep 100000; n=$((n+1)); done
 echo hello-over-tcp | nc 127.0.0.1 5555 &
 echo "NCCLI $!"
 wait
@@ -284,7 +288,7 @@ fn hooks_report_what_the_guest_did() {
         "the accepted socket's local end is the listener's address: {r:?}"
     );
 
-    // busybox: `sleep 3 &` is a fork of the shell (still named sh), an
+    // busybox: `sleep 60 &` (killed once `ps` has seen it) is a fork of the shell (still named sh), an
     // exec, and a task that `ps` calls sleep. This busybox runs its applets
     // by exec of /proc/self/exe and renames itself (prctl) afterwards, so
     // the exec's file name is either the applet or /proc/self/exe, and the
