@@ -23,7 +23,7 @@ use netfilter::dialog::AuthdAsker;
 use netfilter::engine::{Shared, Switches};
 use netfilter::owner::{MonitorOwners, NoOwners, OwnerSource};
 use netfilter::policy::Policy;
-use netfilter::taint::NamedTaint;
+use netfilter::taint::{MonitorSource, MonitorTaint, NamedTaint, TaintOracle};
 use netfilter::{Error, Result};
 
 #[derive(Parser)]
@@ -117,18 +117,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let policy = Arc::new(Policy::load(&policy)?);
             let audit = Audit::open(audit.as_deref(), policy.limits.audit_lines_per_sec)?;
-            let owners: Box<dyn OwnerSource> = match monitor {
-                Some(m) => Box::new(MonitorOwners::new(
-                    m,
-                    policy.vm.clone(),
-                    Duration::from_secs(monitor_timeout_secs),
-                )),
+            let timeout = Duration::from_secs(monitor_timeout_secs);
+            let names = policy.taint_processes.clone();
+            let (owners, taint): (Box<dyn OwnerSource>, Box<dyn TaintOracle>) = match monitor {
+                Some(m) => (
+                    Box::new(MonitorOwners::new(m.clone(), policy.vm.clone(), timeout)),
+                    Box::new(MonitorTaint::new(MonitorSource::new(m, timeout), names)),
+                ),
                 None => {
-                    log::warn!("no --monitor: every flow's owner is unknown");
-                    Box::new(NoOwners)
+                    log::warn!(
+                        "no --monitor: every flow's owner is unknown, and only [taint] processes are tainted"
+                    );
+                    (Box::new(NoOwners), Box::new(NamedTaint::new(names)))
                 }
             };
-            let taint = Box::new(NamedTaint::new(policy.taint_processes.clone()));
             let asker: Box<dyn Asker> = match (authd, &policy.ask_principal) {
                 (Some(sock), Some(principal)) => Box::new(AuthdAsker::new(sock, principal.clone())),
                 _ => Box::new(NoDialog),

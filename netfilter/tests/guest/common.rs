@@ -1,6 +1,7 @@
 //! A guest whose network goes through the filter: QEMU's `-netdev stream`
 //! → `netfilter` → passt, with the monitor attached to the guest's RAM and
-//! QMP, and a command shell on a second serial port. A second NIC may go to
+//! QMP, the share served by fsd (which tells the monitor who reads the
+//! confidential `secret/`), and a command shell on a second serial port. A second NIC may go to
 //! a passt of its own with no filter, for side-by-side measurements.
 
 use std::io::{Read, Write};
@@ -12,7 +13,35 @@ use std::time::Duration;
 
 use testrig::net::{self, GuestNet};
 use testrig::shell::SerialShell;
-use testrig::{Daemon, DaemonSpec, InitramfsBuilder, MemoryBackend, Need, QemuConfig};
+use testrig::{Daemon, DaemonSpec, InitramfsBuilder, MemoryBackend, Need, QemuConfig, Sandbox};
+
+/// What `/share/secret/plan.txt` holds: confidential, tracked by fsd's
+/// policy and not protected, so any guest process may read it and becomes
+/// tainted by doing so.
+pub const SECRET: &str = "launch codes: 0000\n";
+
+const FS_POLICY: &str = r#"
+version = 1
+
+[[principal]]
+name = "alice"
+
+[[vm]]
+name = "guest"
+principal = "alice"
+
+[[rule]]
+path = "secret/**"
+owner = "alice"
+protect = []
+confidential = true
+"#;
+
+fn flag(name: &str, path: &Path) -> std::ffi::OsString {
+    let mut f = std::ffi::OsString::from(name);
+    f.push(path);
+    f
+}
 
 /// The filtered network.
 pub const NET: GuestNet = GuestNet {
@@ -56,21 +85,19 @@ pub struct Boot<'a> {
 impl Rig {
     /// Boots the guest, or prints SKIP and returns `None`.
     pub fn boot(b: Boot<'_>) -> Option<Rig> {
-        let env = testrig::require(&[
-            Need::Qemu,
-            Need::Kernel,
-            Need::Busybox,
-            Need::Virtiofsd,
-            Need::Vmlinux,
-        ])?;
+        let env = testrig::require(&[Need::Qemu, Need::Kernel, Need::Busybox, Need::Vmlinux])?;
         if let Some(why) =
             testrig::prereq::missing_program(&[&net::passt_program().to_string_lossy()])
         {
             return testrig::skip(why);
         }
-        let (netfilter, monitor) = match (testrig::paths::netfilter(), testrig::paths::monitor()) {
-            (Ok(n), Ok(m)) => (n, m),
-            (Err(e), _) | (_, Err(e)) => return testrig::skip(e),
+        let (netfilter, monitor, fsd) = match (
+            testrig::paths::netfilter(),
+            testrig::paths::monitor(),
+            testrig::paths::fsd(),
+        ) {
+            (Ok(n), Ok(m), Ok(f)) => (n, m, f),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return testrig::skip(e),
         };
         let tools = match testrig::guest_tools::build() {
             Ok(t) => t,
@@ -81,15 +108,10 @@ impl Rig {
         let d = dir.path();
         let share = d.join("share");
         std::fs::create_dir(&share).unwrap();
+        std::fs::create_dir(share.join("secret")).unwrap();
+        std::fs::write(share.join("secret/plan.txt"), SECRET).unwrap();
         let mut daemons = Vec::new();
         let fs_sock = d.join("fs.sock");
-        daemons.push(
-            Daemon::spawn_on_path(
-                &DaemonSpec::virtiofsd(&fs_sock, &share, "auto", d.join("virtiofsd.log")),
-                &fs_sock,
-            )
-            .expect("start virtiofsd"),
-        );
         let passt_dir = net::socket_dir(d).expect("passt's socket directory");
         let passt_sock = passt_dir.join("passt.sock");
         daemons.push(
@@ -136,6 +158,30 @@ impl Rig {
                 &mon_sock,
             )
             .expect("start the monitor"),
+        );
+        // fsd serves the share and tells the monitor who reads `secret/`
+        // (a track-only rule): the taint the filter asks about.
+        let fs_policy = d.join("fs-policy.toml");
+        std::fs::write(&fs_policy, FS_POLICY).unwrap();
+        let fsd_args = [
+            flag("--policy=", &fs_policy),
+            "--vm=guest".into(),
+            flag("--monitor-socket=", &mon_sock),
+            flag("--audit-log=", &d.join("fsd-audit.jsonl")),
+        ];
+        daemons.push(
+            Daemon::spawn_on_path(
+                &DaemonSpec::fsd(
+                    &fsd,
+                    &fs_sock,
+                    &share,
+                    Sandbox::Namespace,
+                    &fsd_args,
+                    d.join("fsd.log"),
+                ),
+                &fs_sock,
+            )
+            .expect("start fsd"),
         );
         // The filter.
         let policy = d.join("policy.toml");
