@@ -144,7 +144,7 @@ fn decides_by_process_and_user_and_survives_a_hostile_guest() {
                 && l["owner"]["exe"] == "/opt/good/wget"
                 && l["dst"] == format!("{gw}:{}", http.port)
         })
-        .last()
+        .next_back()
         .unwrap();
     println!("audit: {blocked}");
     assert_eq!(
