@@ -139,12 +139,11 @@ fn decides_by_process_and_user_and_survives_a_hostile_guest() {
     let lines = g.audit_lines();
     let blocked = lines
         .iter()
-        .filter(|l| {
+        .rfind(|l| {
             l["event"] == "decision"
                 && l["owner"]["exe"] == "/opt/good/wget"
                 && l["dst"] == format!("{gw}:{}", http.port)
         })
-        .next_back()
         .unwrap();
     println!("audit: {blocked}");
     assert_eq!(
