@@ -6,17 +6,24 @@
 # $DISPLAY of your own, you answer the dialog; otherwise it is drawn on a
 # private Xvfb and a scripted person types the password.
 #
+# While the guest runs, the host looks in from outside with the monitor:
+# the VM's identity, its processes, a runaway process frozen and thawed
+# while the guest stays responsive, and the end of alice's grant flushing
+# what the guest had cached (guest RAM searched before and after).
+#
 #   scripts/demo.sh            set up, boot, run the tour, power off
 #   scripts/demo.sh --shell    same, but an interactive console (Ctrl-A X quits)
 #   scripts/demo.sh --no-deps  skip scripts/install-deps.sh
 #
-# The demo is a list of steps (STEPS below); each is a function step_<name>.
-# Later parts add theirs (e.g. authd before the guest boots, the monitor
-# while it runs) by defining a function and inserting its name in STEPS.
+# The demo is a list of steps (STEPS below); each is a function step_<name>,
+# timed; the times are printed at the end. Guest and host take turns: the
+# guest's tour prints "@@host NAME ..." and waits on its second serial port
+# until the host's step NAME has run and said "go".
 #
 # Environment: FSD_DEMO_DIR (work directory, default a fresh temporary one,
-# kept when set), FSD_SANDBOX (fsd's --sandbox; default namespace as root,
-# none otherwise), CARGO_TARGET_DIR (honoured).
+# kept when set), FSD_DEMO_OUT (where the dialog's screenshot and the logs
+# are kept, default target/demo), FSD_SANDBOX (fsd's --sandbox; default
+# namespace as root, none otherwise), CARGO_TARGET_DIR (honoured).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,12 +33,12 @@ for arg in "$@"; do
     case $arg in
         --shell) shell=1 ;;
         --no-deps) deps=0 ;;
-        -h | --help) sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h | --help) sed -n '2,27p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "demo: unknown argument $arg" >&2; exit 64 ;;
     esac
 done
 
-STEPS=(deps build rootfs authd fsd person guest host_view)
+STEPS=(deps build rootfs authd monitor fsd person guest look freeze revoke finish host_view)
 
 target=${CARGO_TARGET_DIR:-$repo/target}
 bin=$target/debug
@@ -44,6 +51,13 @@ fi
 root=$work/root
 sock=$work/fsd.sock
 tag=rootfs
+out=${FSD_DEMO_OUT:-$target/demo}
+mkdir -p "$out"
+mem=/dev/shm/fsd-demo-$$.ram
+uuid=5e1f0000-de30-4000-8000-000000000001
+# A marker that only alice's ledger holds: found in guest RAM while the
+# guest caches the ledger, gone after the grant ends.
+marker=ledger-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')
 if [ "$(id -u)" -eq 0 ]; then sandbox=${FSD_SANDBOX:-namespace}; else sandbox=${FSD_SANDBOX:-none}; fi
 pids=()
 
@@ -61,6 +75,7 @@ cleanup() {
     done
     for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    rm -f "$mem"
     if [ -z "${FSD_DEMO_DIR:-}" ]; then rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -72,15 +87,19 @@ step_deps() {
 }
 
 step_build() {
-    banner "Building fsd, authd and the guest rig"
-    (cd "$repo" && cargo build -q -p fsd -p authd -p testrig --bin fsd --bin authd --bin authd-dialog --bin fsd-rig)
+    banner "Building fsd, authd, the monitor and the guest rig"
+    (cd "$repo" && cargo build -q -p fsd -p authd -p monitor -p testrig \
+        --bin fsd --bin authd --bin authd-dialog --bin monitor --bin fsd-rig)
 }
 
 step_rootfs() {
     banner "Making a busybox root filesystem in $root"
     local tour=$work/tour.sh
     cat >"$tour" <<'TOUR'
+exec 3</dev/ttyS1 && stty -F /dev/ttyS1 -echo 2>/dev/null
 run() { echo "guest# $*"; sh -c "$*"; echo; }
+host() { echo "@@host $*"; read -r _ <&3; }
+ticks() { cut -d' ' -f14 "/proc/$1/stat"; }
 run uname -sr
 run "mount | grep ' on / '"
 run ls /
@@ -91,6 +110,23 @@ run ls -l /home/alice/secret
 echo "guest# cat /home/alice/secret/diary.txt    (protected: fsd asks authd, authd asks the person at the host)"
 cat /home/alice/secret/diary.txt; echo
 run "cat /home/alice/secret/diary.txt > /dev/null && echo 'read again within the grant: no second prompt'"
+run "cat /home/alice/secret/ledger.txt > /dev/null && echo 'the ledger is in the page cache now (cache = flush), nothing printed'"
+run "cp /home/alice/secret/diary.txt /root/diary-copy.txt && echo 'a copy outside the protected directory'"
+host look
+sh -c 'while :; do :; done' &
+runaway=$!
+echo "guest: a runaway busy loop runs as pid $runaway"
+sleep 1
+host freeze "$runaway"
+a=$(ticks "$runaway"); sleep 2; b=$(ticks "$runaway")
+echo "guest: while frozen, the runaway used $((b - a)) ticks of CPU in 2 s; the guest itself answers: $(cat /proc/loadavg)"
+run "kill -CONT $runaway; grep State /proc/$runaway/status"
+host thaw "$runaway"
+a=$(ticks "$runaway"); sleep 2; b=$(ticks "$runaway")
+echo "guest: thawed, the runaway used $((b - a)) ticks in 2 s"
+kill "$runaway"
+host revoke
+echo "guest: the tour is over"
 TOUR
     if [ "$shell" -eq 1 ]; then
         "$bin/fsd-rig" rootfs "$root"
@@ -100,6 +136,9 @@ TOUR
     mkdir -p "$root/home/alice/secret"
     echo "Dear diary: only alice may read this, and only after typing her password at the host." \
         >"$root/home/alice/secret/diary.txt"
+    local i
+    for i in $(seq 1 2048); do printf '%s line %05d: 100.00 EUR\n' "$marker" "$i"; done \
+        >"$root/home/alice/secret/ledger.txt"
     echo "$(find "$root" | wc -l) entries, $(du -sh "$root" | cut -f1)"
 }
 
@@ -157,12 +196,41 @@ principal = "alice"
 path = "home/alice/secret/**"
 owner = "alice"
 without_grant = "ask"
-cache = "direct"
-grant_secs = 120
+cache = "flush"
+grant_secs = 300
 TOML
     echo "alice enrolled (seal: \"purple owl at dawn\" on purple); dialog on display $display"
-    echo "policy: home/alice/secret/** belongs to alice; without a grant fsd asks authd"
+    echo "policy: home/alice/secret/** belongs to alice; without a grant fsd asks authd;"
+    echo "        the guest may cache it while the grant lasts, and is flushed when it ends"
 }
+
+# The monitor: a daemon that fsd asks to flush the guest's page cache when a
+# grant ends, and the same monitor as a command for the tour's looks. Each
+# has a QMP socket of its own (QEMU serves one client per socket); both
+# read guest RAM from the file that backs it.
+step_monitor() {
+    banner "Starting the monitor daemon (guest RAM, QMP and gdbstub of the VM)"
+    local vmlinux
+    vmlinux=$("$bin/fsd-rig" paths | awk '$1 == "vmlinux" {print $2}')
+    [ -n "$vmlinux" ] || die "no decompressed guest kernel (vmlinux); run scripts/install-deps.sh"
+    local q
+    for q in daemon cli; do
+        cat >"$work/monitor-$q.json" <<JSON
+{"vms": {"demo": {"qmp": "$work/qmp-$q.sock", "gdb": "$work/gdb.sock", "mem": "$mem", "vmlinux": "$vmlinux"}}}
+JSON
+    done
+    "$bin/monitor" --config "$work/monitor-daemon.json" --profile-cache "$work/profiles" \
+        daemon --socket "$work/monitor.sock" >"$work/monitor.log" 2>&1 &
+    pids+=($!)
+    local i
+    for i in $(seq 1 100); do
+        [ -S "$work/monitor.sock" ] && break
+        sleep 0.1
+    done
+    [ -S "$work/monitor.sock" ] || { cat "$work/monitor.log" >&2; die "the monitor did not start"; }
+    echo "monitor daemon on $work/monitor.sock; guest RAM will be $mem"
+}
+mon() { "$bin/monitor" --config "$work/monitor-cli.json" --profile-cache "$work/profiles" "$1" --vm demo "${@:2}"; }
 
 # Plays the person at the screen when nobody is there: waits for the real
 # dialog, waits past its focus delay, types alice's password, presses Enter,
@@ -177,11 +245,11 @@ step_person() {
             sleep 0.2
         done
         xdotool windowfocus --sync "$win"
-        xwd -silent -id "$win" | /usr/bin/convert xwd:- "$work/dialog.png" 2>/dev/null || true
+        xwd -silent -id "$win" | /usr/bin/convert xwd:- "$out/dialog.png" 2>/dev/null || true
         sleep 1.5
         xdotool type --delay 30 "$password"
         xdotool key Return
-        echo "[host] the person at the screen typed alice's password into the dialog (screenshot: $work/dialog.png)"
+        echo "[host] the person at the screen typed alice's password into the dialog (screenshot: $out/dialog.png)"
     ) &
     pids+=($!)
 }
@@ -191,7 +259,7 @@ step_fsd() {
     rm -f "$sock"
     "$bin/fsd" --socket-path="$sock" --shared-dir="$root" --cache=auto --sandbox="$sandbox" \
         --policy="$work/policy.toml" --vm=demo --authd-socket="$work/authd/authd.sock" \
-        --audit-log="$work/fsd-audit.jsonl" >"$work/fsd.log" 2>&1 &
+        --audit-log="$work/fsd-audit.jsonl" --monitor-socket="$work/monitor.sock" >"$work/fsd.log" 2>&1 &
     pids+=($!)
     local i
     for i in $(seq 1 100); do
@@ -206,15 +274,124 @@ step_guest() {
     if [ "$shell" -eq 1 ]; then
         banner "Booting the guest (QEMU TCG) with an interactive console; Ctrl-A X quits"
         "$bin/fsd-rig" boot-root --socket "$sock" --tag "$tag" --show-command --shell
-    else
-        banner "Booting the guest (QEMU TCG, root on fsd) and running the tour"
-        "$bin/fsd-rig" boot-root --socket "$sock" --tag "$tag" --show-command --console-log "$work/console.log" \
-            || { echo "console log: $work/console.log" >&2; tail -n 30 "$work/fsd.log" >&2; die "guest failed"; }
+        return
     fi
+    banner "Booting the guest (QEMU TCG, root on fsd) and running the tour"
+    "$bin/fsd-rig" boot-root --socket "$sock" --tag "$tag" --show-command --timeout 900 \
+        --console-log "$work/console.log" --qmp "$work/qmp-daemon.sock" --qmp "$work/qmp-cli.sock" \
+        --gdb "$work/gdb.sock" --mem-file "$mem" --uuid "$uuid" --control "$work/ctl.sock" \
+        >"$work/rig.out" 2>&1 &
+    guest=$!
+    pids+=($guest)
+    local i
+    for i in $(seq 1 100); do
+        [ -s "$work/rig.out" ] && break
+        sleep 0.1
+    done
+    head -n 1 "$work/rig.out"
+    follow look
+}
+
+# Prints the tour's lines from the console as they come (not the kernel's),
+# until the guest says "@@host $1 ..."; the rest of that line is in $said.
+seen=0
+begun=0
+said=
+follow() {
+    local want=$1 line total i
+    for i in $(seq 1 9000); do
+        total=$(wc -l <"$work/console.log" 2>/dev/null || echo 0)
+        while [ "$seen" -lt "$total" ]; do
+            seen=$((seen + 1))
+            line=$(sed -n "${seen}p" "$work/console.log" | tr -d '\r')
+            case $line in
+                @@RIG-BEGIN@@) begun=1 ;;
+                "@@host $want"*) said=${line#"@@host $want"}; said=${said# }; return 0 ;;
+                @@RIG-END*) [ "$want" = end ] && return 0; die "the tour ended before the host's turn \"$want\"" ;;
+                \[*) ;;
+                *) [ "$begun" -eq 1 ] && printf '  %s\n' "$line" ;;
+            esac
+        done
+        kill -0 "$guest" 2>/dev/null || { cat "$work/rig.out" >&2; die "the guest stopped before \"$want\""; }
+        sleep 0.1
+    done
+    die "no \"$want\" from the guest in 15 minutes"
+}
+
+# Lets the guest's tour go on.
+go() {
+    python3 -c 'import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"go\n")' \
+        "$work/ctl.sock"
+}
+
+# Occurrences of the ledger's marker in guest RAM.
+copies() { "$bin/monitor" scan --mem "$mem" "$marker" 2>/dev/null | grep -c '^0x' || true; }
+
+step_look() {
+    [ "$shell" -eq 0 ] || return 0
+    banner "The host looks into the running guest (monitor: no agent in the guest)"
+    echo "host\$ monitor uuid --vm demo    (SMBIOS table in guest RAM, checked against QEMU)"
+    mon uuid | sed 's/^/  /'
+    echo "host\$ monitor ps --vm demo      (the guest kernel's task list, read from outside; kernel threads left out)"
+    mon ps >"$work/ps.txt"
+    grep -v ' \[' "$work/ps.txt" | sed 's/^/  /'
+    echo "host\$ monitor taint status --vm demo    (who read confidential data: fsd reported each read)"
+    "$bin/monitor" taint --socket "$work/monitor.sock" status --vm demo | sed 's/^/  /'
+    "$bin/monitor" taint --socket "$work/monitor.sock" graph --vm demo --format svg -o "$out/taint.svg"
+    echo "  (the spread as a picture: $out/taint.svg)"
+    echo "host\$ monitor scan: copies of alice's ledger in guest RAM (its page cache)"
+    echo "  $(copies) lines of the ledger found in guest RAM"
+    go
+    follow freeze
+}
+
+step_freeze() {
+    [ "$shell" -eq 0 ] || return 0
+    local pid=$said
+    banner "A runaway process frozen from the host, then thawed"
+    echo "host\$ monitor freeze --vm demo $pid"
+    mon freeze "$pid" | sed 's/^/  /'
+    go
+    follow thaw
+    echo "host\$ monitor thaw --vm demo $pid"
+    mon thaw "$pid" | sed 's/^/  /'
+    go
+    follow revoke
+}
+
+step_revoke() {
+    [ "$shell" -eq 0 ] || return 0
+    banner "alice's grant ends: fsd has the monitor flush what the guest cached"
+    echo "  before: $(copies) lines of the ledger in guest RAM"
+    echo "host\$ authd revoke --vm demo"
+    "$bin/authd" revoke --socket "$work/authd/authd.sock" --vm demo | sed 's/^/  /'
+    local i n t0=$SECONDS
+    for i in $(seq 1 300); do
+        n=$(copies)
+        [ "$n" -eq 0 ] && break
+        sleep 1
+    done
+    echo "  after:  $n lines of the ledger in guest RAM ($((SECONDS - t0)) s after the revoke)"
+    grep -ho 'monitor flushed.*' "$work/fsd.log" 2>/dev/null | tail -n 1 | sed 's/^/  fsd log: /' || true
+    [ "$n" -eq 0 ] || die "copies of the ledger are still in guest RAM"
+    go
+}
+
+step_finish() {
+    [ "$shell" -eq 0 ] || return 0
+    follow end
+    local rc=0
+    wait "$guest" || rc=$?
+    [ "$rc" -eq 0 ] || { tail -n 30 "$work/console.log" >&2; die "the guest's tour failed (rc $rc)"; }
+    echo "(the guest powered off)"
 }
 
 step_host_view() {
     banner "What the host recorded"
+    if [ -f "$root/root/diary-copy.txt" ]; then
+        echo "The guest's copy of the diary inherited its protection (fsd's label database):"
+        grep -h '"op":"inherit"' "$work/fsd-audit.jsonl" | sed 's/^/  /' || echo "  (no inherit line)"
+    fi
     if [ -s "$work/fsd-audit.jsonl" ]; then
         echo "fsd's audit log (one line per decision on a protected file):"
         sed 's/^/  /' "$work/fsd-audit.jsonl"
@@ -228,6 +405,15 @@ step_host_view() {
     fi
 }
 
+times=()
 for step in "${STEPS[@]}"; do
+    t0=$(date +%s%N)
     "step_$step"
+    times+=("$step $((($(date +%s%N) - t0) / 1000000))")
 done
+banner "Time per step"
+for t in "${times[@]}"; do
+    printf '  %-10s %7.1f s\n' "${t% *}" "$(awk "BEGIN {print ${t#* } / 1000}")"
+done
+cp -f "$work"/*.log "$work"/*.jsonl "$out"/ 2>/dev/null || true
+echo "kept in $out: the dialog's screenshot (dialog.png, when drawn on the private display), the daemons' logs and audit logs"

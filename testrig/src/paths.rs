@@ -159,9 +159,23 @@ pub fn busybox() -> PathBuf {
     env_path("FSD_BUSYBOX").unwrap_or_else(|| PathBuf::from("/bin/busybox"))
 }
 
-/// The QEMU binary (`FSD_QEMU` overrides the one on `PATH`).
+/// The QEMU binary: `FSD_QEMU`, else QEMU 10 when [`guests_on_qemu10`],
+/// else the system QEMU on `PATH` (Debian 12's 7.2).
 pub fn qemu() -> PathBuf {
-    env_path("FSD_QEMU").unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"))
+    if let Some(p) = env_path("FSD_QEMU") {
+        return p;
+    }
+    if guests_on_qemu10() {
+        return qemu10();
+    }
+    PathBuf::from("qemu-system-x86_64")
+}
+
+/// Whether every guest of this run boots on QEMU 10 ([`qemu10`]) instead
+/// of the system QEMU: `FSD_GUEST_QEMU=10`. scripts/test.sh runs the main
+/// guest tests once on each, so both front-ends stay supported.
+pub fn guests_on_qemu10() -> bool {
+    std::env::var("FSD_GUEST_QEMU").is_ok_and(|v| v == "10")
 }
 
 /// Where `scripts/install-deps.sh` unpacks QEMU 10 (beside the system QEMU).

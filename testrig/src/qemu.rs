@@ -86,9 +86,11 @@ pub struct QemuConfig {
 }
 
 impl QemuConfig {
-    /// A 512 MiB, 1-vCPU, memfd-backed guest booting `kernel` with `initrd`.
+    /// A 512 MiB, 1-vCPU, memfd-backed guest booting `kernel` with `initrd`,
+    /// on the system QEMU, or on QEMU 10 when `FSD_GUEST_QEMU=10`
+    /// ([`paths::guests_on_qemu10`]).
     pub fn new(kernel: &GuestKernel, initrd: &Path) -> Self {
-        QemuConfig {
+        let cfg = QemuConfig {
             qemu: paths::qemu(),
             kernel: kernel.vmlinuz.clone(),
             initrd: initrd.to_path_buf(),
@@ -106,6 +108,11 @@ impl QemuConfig {
             extra_args: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             console_log: None,
+        };
+        if paths::guests_on_qemu10() && std::env::var_os("FSD_QEMU").is_none() {
+            cfg.qemu10()
+        } else {
+            cfg
         }
     }
 

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use testrig::{rootfs, GuestKernel, InitramfsBuilder, QemuConfig, Vm};
+use testrig::{rootfs, GuestKernel, InitramfsBuilder, MemoryBackend, QemuConfig, Vm};
 
 #[derive(Parser)]
 #[command(
@@ -51,9 +51,59 @@ enum Cmd {
         /// Print the QEMU command line first.
         #[arg(long)]
         show_command: bool,
+        /// What the monitor attaches to.
+        #[command(flatten)]
+        looks: Looks,
     },
     /// Print the guest kernel, vmlinux and virtiofsd paths.
     Paths,
+}
+
+/// The openings the monitor looks into a guest through (docs/monitor.md).
+#[derive(clap::Args)]
+struct Looks {
+    /// A QMP socket; repeat for more clients (QEMU serves one per socket).
+    #[arg(long)]
+    qmp: Vec<PathBuf>,
+    /// A gdbstub socket.
+    #[arg(long)]
+    gdb: Option<PathBuf>,
+    /// Guest RAM in this file (put it under /dev/shm) instead of a memfd.
+    #[arg(long)]
+    mem_file: Option<PathBuf>,
+    /// The VM's SMBIOS UUID.
+    #[arg(long)]
+    uuid: Option<String>,
+    /// A second serial port (the guest's /dev/ttyS1) as a listening Unix
+    /// socket: a host script can send the guest's tour lines to wait on.
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// Guest RAM in MiB.
+    #[arg(long)]
+    memory_mib: Option<u32>,
+}
+
+impl Looks {
+    fn apply(self, cfg: &mut QemuConfig) {
+        let mut qmp = self.qmp.into_iter();
+        cfg.qmp = qmp.next();
+        for p in qmp {
+            cfg.extra_args.push("-qmp".into());
+            cfg.extra_args
+                .push(format!("unix:{},server=on,wait=off", p.display()).into());
+        }
+        cfg.gdb = self.gdb;
+        if let Some(m) = self.mem_file {
+            cfg.memory = MemoryBackend::File(m);
+        }
+        cfg.uuid = self.uuid;
+        if let Some(c) = self.control {
+            testrig::shell::SerialShell::attach(cfg, &c);
+        }
+        if let Some(m) = self.memory_mib {
+            cfg.memory_mib = m;
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -88,10 +138,12 @@ fn run(cli: Cli) -> testrig::Result<ExitCode> {
             console_log,
             verbose,
             show_command,
+            looks,
         } => {
             let kernel = GuestKernel::locate()?;
             let initrd = InitramfsBuilder::switch_root(&tag).build(&kernel)?;
             let mut cfg = QemuConfig::new(&kernel, &initrd).fs(&socket, &tag);
+            looks.apply(&mut cfg);
             cfg.timeout = Duration::from_secs(timeout);
             cfg.console_log = console_log;
             if show_command {
