@@ -59,6 +59,17 @@ else
     say "Debian packages present (${#wanted[@]} listed in scripts/apt/*.txt)"
 fi
 
+# libvirtd looks up its compiled-in QEMU user and group at start; Debian
+# creates them in libvirt-daemon-system, which needs systemd. The libvirt
+# test runs QEMU as root (its own qemu.conf), but they must exist.
+if [ "$(id -u)" -eq 0 ] && command -v libvirtd >/dev/null; then
+    for g in kvm libvirt-qemu; do
+        getent group "$g" >/dev/null || groupadd --system "$g"
+    done
+    getent passwd libvirt-qemu >/dev/null \
+        || useradd --system --gid kvm --home-dir /var/lib/libvirt --shell /usr/sbin/nologin libvirt-qemu
+fi
+
 # --- 2. Guest kernel: Debian's current linux-image ----------------------------
 # The metapackage linux-image-amd64 depends on exactly one versioned image.
 kernel_pkg() {

@@ -31,6 +31,8 @@
 //! - [`script`]: the shell helpers of guest scripts, their one output
 //!   format, and the step handshake of a guest that takes turns with the test;
 //!   [`shell`]: a shell in a running guest over a second serial port.
+//! - [`libvirt`]: a private libvirtd (in a mount namespace of its own) to
+//!   run domains whose file system is served by fsd, as deployed.
 //! - [`process`]: children killed on drop, polling with a deadline.
 //!
 //! Cache layout under `$FSD_CACHE` (default `~/.cache/fsd`) is written by
@@ -44,6 +46,7 @@ pub mod error;
 pub mod guest_tools;
 pub mod initramfs;
 pub mod kernel;
+pub mod libvirt;
 pub mod modules;
 pub mod net;
 pub mod paths;

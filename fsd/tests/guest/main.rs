@@ -16,6 +16,7 @@ mod fail_closed;
 mod fd_handoff;
 mod grant_flush;
 mod hostile_names;
+mod libvirt;
 mod lifecycle;
 mod locks;
 mod multiqueue;
