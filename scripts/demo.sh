@@ -64,6 +64,19 @@ pids=()
 banner() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'demo: ERROR: %s\n' "$*" >&2; exit 1; }
 
+# Waits up to 10 s for the daemon just started (the last of $pids) to
+# create its socket $1; otherwise shows its log $2 and stops the demo.
+await_socket() {
+    local i
+    for i in $(seq 1 100); do
+        [ -S "$1" ] && return 0
+        kill -0 "${pids[-1]}" 2>/dev/null || break
+        sleep 0.1
+    done
+    cat "$2" >&2
+    die "no socket $1 (log above: $2)"
+}
+
 cleanup() {
     local pid i
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
@@ -176,12 +189,7 @@ JSON
         --seal-phrase "purple owl at dawn" --seal-color "#6a1b9a" --state-dir "$adir/state" >/dev/null
     "$bin/authd" --config "$adir/config.json" serve >"$work/authd.log" 2>&1 &
     pids+=($!)
-    local i
-    for i in $(seq 1 100); do
-        [ -S "$adir/authd.sock" ] && break
-        sleep 0.1
-    done
-    [ -S "$adir/authd.sock" ] || { cat "$work/authd.log" >&2; die "authd did not start"; }
+    await_socket "$adir/authd.sock" "$work/authd.log"
     cat >"$work/policy.toml" <<TOML
 version = 1
 
@@ -222,12 +230,7 @@ JSON
     "$bin/monitor" --config "$work/monitor-daemon.json" --profile-cache "$work/profiles" \
         daemon --socket "$work/monitor.sock" >"$work/monitor.log" 2>&1 &
     pids+=($!)
-    local i
-    for i in $(seq 1 100); do
-        [ -S "$work/monitor.sock" ] && break
-        sleep 0.1
-    done
-    [ -S "$work/monitor.sock" ] || { cat "$work/monitor.log" >&2; die "the monitor did not start"; }
+    await_socket "$work/monitor.sock" "$work/monitor.log"
     echo "monitor daemon on $work/monitor.sock; guest RAM will be $mem"
 }
 mon() { "$bin/monitor" --config "$work/monitor-cli.json" --profile-cache "$work/profiles" "$1" --vm demo "${@:2}"; }
@@ -261,13 +264,7 @@ step_fsd() {
         --policy="$work/policy.toml" --vm=demo --authd-socket="$work/authd/authd.sock" \
         --audit-log="$work/fsd-audit.jsonl" --monitor-socket="$work/monitor.sock" >"$work/fsd.log" 2>&1 &
     pids+=($!)
-    local i
-    for i in $(seq 1 100); do
-        [ -S "$sock" ] && return 0
-        kill -0 "${pids[-1]}" 2>/dev/null || { cat "$work/fsd.log" >&2; die "fsd exited"; }
-        sleep 0.1
-    done
-    die "fsd did not create $sock"
+    await_socket "$sock" "$work/fsd.log"
 }
 
 step_guest() {

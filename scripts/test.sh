@@ -38,6 +38,16 @@ cargo test --workspace --locked --no-fail-fast -- --nocapture 2>&1 | tee target/
 step "fsd's main guest tests on QEMU 10 (FSD_GUEST_QEMU=10)"
 FSD_GUEST_QEMU=10 cargo test -p fsd --test guest --locked --no-fail-fast -- --nocapture \
     root:: posix:: locks:: policy_bypass:: multiqueue:: hostile_names:: 2>&1 | tee -a target/test-output.log
+# The README's first command, as a user runs it (without the install step,
+# done above): the whole tour must keep working.
+step "scripts/demo.sh --no-deps"
+if ! scripts/demo.sh --no-deps >target/demo-output.log 2>&1; then
+    tail -n 60 target/demo-output.log
+    echo "the demo failed (whole output: target/demo-output.log)"
+    exit 1
+fi
+sed -n '/Time per step/,$p' target/demo-output.log
+
 for extra in scripts/verify-units.sh scripts/fuzz-smoke.sh scripts/bench-smoke.sh; do
     if [ -x "$extra" ]; then
         step "$extra"
