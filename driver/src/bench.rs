@@ -147,6 +147,64 @@ pub fn populate(share: &std::path::Path, big_mib: u64, entries: usize) -> std::i
     Ok(())
 }
 
+/// `heldir/` in `share` with `n` empty files, for [`hold_lookups`].
+pub fn populate_held(share: &std::path::Path, n: usize) -> std::io::Result<()> {
+    let d = share.join("heldir");
+    std::fs::create_dir_all(&d)?;
+    for i in 0..n {
+        let p = d.join(format!("h{i:06}"));
+        if !p.exists() {
+            File::create(p)?;
+        }
+    }
+    Ok(())
+}
+
+/// What a daemon held after [`hold_lookups`].
+#[derive(Debug, Clone, Copy)]
+pub struct Held {
+    /// Lookups that succeeded (and are held: not forgotten yet).
+    pub ok: u64,
+    /// Lookups that failed (e.g. EMFILE when a daemon ran out of
+    /// descriptors), with the first error number.
+    pub failed: u64,
+    pub first_errno: Option<i32>,
+}
+
+/// Looks up the `n` files of `heldir/` one by one and keeps every one (no
+/// FORGET), as a guest walking a big tree does; `after` is called while
+/// all are held (to read the daemon's descriptors and memory); then all
+/// are forgotten again.
+pub fn hold_lookups(q: &mut Queue, n: usize, after: impl FnOnce(&Held)) -> Result<Held> {
+    let mut s = crate::Session::new(q);
+    let dir = s.lookup(ROOT_ID, b"heldir")?.nodeid;
+    let mut nodes = Vec::with_capacity(n);
+    let mut held = Held {
+        ok: 0,
+        failed: 0,
+        first_errno: None,
+    };
+    for i in 0..n {
+        match s.lookup(dir, format!("h{i:06}").as_bytes()) {
+            Ok(e) => {
+                nodes.push(e.nodeid);
+                held.ok += 1;
+            }
+            Err(Error::Fuse { errno, .. }) => {
+                held.failed += 1;
+                held.first_errno.get_or_insert(errno);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    after(&held);
+    for node in nodes {
+        s.forget(node, 1)?;
+    }
+    s.forget(dir, 1)?;
+    Ok(held)
+}
+
 /// Figures of one run.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Measurement {

@@ -186,4 +186,36 @@ impl Daemon {
     pub fn open_fds(&self) -> Option<usize> {
         self.process.open_fds()
     }
+
+    /// Descriptors and resident memory (KiB) of the daemon and every
+    /// process below it (a daemon may serve from a child), from /proc.
+    pub fn footprint(&self) -> (usize, u64) {
+        let mut pids = vec![self.pid()];
+        let mut i = 0;
+        while i < pids.len() {
+            let tasks = std::fs::read_dir(format!("/proc/{}/task", pids[i]));
+            for t in tasks.into_iter().flatten().flatten() {
+                let children =
+                    std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                pids.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+            i += 1;
+        }
+        let mut fds = 0;
+        let mut rss = 0;
+        for pid in pids {
+            fds += std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            rss += status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        (fds, rss)
+    }
 }

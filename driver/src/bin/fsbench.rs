@@ -7,7 +7,10 @@
 //! rows. `--smoke` uses tiny counts to check that everything works.
 //! `--policy-rules N` compares fsd with an access-control policy of N rules
 //! (none of which protects the benchmark's files, so every request pays the
-//! policy check and none is refused) against fsd without a policy.
+//! policy check and none is refused) against fsd without a policy. After
+//! the table, each daemon looks up `--held N` distinct files (100,000 by
+//! default) that are kept, as a guest walking a big tree keeps them, and
+//! its descriptors and memory are reported.
 
 use std::process::ExitCode;
 
@@ -37,12 +40,17 @@ struct Args {
     /// (instead of fsd against virtiofsd).
     #[arg(long)]
     policy_rules: Option<usize>,
+    /// After the table: look up this many distinct files and keep them
+    /// (no FORGET), then report each daemon's descriptors and memory (0:
+    /// leave this out).
+    #[arg(long, default_value_t = 100_000)]
+    held: usize,
 }
 
 struct Target {
     kind: DaemonKind,
     name: String,
-    _daemon: Daemon,
+    daemon: Daemon,
     dev: Device,
     prep: Vec<Prepared>,
 }
@@ -81,11 +89,13 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let share = scratch.path().join("share");
     std::fs::create_dir(&share)?;
     let (big_mib, entries) = if a.smoke { (4, 200) } else { (256, 10_000) };
+    let held = if a.smoke { a.held.min(2_000) } else { a.held };
     eprintln!(
-        "populating {} ({big_mib} MiB file, {entries} entries)",
+        "populating {} ({big_mib} MiB file, {entries} entries, {held} files to hold)",
         share.display()
     );
     bench::populate(&share, big_mib, entries)?;
+    bench::populate_held(&share, held)?;
 
     // What to run: (kind, name in the table, extra flags).
     let plans: Vec<(DaemonKind, String, Vec<String>)> = match a.policy_rules {
@@ -145,7 +155,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         targets.push(Target {
             kind,
             name,
-            _daemon: daemon,
+            daemon,
             dev,
             prep,
         });
@@ -199,6 +209,42 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             per[ti] = ms;
             print_row(w, "2 queues × 16", &targets, &per, None);
         }
+    }
+    if held > 0 {
+        hold(&mut targets, held)?;
+    }
+    Ok(())
+}
+
+/// Looks up `n` distinct files through each daemon and keeps them, then
+/// prints what each daemon holds: descriptors and resident memory, before
+/// and while the lookups are held. A daemon that keeps one descriptor per
+/// inode runs into its descriptor limit here (the failed lookups say so).
+fn hold(targets: &mut [Target], n: usize) -> Result<(), Box<dyn std::error::Error>> {
+    println!();
+    println!("| {n} lookups held | fds before | fds held | RSS before MiB | RSS held MiB | lookups failed |");
+    println!("|---|---|---|---|---|---|");
+    for t in targets.iter_mut() {
+        let (fds0, rss0) = t.daemon.footprint();
+        let mut during = (0, 0);
+        let daemon = &t.daemon;
+        let h = bench::hold_lookups(t.dev.queue(1)?, n, |_| during = daemon.footprint())
+            .map_err(|e| format!("{}: holding {n} lookups: {e}", t.name))?;
+        let failed = match h.first_errno {
+            Some(errno) => format!(
+                "{} ({})",
+                h.failed,
+                std::io::Error::from_raw_os_error(errno)
+            ),
+            None => "0".into(),
+        };
+        println!(
+            "| {} | {fds0} | {} | {:.0} | {:.0} | {failed} |",
+            t.name,
+            during.0,
+            rss0 as f64 / 1024.0,
+            during.1 as f64 / 1024.0
+        );
     }
     Ok(())
 }
