@@ -83,10 +83,11 @@ fn name_layout(opcode: u32) -> Option<(usize, usize)> {
     })
 }
 
-/// Checks the header against the chain and the names in the body.
-fn well_formed(header: &InHeader, readable: usize, reader: &Reader<'_, ()>) -> bool {
+/// Checks the header against the chain and the names in the body; `full`
+/// reads the whole request, header first.
+fn well_formed(header: &InHeader, full: &Reader<'_, ()>) -> bool {
     let len = header.len as usize;
-    if len < size_of::<InHeader>() || len > readable {
+    if len < size_of::<InHeader>() || len > full.available_bytes() {
         return false;
     }
     let Some((fixed, names)) = name_layout(header.opcode) else {
@@ -96,13 +97,46 @@ fn well_formed(header: &InHeader, readable: usize, reader: &Reader<'_, ()>) -> b
     if body_len > MAX_NAME_BODY || body_len <= fixed {
         return false;
     }
-    let mut body = vec![0u8; body_len];
-    let mut r = reader.clone();
-    if std::io::Read::read_exact(&mut r, &mut body).is_err() {
+    let mut r = full.clone();
+    // Most names are short: those are read into the stack.
+    let mut small = [0u8; 256];
+    let mut large = Vec::new();
+    let body = if body_len <= small.len() {
+        &mut small[..body_len]
+    } else {
+        large.resize(body_len, 0);
+        &mut large[..]
+    };
+    if r.read_obj::<InHeader>().is_err() || std::io::Read::read_exact(&mut r, body).is_err() {
         return false;
     }
     let names_part = &body[fixed..];
     names_part.last() == Some(&0) && names_part.iter().filter(|&&b| b == 0).count() == names
+}
+
+/// Reads the first `size_of::<T>()` bytes of the chain's readable or
+/// writable descriptors into a `T`, without building a reader (no
+/// allocation); `None` when the chain is shorter or points outside guest
+/// memory.
+fn read_head<T: ByteValued + Default>(chain: &Chain, writable: bool) -> Option<T> {
+    let mut obj = T::default();
+    let buf = obj.as_mut_slice();
+    let mut filled = 0;
+    for d in chain.clone() {
+        if filled == buf.len() {
+            break;
+        }
+        if d.is_write_only() != writable {
+            continue;
+        }
+        let n = (d.len() as usize).min(buf.len() - filled);
+        chain
+            .memory()
+            .read_slice(&mut buf[filled..filled + n], d.addr())
+            .ok()?;
+        filled += n;
+    }
+    (filled == buf.len()).then_some(obj)
 }
 
 /// Longest body of a request that carries names: two names and a symlink
@@ -119,19 +153,8 @@ fn out_header_error(unique: u64, errno: i32) -> OutHeader {
 
 /// Reads back the first bytes the device may write, to learn whether a reply
 /// was already written before an error surfaced.
-fn read_written_header(mem: &GuestMem, chain: &Chain) -> Option<OutHeader> {
-    let mut buf = [0u8; size_of::<OutHeader>()];
-    let mut filled = 0;
-    for d in chain.clone().writable() {
-        if filled == buf.len() {
-            break;
-        }
-        let n = (d.len() as usize).min(buf.len() - filled);
-        mem.read_slice(&mut buf[filled..filled + n], d.addr())
-            .ok()?;
-        filled += n;
-    }
-    (filled == buf.len()).then(|| *OutHeader::from_slice(&buf).unwrap())
+fn read_written_header(chain: &Chain) -> Option<OutHeader> {
+    read_head(chain, true)
 }
 
 /// Zeroes the reply header area, so that [`read_written_header`] can tell
@@ -172,10 +195,12 @@ impl Dispatcher {
         self.session.store(false, Ordering::SeqCst);
     }
 
-    /// The header of a chain's request, if it can be read at all.
+    /// The header of a chain's request, if it can be read at all: read
+    /// straight from guest memory (every request's header is read before
+    /// it is dispatched, and again when it is handled, so this is kept
+    /// cheap).
     pub fn peek_header(chain: &Chain) -> Option<InHeader> {
-        let mut r = Reader::from_descriptor_chain(chain.memory(), chain.clone()).ok()?;
-        r.read_obj::<InHeader>().ok()
+        read_head(chain, false)
     }
 
     /// Whether this request may wait for long: a blocking lock
@@ -200,19 +225,18 @@ impl Dispatcher {
 
     fn handle_inner(&self, chain: Chain, blocking: Blocking) -> u32 {
         let mem = chain.memory();
-        let mut reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
+        // One reader for the whole request, built once: the dispatcher's
+        // checks read from clones of it, and the server gets it as it is.
+        let full = match Reader::from_descriptor_chain(mem, chain.clone()) {
             Ok(r) => r,
             Err(e) => {
                 warn!("unusable request chain (readable part): {e}");
                 return 0;
             }
         };
-        let header: InHeader = match reader.read_obj() {
-            Ok(h) => h,
-            Err(e) => {
-                warn!("request too short for a FUSE header: {e}");
-                return 0;
-            }
+        let Some(header) = Self::peek_header(&chain) else {
+            warn!("request too short for a FUSE header");
+            return 0;
         };
         let writer = match VirtioFsWriter::new(mem, chain.clone()) {
             Ok(w) => w,
@@ -221,9 +245,7 @@ impl Dispatcher {
                 return 0;
             }
         };
-        // What the chain carries: the header just read plus what is left.
-        let readable = size_of::<InHeader>() + reader.available_bytes();
-        let malformed = !well_formed(&header, readable, &reader);
+        let malformed = !well_formed(&header, &full);
         let no_reply = [
             Opcode::Forget as u32,
             Opcode::BatchForget as u32,
@@ -260,20 +282,20 @@ impl Dispatcher {
                 || x == Opcode::Setlk as u32
                 || x == Opcode::Setlkw as u32 =>
             {
-                self.handle_lock(&header, reader, writer, blocking)
+                let mut reader = full;
+                match reader.read_obj::<InHeader>() {
+                    Ok(_) => self.handle_lock(&header, reader, writer, blocking),
+                    Err(_) => reply_error(writer, header.unique, libc::EINVAL),
+                }
             }
             _ => {
-                let spare = writer.clone();
                 clear_header_area(mem, &chain);
-                let full = Reader::from_descriptor_chain(mem, chain.clone())
-                    .expect("chain was readable a moment ago");
                 match self
                     .server
                     .handle_message(full, Writer::VirtioFs(writer), None, None)
                 {
                     Ok(n) => {
-                        if is_init && read_written_header(mem, &chain).is_some_and(|h| h.error == 0)
-                        {
+                        if is_init && read_written_header(&chain).is_some_and(|h| h.error == 0) {
                             self.initialized.store(true, Ordering::SeqCst);
                             self.session.store(true, Ordering::SeqCst);
                         }
@@ -281,10 +303,14 @@ impl Dispatcher {
                     }
                     Err(e) => {
                         debug!("request {} failed: {e}", header.opcode);
-                        match read_written_header(mem, &chain) {
+                        match read_written_header(&chain) {
                             Some(h) if h.len != 0 => h.len as usize,
                             _ if no_reply => 0,
-                            _ => reply_error(spare, header.unique, libc::EINVAL),
+                            // A fresh writer: the server's went with it.
+                            _ => match VirtioFsWriter::new(mem, chain.clone()) {
+                                Ok(w) => reply_error(w, header.unique, libc::EINVAL),
+                                Err(_) => 0,
+                            },
                         }
                     }
                 }
