@@ -37,6 +37,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+
+use super::delegate::{self, Delegate, RawDelegate, RawDelegation};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -124,6 +126,14 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// How long fsd waits for an answer from authd.
     pub ask_timeout: Duration,
+    /// Uid and gid of each principal in the guests, where given (needed by
+    /// delegation: the real uid a delegated program runs with).
+    pub principal_ids: std::collections::HashMap<String, (u32, u32)>,
+    /// Programs run in a helper VM on the user's behalf (`[[delegate]]`).
+    pub delegates: Vec<Delegate>,
+    /// What a user VM sees in place of a delegated program: the client, a
+    /// path in the share (`[delegation] client`).
+    pub delegation_client: Option<String>,
     globs: GlobSet,
     /// Rule of each glob in `globs` (a `dir/**` rule has two: `dir/**` and `dir`).
     glob_rule: Vec<u32>,
@@ -160,12 +170,17 @@ struct RawPolicy {
     rule: Vec<Spanned<RawRule>>,
     #[serde(default)]
     defaults: RawDefaults,
+    #[serde(default)]
+    delegate: Vec<Spanned<RawDelegate>>,
+    delegation: Option<RawDelegation>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPrincipal {
     name: Spanned<String>,
+    uid: Option<u32>,
+    gid: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -247,6 +262,7 @@ impl Policy {
             ));
         }
         let mut principals = Vec::new();
+        let mut principal_ids = std::collections::HashMap::new();
         let mut seen = HashSet::new();
         for p in &raw.principal {
             let name = p.name.get_ref();
@@ -257,6 +273,9 @@ impl Policy {
                 ));
             }
             principals.push(name.clone());
+            if let Some(uid) = p.uid {
+                principal_ids.insert(name.clone(), (uid, p.gid.unwrap_or(uid)));
+            }
         }
         let known = |n: &Spanned<String>, what: &str| -> Result<String, PolicyError> {
             if seen.contains(n.get_ref()) {
@@ -397,12 +416,123 @@ impl Policy {
         let globs = globs
             .build()
             .map_err(|e| err(None, format!("path patterns: {e}")))?;
+        let delegation_client = match &raw.delegation {
+            Some(d) if !delegate::plain_share_path(d.client.get_ref()) => {
+                return Err(err(
+                    Some(d.client.span()),
+                    "the delegation client must be a plain path in the share \
+                     (relative, no pattern, no \".\" or \"..\")"
+                        .into(),
+                ))
+            }
+            Some(d) => Some(d.client.get_ref().clone()),
+            None => None,
+        };
+        let mut delegates: Vec<Delegate> = Vec::new();
+        for d in &raw.delegate {
+            let line = line_of(src, d.span().start);
+            let d = d.get_ref();
+            let program = d.program.get_ref();
+            if !delegate::plain_share_path(program) {
+                return Err(err(
+                    Some(d.program.span()),
+                    "a delegated program must be a plain path in the share \
+                     (relative, no pattern, no \".\" or \"..\")"
+                        .into(),
+                ));
+            }
+            if delegates.iter().any(|o| &o.program == program)
+                || delegation_client.as_ref() == Some(program)
+            {
+                return Err(err(
+                    Some(d.program.span()),
+                    format!("{program:?} is delegated twice, or is the delegation client"),
+                ));
+            }
+            if delegation_client.is_none() {
+                return Err(err(
+                    Some(d.program.span()),
+                    "[[delegate]] needs [delegation] client = \"PATH\": what the user VM \
+                     sees in place of the program"
+                        .into(),
+                ));
+            }
+            if d.helper.get_ref().is_empty() {
+                return Err(err(Some(d.helper.span()), "helper is empty".into()));
+            }
+            let principal = match &d.principal {
+                Some(p) => Some(known(p, "delegate principal")?),
+                None => None,
+            };
+            for who in principal.iter().cloned().chain(
+                vms.iter()
+                    .filter(|v| d.vms.is_empty() || d.vms.iter().any(|n| n.get_ref() == &v.name))
+                    .map(|v| v.principal.clone()),
+            ) {
+                if !principal_ids.contains_key(&who) {
+                    return Err(err(
+                        Some(d.program.span()),
+                        format!(
+                            "principal {who:?} may run {program:?} but has no uid: \
+                             add uid = N to its [[principal]]"
+                        ),
+                    ));
+                }
+            }
+            for v in &d.vms {
+                if !vm_names.contains(v.get_ref()) {
+                    return Err(err(
+                        Some(v.span()),
+                        format!("vm {:?} is not a declared [[vm]]", v.get_ref()),
+                    ));
+                }
+            }
+            for e in &d.env {
+                if !delegate::env_name(e.get_ref()) {
+                    return Err(err(
+                        Some(e.span()),
+                        format!("{:?} is not an environment variable name", e.get_ref()),
+                    ));
+                }
+            }
+            let max_secs = match &d.max_secs {
+                Some(s) if *s.get_ref() == 0 || *s.get_ref() > delegate::MAX_RUN_SECS => {
+                    return Err(err(
+                        Some(s.span()),
+                        format!(
+                            "max_secs must be between 1 and {} seconds",
+                            delegate::MAX_RUN_SECS
+                        ),
+                    ))
+                }
+                Some(s) => *s.get_ref(),
+                None => 600,
+            };
+            delegates.push(Delegate {
+                program: program.clone(),
+                helper: d.helper.get_ref().clone(),
+                run_as_uid: d.run_as_uid,
+                run_as_gid: d.run_as_gid.unwrap_or(d.run_as_uid),
+                principal,
+                vms: d.vms.iter().map(|v| v.get_ref().clone()).collect(),
+                env: d.env.iter().map(|e| e.get_ref().clone()).collect(),
+                grant_secs: match &d.grant_secs {
+                    Some(s) => secs(s, "grant_secs")?.as_secs(),
+                    None => default_grant.as_secs(),
+                },
+                max_secs,
+                line,
+            });
+        }
         Ok(Policy {
             source: path.into(),
             principals,
             vms,
             rules,
             ask_timeout,
+            principal_ids,
+            delegates,
+            delegation_client,
             globs,
             glob_rule,
         })
@@ -434,6 +564,13 @@ impl Policy {
 
     pub fn vm(&self, name: &str) -> Option<&Vm> {
         self.vms.iter().find(|v| v.name == name)
+    }
+
+    /// The `[[delegate]]` entry of `program` (a path in the share, matched
+    /// byte for byte: nothing is resolved, so `..` or a symlink name never
+    /// reaches an entry).
+    pub fn delegate(&self, program: &str) -> Option<&Delegate> {
+        self.delegates.iter().find(|d| d.program == program)
     }
 }
 
