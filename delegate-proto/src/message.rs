@@ -284,7 +284,7 @@ impl Message {
             Kind::Ping => Message::Ping(r.u64().map_err(body)?),
             Kind::Pong => Message::Pong(r.u64().map_err(body)?),
             Kind::Request => {
-                let d = || -> Result<Request, WireError> {
+                let mut d = || -> Result<Request, WireError> {
                     Ok(Request {
                         version: r.u16()?,
                         program: r.bytes("program", MAX_STRING)?,
@@ -297,7 +297,7 @@ impl Message {
                 Message::Request(d().map_err(body)?)
             }
             Kind::Job => {
-                let d = || -> Result<Job, WireError> {
+                let mut d = || -> Result<Job, WireError> {
                     Ok(Job {
                         nonce: r.u64()?,
                         program: r.bytes("program", MAX_STRING)?,
