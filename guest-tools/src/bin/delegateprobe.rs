@@ -9,6 +9,8 @@
 //! delegateprobe stdin-first        a data frame with no request before it
 //! delegateprobe request PROGRAM    a well-formed request for PROGRAM
 //! delegateprobe flood N PROGRAM    N requests back to back, then the answers
+//! delegateprobe time N CMD ARGS... runs CMD N times, one line per run:
+//!                                  `run-us: MICROSECONDS STATUS`
 //! ```
 
 use std::time::Duration;
@@ -40,8 +42,28 @@ fn answer(port: &mut Port) -> String {
     }
 }
 
+/// Runs a command `n` times, timing each run from fork to exit.
+fn time_runs(n: usize, cmd: &[String]) {
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        let st = std::process::Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .stdin(std::process::Stdio::null())
+            .status();
+        let us = t.elapsed().as_micros();
+        match st {
+            Ok(s) => println!("run-us: {us} {}", s.code().unwrap_or(-1)),
+            Err(e) => println!("run-us: {us} error {e}"),
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("time") && args.len() > 2 {
+        let n = args[1].parse().unwrap_or(1);
+        return time_runs(n, &args[2..]);
+    }
     let mut port = match Port::open(&port_path(CLIENT_PORT), Duration::from_secs(30)) {
         Ok(p) => p,
         Err(e) => {

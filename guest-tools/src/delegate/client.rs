@@ -113,7 +113,10 @@ pub fn run(opts: &Options, args: Vec<Vec<u8>>) -> i32 {
         .unwrap_or_default();
     let tty = sys::isatty(0);
     let winsize = if tty {
-        sys::winsize(0).map(|(rows, cols)| Winsize { rows, cols })
+        // A serial line reports 0x0: use the classic size then.
+        sys::winsize(0)
+            .filter(|&(r, c)| r > 0 && c > 0)
+            .map(|(rows, cols)| Winsize { rows, cols })
     } else {
         None
     };
