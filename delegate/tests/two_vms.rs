@@ -306,13 +306,15 @@ impl Rig {
         std::fs::read_to_string(self.tree.join("etc/shadow")).unwrap()
     }
 
-    /// Waits for the `nth` dialog (counted in authd's audit log).
-    fn dialog(&mut self, nth: usize) -> String {
+    /// Waits for the `nth` dialog (counted in authd's audit log) asked
+    /// for by the command writing to `file` in the user VM.
+    fn dialog(&mut self, nth: usize, file: &str) -> String {
         let ok = wait_for(Duration::from_secs(120), || {
             self.authd.audit("prompt_shown").len() >= nth && self.x.dialogs().len() == 1
         });
         if !ok {
-            self.fail(&format!("no dialog for prompt {nth}"));
+            let out = self.user(&format!("cat {file}"));
+            self.fail(&format!("no dialog for prompt {nth}; {file}: {out:?}"));
         }
         self.x.dialogs()[0].clone()
     }
@@ -436,7 +438,7 @@ fn delegation_end_to_end() {
         rig.user(&format!(
             "(echo pw | /mnt/usr/bin/pwchange --stdin >{file} 2>&1; echo rc=$? >>{file}) &"
         ));
-        let win = rig.dialog(nth);
+        let win = rig.dialog(nth, &file);
         if how == "wrong" {
             rig.answer(&win, "not alice's password");
         } else {
@@ -476,7 +478,7 @@ fn delegation_end_to_end() {
     rig.user(
         "(echo s3cret-A | /mnt/usr/bin/pwchange --stdin >/tmp/ok.out 2>&1; echo rc=$? >>/tmp/ok.out) &",
     );
-    let win = rig.dialog(3);
+    let win = rig.dialog(3, "/tmp/ok.out");
     rig.answer(&win, PASSWORD);
     let out = rig.background_result("/tmp/ok.out");
     rig.check(

@@ -18,9 +18,23 @@ use delegate_proto::{Frame, Message};
 
 use super::sys;
 
-/// Where a port appears in a guest.
+/// Where the port called `name` appears in this guest: udev's link
+/// `/dev/virtio-ports/NAME`, or without udev (a busybox initramfs) the
+/// device whose `/sys/class/virtio-ports/*/name` is `name`.
 pub fn port_path(name: &str) -> String {
-    format!("/dev/virtio-ports/{name}")
+    let link = format!("/dev/virtio-ports/{name}");
+    if std::path::Path::new(&link).exists() {
+        return link;
+    }
+    if let Ok(dir) = std::fs::read_dir("/sys/class/virtio-ports") {
+        for e in dir.flatten() {
+            let n = std::fs::read_to_string(e.path().join("name")).unwrap_or_default();
+            if n.trim_end() == name {
+                return format!("/dev/{}", e.file_name().to_string_lossy());
+            }
+        }
+    }
+    link
 }
 
 /// An open port.
