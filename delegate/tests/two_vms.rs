@@ -255,6 +255,13 @@ impl Rig {
         );
         let user_sh = SerialShell::connect(&mut user, &user_ctl, BOOT);
         let mut helper_sh = SerialShell::connect(&mut helper, &helper_ctl, BOOT);
+        // What a helper's init provides: ptys, then the agent.
+        helper_sh.sh(
+            &helper,
+            "mkdir -p /dev/pts && mount -t devpts -o ptmxmode=0666 devpts /dev/pts; \
+             [ -e /dev/ptmx ] || ln -s pts/ptmx /dev/ptmx",
+            CMD,
+        );
         helper_sh.sh(
             &helper,
             "delegate-agent --root /mnt >/tmp/agent.log 2>&1 &",
@@ -480,7 +487,8 @@ fn delegation_end_to_end() {
     );
     let win = rig.dialog(3, "/tmp/ok.out");
     rig.answer(&win, PASSWORD);
-    let out = rig.background_result("/tmp/ok.out");
+    let ran = rig.background_result("/tmp/ok.out");
+    let out = ran.clone();
     rig.check(
         out.contains("Changing password for alice.")
             && out.contains("password for alice changed")
@@ -510,7 +518,7 @@ fn delegation_end_to_end() {
     );
     let n = rig.jobs();
     rig.check(n == 1, "one job ran");
-    println!("right password: {out:?}\naudit: {rec}");
+    println!("right password: {ran:?}\naudit: {rec}");
 
     // 4. A terminal: the prompt answered through the user VM's console.
     rig.user_sh.send("/mnt/usr/bin/pwchange; echo rc=$?");
