@@ -525,7 +525,7 @@ fn delegation_end_to_end() {
     let before = rig.user_sh.read_until(&rig.user, "New password: ", CMD);
     rig.user_sh.type_raw(b"tty-Pw-2\r");
     let after = rig.user_sh.read_until(&rig.user, "rc=", CMD);
-    let rest = rig.user("true");
+    let rest = rig.user_sh.read_until(&rig.user, "\n", CMD);
     let transcript = format!("{before}{after}{rest}");
     rig.check(
         transcript.contains("Changing password for alice.")
@@ -550,7 +550,7 @@ fn delegation_end_to_end() {
     rig.user_sh.read_until(&rig.user, "New password: ", CMD);
     rig.user_sh.type_raw(b"\x03");
     let after = rig.user_sh.read_until(&rig.user, "rc=", CMD);
-    let rest = rig.user("true");
+    let rest = rig.user_sh.read_until(&rig.user, "\n", CMD);
     rig.check(
         format!("{after}{rest}").contains("rc=130"),
         &format!("Ctrl-C: {after:?} {rest:?}"),

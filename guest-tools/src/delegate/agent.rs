@@ -261,7 +261,7 @@ fn relay(
     loop {
         // Input from the broker.
         loop {
-            match port.next() {
+            match port.next_message() {
                 Ok(Some(Message::Stdin(d))) => {
                     if let Some(input) = &st.input {
                         if d.is_empty() {

@@ -204,7 +204,7 @@ fn relay(port: &mut Port, tty: bool) -> Result<Exit, String> {
     let mut err = std::io::stderr();
     let result = loop {
         // Everything already decoded first.
-        match port.next() {
+        match port.next_message() {
             Ok(Some(Message::Stdout(d))) => {
                 let _ = out.write_all(&d).and_then(|_| out.flush());
                 continue;

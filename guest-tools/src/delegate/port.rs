@@ -153,7 +153,7 @@ impl Port {
     }
 
     /// The next whole message already read, if any.
-    pub fn next(&mut self) -> Result<Option<Message>, DecodeError> {
+    pub fn next_message(&mut self) -> Result<Option<Message>, DecodeError> {
         match self.decoder.next_frame()? {
             Some(f) => Ok(Some(Message::decode(&f)?)),
             None => Ok(None),
@@ -165,7 +165,7 @@ impl Port {
     pub fn recv(&mut self, limit: Duration) -> io::Result<Option<Message>> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(m) = self.next().map_err(invalid)? {
+            if let Some(m) = self.next_message().map_err(invalid)? {
                 return Ok(Some(m));
             }
             let left = deadline.saturating_duration_since(Instant::now());

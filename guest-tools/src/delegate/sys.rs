@@ -105,10 +105,8 @@ pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two descriptors into the array we own.
-    cvt(
-        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
-        "pipe2",
-    )?;
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    cvt(r, "pipe2")?;
     // SAFETY: both descriptors are fresh and owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
@@ -139,10 +137,8 @@ pub fn set_winsize(fd: RawFd, rows: u16, cols: u16) -> io::Result<()> {
         ws_ypixel: 0,
     };
     // SAFETY: TIOCSWINSZ reads the winsize we pass.
-    cvt(
-        unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) },
-        "TIOCSWINSZ",
-    )?;
+    let r = unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+    cvt(r, "TIOCSWINSZ")?;
     Ok(())
 }
 
@@ -162,10 +158,8 @@ impl RawTerminal {
         // SAFETY: cfmakeraw edits the termios we own.
         unsafe { libc::cfmakeraw(&mut t) };
         // SAFETY: tcsetattr reads the termios we pass.
-        cvt(
-            unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) },
-            "tcsetattr",
-        )?;
+        let r = unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) };
+        cvt(r, "tcsetattr")?;
         Ok(RawTerminal { fd, saved })
     }
 }
@@ -227,10 +221,8 @@ pub fn catch_signals(signals: &[libc::c_int]) -> io::Result<OwnedFd> {
         sa.sa_sigaction = on_signal as *const () as usize;
         sa.sa_flags = libc::SA_RESTART;
         // SAFETY: installs a handler that only calls write(2).
-        cvt(
-            unsafe { libc::sigaction(s, &sa, std::ptr::null_mut()) },
-            "sigaction",
-        )?;
+        let r = unsafe { libc::sigaction(s, &sa, std::ptr::null_mut()) };
+        cvt(r, "sigaction")?;
     }
     Ok(r)
 }
