@@ -582,6 +582,30 @@ fn delegation_end_to_end() {
         l.len() == RUNS && d.len() == RUNS,
         &format!("runs: {local:?} {delegated:?}"),
     );
+    // What starting a program from the share costs by itself: the client
+    // in the user VM (asked for nothing, it exits at once), and the
+    // delegated `true` in the helper VM, run there directly.
+    let client_start = |out: &str| -> Vec<f64> {
+        out.lines()
+            .filter_map(|l| l.strip_prefix("run-us: "))
+            .filter_map(|l| l.split(' ').next()?.parse::<f64>().ok())
+            .map(|us| us / 1000.0)
+            .collect()
+    };
+    let c = client_start(&rig.user(&format!(
+        "delegateprobe time {RUNS} /mnt/usr/libexec/fsd/delegate-client"
+    )));
+    let helper = rig.helper.as_ref().unwrap();
+    let h = times(&rig.helper_sh.sh(
+        helper,
+        &format!("delegateprobe time {RUNS} /mnt/bin/true"),
+        CMD,
+    ));
+    rig.check(
+        c.len() == RUNS && h.len() == RUNS,
+        "runs of the exec baselines",
+    );
+    let (cd, hd) = (median(c), median(h));
     let recs = last(&rig.audit(), RUNS);
     rig.check(
         recs.iter()
@@ -600,7 +624,8 @@ fn delegation_end_to_end() {
         "latency, median of {RUNS} under TCG: local true {ld:.2} ms, delegated true {dd:.2} ms \
          ({:.0}x); broker from request to exit {total:.2} ms: authd (live grant) {authd_ms:.2} ms, \
          agent ping {ping:.2} ms, helper (job to exit) {helper_ms:.2} ms; user VM side (client \
-         start, its channel, exit) {:.2} ms",
+         start, its channel, exit) {:.2} ms; baselines: the client's exec from the share in \
+         the user VM {cd:.2} ms, `true` from the share run directly in the helper VM {hd:.2} ms",
         dd / ld,
         dd - total
     );

@@ -320,7 +320,10 @@ fn relay(
         if err_open {
             fds.push((st.err.as_ref().expect("err open").as_raw_fd(), libc::POLLIN));
         }
-        let ev = sys::poll(&fds, 100).unwrap_or_else(|_| vec![0; fds.len()]);
+        // Once the output is closed only the exit is awaited: it follows
+        // within moments, so look again soon rather than sleep.
+        let wait = if out_open || err_open { 100 } else { 2 };
+        let ev = sys::poll(&fds, wait).unwrap_or_else(|_| vec![0; fds.len()]);
         if ev[0] & libc::POLLIN != 0 {
             if !matches!(port.fill(), Ok(true)) {
                 // The broker went away: nobody will see the job.
