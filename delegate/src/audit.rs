@@ -38,7 +38,7 @@ pub struct Record {
     pub outcome: String,
     /// Whether the program ran in the helper VM.
     pub ran: bool,
-    /// From the request's arrival to the last frame sent back.
+    /// From the request's arrival to its outcome (exit status or refusal).
     pub duration_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub authd_ms: Option<f64>,

@@ -235,35 +235,38 @@ impl Conn<'_> {
             tty: Some(req.tty.is_some()),
             ..Default::default()
         };
-        match self.run(&req, &mut rec, t0) {
-            Ok(outcome) => {
-                rec.outcome = outcome;
-                rec.duration_ms = ms(t0.elapsed());
-                self.broker.audit.write(rec);
-                Ok(())
+        // The audit line is written before the last frame goes out, so it
+        // exists by the time the user VM sees the outcome.
+        let (reply, close) = match self.run(&req, &mut rec, t0) {
+            Ok(x) => {
+                rec.outcome = match x {
+                    Exit::Code(c) => format!("exit {c}"),
+                    Exit::Signal(s) => format!("signal {s}"),
+                };
+                (Message::Exit(x), false)
             }
             Err((refusal, close)) => {
                 rec.outcome = format!("refused: {}: {}", refusal.code.name(), refusal.message);
-                let sent = if close {
-                    Err(Close)
-                } else {
-                    self.send(&Message::Error(refusal.code, refusal.message))
-                };
-                rec.duration_ms = ms(t0.elapsed());
-                self.broker.audit.write(rec);
-                sent
+                (Message::Error(refusal.code, refusal.message), close)
             }
+        };
+        rec.duration_ms = ms(t0.elapsed());
+        self.broker.audit.write(rec);
+        if close {
+            return Err(Close);
         }
+        self.send(&reply)
     }
 
-    /// Decides, authenticates, runs and relays. `Err((why, close))`:
-    /// refused or failed; `close` when the user VM is gone.
+    /// Decides, authenticates, runs and relays; the program's exit status.
+    /// `Err((why, close))`: refused or failed; `close` when the user VM is
+    /// gone.
     fn run(
         &mut self,
         req: &Request,
         rec: &mut Record,
         t0: Instant,
-    ) -> Result<String, (Refusal, bool)> {
+    ) -> Result<Exit, (Refusal, bool)> {
         let refuse = |r: Refusal| (r, false);
         if !self.broker.allow(self.vm) {
             return Err(refuse(Refusal::new(
@@ -491,17 +494,7 @@ impl Conn<'_> {
                 true,
             ));
         }
-        match outcome {
-            Ok(x) => {
-                self.send(&Message::Exit(x))
-                    .map_err(|_| (Refusal::new(ErrorCode::Internal, "user VM gone"), true))?;
-                Ok(match x {
-                    Exit::Code(c) => format!("exit {c}"),
-                    Exit::Signal(s) => format!("signal {s}"),
-                })
-            }
-            Err(r) => Err(refuse(r)),
-        }
+        outcome.map_err(refuse)
     }
 }
 
