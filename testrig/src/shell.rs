@@ -117,7 +117,8 @@ while IFS= read -r line; do eval "$line"; done </dev/ttyS1 >/dev/ttyS1 2>&1
     }
 
     /// Reads what the port prints until `needle` appears and returns all
-    /// of it (needle included); panics, with the console, after `timeout`.
+    /// that was read (the needle and whatever came with it in the same
+    /// read); panics, with the console, after `timeout`.
     /// For programs that talk with the test (prompts), started with
     /// [`SerialShell::send`].
     pub fn read_until(&mut self, vm: &Vm, needle: &str, timeout: Duration) -> String {
@@ -126,8 +127,8 @@ while IFS= read -r line; do eval "$line"; done </dev/ttyS1 >/dev/ttyS1 2>&1
         let mut buf = [0u8; 4096];
         loop {
             let text = String::from_utf8_lossy(&out).replace('\r', "");
-            if let Some(i) = text.find(needle) {
-                return text[..i + needle.len()].to_string();
+            if text.contains(needle) {
+                return text;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(
