@@ -563,6 +563,25 @@ fn delegation_end_to_end() {
         "Ctrl-C changed etc/shadow",
     );
     println!("terminal: {transcript:?}; Ctrl-C gave status 130");
+    // Without a terminal: a signal the client gets is the program's.
+    let jobs = rig.jobs();
+    rig.user(
+        "(sleep 600 | /mnt/usr/bin/pwchange --stdin >/tmp/sig.out 2>&1; echo rc=$? >>/tmp/sig.out) &",
+    );
+    let started = wait_for(Duration::from_secs(60), || rig.jobs() > jobs);
+    rig.check(started, "the job waiting for input did not start");
+    rig.user("kill -TERM $(pidof pwchange)");
+    let out = rig.background_result("/tmp/sig.out");
+    rig.check(
+        out.contains("rc=143"),
+        &format!("SIGTERM to the client: {out:?}"),
+    );
+    let rec = &last(&rig.audit(), 1)[0];
+    rig.check(
+        rec["outcome"] == "signal 15",
+        &format!("SIGTERM audit: {rec}"),
+    );
+    rig.user("kill $(pidof sleep) 2>/dev/null; true");
 
     // 5. Latency: delegated `true` against local `true` in the same guest.
     let local = rig.user(&format!("delegateprobe time {RUNS} /bin/true"));

@@ -162,6 +162,17 @@ fn error_text(code: ErrorCode, msg: &str) -> String {
 
 /// One delegation over the port: request, relay, exit.
 fn session(opts: &Options, req: &Request) -> Result<(Exit, Duration), String> {
+    // Signals are caught from the start: one that arrives while the host
+    // decides is kept in the pipe and forwarded once the program runs, so
+    // it ends the program rather than only this client.
+    let signals = sys::catch_signals(&[
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGWINCH,
+    ])
+    .map_err(|e| e.to_string())?;
     let mut port = Port::open(&opts.port, BUSY_WAIT).map_err(|e| e.to_string())?;
     port.wait_host(HOST_WAIT).map_err(|e| e.to_string())?;
     port.drain();
@@ -180,21 +191,13 @@ fn session(opts: &Options, req: &Request) -> Result<(Exit, Duration), String> {
         Some(_) => Some(sys::RawTerminal::enter(0).map_err(|e| e.to_string())?),
         None => None,
     };
-    let r = relay(&mut port, req.tty.is_some());
+    let r = relay(&mut port, req.tty.is_some(), &signals);
     drop(raw);
     r.map(|exit| (exit, t0.elapsed()))
 }
 
 /// Relays until the program's exit arrives.
-fn relay(port: &mut Port, tty: bool) -> Result<Exit, String> {
-    let signals = sys::catch_signals(&[
-        libc::SIGINT,
-        libc::SIGTERM,
-        libc::SIGHUP,
-        libc::SIGQUIT,
-        libc::SIGWINCH,
-    ])
-    .map_err(|e| e.to_string())?;
+fn relay(port: &mut Port, tty: bool, signals: &std::os::fd::OwnedFd) -> Result<Exit, String> {
     use std::os::fd::AsRawFd;
     let sigfd = signals.as_raw_fd();
     let _ = sys::set_nonblocking(0, true);
