@@ -451,6 +451,45 @@ mod tests {
         assert!(Message::decode(&Frame::new(Kind::Signal, vec![])).is_err());
     }
 
+    /// Random bodies of every kind, and random byte streams through the
+    /// decoder: errors, never a panic or an allocation beyond the body.
+    #[test]
+    fn random_input_never_panics() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let kinds: Vec<Kind> = (0..=255u8).filter_map(Kind::from_u8).collect();
+        let good = Message::Request(sample_request()).encode().unwrap().body;
+        for i in 0..20_000 {
+            let kind = kinds[i % kinds.len()];
+            let len = (next() % 96) as usize;
+            let mut body: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if i % 3 == 0 {
+                // Mutate a valid request instead: mostly well-formed.
+                body = good.clone();
+                let at = (next() as usize) % body.len();
+                body[at] = next() as u8;
+            }
+            let _ = Message::decode(&Frame::new(kind, body));
+        }
+        let mut d = crate::frame::Decoder::default();
+        for _ in 0..2_000 {
+            let chunk: Vec<u8> = (0..(next() % 64)).map(|_| next() as u8).collect();
+            d.push(&chunk);
+            match d.next_frame() {
+                Ok(Some(f)) => {
+                    let _ = Message::decode(&f);
+                }
+                Ok(None) => {}
+                Err(_) => d = crate::frame::Decoder::default(),
+            }
+        }
+    }
+
     #[test]
     fn too_big_for_one_frame_is_an_error() {
         let mut q = sample_request();
