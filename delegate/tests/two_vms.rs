@@ -14,6 +14,7 @@
 //!    changes; output and exit status arrive; audit lines;
 //! 4. on a terminal: the program's prompt is answered through the user VM's
 //!    console; Ctrl-C there ends the program in the helper (status 130);
+//!    without a terminal, SIGTERM to the client ends it too (status 143);
 //! 5. latency of a delegated `true` against a local one (printed, with the
 //!    broker's split: channel, authd with a live grant, helper);
 //! 6. hostile frames: garbage, oversized, truncated, data before a request,
