@@ -29,6 +29,10 @@ pub struct Args {
     /// NAME=PATH; repeat per helper. NAME is what [[delegate]] helper says.
     #[arg(long = "helper", value_parser = name_path)]
     pub helpers: Vec<(String, PathBuf)>,
+    /// Group given the channel sockets (mode 0770 instead of 0600), for a
+    /// QEMU that does not run as root (libvirt's `libvirt-qemu`).
+    #[arg(long)]
+    pub socket_group: Option<String>,
     /// authd's socket.
     #[arg(long, default_value = "/run/authd/authd.sock")]
     pub authd_socket: PathBuf,

@@ -4,9 +4,10 @@
 //! mode with `reconnect=1`, pointed at the broker's socket for that VM, so
 //! the socket a connection arrives on *is* the VM's identity, and a
 //! restarted broker is found again within a second. Sockets are mode 0600
-//! (only root, which runs QEMU and the broker, connects).
+//! (root's QEMU), or 0770 for `--socket-group` (QEMU under libvirt runs as
+//! `libvirt-qemu`); they are created as fsd creates its own.
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::Arc;
@@ -16,24 +17,17 @@ use crate::helper::HelperLink;
 use crate::session::{serve_vm, Broker};
 
 /// Binds `path`, replacing a stale socket (never another kind of file).
-pub fn bind(path: &Path) -> Result<UnixListener, StartError> {
-    let io = |what, source| StartError::Io {
-        what,
-        path: path.display().to_string(),
-        source,
-    };
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        if !m.file_type().is_socket() {
-            return Err(StartError::Config(format!(
-                "{} exists and is not a socket",
-                path.display()
-            )));
-        }
-        std::fs::remove_file(path).map_err(|e| io("removing the stale socket", e))?;
+pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, StartError> {
+    let l = fsd::socket::bind(path, group).map_err(|e| StartError::Config(e.to_string()))?;
+    if group.is_none() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| StartError::Io {
+                what: "chmod",
+                path: path.display().to_string(),
+                source,
+            },
+        )?;
     }
-    let l = UnixListener::bind(path).map_err(|e| io("binding", e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| io("chmod", e))?;
     Ok(l)
 }
 

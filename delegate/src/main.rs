@@ -31,7 +31,7 @@ fn run(args: Args) -> Result<(), StartError> {
     let mut threads = Vec::new();
     for (name, path) in &args.helpers {
         let link = HelperLink::new(name);
-        let l = listener::bind(path)?;
+        let l = listener::bind(path, args.socket_group.as_deref())?;
         let t = link.clone();
         threads.push(std::thread::spawn(move || listener::helper_vm(t, l)));
         helpers.insert(name.clone(), link);
@@ -44,7 +44,7 @@ fn run(args: Args) -> Result<(), StartError> {
         args.settings(),
     ));
     for (vm, path) in &args.vms {
-        let l = listener::bind(path)?;
+        let l = listener::bind(path, args.socket_group.as_deref())?;
         let (b, vm) = (broker.clone(), vm.clone());
         threads.push(std::thread::spawn(move || listener::user_vm(b, vm, l)));
     }

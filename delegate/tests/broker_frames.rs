@@ -123,6 +123,9 @@ fn closed(s: &mut UnixStream) -> bool {
 #[test]
 fn frames_that_lose_the_stream_are_refused_and_reset_the_channel() {
     let b = Broker::start(&[]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&b.vm_sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "only root's QEMU may connect");
     for bytes in [b"\xffGET / HTTP/1.0\r\n\r\n".to_vec(), {
         let mut v = vec![Kind::Request as u8];
         v.extend_from_slice(&((MAX_PAYLOAD as u32) + 1).to_be_bytes());
