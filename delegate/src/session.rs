@@ -28,7 +28,7 @@ use crate::audit::{args_for_audit, AuditLog, Record};
 use crate::authz::{authorize, Ask};
 use crate::decide::plan;
 use crate::error::Refusal;
-use crate::helper::HelperLink;
+use crate::helper::{self, HelperLink};
 use crate::limits::RateLimit;
 
 /// What arrives for a delegation: frames from the user VM, messages from
@@ -237,7 +237,7 @@ impl Conn<'_> {
         };
         // The audit line is written before the last frame goes out, so it
         // exists by the time the user VM sees the outcome.
-        let (reply, close) = match self.run(&req, &mut rec, t0) {
+        let (reply, close) = match self.run(&req, &mut rec) {
             Ok(x) => {
                 rec.outcome = match x {
                     Exit::Code(c) => format!("exit {c}"),
@@ -261,12 +261,7 @@ impl Conn<'_> {
     /// Decides, authenticates, runs and relays; the program's exit status.
     /// `Err((why, close))`: refused or failed; `close` when the user VM is
     /// gone.
-    fn run(
-        &mut self,
-        req: &Request,
-        rec: &mut Record,
-        t0: Instant,
-    ) -> Result<Exit, (Refusal, bool)> {
+    fn run(&mut self, req: &Request, rec: &mut Record) -> Result<Exit, (Refusal, bool)> {
         let refuse = |r: Refusal| (r, false);
         if !self.broker.allow(self.vm) {
             return Err(refuse(Refusal::new(
@@ -344,32 +339,10 @@ impl Conn<'_> {
         let tp = Instant::now();
         let nonce = nonce();
         job.send(&Message::Ping(nonce)).map_err(refuse)?;
-        let limit = self.broker.settings.agent_timeout;
-        let agent_gone = |what: &str| {
-            Refusal::new(
-                ErrorCode::AgentTimeout,
-                format!(
-                    "the agent in helper VM {} did not {what} within {} s",
-                    job.helper(),
-                    limit.as_secs()
-                ),
-            )
-        };
-        loop {
-            let left = limit.saturating_sub(tp.elapsed());
-            match self.rx.recv_timeout(left) {
-                Ok(Event::Helper(Ok(Message::Pong(n)))) if n == nonce => break,
-                Ok(Event::Helper(Ok(_))) => {}
-                Ok(Event::Helper(Err(why))) => {
-                    return Err(refuse(Refusal::new(ErrorCode::HelperDown, why)))
-                }
-                Ok(e) => self.hold(e).map_err(|_| (agent_gone("answer"), true))?,
-                Err(_) => {
-                    job.drop_connection();
-                    return Err(refuse(agent_gone("answer")));
-                }
-            }
-        }
+        self.await_agent(&job, "answer", |m| match m {
+            Message::Pong(n) if *n == nonce => Some(Ok(())),
+            _ => None,
+        })?;
         rec.ping_ms = Some(ms(tp.elapsed()));
 
         let th = Instant::now();
@@ -387,42 +360,82 @@ impl Conn<'_> {
             max_secs: plan.max_secs.min(u32::MAX as u64) as u32,
         }))
         .map_err(refuse)?;
+        self.await_agent(&job, "start the program", |m| match m {
+            Message::Started => Some(Ok(())),
+            Message::Error(code, msg) => Some(Err(Refusal::new(*code, msg.clone()))),
+            _ => None,
+        })?;
+        rec.ran = true;
+        if self.send(&Message::Started).is_err() {
+            let _ = job.send(&Message::Signal(libc::SIGKILL as u8));
+            return Err((Refusal::new(ErrorCode::Internal, "user VM gone"), true));
+        }
+        let outcome = self.relay(&job, Duration::from_secs(plan.max_secs));
+        rec.helper_ms = Some(ms(th.elapsed()));
+        outcome
+    }
+
+    /// Waits for the agent's answer that `want` accepts (`Some(Ok)`) or
+    /// turns into a refusal (`Some(Err)`), for at most the agent timeout;
+    /// then the connection to the helper is dropped (whatever was queued
+    /// goes with it). The user VM's frames meanwhile are kept for the
+    /// relay; the user VM going away ends the wait.
+    fn await_agent(
+        &mut self,
+        job: &helper::Job,
+        what: &str,
+        want: impl Fn(&Message) -> Option<Result<(), Refusal>>,
+    ) -> Result<(), (Refusal, bool)> {
+        let limit = self.broker.settings.agent_timeout;
+        let silent = || {
+            Refusal::new(
+                ErrorCode::AgentTimeout,
+                format!(
+                    "the agent in helper VM {} did not {what} within {} s",
+                    job.helper(),
+                    limit.as_secs_f64()
+                ),
+            )
+        };
+        let t = Instant::now();
         loop {
-            let left = limit.saturating_sub(th.elapsed());
-            match self.rx.recv_timeout(left) {
-                Ok(Event::Helper(Ok(Message::Started))) => break,
-                Ok(Event::Helper(Ok(Message::Error(code, msg)))) => {
-                    return Err(refuse(Refusal::new(code, msg)))
+            match self.rx.recv_timeout(limit.saturating_sub(t.elapsed())) {
+                Ok(Event::Helper(Ok(m))) => {
+                    if let Some(r) = want(&m) {
+                        return r.map_err(|e| (e, false));
+                    }
                 }
-                Ok(Event::Helper(Ok(_))) => {}
                 Ok(Event::Helper(Err(why))) => {
-                    return Err(refuse(Refusal::new(ErrorCode::HelperDown, why)))
+                    return Err((Refusal::new(ErrorCode::HelperDown, why), false))
                 }
-                Ok(e) => self.hold(e).map_err(|_| (agent_gone("start"), true))?,
+                Ok(Event::Vm(Err(e))) => {
+                    let gone = Refusal::new(
+                        ErrorCode::Internal,
+                        format!("the user VM went away before the start ({e})"),
+                    );
+                    return Err((gone, true));
+                }
+                Ok(e) => self.hold(e).map_err(|_| (silent(), true))?,
                 Err(_) => {
                     job.drop_connection();
-                    return Err(refuse(agent_gone("start the program")));
+                    return Err((silent(), false));
                 }
             }
         }
-        rec.ran = true;
-        self.send(&Message::Started)
-            .map_err(|_| (Refusal::new(ErrorCode::Internal, "user VM gone"), true))
-            .inspect_err(|_| {
-                let _ = job.send(&Message::Signal(libc::SIGKILL as u8));
-            })?;
+    }
 
-        // Relay until the exit status.
-        let overall = Duration::from_secs(plan.max_secs) + Duration::from_secs(30);
+    /// Relays between the user VM and the job until its exit status. The
+    /// agent enforces the program's time limit; if no status comes within
+    /// that and half a minute more, the helper is dropped.
+    fn relay(&mut self, job: &helper::Job, max: Duration) -> Result<Exit, (Refusal, bool)> {
+        let deadline = Instant::now() + max + Duration::from_secs(30);
+        let kill = || {
+            let _ = job.send(&Message::Signal(libc::SIGKILL as u8));
+        };
         let mut violation: Option<String> = None;
         let mut vm_gone = false;
         let outcome = loop {
-            if t0.elapsed()
-                > overall
-                    + rec
-                        .authd_ms
-                        .map_or(Duration::ZERO, |a| Duration::from_millis(a as u64))
-            {
+            if Instant::now() > deadline {
                 job.drop_connection();
                 break Err(Refusal::new(
                     ErrorCode::TimedOut,
@@ -440,19 +453,19 @@ impl Conn<'_> {
                         }
                     }
                     other => {
-                        let why = match other {
-                            Ok(m) => format!("a {:?} frame while a program runs", m.kind()),
-                            Err(e) => e.to_string(),
-                        };
+                        // The user VM broke the protocol: the program goes.
                         if violation.is_none() {
-                            let _ = job.send(&Message::Signal(libc::SIGKILL as u8));
-                            violation = Some(why);
+                            kill();
+                            violation = Some(match other {
+                                Ok(m) => format!("a {:?} frame while a program runs", m.kind()),
+                                Err(e) => e.to_string(),
+                            });
                         }
                     }
                 },
                 Event::Vm(Err(e)) => {
                     if !vm_gone {
-                        let _ = job.send(&Message::Signal(libc::SIGKILL as u8));
+                        kill();
                         vm_gone = true;
                         if !matches!(e, FrameError::Closed) {
                             violation = Some(e.to_string());
@@ -461,7 +474,7 @@ impl Conn<'_> {
                 }
                 Event::Helper(Ok(m @ (Message::Stdout(_) | Message::Stderr(_)))) => {
                     if !vm_gone && self.send(&m).is_err() {
-                        let _ = job.send(&Message::Signal(libc::SIGKILL as u8));
+                        kill();
                         vm_gone = true;
                     }
                 }
@@ -476,8 +489,6 @@ impl Conn<'_> {
                 }
             }
         };
-        rec.helper_ms = Some(ms(th.elapsed()));
-        drop(job);
         if let Some(why) = violation {
             let r = Refusal::new(
                 ErrorCode::Protocol,
@@ -486,15 +497,13 @@ impl Conn<'_> {
             return Err((r, vm_gone));
         }
         if vm_gone {
-            return Err((
-                Refusal::new(
-                    ErrorCode::Internal,
-                    "the user VM went away; the program was killed",
-                ),
-                true,
-            ));
+            let r = Refusal::new(
+                ErrorCode::Internal,
+                "the user VM went away; the program was killed",
+            );
+            return Err((r, true));
         }
-        outcome.map_err(refuse)
+        outcome.map_err(|r| (r, false))
     }
 }
 
