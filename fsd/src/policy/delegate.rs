@@ -21,8 +21,12 @@
 //! (so the real binary never runs there), and the broker decides on the
 //! same entries. Both read this one parser.
 
+use std::collections::HashMap;
+
 use serde::Deserialize;
 use toml::Spanned;
+
+use super::file::{PolicyError, Vm};
 
 /// Longest run a delegate entry may allow.
 pub const MAX_RUN_SECS: u64 = 24 * 3600;
@@ -101,6 +105,140 @@ pub fn env_name(name: &str) -> bool {
         && name.len() <= 128
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         && !name.as_bytes()[0].is_ascii_digit()
+}
+
+/// An error at a place in the policy file.
+type ErrAt<'a> = &'a dyn Fn(Option<std::ops::Range<usize>>, String) -> PolicyError;
+/// A principal's name, checked to be declared.
+type Known<'a> = &'a dyn Fn(&Spanned<String>, &str) -> Result<String, PolicyError>;
+/// A number of seconds, checked to be within the policy's bounds.
+type Secs<'a> = &'a dyn Fn(&Spanned<u64>, &str) -> Result<std::time::Duration, PolicyError>;
+
+/// What [`check`] needs of the parse in progress.
+pub(super) struct Context<'a> {
+    pub src: &'a str,
+    pub err: ErrAt<'a>,
+    pub known: Known<'a>,
+    pub secs: Secs<'a>,
+    pub vms: &'a [Vm],
+    pub principal_ids: &'a HashMap<String, (u32, u32)>,
+    pub default_grant: std::time::Duration,
+}
+
+/// Checks `[delegation]` and the `[[delegate]]` entries; the client's path
+/// and the entries, or the first problem with its line.
+pub(super) fn check(
+    delegation: &Option<RawDelegation>,
+    entries: &[Spanned<RawDelegate>],
+    cx: &Context,
+) -> Result<(Option<String>, Vec<Delegate>), PolicyError> {
+    let delegation_client = match delegation {
+        Some(d) if !plain_share_path(d.client.get_ref()) => {
+            return Err((cx.err)(
+                Some(d.client.span()),
+                "the delegation client must be a plain path in the share \
+                 (relative, no pattern, no \".\" or \"..\")"
+                    .into(),
+            ))
+        }
+        Some(d) => Some(d.client.get_ref().clone()),
+        None => None,
+    };
+    let mut delegates: Vec<Delegate> = Vec::new();
+    for d in entries {
+        let line = super::file::line_of(cx.src, d.span().start);
+        let d = d.get_ref();
+        let program = d.program.get_ref();
+        if !plain_share_path(program) {
+            return Err((cx.err)(
+                Some(d.program.span()),
+                "a delegated program must be a plain path in the share \
+                 (relative, no pattern, no \".\" or \"..\")"
+                    .into(),
+            ));
+        }
+        if delegates.iter().any(|o| &o.program == program)
+            || delegation_client.as_ref() == Some(program)
+        {
+            return Err((cx.err)(
+                Some(d.program.span()),
+                format!("{program:?} is delegated twice, or is the delegation client"),
+            ));
+        }
+        if delegation_client.is_none() {
+            return Err((cx.err)(
+                Some(d.program.span()),
+                "[[delegate]] needs [delegation] client = \"PATH\": what the user VM \
+                 sees in place of the program"
+                    .into(),
+            ));
+        }
+        if d.helper.get_ref().is_empty() {
+            return Err((cx.err)(Some(d.helper.span()), "helper is empty".into()));
+        }
+        let principal = match &d.principal {
+            Some(p) => Some((cx.known)(p, "delegate principal")?),
+            None => None,
+        };
+        for who in principal.iter().cloned().chain(
+            cx.vms
+                .iter()
+                .filter(|v| d.vms.is_empty() || d.vms.iter().any(|n| n.get_ref() == &v.name))
+                .map(|v| v.principal.clone()),
+        ) {
+            if !cx.principal_ids.contains_key(&who) {
+                return Err((cx.err)(
+                    Some(d.program.span()),
+                    format!(
+                        "principal {who:?} may run {program:?} but has no uid: \
+                         add uid = N to its [[principal]]"
+                    ),
+                ));
+            }
+        }
+        for v in &d.vms {
+            if !cx.vms.iter().any(|m| &m.name == v.get_ref()) {
+                return Err((cx.err)(
+                    Some(v.span()),
+                    format!("vm {:?} is not a declared [[vm]]", v.get_ref()),
+                ));
+            }
+        }
+        for e in &d.env {
+            if !env_name(e.get_ref()) {
+                return Err((cx.err)(
+                    Some(e.span()),
+                    format!("{:?} is not an environment variable name", e.get_ref()),
+                ));
+            }
+        }
+        let max_secs = match &d.max_secs {
+            Some(s) if *s.get_ref() == 0 || *s.get_ref() > MAX_RUN_SECS => {
+                return Err((cx.err)(
+                    Some(s.span()),
+                    format!("max_secs must be between 1 and {} seconds", MAX_RUN_SECS),
+                ))
+            }
+            Some(s) => *s.get_ref(),
+            None => 600,
+        };
+        delegates.push(Delegate {
+            program: program.clone(),
+            helper: d.helper.get_ref().clone(),
+            run_as_uid: d.run_as_uid,
+            run_as_gid: d.run_as_gid.unwrap_or(d.run_as_uid),
+            principal,
+            vms: d.vms.iter().map(|v| v.get_ref().clone()).collect(),
+            env: d.env.iter().map(|e| e.get_ref().clone()).collect(),
+            grant_secs: match &d.grant_secs {
+                Some(s) => (cx.secs)(s, "grant_secs")?.as_secs(),
+                None => cx.default_grant.as_secs(),
+            },
+            max_secs,
+            line,
+        });
+    }
+    Ok((delegation_client, delegates))
 }
 
 #[cfg(test)]

@@ -224,7 +224,7 @@ struct RawRule {
 /// Longest grant a policy may ask for.
 pub const MAX_GRANT: Duration = Duration::from_secs(24 * 3600);
 
-fn line_of(src: &str, offset: usize) -> usize {
+pub(super) fn line_of(src: &str, offset: usize) -> usize {
     src[..offset.min(src.len())]
         .bytes()
         .filter(|&b| b == b'\n')
@@ -416,114 +416,19 @@ impl Policy {
         let globs = globs
             .build()
             .map_err(|e| err(None, format!("path patterns: {e}")))?;
-        let delegation_client = match &raw.delegation {
-            Some(d) if !delegate::plain_share_path(d.client.get_ref()) => {
-                return Err(err(
-                    Some(d.client.span()),
-                    "the delegation client must be a plain path in the share \
-                     (relative, no pattern, no \".\" or \"..\")"
-                        .into(),
-                ))
-            }
-            Some(d) => Some(d.client.get_ref().clone()),
-            None => None,
-        };
-        let mut delegates: Vec<Delegate> = Vec::new();
-        for d in &raw.delegate {
-            let line = line_of(src, d.span().start);
-            let d = d.get_ref();
-            let program = d.program.get_ref();
-            if !delegate::plain_share_path(program) {
-                return Err(err(
-                    Some(d.program.span()),
-                    "a delegated program must be a plain path in the share \
-                     (relative, no pattern, no \".\" or \"..\")"
-                        .into(),
-                ));
-            }
-            if delegates.iter().any(|o| &o.program == program)
-                || delegation_client.as_ref() == Some(program)
-            {
-                return Err(err(
-                    Some(d.program.span()),
-                    format!("{program:?} is delegated twice, or is the delegation client"),
-                ));
-            }
-            if delegation_client.is_none() {
-                return Err(err(
-                    Some(d.program.span()),
-                    "[[delegate]] needs [delegation] client = \"PATH\": what the user VM \
-                     sees in place of the program"
-                        .into(),
-                ));
-            }
-            if d.helper.get_ref().is_empty() {
-                return Err(err(Some(d.helper.span()), "helper is empty".into()));
-            }
-            let principal = match &d.principal {
-                Some(p) => Some(known(p, "delegate principal")?),
-                None => None,
-            };
-            for who in principal.iter().cloned().chain(
-                vms.iter()
-                    .filter(|v| d.vms.is_empty() || d.vms.iter().any(|n| n.get_ref() == &v.name))
-                    .map(|v| v.principal.clone()),
-            ) {
-                if !principal_ids.contains_key(&who) {
-                    return Err(err(
-                        Some(d.program.span()),
-                        format!(
-                            "principal {who:?} may run {program:?} but has no uid: \
-                             add uid = N to its [[principal]]"
-                        ),
-                    ));
-                }
-            }
-            for v in &d.vms {
-                if !vm_names.contains(v.get_ref()) {
-                    return Err(err(
-                        Some(v.span()),
-                        format!("vm {:?} is not a declared [[vm]]", v.get_ref()),
-                    ));
-                }
-            }
-            for e in &d.env {
-                if !delegate::env_name(e.get_ref()) {
-                    return Err(err(
-                        Some(e.span()),
-                        format!("{:?} is not an environment variable name", e.get_ref()),
-                    ));
-                }
-            }
-            let max_secs = match &d.max_secs {
-                Some(s) if *s.get_ref() == 0 || *s.get_ref() > delegate::MAX_RUN_SECS => {
-                    return Err(err(
-                        Some(s.span()),
-                        format!(
-                            "max_secs must be between 1 and {} seconds",
-                            delegate::MAX_RUN_SECS
-                        ),
-                    ))
-                }
-                Some(s) => *s.get_ref(),
-                None => 600,
-            };
-            delegates.push(Delegate {
-                program: program.clone(),
-                helper: d.helper.get_ref().clone(),
-                run_as_uid: d.run_as_uid,
-                run_as_gid: d.run_as_gid.unwrap_or(d.run_as_uid),
-                principal,
-                vms: d.vms.iter().map(|v| v.get_ref().clone()).collect(),
-                env: d.env.iter().map(|e| e.get_ref().clone()).collect(),
-                grant_secs: match &d.grant_secs {
-                    Some(s) => secs(s, "grant_secs")?.as_secs(),
-                    None => default_grant.as_secs(),
-                },
-                max_secs,
-                line,
-            });
-        }
+        let (delegation_client, delegates) = delegate::check(
+            &raw.delegation,
+            &raw.delegate,
+            &delegate::Context {
+                src,
+                err: &err,
+                known: &known,
+                secs: &secs,
+                vms: &vms,
+                principal_ids: &principal_ids,
+                default_grant,
+            },
+        )?;
         Ok(Policy {
             source: path.into(),
             principals,
