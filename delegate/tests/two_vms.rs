@@ -98,6 +98,13 @@ max_secs = 120
 program = "bin/true"
 helper = "helper1"
 run_as_uid = 0
+
+# A delegated name that is a symlink to the real binary on the host: the
+# agent does not follow it.
+[[delegate]]
+program = "usr/bin/linked"
+helper = "helper1"
+run_as_uid = 0
 "#
     .into()
 }
@@ -182,6 +189,7 @@ impl Rig {
             0o755,
         );
         copy(&testrig::paths::busybox(), "bin/true", 0o755);
+        std::os::unix::fs::symlink("pwchange", tree.join("usr/bin/linked")).unwrap();
         let policy_path = w.join("policy.toml");
         std::fs::write(&policy_path, policy()).unwrap();
 
@@ -672,6 +680,13 @@ fn delegation_end_to_end() {
             &format!("delegateprobe {args}: {out:?}"),
         );
     }
+    // A delegated name that is a symlink to the real binary: the agent
+    // refuses to follow it, nothing starts.
+    let out = rig.user("/mnt/usr/bin/linked --id; echo rc=$?");
+    rig.check(
+        out.contains("rc=126") && out.contains("symlink") && out.contains("exec_failed"),
+        &format!("symlinked program: {out:?}"),
+    );
     // The client itself, asked to run a program that is not delegated.
     let out = rig.user("/mnt/usr/libexec/fsd/delegate-client --program usr/bin/sh; echo rc=$?");
     rig.check(
@@ -695,7 +710,7 @@ fn delegation_end_to_end() {
     let audit = rig.audit();
     let new = &audit[audit_before..];
     rig.check(
-        new.len() >= cases.len() + 1 + 80
+        new.len() >= cases.len() + 2 + 80
             && new.iter().all(|r| {
                 r["ran"] == false && r["outcome"].as_str().unwrap_or("").starts_with("refused: ")
             }),
@@ -705,7 +720,7 @@ fn delegation_end_to_end() {
     rig.check(n == jobs, "a hostile request ran something");
     println!(
         "hostile input: {} cases and a flood of 80 ({limited} rate-limited) refused, {} audit lines, no job",
-        cases.len() + 1,
+        cases.len() + 2,
         new.len()
     );
 

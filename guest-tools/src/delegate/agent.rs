@@ -182,15 +182,6 @@ fn run_job(port: &mut Port, opts: &Options, job: &Job) {
         ctty: st.ctty,
         report: report_w.as_raw_fd(),
     };
-    eprintln!(
-        "delegate-agent: job: {} uid {}->{} gid {}->{}{}",
-        String::from_utf8_lossy(&job.program),
-        job.ruid,
-        job.euid,
-        job.rgid,
-        job.egid,
-        if job.tty.is_some() { " on a pty" } else { "" }
-    );
     let pid = match sys::spawn(&spawn) {
         Ok(p) => p,
         Err(e) => return fail(port, ErrorCode::ExecFailed, e.to_string()),
@@ -223,6 +214,15 @@ fn run_job(port: &mut Port, opts: &Options, job: &Job) {
             ),
         );
     }
+    eprintln!(
+        "delegate-agent: job: {} uid {}->{} gid {}->{}{} started",
+        String::from_utf8_lossy(&job.program),
+        job.ruid,
+        job.euid,
+        job.rgid,
+        job.egid,
+        if job.tty.is_some() { " on a pty" } else { "" }
+    );
     if port.send(&Message::Started).is_err() {
         sys::kill_group(pid, libc::SIGKILL);
     }
