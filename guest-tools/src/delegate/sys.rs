@@ -330,6 +330,20 @@ pub fn spawn(s: &Spawn) -> io::Result<libc::pid_t> {
         if fd < 0 {
             fail(6);
         }
+        // O_PATH with O_NOFOLLOW opens a symlink itself: refuse anything
+        // but a regular file here, by name, rather than at exec.
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) < 0 {
+            fail(6);
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            *libc::__errno_location() = if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+                libc::ELOOP
+            } else {
+                libc::EACCES
+            };
+            fail(6);
+        }
         if libc::setgroups(0, std::ptr::null()) < 0
             || libc::setresgid(s.rgid, s.egid, s.egid) < 0
             || libc::setresuid(s.ruid, s.euid, s.euid) < 0
@@ -355,7 +369,7 @@ pub fn spawn_step(code: i32) -> &'static str {
         3 => "TIOCSCTTY",
         4 => "chroot",
         5 => "chdir",
-        6 => "open the program (a symlink or missing)",
+        6 => "open the program (missing, a symlink or not a regular file)",
         7 => "set the user and group ids",
         8 => "exec",
         _ => "start",
