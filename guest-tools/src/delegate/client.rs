@@ -200,12 +200,14 @@ fn session(opts: &Options, req: &Request) -> Result<(Exit, Duration), String> {
 fn relay(port: &mut Port, tty: bool, signals: &std::os::fd::OwnedFd) -> Result<Exit, String> {
     use std::os::fd::AsRawFd;
     let sigfd = signals.as_raw_fd();
-    let _ = sys::set_nonblocking(0, true);
+    // Standard input stays blocking: its open file is shared with the
+    // calling shell, which must not find it non-blocking if this process
+    // is killed. It is read only after poll reported it readable.
     let mut stdin_open = true;
     let mut buf = vec![0u8; 16384];
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
-    let result = loop {
+    loop {
         // Everything already decoded first.
         match port.next_message() {
             Ok(Some(Message::Stdout(d))) => {
@@ -275,9 +277,7 @@ fn relay(port: &mut Port, tty: bool, signals: &std::os::fd::OwnedFd) -> Result<E
                 Ok(None) => {}
             }
         }
-    };
-    let _ = sys::set_nonblocking(0, false);
-    result
+    }
 }
 
 #[cfg(test)]
