@@ -14,6 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
 use delegate_proto::message::MAX_ENV;
+use delegate_proto::MAX_PAYLOAD;
 use delegate_proto::{ErrorCode, Exit, Message, Request, Winsize, CLIENT_PORT, VERSION};
 
 use super::port::{port_path, Port};
@@ -129,6 +130,14 @@ pub fn run(opts: &Options, args: Vec<Vec<u8>>) -> i32 {
             e
         })
         .filter(|e| e.len() <= delegate_proto::message::MAX_STRING)
+        // The request must fit in one frame with the arguments: the
+        // environment gets at most a quarter of it (the host keeps only the
+        // few variables the policy lists anyway).
+        .scan(0usize, |total, e| {
+            *total += e.len() + 4;
+            Some((*total <= MAX_PAYLOAD / 4).then_some(e))
+        })
+        .flatten()
         .collect();
     let req = Request {
         version: VERSION,
