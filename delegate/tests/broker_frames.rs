@@ -1,11 +1,12 @@
-//! The broker against hostile frames, without guests: the test plays the
-//! user VM's QEMU (it connects to the broker's socket for `vm1`) and, in
-//! one case, the helper VM's agent. Runs everywhere in a second or two;
-//! the two-guest test (`two_vms`) covers the same with real VMs.
+//! The broker without guests: the test plays the user VM's QEMU (it
+//! connects to the broker's socket for `vm1`), and where needed authd (a
+//! stand-in that grants, on authd's wire protocol) and the helper VM's
+//! agent (a stand-in that answers pings and plays a script). Runs
+//! everywhere in about a second; the two-guest test (`two_vms`) covers the
+//! same with real VMs, authd and its dialog.
 //!
-//! No authd runs here: every request that got as far as asking would be
-//! refused (`denied`), so a request that reaches the helper would be a bug,
-//! and the fake agent counts jobs.
+//! Without the authd stand-in nothing can vouch for alice, so a request
+//! that got as far as running would be a bug.
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -275,4 +276,142 @@ fn fake_authd(path: &Path) -> std::thread::JoinHandle<()> {
             });
         }
     })
+}
+
+/// A fake agent: answers pings, plays `script` (what the agent would
+/// send) when the job comes, and reports everything the broker sends it.
+/// The returned stream sends more as the agent.
+fn fake_agent(
+    path: &Path,
+    script: Vec<Message>,
+) -> (std::sync::mpsc::Receiver<Message>, UnixStream) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut s = UnixStream::connect(path).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let out = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        while let Ok(f) = Frame::read_from(&mut s) {
+            let m = Message::decode(&f).unwrap();
+            let reply: Vec<Message> = match &m {
+                Message::Ping(n) => vec![Message::Pong(*n)],
+                Message::Job(_) => script.clone(),
+                _ => vec![],
+            };
+            for r in reply {
+                let _ = w.write_all(&r.encode().unwrap().to_bytes());
+            }
+            if tx.send(m).is_err() {
+                return;
+            }
+        }
+    });
+    (rx, out)
+}
+
+fn send(s: &mut UnixStream, m: &Message) {
+    s.write_all(&m.encode().unwrap().to_bytes()).unwrap();
+}
+
+/// The next message the fake agent got that is not a ping.
+fn agent_got(rx: &std::sync::mpsc::Receiver<Message>) -> Message {
+    loop {
+        match rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the agent got nothing")
+        {
+            Message::Ping(_) => continue,
+            m => return m,
+        }
+    }
+}
+
+/// A delegation relayed in full, with a stand-in agent: the job the broker
+/// builds, the streams and the status back, input and a signal forward,
+/// the audit line.
+#[test]
+fn a_delegation_is_relayed_to_the_exit_status() {
+    let b = Broker::start(&[]);
+    let _authd = fake_authd(&b.path("no-authd.sock"));
+    let (agent, mut agent_out) = fake_agent(
+        &b.path("helper1.sock"),
+        vec![
+            Message::Started,
+            Message::Stdout(b"Changing password for alice.\n".to_vec()),
+            Message::Stderr(b"warning\n".to_vec()),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let mut s = b.connect();
+    send(
+        &mut s,
+        &Message::Request(Request {
+            version: VERSION,
+            program: b"usr/bin/passwd".to_vec(),
+            args: vec![b"--stdin".to_vec()],
+            env: vec![b"LD_PRELOAD=/tmp/x.so".to_vec()],
+            cwd: b"home/alice".to_vec(),
+            tty: None,
+        }),
+    );
+    assert_eq!(answer(&mut s), Some(Message::Started));
+    assert_eq!(
+        answer(&mut s),
+        Some(Message::Stdout(b"Changing password for alice.\n".to_vec()))
+    );
+    assert_eq!(answer(&mut s), Some(Message::Stderr(b"warning\n".to_vec())));
+    // The job is the policy's: the real path, alice's uid, the owner's,
+    // no variable the entry does not list.
+    let Message::Job(job) = agent_got(&agent) else {
+        panic!("no job first")
+    };
+    assert_eq!(job.program, b"/usr/bin/passwd");
+    assert_eq!(job.argv, [b"passwd".to_vec(), b"--stdin".to_vec()]);
+    assert_eq!((job.ruid, job.rgid, job.euid, job.egid), (1000, 1000, 0, 0));
+    assert_eq!(job.env, [delegate::decide::JOB_PATH.to_vec()]);
+    assert_eq!(job.cwd, b"/home/alice");
+    // Input and a signal go to the agent.
+    for m in [Message::Stdin(b"pw\n".to_vec()), Message::Signal(2)] {
+        send(&mut s, &m);
+        assert_eq!(agent_got(&agent), m);
+    }
+    // The agent's exit status ends it, audited before it reaches the VM.
+    send(
+        &mut agent_out,
+        &Message::Exit(delegate_proto::Exit::Code(3)),
+    );
+    assert_eq!(
+        answer(&mut s),
+        Some(Message::Exit(delegate_proto::Exit::Code(3)))
+    );
+    let rec = b.audit().pop().unwrap();
+    assert_eq!(rec["outcome"], "exit 3");
+    assert_eq!(rec["ran"], true);
+    assert_eq!(rec["principal"], "alice");
+    assert_eq!(rec["args"], serde_json::json!(["--stdin"]));
+}
+
+/// A frame out of place while the program runs: the program is killed and
+/// the user VM gets a protocol error instead of the status.
+#[test]
+fn a_frame_out_of_place_kills_the_program() {
+    let b = Broker::start(&[]);
+    let _authd = fake_authd(&b.path("no-authd.sock"));
+    let (agent, mut agent_out) = fake_agent(&b.path("helper1.sock"), vec![Message::Started]);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut s = b.connect();
+    s.write_all(&request("usr/bin/passwd")).unwrap();
+    assert_eq!(answer(&mut s), Some(Message::Started));
+    assert!(matches!(agent_got(&agent), Message::Job(_)));
+    s.write_all(&request("usr/bin/passwd")).unwrap();
+    assert_eq!(agent_got(&agent), Message::Signal(libc::SIGKILL as u8));
+    send(
+        &mut agent_out,
+        &Message::Exit(delegate_proto::Exit::Signal(9)),
+    );
+    assert_eq!(error_code(answer(&mut s)), ErrorCode::Protocol);
+    let rec = b.audit().pop().unwrap();
+    assert!(rec["outcome"]
+        .as_str()
+        .unwrap()
+        .contains("a Request frame while a program runs"));
 }
