@@ -189,6 +189,7 @@ impl Rig {
             0o755,
         );
         copy(&testrig::paths::busybox(), "bin/true", 0o755);
+        copy(&testrig::paths::busybox(), "bin/busybox", 0o755);
         std::os::unix::fs::symlink("pwchange", tree.join("usr/bin/linked")).unwrap();
         let policy_path = w.join("policy.toml");
         std::fs::write(&policy_path, policy()).unwrap();
@@ -620,6 +621,7 @@ fn delegation_end_to_end() {
     let c = client_start(&rig.user(&format!(
         "delegateprobe time {RUNS} /mnt/usr/libexec/fsd/delegate-client"
     )));
+    let share_exec = times(&rig.user(&format!("delegateprobe time {RUNS} /mnt/bin/busybox true")));
     let helper = rig.helper.as_ref().unwrap();
     let h = times(&rig.helper_sh.sh(
         helper,
@@ -627,10 +629,10 @@ fn delegation_end_to_end() {
         CMD,
     ));
     rig.check(
-        c.len() == RUNS && h.len() == RUNS,
+        c.len() == RUNS && h.len() == RUNS && share_exec.len() == RUNS,
         "runs of the exec baselines",
     );
-    let (cd, hd) = (median(c), median(h));
+    let (cd, hd, sd) = (median(c), median(h), median(share_exec));
     let recs = last(&rig.audit(), RUNS);
     rig.check(
         recs.iter()
@@ -650,7 +652,8 @@ fn delegation_end_to_end() {
          ({:.0}x); broker from request to exit {total:.2} ms: authd (live grant) {authd_ms:.2} ms, \
          agent ping {ping:.2} ms, helper (job to exit) {helper_ms:.2} ms; user VM side (client \
          start, its channel, exit) {:.2} ms; baselines: the client's exec from the share in \
-         the user VM {cd:.2} ms, `true` from the share run directly in the helper VM {hd:.2} ms",
+         the user VM {cd:.2} ms, busybox `true` from the share in the user VM {sd:.2} ms, \
+         `true` from the share run directly in the helper VM {hd:.2} ms",
         dd / ld,
         dd - total
     );
