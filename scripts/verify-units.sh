@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 command -v systemd-analyze >/dev/null || { echo "verify-units: systemd-analyze missing (Debian package systemd)" >&2; exit 1; }
 bin=${CARGO_TARGET_DIR:-$PWD/target}/debug
-for b in fsd authd monitor netfilter; do
+for b in fsd authd monitor netfilter delegate; do
     [ -x "$bin/$b" ] || { echo "verify-units: $bin/$b not built" >&2; exit 1; }
 done
 work=$(mktemp -d)

@@ -18,7 +18,15 @@ use crate::error::{Error, Result};
 use crate::paths;
 
 /// Binaries the `guest-tools` crate provides.
-pub const TOOLS: &[&str] = &["lockprobe", "hookprobe", "netprobe"];
+pub const TOOLS: &[&str] = &[
+    "lockprobe",
+    "hookprobe",
+    "netprobe",
+    "delegate-client",
+    "delegate-agent",
+    "delegateprobe",
+    "pwchange",
+];
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 

@@ -64,5 +64,5 @@ pub use initramfs::{InitMode, InitramfsBuilder};
 pub use kernel::GuestKernel;
 pub use prereq::{in_ci, require, skip, Need, Prereqs};
 pub use process::{wait_for, Proc};
-pub use qemu::{MemoryBackend, Plugin, QemuConfig, Transcript, VhostUserFs, Vm};
+pub use qemu::{MemoryBackend, Plugin, QemuConfig, Transcript, VhostUserFs, VirtioSerialPort, Vm};
 pub use script::{Attempt, ScriptedGuest};

@@ -45,6 +45,18 @@ pub struct VhostUserFs {
     pub queue_size: Option<u32>,
 }
 
+/// One `virtserialport` whose host side is a socket QEMU connects to as a
+/// client, reconnecting every second while the other end is away (how a
+/// daemon such as the delegation broker hears a guest: the socket names
+/// the VM).
+#[derive(Debug, Clone)]
+pub struct VirtioSerialPort {
+    /// The port's name in the guest (`/dev/virtio-ports/NAME`).
+    pub name: String,
+    /// The daemon's listening socket.
+    pub socket: PathBuf,
+}
+
 /// Everything that goes on the QEMU command line.
 #[derive(Debug, Clone)]
 pub struct QemuConfig {
@@ -77,6 +89,8 @@ pub struct QemuConfig {
     /// TCG plugins, one `-plugin` each: the shared object and its
     /// `key=value` arguments.
     pub plugins: Vec<Plugin>,
+    /// virtio-serial ports on sockets (one `virtio-serial-pci` for all).
+    pub serial_ports: Vec<VirtioSerialPort>,
     /// Appended verbatim at the end of the command line.
     pub extra_args: Vec<OsString>,
     /// Start-to-power-off limit for [`Vm::wait`].
@@ -105,6 +119,7 @@ impl QemuConfig {
             data_dirs: Vec::new(),
             env: Vec::new(),
             plugins: Vec::new(),
+            serial_ports: Vec::new(),
             extra_args: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             console_log: None,
@@ -123,6 +138,17 @@ impl QemuConfig {
             tag: tag.to_string(),
             num_request_queues: None,
             queue_size: None,
+        });
+        self
+    }
+
+    /// Adds a virtio-serial port `name` whose host side connects to
+    /// `socket` (see [`VirtioSerialPort`]). The guest needs the
+    /// `virtio_console` module.
+    pub fn serial_port(mut self, name: &str, socket: &Path) -> Self {
+        self.serial_ports.push(VirtioSerialPort {
+            name: name.to_string(),
+            socket: socket.to_path_buf(),
         });
         self
     }
@@ -209,6 +235,22 @@ impl QemuConfig {
             }
             push("-device".into());
             push(dev);
+        }
+        if !self.serial_ports.is_empty() {
+            push("-device".into());
+            push("virtio-serial-pci,id=vser0".into());
+        }
+        for (i, p) in self.serial_ports.iter().enumerate() {
+            push("-chardev".into());
+            push(format!(
+                "socket,id=vport{i},path={},reconnect=1",
+                p.socket.display()
+            ));
+            push("-device".into());
+            push(format!(
+                "virtserialport,bus=vser0.0,chardev=vport{i},name={}",
+                p.name
+            ));
         }
         push("-kernel".into());
         push(self.kernel.display().to_string());
@@ -529,6 +571,17 @@ mod tests {
         assert!(joined.contains("-uuid 00000000-0000-0000-0000-000000000001"));
         assert!(joined.contains("-no-reboot"));
         assert!(!joined.contains("-plugin"));
+        assert!(!joined.contains("virtio-serial"));
+        let cfg = cfg.serial_port("org.x", Path::new("/run/x.sock"));
+        let joined = cfg
+            .args(false)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(joined.contains("-device virtio-serial-pci,id=vser0"));
+        assert!(joined.contains("-chardev socket,id=vport0,path=/run/x.sock,reconnect=1"));
+        assert!(joined.contains("-device virtserialport,bus=vser0.0,chardev=vport0,name=org.x"));
     }
 
     #[test]

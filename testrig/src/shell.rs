@@ -109,4 +109,41 @@ while IFS= read -r line; do eval "$line"; done </dev/ttyS1 >/dev/ttyS1 2>&1
     pub fn send(&mut self, cmd: &str) {
         self.ctl.write_all(format!("{cmd}\n").as_bytes()).unwrap();
     }
+
+    /// Writes bytes as typed on the port (no newline added): answers to a
+    /// program's prompt, a Ctrl-C (`\x03`).
+    pub fn type_raw(&mut self, bytes: &[u8]) {
+        self.ctl.write_all(bytes).unwrap();
+    }
+
+    /// Reads what the port prints until `needle` appears and returns all
+    /// that was read (the needle and whatever came with it in the same
+    /// read); panics, with the console, after `timeout`.
+    /// For programs that talk with the test (prompts), started with
+    /// [`SerialShell::send`].
+    pub fn read_until(&mut self, vm: &Vm, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&out).replace('\r', "");
+            if text.contains(needle) {
+                return text;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{needle:?} did not appear; got {text:?}\nconsole:\n{}",
+                vm.console()
+            );
+            self.ctl.set_read_timeout(Some(left)).unwrap();
+            match self.ctl.read(&mut buf) {
+                Ok(0) => panic!("control serial closed; console:\n{}", vm.console()),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => panic!("control serial: {e}"),
+            }
+        }
+    }
 }

@@ -17,9 +17,12 @@
 //! * a guest may unmount and mount again (DESTROY, then INIT) at any time:
 //!   every session starts from the share root afresh, under every sandbox;
 //! * file accesses are reported for taint tracking, and files written with
-//!   a rule's data get its label ([`taint`]).
+//!   a rule's data get its label ([`taint`]);
+//! * a delegated program is shown to the guest as the delegation client
+//!   ([`delegated`]), so the real setuid binary never runs there.
 
 pub mod confine;
+mod delegated;
 pub mod dirs;
 pub mod hostwatch;
 pub mod identity;
@@ -494,7 +497,7 @@ impl FileSystem for SharedFs {
         // share's parent on the host. fsd does not offer NFS export, the only
         // reason a kernel sends them.
         check_component(name)?;
-        let e = self.inner.lookup(ctx, parent, name)?;
+        let e = self.lookup_presented(ctx, parent, name)?;
         self.register(ctx, parent, &e)?;
         Ok(self.mark_submount(ctx, parent, e))
     }
@@ -937,7 +940,7 @@ impl FileSystem for SharedFs {
             }
             let name = std::ffi::CString::new(d.name)
                 .map_err(|_| io::Error::from_raw_os_error(libc::EIO))?;
-            let entry = self.inner.lookup(ctx, inode, &name)?;
+            let entry = self.lookup_presented(ctx, inode, &name)?;
             if let Err(e) = self.register(ctx, inode, &entry) {
                 if e.raw_os_error() != Some(libc::ENFILE) {
                     return Err(e);

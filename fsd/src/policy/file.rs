@@ -37,6 +37,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+
+use super::delegate::{self, Delegate, RawDelegate, RawDelegation};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -124,6 +126,14 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// How long fsd waits for an answer from authd.
     pub ask_timeout: Duration,
+    /// Uid and gid of each principal in the guests, where given (needed by
+    /// delegation: the real uid a delegated program runs with).
+    pub principal_ids: std::collections::HashMap<String, (u32, u32)>,
+    /// Programs run in a helper VM on the user's behalf (`[[delegate]]`).
+    pub delegates: Vec<Delegate>,
+    /// What a user VM sees in place of a delegated program: the client, a
+    /// path in the share (`[delegation] client`).
+    pub delegation_client: Option<String>,
     globs: GlobSet,
     /// Rule of each glob in `globs` (a `dir/**` rule has two: `dir/**` and `dir`).
     glob_rule: Vec<u32>,
@@ -160,12 +170,17 @@ struct RawPolicy {
     rule: Vec<Spanned<RawRule>>,
     #[serde(default)]
     defaults: RawDefaults,
+    #[serde(default)]
+    delegate: Vec<Spanned<RawDelegate>>,
+    delegation: Option<RawDelegation>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPrincipal {
     name: Spanned<String>,
+    uid: Option<u32>,
+    gid: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -209,7 +224,7 @@ struct RawRule {
 /// Longest grant a policy may ask for.
 pub const MAX_GRANT: Duration = Duration::from_secs(24 * 3600);
 
-fn line_of(src: &str, offset: usize) -> usize {
+pub(super) fn line_of(src: &str, offset: usize) -> usize {
     src[..offset.min(src.len())]
         .bytes()
         .filter(|&b| b == b'\n')
@@ -247,6 +262,7 @@ impl Policy {
             ));
         }
         let mut principals = Vec::new();
+        let mut principal_ids = std::collections::HashMap::new();
         let mut seen = HashSet::new();
         for p in &raw.principal {
             let name = p.name.get_ref();
@@ -257,6 +273,9 @@ impl Policy {
                 ));
             }
             principals.push(name.clone());
+            if let Some(uid) = p.uid {
+                principal_ids.insert(name.clone(), (uid, p.gid.unwrap_or(uid)));
+            }
         }
         let known = |n: &Spanned<String>, what: &str| -> Result<String, PolicyError> {
             if seen.contains(n.get_ref()) {
@@ -397,12 +416,28 @@ impl Policy {
         let globs = globs
             .build()
             .map_err(|e| err(None, format!("path patterns: {e}")))?;
+        let (delegation_client, delegates) = delegate::check(
+            &raw.delegation,
+            &raw.delegate,
+            &delegate::Context {
+                src,
+                err: &err,
+                known: &known,
+                secs: &secs,
+                vms: &vms,
+                principal_ids: &principal_ids,
+                default_grant,
+            },
+        )?;
         Ok(Policy {
             source: path.into(),
             principals,
             vms,
             rules,
             ask_timeout,
+            principal_ids,
+            delegates,
+            delegation_client,
             globs,
             glob_rule,
         })
@@ -434,6 +469,13 @@ impl Policy {
 
     pub fn vm(&self, name: &str) -> Option<&Vm> {
         self.vms.iter().find(|v| v.name == name)
+    }
+
+    /// The `[[delegate]]` entry of `program` (a path in the share, matched
+    /// byte for byte: nothing is resolved, so `..` or a symlink name never
+    /// reaches an entry).
+    pub fn delegate(&self, program: &str) -> Option<&Delegate> {
+        self.delegates.iter().find(|d| d.program == program)
     }
 }
 

@@ -13,8 +13,10 @@
 //! | live grants and asking authd | [`grants`] |
 //! | the audit log | [`audit`] |
 //! | the decision for one request | [`guard`] |
+//! | programs a helper VM runs on the user's behalf (`[[delegate]]`) | [`delegate`] |
 
 pub mod audit;
+pub mod delegate;
 pub mod file;
 pub mod grants;
 pub mod guard;
