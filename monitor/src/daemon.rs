@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::hook_feed::{FeedConfig, HookSink};
+use crate::hooks::{self, HookPlan};
 use crate::protocol::{to_line, FailureKind, Op, Reply, ReplyBody, Request, MAX_REQUEST_LINE};
 use crate::sockets::SocketTable;
 use crate::taint::alert::Freezer;
@@ -378,6 +380,56 @@ pub fn start_freezer(state: Arc<State>) -> Result<()> {
             source,
         })?;
     state.taint.set_freezer(Arc::new(QueueFreezer(tx)));
+    Ok(())
+}
+
+/// The hook feeds' way into the daemon: plans are made on the VM as any
+/// request's work is (serialised with the others on that VM), events go
+/// through the one ingest helper.
+impl HookSink for State {
+    fn plan(&self, vm: &str) -> Result<HookPlan> {
+        self.with_vm(vm, |v| {
+            HookPlan::for_vm(v, hooks::PROCESS_AND_SOCKETS).map(|(_, plan)| plan)
+        })
+    }
+
+    fn deliver(
+        &self,
+        vm: &str,
+        events: Vec<monitor_client::taint::GuestEvent>,
+        lost: u64,
+    ) -> Result<()> {
+        self.ingest(
+            vm,
+            Input::Guest {
+                events,
+                dropped: lost,
+            },
+        )
+        .map(|_| ())
+    }
+}
+
+/// Starts one hook feed per configured VM that names a plugin socket
+/// (`plugin`): each arms the hooks in its VM's kernel and feeds their
+/// events to taint tracking, on a thread of its own.
+pub fn start_hook_feeds(state: Arc<State>) -> Result<()> {
+    let feeds: Vec<(String, PathBuf)> = state
+        .config
+        .vms
+        .iter()
+        .filter_map(|(name, spec)| Some((name.clone(), spec.plugin.clone()?)))
+        .collect();
+    for (name, socket) in feeds {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sink: Arc<dyn HookSink> = state.clone();
+        crate::hook_feed::spawn(FeedConfig::new(&name, socket), sink, stop).map_err(|source| {
+            Error::ThreadSpawn {
+                what: "feed hook events",
+                source,
+            }
+        })?;
+    }
     Ok(())
 }
 
