@@ -16,6 +16,11 @@ use monitor_client::taint::{
 };
 use monitor_client::taint_report::{Carrier, DerivedFile, Origin, Subject, TaintNotice};
 
+/// How much earlier than a fork a taint on the new pid alone may have
+/// arrived and still be the child's (fsd batches its events for up to
+/// 50 ms; the rest is margin for a loaded host).
+pub(super) const REORDER_MS: u64 = 2000;
+
 /// A leak found while applying one event; its chain is built afterwards.
 pub(super) struct Leak {
     pub(super) process: Subject,
@@ -317,6 +322,18 @@ impl Step<'_> {
         if child_pid == 0 || child_task == 0 {
             return self.reject();
         }
+        // fsd's events and the hooks' travel on separate paths, so a new
+        // process's first file access can arrive just before the fork that
+        // made it. A taint on the child's pid alone that arrived within
+        // [`REORDER_MS`] before the fork is taken to be the child's (fail
+        // closed: more taint, never less); an older one was another
+        // process's, whose pid is now reused.
+        let early = Subject::UnverifiedProcess { pid: child_pid };
+        let early = self
+            .vm
+            .live(&early)
+            .filter(|n| n.origin.at_ms.saturating_add(REORDER_MS) >= self.at_ms)
+            .map(|n| (early.clone(), n.rule.clone(), n.verified));
         self.pid_reused(child_pid);
         if child_tgid == e.tgid {
             // A new thread of the same process.
@@ -336,6 +353,18 @@ impl Step<'_> {
         if let Some(p) = self.vm.holder(parent) {
             let (rule, verified) = (p.rule.clone(), p.verified);
             let origin = self.origin(Some(parent.clone()), Carrier::Fork);
+            self.taint(
+                subject,
+                Node {
+                    name: Some(e.comm.clone()),
+                    pid: Some(child_pid),
+                    rule,
+                    origin,
+                    verified,
+                },
+            );
+        } else if let Some((early, rule, verified)) = early {
+            let origin = self.origin(Some(early), Carrier::Identified);
             self.taint(
                 subject,
                 Node {

@@ -592,6 +592,30 @@ fn a_new_process_under_a_reused_pid_is_clean() {
 }
 
 #[test]
+fn a_first_read_that_arrives_before_its_fork_still_taints_the_child() {
+    let mut t = T::new();
+    let v = vm(1);
+    let sh = P::new(1, "sh");
+    t.guest(&v, vec![sh.exec(&v)]);
+    // fsd's event of the child's read comes first: pid 600 is unknown.
+    let child = P::new(600, "sh");
+    t.files(&v, vec![fe(600, 10, FileAccess::Open, Some(RULE))]);
+    assert!(t.tainted(&v, &Subject::UnverifiedProcess { pid: 600 }));
+    // Then the hooks' fork of it: the taint is the child's.
+    t.guest(&v, vec![sh.fork(&v, &child)]);
+    let e = t.e.vm(&v.uuid).unwrap().entry(&child.subject()).unwrap();
+    assert_eq!(e.origin.by, Carrier::Identified);
+    assert_eq!(e.origin.from, Some(Subject::UnverifiedProcess { pid: 600 }));
+    // A taint on a pid alone from long before is another process's.
+    t.files(&v, vec![fe(700, 10, FileAccess::Read, Some(RULE))]);
+    t.now += super::rules::REORDER_MS + 1;
+    let late = P::new(700, "sh");
+    t.guest(&v, vec![sh.fork(&v, &late)]);
+    assert!(!t.tainted(&v, &late.subject()));
+    assert!(!t.pid_tainted(&v, 700));
+}
+
+#[test]
 fn forged_and_garbage_events_are_counted_not_trusted() {
     let mut t = T::new();
     let v = vm(1);
