@@ -135,7 +135,9 @@ fn socket(s: &hooks::GuestSock) -> std::result::Result<SocketInfo, Unusable> {
                 // Raw and other INET sockets are not followed.
                 _ => return Err(Unusable::OtherFamily),
             };
-            let addr = |a: &Option<String>| -> Option<SocketAddr> { a.as_deref()?.parse().ok() };
+            let addr = |a: &Option<String>| -> Option<SocketAddr> {
+                a.as_deref()?.parse().ok().map(ipv4_as_such)
+            };
             let local = addr(&s.local).ok_or(Unusable::Unreadable("local address"))?;
             // An unconnected socket has no peer in its `struct sock`.
             let peer = addr(&s.remote).filter(|p| p.port() != 0 && !p.ip().is_unspecified());
@@ -147,6 +149,19 @@ fn socket(s: &hooks::GuestSock) -> std::result::Result<SocketInfo, Unusable> {
         }
         None => Err(Unusable::Unreadable("socket family")),
         Some(_) => Err(Unusable::OtherFamily),
+    }
+}
+
+/// An IPv4 peer of a dual-stack socket (`[::ffff:a.b.c.d]:port`, as
+/// busybox `nc -l` listens) as the IPv4 address it is, so that both ends of
+/// one flow name it alike.
+fn ipv4_as_such(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => a,
+        },
+        v4 => v4,
     }
 }
 

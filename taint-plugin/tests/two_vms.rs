@@ -37,15 +37,15 @@
 //! helpers, and `fsd` and `monitor` built (`cargo build -p fsd -p monitor`);
 //! without one of them the test prints `SKIP: …` (and fails under CI).
 
-mod common;
 #[path = "../../fsd/tests/authd_stub/mod.rs"]
 mod authd_stub;
+mod common;
 
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -68,21 +68,22 @@ const LEAK_DST: &str = "192.0.2.99:7777";
 /// placed with `ns_last_pid` so that they coincide across the two VMs.
 const SCRIPT: &str = r#"
 read -r rbase cbase <&3
-echo $cbase > /proc/sys/kernel/ns_last_pid
+echo $((cbase - 1)) > /proc/sys/kernel/ns_last_pid
 ( read -r me rest </proc/self/stat; read -r y <pub/other.txt; echo "$y" >clean.txt; echo "CLEAN $me"; exec sleep 3600 ) &
-echo $rbase > /proc/sys/kernel/ns_last_pid
+echo $((rbase - 1)) > /proc/sys/kernel/ns_last_pid
 (
   read -r me rest </proc/self/stat
   read -r x <conf/secret.txt
   echo "$x" >new.txt
   echo "READER $me"
   read -r go <&3
-  echo $((rbase + 10)) > /proc/sys/kernel/ns_last_pid
+  echo $((rbase + 9)) > /proc/sys/kernel/ns_last_pid
   sleep 3600 &
   echo "CHILD $!"
   read -r go <&3
 )
 hookprobe unix-serve /tmp/u.sock &
+userve=$!
 (
   read -r me rest </proc/self/stat
   read -r x <conf/secret.txt
@@ -90,7 +91,7 @@ hookprobe unix-serve /tmp/u.sock &
   read -r go <&3
   exec hookprobe unix-send /tmp/u.sock "$x"
 )
-wait
+wait $userve
 nc -l -p 5555 >/tmp/tcp.out &
 echo "TSERVER $!"
 (
@@ -290,7 +291,13 @@ impl Rig {
         let consoles: String = self
             .sides
             .iter()
-            .map(|s| format!("--- {} console ---\n{}\n", s.name, tail(&s.vm.console(), 30)))
+            .map(|s| {
+                format!(
+                    "--- {} console ---\n{}\n",
+                    s.name,
+                    tail(&s.vm.console(), 30)
+                )
+            })
             .collect();
         panic!(
             "{what}\n{consoles}--- monitor ---\n{}",
@@ -300,12 +307,7 @@ impl Rig {
 }
 
 fn start() -> Option<Rig> {
-    let env = testrig::require(&[
-        Need::Qemu10,
-        Need::Kernel,
-        Need::Busybox,
-        Need::Vmlinux,
-    ])?;
+    let env = testrig::require(&[Need::Qemu10, Need::Kernel, Need::Busybox, Need::Vmlinux])?;
     let vmlinux = env.vmlinux.clone()?;
     let plugin = common::plugin()?;
     let (fsd_bin, monitor_bin) = match (testrig::paths::fsd(), testrig::paths::monitor()) {
@@ -400,7 +402,10 @@ fn start() -> Option<Rig> {
             &[
                 format!("--policy={}", policy.display()),
                 format!("--vm={name}"),
-                format!("--audit-log={}", d.join(format!("{name}-audit.jsonl")).display()),
+                format!(
+                    "--audit-log={}",
+                    d.join(format!("{name}-audit.jsonl")).display()
+                ),
                 format!("--authd-socket={}", authd.socket.display()),
                 format!("--monitor-socket={}", monitor_socket.display()),
             ],
@@ -521,14 +526,24 @@ fn taint_tracking_in_two_vms() {
             .unwrap_or_else(|| panic!("{} not in {status:?}", s.name));
         assert_eq!(st.vm, s.uuid, "keyed by the SMBIOS UUID QEMU was given");
         assert_eq!(
-            (st.files, st.processes, st.unverified, st.unix_sockets, st.inet_flows, st.alerts),
+            (
+                st.files,
+                st.processes,
+                st.unverified,
+                st.unix_sockets,
+                st.inet_flows,
+                st.alerts
+            ),
             (2, 2, 0, 0, 0, 0),
             "{}: {st:?}",
             s.name
         );
         assert!(st.guest_events > 0 && st.file_events > 0, "{st:?}");
         let graph = rig.graph(s.name);
-        let got: BTreeSet<String> = graph.iter().map(|e| format!("{:?}", e.entry.subject)).collect();
+        let got: BTreeSet<String> = graph
+            .iter()
+            .map(|e| format!("{:?}", e.entry.subject))
+            .collect();
         let reader_e = rig.process(s.name, reader[i]).unwrap();
         let child_e = rig.process(s.name, child[i]).unwrap();
         let want: BTreeSet<String> = [
@@ -545,15 +560,30 @@ fn taint_tracking_in_two_vms() {
         // clean here.
         let mut c = rig.client();
         let (q, complete) = c
-            .taint_query(s.name, Query::Process { pid: clean[i], task: None }, T)
+            .taint_query(
+                s.name,
+                Query::Process {
+                    pid: clean[i],
+                    task: None,
+                },
+                T,
+            )
             .unwrap();
-        assert!(q.is_none(), "{}: the unrelated pid {} is tainted: {q:?}", s.name, clean[i]);
+        assert!(
+            q.is_none(),
+            "{}: the unrelated pid {} is tainted: {q:?}",
+            s.name,
+            clean[i]
+        );
         let other = &rig.sides[1 - i];
         assert!(
             rig.entry(s.name, &other.file("conf/secret.txt")).is_none()
                 && rig.entry(s.name, &s.file("clean.txt")).is_none()
         );
-        println!("{}: case 1 as expected (tracking complete: {complete})", s.name);
+        println!(
+            "{}: case 1 as expected (tracking complete: {complete})",
+            s.name
+        );
     }
     // The graph of case 1, drawn by the command line.
     let svg = rig.dir.path().join("taint-graph-vma.svg");
@@ -564,7 +594,11 @@ fn taint_tracking_in_two_vms() {
         .arg(&rig.socket)
         .output()
         .expect("run monitor taint graph");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.contains("<svg") && text.contains("new.txt"), "{text}");
     if let Some(keep) = std::env::var_os("TAINT_GRAPH_SVG") {
@@ -595,7 +629,10 @@ fn taint_tracking_in_two_vms() {
         rig.sides[i].send("go");
         let e = rig.wait_process(name, server, "the TCP server");
         assert_eq!(e.entry.origin.by, Carrier::Recv, "{e:?}");
-        assert!(matches!(e.entry.origin.from, Some(Subject::Flow(_))), "{e:?}");
+        assert!(
+            matches!(e.entry.origin.from, Some(Subject::Flow(_))),
+            "{e:?}"
+        );
         let got = rig.sides[i].line("TGOT");
         assert_eq!(got, format!("{SECRET}{name}"));
     }
@@ -618,7 +655,9 @@ fn taint_tracking_in_two_vms() {
         assert_eq!(alert["freeze"], true, "{alert}");
         let chain = alert["chain"].as_array().expect("a chain");
         let secret = rig.sides[i].file("conf/secret.txt");
-        let Subject::File { dev, ino } = secret else { unreachable!() };
+        let Subject::File { dev, ino } = secret else {
+            unreachable!()
+        };
         let last = &chain.last().expect("a chain of entries")["entry"];
         assert_eq!(
             (&last["subject"]["dev"], &last["subject"]["ino"]),
@@ -627,9 +666,9 @@ fn taint_tracking_in_two_vms() {
         );
         assert!(chain.len() >= 3, "nc <- leaker (fork) <- file: {alert}");
         let frozen = until(&format!("{name}: freeze outcome"), || {
-            rig.watch_lines().into_iter().find(|l| {
-                l["event"] == "freeze" && l["vm"] == uuid && l["pid"] == nc
-            })
+            rig.watch_lines()
+                .into_iter()
+                .find(|l| l["event"] == "freeze" && l["vm"] == uuid && l["pid"] == nc)
         });
         if frozen["ok"] != true {
             rig.fail(&format!("{name}: freeze failed: {frozen}"));
@@ -654,7 +693,10 @@ fn taint_tracking_in_two_vms() {
         rig.sides[i].send("go");
         let secret = rig.sides[i].line("RSECRET");
         let out = rig.sides[i].line("ROUT");
-        assert!(secret.starts_with("rc=1 ") && secret.contains("Permission denied"), "{secret}");
+        assert!(
+            secret.starts_with("rc=1 ") && secret.contains("Permission denied"),
+            "{secret}"
+        );
         assert_eq!(
             out,
             secret.replace("vault/secret.txt", "out.txt"),
@@ -662,7 +704,9 @@ fn taint_tracking_in_two_vms() {
         );
         rig.sides[i].line("SCRIPT-DONE");
         let audit = std::fs::read_to_string(
-            rig.dir.path().join(format!("{}-audit.jsonl", rig.sides[i].name)),
+            rig.dir
+                .path()
+                .join(format!("{}-audit.jsonl", rig.sides[i].name)),
         )
         .unwrap();
         assert!(
@@ -690,5 +734,4 @@ fn taint_tracking_in_two_vms() {
         assert_eq!(st.hooks_dropped + st.fsd_dropped, 0, "{st:?}");
     }
     println!("two VMs, all cases: {:?}", t0.elapsed());
-    let _ = Path::new("");
 }

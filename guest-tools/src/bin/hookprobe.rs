@@ -36,7 +36,10 @@ fn main() -> ExitCode {
             syscalls::unix_serve(&path, &mut std::io::stdout())
         }
         Some("unix-send") if args.len() == 2 => {
-            let (path, text) = (args.next().unwrap_or_default(), args.next().unwrap_or_default());
+            let (path, text) = (
+                args.next().unwrap_or_default(),
+                args.next().unwrap_or_default(),
+            );
             syscalls::unix_send(&path, &text, &mut std::io::stdout())
         }
         Some("cost") => {

@@ -78,6 +78,21 @@ fn plugin_events_in_the_engines_form() {
             }
         }
     );
+    // A dual-stack socket's IPv4 peer names the flow as the other end does.
+    let v6 = event(&format!(
+        r#"{{"ev":"recv","seq":4,"ns":1,"vcpu":0,"gen":1,"fn":"sock_recvmsg",{TASK},
+        "sock":{{"ptr":5,"type":1,"family":10,"local":"[::ffff:127.0.0.1]:5555","remote":"[::ffff:127.0.0.1]:40110"}}}}"#
+    ));
+    assert_eq!(
+        to_taint("web", &v6).unwrap().kind,
+        GuestEventKind::Recv {
+            socket: SocketInfo::Inet {
+                transport: Transport::Tcp,
+                local: "127.0.0.1:5555".parse().unwrap(),
+                peer: Some("127.0.0.1:40110".parse().unwrap())
+            }
+        }
+    );
     // What the engine does not take, and what could not be read.
     let read = event(&format!(
         r#"{{"ev":"read","seq":5,"ns":1,"vcpu":0,"gen":1,"fn":"vfs_read",{TASK},"file":{{"ptr":1}},"len":1}}"#
