@@ -253,6 +253,7 @@ impl Feed {
                     self.saw_seq(e.seq);
                     match to_taint(&vm, &e) {
                         Ok(ev) => {
+                            log::trace!("{vm}: hook event #{}: {ev:?}", e.seq);
                             if batch.is_empty() {
                                 first_at = Instant::now();
                             }

@@ -71,6 +71,7 @@ pub const OFFSETS: &[(&str, &str, &str)] = &[
     ("sock_common.skc_rcv_saddr", "sock_common", "skc_rcv_saddr"),
     ("sock_common.skc_dport", "sock_common", "skc_dport"),
     ("sock_common.skc_num", "sock_common", "skc_num"),
+    ("inet_sock.inet_sport", "inet_sock", "inet_sport"),
     ("sock_common.skc_family", "sock_common", "skc_family"),
     ("sock_common.skc_v6_daddr", "sock_common", "skc_v6_daddr"),
     (

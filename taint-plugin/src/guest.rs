@@ -210,6 +210,7 @@ fn read_sock<M: GuestMem>(mem: &mut M, o: &Offsets, ev: &mut Event, ptr: u64) ->
         o.skc_family.map(|x| (x, 2)),
         o.skc_dport.map(|x| (x, 2)),
         o.skc_num.map(|x| (x, 2)),
+        o.inet_sport.map(|x| (x, 2)),
         o.skc_daddr.map(|x| (x, 4)),
         o.skc_rcv_saddr.map(|x| (x, 4)),
         o.skc_v6_daddr.map(|x| (x, 16)),
@@ -219,8 +220,18 @@ fn read_sock<M: GuestMem>(mem: &mut M, o: &Offsets, ev: &mut Event, ptr: u64) ->
         let at = |off: u64| (off - lo) as usize;
         s.family = o.skc_family.and_then(|f| u16_at(b, at(f)));
         let (Some(dp), Some(n)) = ports else { return };
-        // skc_num is in host order, skc_dport in network order.
-        let local_port = u16_at(b, at(n)).unwrap_or(0);
+        // skc_num is in host order, skc_dport and inet_sport in network
+        // order. A socket whose connection closed (TCP_CLOSE: the peer
+        // reset it, say) has given its port back and skc_num reads 0, while
+        // the data it received can still be read: inet_sport still names
+        // the port.
+        let local_port = match u16_at(b, at(n)).unwrap_or(0) {
+            0 => o
+                .inet_sport
+                .and_then(|p| u16_at(b, at(p)))
+                .map_or(0, u16::from_be),
+            p => p,
+        };
         let remote_port = u16::from_be(u16_at(b, at(dp)).unwrap_or(0));
         let ip = |off: u64, len: usize| -> Option<IpAddr> {
             let bytes = b.get(at(off)..at(off) + len)?;
@@ -412,6 +423,7 @@ mod tests {
             skc_rcv_saddr: Some(4),
             skc_dport: Some(12),
             skc_num: Some(14),
+            inet_sport: Some(784),
             skc_family: Some(16),
             skc_v6_daddr: Some(56),
             skc_v6_rcv_saddr: Some(72),
@@ -657,6 +669,21 @@ mod tests {
         assert_eq!(inet.local.to_string(), "127.0.0.1:41000");
         assert_eq!(inet.remote.to_string(), "127.0.0.1:5555");
         assert_eq!(ev.kind, Kind::Send);
+        // A closed connection gave its port back (skc_num 0): inet_sport
+        // still names it.
+        m.write(sk + 14, &0u16.to_le_bytes());
+        m.write(sk + 784, &41000u16.to_be_bytes());
+        let ev = capture(
+            &mut m,
+            hook("sock_recvmsg"),
+            &offsets(),
+            &regs([sock, msg, 0, 0]),
+            Hit::default(),
+        );
+        let Detail::Sock { sock: s, .. } = ev.detail else {
+            panic!()
+        };
+        assert_eq!(s.inet.unwrap().local.to_string(), "127.0.0.1:41000");
         // The same socket as AF_INET6 with v4-mapped addresses.
         let mapped: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1];
         m.write(sk + 16, &10u16.to_le_bytes());

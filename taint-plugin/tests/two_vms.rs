@@ -368,7 +368,8 @@ fn start() -> Option<Rig> {
         &d.join("profiles"),
         &monitor_socket,
         d.join("monitor.log"),
-    );
+    )
+    .rust_log("info,monitor::hook_feed=trace");
     let monitor = Daemon::spawn_on_path(&spec, &monitor_socket).unwrap_or_else(|e| panic!("{e}"));
     // `monitor taint watch --json`, as an operator would run it.
     let watch = Command::new(&monitor_bin)
