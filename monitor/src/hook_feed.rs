@@ -52,8 +52,8 @@ pub trait HookSink: Send + Sync {
 /// Why a plugin event is of no use to the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unusable {
-    /// A kind the engine takes nothing from (file read/write, raw calls):
-    /// skipped, not lost.
+    /// A kind the engine takes nothing from (file read/write, raw calls),
+    /// or an event of the idle task (pid 0): skipped, not lost.
     NotTracked,
     /// A socket of a family the engine does not follow (netlink, packet, …):
     /// skipped, not lost.
@@ -94,6 +94,11 @@ pub fn to_taint(vm: &str, e: &hooks::GuestEvent) -> std::result::Result<GuestEve
         EventKind::Read | EventKind::Write | EventKind::Call => return Err(Unusable::NotTracked),
     };
     let t = &e.task;
+    // The idle task (pid 0) forks the first kernel threads at boot: no
+    // process the engine follows.
+    if t.pid == Some(0) {
+        return Err(Unusable::NotTracked);
+    }
     let (task, start_time) = match t.leader {
         Some(leader) => (leader, t.leader_start_ns.unwrap_or(0)),
         None => (t.ptr, t.start_ns.unwrap_or(0)),

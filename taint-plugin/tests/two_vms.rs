@@ -104,7 +104,7 @@ echo "TSERVER $!"
 wait $!
 echo "TGOT $(cat /tmp/tcp.out)"
 ip addr add 192.0.2.99/32 dev lo
-nc -l -p 7777 >/tmp/leak.out &
+sleep 3600 | nc -l -p 7777 >/tmp/leak.out &
 echo "LSERVER $!"
 (
   read -r me rest </proc/self/stat
@@ -241,15 +241,18 @@ struct Rig {
     monitor_bin: PathBuf,
     socket: PathBuf,
     monitor: Daemon,
-    watch: Child,
+    /// `monitor taint watch --json`, writing to `watch.jsonl`.
+    watch: Option<Child>,
     authd: authd_stub::FakeAuthd,
     sides: Vec<Side>,
 }
 
 impl Drop for Rig {
     fn drop(&mut self) {
-        let _ = self.watch.kill();
-        let _ = self.watch.wait();
+        if let Some(w) = &mut self.watch {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
     }
 }
 
@@ -371,14 +374,6 @@ fn start() -> Option<Rig> {
     )
     .rust_log("info,monitor::hook_feed=trace");
     let monitor = Daemon::spawn_on_path(&spec, &monitor_socket).unwrap_or_else(|e| panic!("{e}"));
-    // `monitor taint watch --json`, as an operator would run it.
-    let watch = Command::new(&monitor_bin)
-        .args(["taint", "watch", "--json", "--socket"])
-        .arg(&monitor_socket)
-        .stdout(std::fs::File::create(d.join("watch.jsonl")).unwrap())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run monitor taint watch");
 
     let initrd = InitramfsBuilder::run_script("share", &format!("{}{SCRIPT}", common::PREAMBLE))
         .guest_tools(&tools)
@@ -452,7 +447,7 @@ fn start() -> Option<Rig> {
         monitor_bin,
         socket: monitor_socket,
         monitor,
-        watch,
+        watch: None,
         authd,
         sides,
     })
@@ -478,6 +473,16 @@ fn taint_tracking_in_two_vms() {
         });
     }
     println!("both guests up and armed after {:?}", t0.elapsed());
+    // `monitor taint watch --json`, as an operator would run it; it has
+    // seen the stream from its start once it says it is watching.
+    let watch = Command::new(&rig.monitor_bin)
+        .args(["taint", "watch", "--json", "--socket"])
+        .arg(&rig.socket)
+        .stdout(std::fs::File::create(rig.dir.path().join("watch.jsonl")).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run monitor taint watch");
+    rig.watch = Some(watch);
 
     // Case 1. VM A's reader gets pid 600, its unrelated process 700; VM B
     // the other way round.
@@ -582,8 +587,8 @@ fn taint_tracking_in_two_vms() {
                 && rig.entry(s.name, &s.file("clean.txt")).is_none()
         );
         println!(
-            "{}: case 1 as expected (tracking complete: {complete})",
-            s.name
+            "{}: case 1 as expected (tracking complete: {complete} {:?})",
+            s.name, st.incomplete
         );
     }
     // The graph of case 1, drawn by the command line.
@@ -703,7 +708,9 @@ fn taint_tracking_in_two_vms() {
             secret.replace("vault/secret.txt", "out.txt"),
             "out.txt is refused exactly like the original"
         );
-        rig.sides[i].line("SCRIPT-DONE");
+        if !rig.sides[i].vm.wait_for_console("SCRIPT-DONE", BOUND) {
+            rig.fail("the script did not end");
+        }
         let audit = std::fs::read_to_string(
             rig.dir
                 .path()

@@ -98,6 +98,11 @@ fn plugin_events_in_the_engines_form() {
         r#"{{"ev":"read","seq":5,"ns":1,"vcpu":0,"gen":1,"fn":"vfs_read",{TASK},"file":{{"ptr":1}},"len":1}}"#
     ));
     assert_eq!(to_taint("web", &read), Err(Unusable::NotTracked));
+    let idle = event(
+        r#"{"ev":"fork","seq":5,"ns":1,"vcpu":0,"gen":1,"fn":"wake_up_new_task",
+        "task":{"ptr":5,"pid":0,"tgid":0,"comm":"swapper/0"},"child":{"ptr":6,"pid":2,"tgid":2}}"#,
+    );
+    assert_eq!(to_taint("web", &idle), Err(Unusable::NotTracked));
     let netlink = event(&format!(
         r#"{{"ev":"send","seq":6,"ns":1,"vcpu":0,"gen":1,"fn":"__sock_sendmsg",{TASK},"sock":{{"ptr":5,"type":3,"family":16}}}}"#
     ));
