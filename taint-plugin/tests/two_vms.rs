@@ -33,8 +33,8 @@
 //! fsd's batching delay of its read could be applied first
 //! (docs/taint.md, "Limits"). Every wait is a poll with a generous bound.
 //!
-//! Needs QEMU 10, the guest kernel and its vmlinux, busybox, the guest
-//! helpers, and `fsd` and `monitor` built (`cargo build -p fsd -p monitor`);
+//! Needs QEMU 10, the guest kernel and its vmlinux, busybox, Graphviz, the
+//! guest helpers, and `fsd` and `monitor` built (`cargo build -p fsd -p monitor`);
 //! without one of them the test prints `SKIP: …` (and fails under CI).
 
 #[path = "../../fsd/tests/authd_stub/mod.rs"]
@@ -45,7 +45,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -317,6 +317,10 @@ fn start() -> Option<Rig> {
         (Ok(f), Ok(m)) => (f, m),
         (Err(e), _) | (_, Err(e)) => return testrig::skip(e),
     };
+    // `monitor taint graph --format svg` runs Graphviz (scripts/apt/monitor.txt).
+    if testrig::paths::which(Path::new("dot")).is_none() {
+        return testrig::skip("Graphviz dot is not installed (scripts/install-deps.sh)");
+    }
     let tools = match testrig::guest_tools::build() {
         Ok(t) => t,
         Err(e) => return testrig::skip(format!("guest helpers: {e}")),
@@ -454,6 +458,8 @@ fn start() -> Option<Rig> {
 }
 
 #[test]
+// The two VMs are indexed in step across the sides and the pids found.
+#[allow(clippy::needless_range_loop)]
 fn taint_tracking_in_two_vms() {
     let Some(mut rig) = start() else { return };
     let t0 = Instant::now();
