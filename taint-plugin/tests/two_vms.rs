@@ -37,6 +37,9 @@
 //! guest helpers, and `fsd` and `monitor` built (`cargo build -p fsd -p monitor`);
 //! without one of them the test prints `SKIP: …` (and fails under CI).
 
+// The two VMs are indexed in step across the sides and the pids found.
+#![allow(clippy::needless_range_loop)]
+
 #[path = "../../fsd/tests/authd_stub/mod.rs"]
 mod authd_stub;
 mod common;
@@ -458,11 +461,21 @@ fn start() -> Option<Rig> {
 }
 
 #[test]
-// The two VMs are indexed in step across the sides and the pids found.
-#[allow(clippy::needless_range_loop)]
 fn taint_tracking_in_two_vms() {
     let Some(mut rig) = start() else { return };
     let t0 = Instant::now();
+    up_and_armed(&mut rig);
+    println!("both guests up and armed after {:?}", t0.elapsed());
+    case1(&mut rig);
+    case2(&mut rig);
+    leak(&mut rig);
+    derived_files(&mut rig);
+    nothing_lost(&rig);
+    println!("two VMs, all cases: {:?}", t0.elapsed());
+}
+
+/// Both guests up, both feeds armed, the watch running.
+fn up_and_armed(rig: &mut Rig) {
     for i in 0..2 {
         let s = &mut rig.sides[i];
         if !s.vm.wait_for_console("READY", BOUND) {
@@ -478,9 +491,8 @@ fn taint_tracking_in_two_vms() {
             rig.monitor.log_text().contains(&armed).then_some(())
         });
     }
-    println!("both guests up and armed after {:?}", t0.elapsed());
-    // `monitor taint watch --json`, as an operator would run it; it has
-    // seen the stream from its start once it says it is watching.
+    // `monitor taint watch --json`, as an operator would run it, started
+    // once the daemon serves (the leak it must show comes minutes later).
     let watch = Command::new(&rig.monitor_bin)
         .args(["taint", "watch", "--json", "--socket"])
         .arg(&rig.socket)
@@ -489,9 +501,12 @@ fn taint_tracking_in_two_vms() {
         .spawn()
         .expect("run monitor taint watch");
     rig.watch = Some(watch);
+}
 
-    // Case 1. VM A's reader gets pid 600, its unrelated process 700; VM B
-    // the other way round.
+/// Case 1, then its graph drawn as SVG.
+fn case1(rig: &mut Rig) {
+    // VM A's reader gets pid 600, its unrelated process 700; VM B the
+    // other way round.
     rig.sides[0].send("600 700");
     rig.sides[1].send("700 600");
     let mut reader = [0u32; 2];
@@ -620,7 +635,10 @@ fn taint_tracking_in_two_vms() {
     for i in 0..2 {
         rig.sides[i].send("go");
     }
+}
 
+/// Case 2: UNIX stream, then TCP over loopback.
+fn case2(rig: &mut Rig) {
     // Case 2: UNIX stream, then TCP over loopback.
     for i in 0..2 {
         let name = rig.sides[i].name;
@@ -648,7 +666,10 @@ fn taint_tracking_in_two_vms() {
         let got = rig.sides[i].line("TGOT");
         assert_eq!(got, format!("{SECRET}{name}"));
     }
+}
 
+/// A tainted nc sends outside the host's VMs: alert, chain, freeze.
+fn leak(rig: &mut Rig) {
     // Leak: a tainted nc sends outside the host's VMs.
     for i in 0..2 {
         let name = rig.sides[i].name;
@@ -692,7 +713,10 @@ fn taint_tracking_in_two_vms() {
             "{name}: nc {nc} is not parked: {state}"
         );
     }
+}
 
+/// Derived files: cp under a grant, then reads without one.
+fn derived_files(rig: &mut Rig) {
     // Derived files: cp under a grant, then reads without one.
     rig.authd.grant.store(true, Ordering::SeqCst);
     for i in 0..2 {
@@ -730,6 +754,10 @@ fn taint_tracking_in_two_vms() {
             "{audit}"
         );
     }
+}
+
+/// At the end no event was lost by fsd or by the hooks.
+fn nothing_lost(rig: &Rig) {
     let status = rig.client().taint_status(None, T).unwrap();
     for st in &status.vms {
         println!(
@@ -747,5 +775,4 @@ fn taint_tracking_in_two_vms() {
         );
         assert_eq!(st.hooks_dropped + st.fsd_dropped, 0, "{st:?}");
     }
-    println!("two VMs, all cases: {:?}", t0.elapsed());
 }
