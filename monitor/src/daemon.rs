@@ -9,8 +9,9 @@
 //! QEMU connection broke is attached afresh on its next request.
 //!
 //! Taint tracking (docs/taint.md) lives here too: fsd's file events and the
-//! guest kernel hooks' events go to the taint engine, keyed by the VM's
-//! SMBIOS UUID; `taint_watch` turns a connection into a stream of notices;
+//! guest kernel hooks' events (from a thread per VM whose configuration
+//! names a plugin socket, [`crate::hook_feed`]) go to the taint engine,
+//! keyed by the VM's SMBIOS UUID; `taint_watch` turns a connection into a stream of notices;
 //! a leak with `freeze_on_leak` is frozen by a thread of its own, so the
 //! producer's request never waits for the VM.
 
