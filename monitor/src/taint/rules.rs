@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 
-use super::engine::{Effects, FlowMark, Ident, Node, VmState, MAX_NAME};
+use super::engine::{Effects, FlowMark, Ident, Node, Recent, VmState, MAX_NAME, RECENT};
 use super::tables::Bounded;
 use super::Limits;
 use crate::report::Process;
@@ -126,7 +126,7 @@ impl Step<'_> {
                 };
                 let origin = self.origin(Some(file.clone()), by);
                 let name = self.vm.known.get(&e.pid).map(|i| i.comm.clone());
-                self.taint(
+                let tainted = self.taint(
                     process.clone(),
                     Node {
                         name,
@@ -136,6 +136,9 @@ impl Step<'_> {
                         verified: verified && file_verified,
                     },
                 );
+                if tainted {
+                    self.replay(&process, 0);
+                }
             }
         }
         if e.access.writes() && !self.vm.files.contains(&file) {
@@ -363,7 +366,10 @@ impl Step<'_> {
                     verified,
                 },
             );
-        } else if let Some((early, rule, verified)) = early {
+            return;
+        }
+        self.remember(parent, e);
+        if let Some((early, rule, verified)) = early {
             let origin = self.origin(Some(early), Carrier::Identified);
             self.taint(
                 subject,
@@ -375,6 +381,77 @@ impl Step<'_> {
                     verified,
                 },
             );
+        }
+    }
+
+    /// Remembers a fork or send of a process that is clean now.
+    fn remember(&mut self, actor: &Subject, e: &GuestEvent) {
+        if self.vm.recent.len() >= RECENT {
+            self.vm.recent.pop_front();
+        }
+        self.vm.recent.push_back(Recent {
+            at_ms: self.at_ms,
+            actor: actor.clone(),
+            event: e.clone(),
+        });
+    }
+
+    /// `p` just became tainted by a file it read: its forks and sends
+    /// applied within [`REORDER_MS`] before, while it was clean, are applied
+    /// again, since fsd's report of the read travels separately and can
+    /// arrive after them (fail closed: the child, the socket, a leak alert).
+    /// A child tainted so has its own remembered events replayed in turn.
+    fn replay(&mut self, p: &Subject, depth: usize) {
+        if depth > 8 {
+            return;
+        }
+        let since = self.at_ms.saturating_sub(REORDER_MS);
+        let mut due = Vec::new();
+        // A process known by its pid alone (fsd's report came after its
+        // exit, say) owns what that pid did.
+        let pid_only = match p {
+            Subject::UnverifiedProcess { pid } => Some(*pid),
+            _ => None,
+        };
+        self.vm.recent.retain(|r| {
+            let mine = &r.actor == p || pid_only == Some(r.event.pid);
+            if mine && r.at_ms >= since {
+                due.push(r.event.clone());
+            }
+            !mine
+        });
+        for e in due {
+            match &e.kind {
+                GuestEventKind::Fork {
+                    child_pid,
+                    child_tgid,
+                    child_task,
+                    child_start_time,
+                } => {
+                    let child = Ident {
+                        tgid: *child_tgid,
+                        task: *child_task,
+                        start: *child_start_time,
+                        comm: e.comm.clone(),
+                    }
+                    .subject();
+                    let Some(n) = self.vm.holder(p) else { continue };
+                    let (rule, verified) = (n.rule.clone(), n.verified);
+                    let origin = self.origin(Some(p.clone()), Carrier::Fork);
+                    let node = Node {
+                        name: Some(e.comm.clone()),
+                        pid: Some(*child_pid),
+                        rule,
+                        origin,
+                        verified,
+                    };
+                    if self.taint(child.clone(), node) {
+                        self.replay(&child, depth + 1);
+                    }
+                }
+                GuestEventKind::Send { socket } => self.send(&e, p, socket),
+                _ => {}
+            }
         }
     }
 
@@ -405,6 +482,7 @@ impl Step<'_> {
             return self.reject();
         };
         let Some(p) = self.vm.holder(me) else {
+            self.remember(me, e);
             return;
         };
         let (rule, verified) = (p.rule.clone(), p.verified);
