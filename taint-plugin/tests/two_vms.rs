@@ -700,6 +700,17 @@ fn leak(rig: &mut Rig) {
             "the chain ends at the VM's confidential file: {alert}"
         );
         assert!(chain.len() >= 3, "nc <- leaker (fork) <- file: {alert}");
+        let path: Vec<String> = chain
+            .iter()
+            .map(|c| {
+                let e = &c["entry"];
+                format!(
+                    "{} {} by {}",
+                    e["subject"]["type"], e["pid"], e["origin"]["by"]
+                )
+            })
+            .collect();
+        println!("{name}: leak by nc {nc}, chain {path:?}");
         // Named by its pid alone when fsd's report came after its exit.
         until(
             &format!("{name}: the leaker (pid {leaker}) tainted"),
