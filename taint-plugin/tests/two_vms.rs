@@ -704,9 +704,12 @@ fn leak(rig: &mut Rig) {
             .iter()
             .map(|c| {
                 let e = &c["entry"];
+                let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
                 format!(
                     "{} {} by {}",
-                    e["subject"]["type"], e["pid"], e["origin"]["by"]
+                    text(&e["subject"]["type"]),
+                    e["pid"],
+                    text(&e["origin"]["by"])
                 )
             })
             .collect();
