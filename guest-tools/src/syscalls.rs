@@ -141,6 +141,40 @@ pub fn probe(out: &mut impl Write) -> io::Result<()> {
     out.flush()
 }
 
+/// A UNIX stream server for one client, as a taint test needs one: binds
+/// `path`, says so, accepts one connection and reads it to its end (so the
+/// last read comes after the data arrived), then prints what it got.
+///
+/// ```text
+/// USERVE listening pid=P
+/// USERVE got=N
+/// ```
+pub fn unix_serve(path: &str, out: &mut impl Write) -> io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let l = std::os::unix::net::UnixListener::bind(path)?;
+    writeln!(out, "USERVE listening pid={}", std::process::id())?;
+    out.flush()?;
+    let (mut c, _) = l.accept()?;
+    let mut got = Vec::new();
+    c.read_to_end(&mut got)?;
+    writeln!(out, "USERVE got={}", got.len())?;
+    out.flush()
+}
+
+/// Connects to the UNIX stream socket at `path` and writes `text` (with a
+/// newline) with `write`, the way most programs send.
+///
+/// ```text
+/// USEND pid=P sent=N
+/// ```
+pub fn unix_send(path: &str, text: &str, out: &mut impl Write) -> io::Result<()> {
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    let line = format!("{text}\n");
+    s.write_all(line.as_bytes())?;
+    writeln!(out, "USEND pid={} sent={}", std::process::id(), line.len())?;
+    out.flush()
+}
+
 /// Buffers no kernel can read: an unmapped kernel-half address and a user
 /// address in the first page. A hostile guest can hand such values to any
 /// system call; a hook on a function that takes the buffer must report a

@@ -13,7 +13,9 @@
 //! The same VM fields can be given as command-line flags instead. `uuid`
 //! and `addrs` serve taint tracking (docs/taint.md): the UUID keys the VM's
 //! taint state without asking QEMU, and the addresses of all VMs tell a
-//! send to a neighbour from a leak.
+//! send to a neighbour from a leak. `plugin` names the socket of the TCG
+//! plugin in the VM's QEMU, whose hook events the daemon feeds to taint
+//! tracking.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -47,6 +49,11 @@ pub struct VmSpec {
     /// The guest's IP addresses, as other VMs of this host reach it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addrs: Vec<IpAddr>,
+    /// The TCG plugin's socket (`-plugin libtaint_plugin.so,sock=PATH`):
+    /// the daemon arms the plugin's hooks in this VM's kernel and feeds
+    /// its events to taint tracking (docs/taint.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PathBuf>,
 }
 
 /// The config file.

@@ -9,8 +9,9 @@
 //! QEMU connection broke is attached afresh on its next request.
 //!
 //! Taint tracking (docs/taint.md) lives here too: fsd's file events and the
-//! guest kernel hooks' events go to the taint engine, keyed by the VM's
-//! SMBIOS UUID; `taint_watch` turns a connection into a stream of notices;
+//! guest kernel hooks' events (from a thread per VM whose configuration
+//! names a plugin socket, [`crate::hook_feed`]) go to the taint engine,
+//! keyed by the VM's SMBIOS UUID; `taint_watch` turns a connection into a stream of notices;
 //! a leak with `freeze_on_leak` is frozen by a thread of its own, so the
 //! producer's request never waits for the VM.
 
@@ -25,6 +26,8 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::hook_feed::{FeedConfig, HookSink};
+use crate::hooks::{self, HookPlan};
 use crate::protocol::{to_line, FailureKind, Op, Reply, ReplyBody, Request, MAX_REQUEST_LINE};
 use crate::sockets::SocketTable;
 use crate::taint::alert::Freezer;
@@ -378,6 +381,56 @@ pub fn start_freezer(state: Arc<State>) -> Result<()> {
             source,
         })?;
     state.taint.set_freezer(Arc::new(QueueFreezer(tx)));
+    Ok(())
+}
+
+/// The hook feeds' way into the daemon: plans are made on the VM as any
+/// request's work is (serialised with the others on that VM), events go
+/// through the one ingest helper.
+impl HookSink for State {
+    fn plan(&self, vm: &str) -> Result<HookPlan> {
+        self.with_vm(vm, |v| {
+            HookPlan::for_vm(v, hooks::PROCESS_AND_SOCKETS).map(|(_, plan)| plan)
+        })
+    }
+
+    fn deliver(
+        &self,
+        vm: &str,
+        events: Vec<monitor_client::taint::GuestEvent>,
+        lost: u64,
+    ) -> Result<()> {
+        self.ingest(
+            vm,
+            Input::Guest {
+                events,
+                dropped: lost,
+            },
+        )
+        .map(|_| ())
+    }
+}
+
+/// Starts one hook feed per configured VM that names a plugin socket
+/// (`plugin`): each arms the hooks in its VM's kernel and feeds their
+/// events to taint tracking, on a thread of its own.
+pub fn start_hook_feeds(state: Arc<State>) -> Result<()> {
+    let feeds: Vec<(String, PathBuf)> = state
+        .config
+        .vms
+        .iter()
+        .filter_map(|(name, spec)| Some((name.clone(), spec.plugin.clone()?)))
+        .collect();
+    for (name, socket) in feeds {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sink: Arc<dyn HookSink> = state.clone();
+        crate::hook_feed::spawn(FeedConfig::new(&name, socket), sink, stop).map_err(|source| {
+            Error::ThreadSpawn {
+                what: "feed hook events",
+                source,
+            }
+        })?;
+    }
     Ok(())
 }
 

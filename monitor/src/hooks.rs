@@ -16,7 +16,7 @@
 //! replies carry `"reply"`, events carry `"ev"`.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -63,6 +63,7 @@ pub const OFFSETS: &[(&str, &str, &str)] = &[
     ("task_struct.comm", "task_struct", "comm"),
     ("task_struct.real_parent", "task_struct", "real_parent"),
     ("task_struct.start_time", "task_struct", "start_time"),
+    ("task_struct.group_leader", "task_struct", "group_leader"),
     ("linux_binprm.filename", "linux_binprm", "filename"),
     ("socket.type", "socket", "type"),
     ("socket.sk", "socket", "sk"),
@@ -70,6 +71,7 @@ pub const OFFSETS: &[(&str, &str, &str)] = &[
     ("sock_common.skc_rcv_saddr", "sock_common", "skc_rcv_saddr"),
     ("sock_common.skc_dport", "sock_common", "skc_dport"),
     ("sock_common.skc_num", "sock_common", "skc_num"),
+    ("inet_sock.inet_sport", "inet_sock", "inet_sport"),
     ("sock_common.skc_family", "sock_common", "skc_family"),
     ("sock_common.skc_v6_daddr", "sock_common", "skc_v6_daddr"),
     (
@@ -77,6 +79,7 @@ pub const OFFSETS: &[(&str, &str, &str)] = &[
         "sock_common",
         "skc_v6_rcv_saddr",
     ),
+    ("unix_sock.peer", "unix_sock", "peer"),
     ("msghdr.msg_iter.count", "msghdr", "msg_iter.count"),
     ("file.f_inode", "file", "f_inode"),
     ("inode.i_ino", "inode", "i_ino"),
@@ -97,6 +100,17 @@ pub struct HookPlan {
 }
 
 impl HookPlan {
+    /// Hooks for the kernel running in `vm`: pauses it, finds the KASLR
+    /// slide (as every look into the guest does) and resumes. Returns the
+    /// slide with the plan.
+    pub fn for_vm(vm: &mut crate::vm::Vm, functions: &[&str]) -> Result<(u64, HookPlan)> {
+        vm.paused(|vm| {
+            let paging = vm.paging()?;
+            let k = vm.kernel(paging)?;
+            Ok((k.slide, HookPlan::for_kernel(&k, functions)?))
+        })
+    }
+
     /// Hooks for the located kernel `k` (its KASLR slide applied).
     pub fn for_kernel(k: &Kernel<'_>, functions: &[&str]) -> Result<HookPlan> {
         Self::with_slide(k.profile, k.slide, functions)
@@ -176,6 +190,10 @@ pub struct GuestTask {
     /// Guest monotonic ns at fork (with `ptr`, tells a reused pid apart).
     pub start_ns: Option<u64>,
     pub comm: Option<String>,
+    /// For a thread that does not lead its process: the leader's
+    /// `task_struct` and `start_time`, which name the process.
+    pub leader: Option<u64>,
+    pub leader_start_ns: Option<u64>,
 }
 
 /// A socket as the plugin read it.
@@ -192,6 +210,11 @@ pub struct GuestSock {
     /// socket talking IPv4 shows `[::ffff:a.b.c.d]:port`).
     pub local: Option<String>,
     pub remote: Option<String>,
+    /// `socket.sk`, the `struct sock`.
+    pub sk: Option<u64>,
+    /// AF_UNIX: the peer's `struct sock` (`unix_peer(sk)`; 0 when not
+    /// connected).
+    pub peer_sk: Option<u64>,
 }
 
 /// A file as the plugin read it.
@@ -335,16 +358,28 @@ pub enum LinkError {
     Timeout(&'static str),
     #[error("the plugin closed the connection")]
     Closed,
+    #[error("the plugin sent a line longer than {MAX_LINE} bytes")]
+    LineTooLong,
 }
+
+/// The longest line taken from the plugin (its events are well under 2 KiB;
+/// a longer line is garbage, and the connection is dropped).
+pub const MAX_LINE: usize = 64 * 1024;
 
 /// A connection to the plugin's socket.
 pub struct PluginLink {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
     partial: Vec<u8>,
-    /// Events that arrived while waiting for a reply.
+    /// Events that arrived while waiting for a reply (at most [`QUEUED`]).
     queued: VecDeque<Message>,
+    /// Events left out of `queued` because it was full.
+    overflow: u64,
 }
+
+/// Messages kept while waiting for a reply at most; more are dropped and
+/// counted ([`PluginLink::overflow`]).
+pub const QUEUED: usize = 4096;
 
 impl PluginLink {
     /// Connects, retrying until `timeout` while QEMU creates the socket.
@@ -370,11 +405,14 @@ impl PluginLink {
                 }
             }
         };
+        // A plugin that stops reading must not hold a request forever.
+        stream.set_write_timeout(Some(Duration::from_secs(5)))?;
         Ok(PluginLink {
             writer: stream.try_clone()?,
             reader: BufReader::new(stream),
             partial: Vec::new(),
             queued: VecDeque::new(),
+            overflow: 0,
         })
     }
 
@@ -395,7 +433,14 @@ impl PluginLink {
         self.reader
             .get_ref()
             .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
-        match self.reader.read_until(b'\n', &mut self.partial) {
+        let room = (MAX_LINE + 1).saturating_sub(self.partial.len()) as u64;
+        let got = (&mut self.reader)
+            .take(room)
+            .read_until(b'\n', &mut self.partial);
+        if self.partial.len() > MAX_LINE {
+            return Err(LinkError::LineTooLong);
+        }
+        match got {
             Ok(0) => Err(LinkError::Closed),
             Ok(_) if !self.partial.ends_with(b"\n") => Err(LinkError::Closed),
             Ok(_) => {
@@ -432,6 +477,21 @@ impl PluginLink {
         self.read_message(timeout)
     }
 
+    /// Keeps a message that came while waiting for a reply, or counts it
+    /// when [`QUEUED`] are kept already.
+    fn keep(&mut self, m: Message) {
+        if self.queued.len() < QUEUED {
+            self.queued.push_back(m);
+        } else {
+            self.overflow += 1;
+        }
+    }
+
+    /// Messages dropped while waiting for a reply (the queue was full).
+    pub fn overflow(&self) -> u64 {
+        self.overflow
+    }
+
     /// Waits for a reply matching `want`, queueing everything else.
     fn wait_reply<T>(
         &mut self,
@@ -450,9 +510,9 @@ impl PluginLink {
                 }
                 Some(Message::Reply(r)) => match want(&r) {
                     Some(t) => return Ok(t),
-                    None => self.queued.push_back(Message::Reply(r)),
+                    None => self.keep(Message::Reply(r)),
                 },
-                Some(m) => self.queued.push_back(m),
+                Some(m) => self.keep(m),
                 None => {}
             }
         }

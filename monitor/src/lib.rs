@@ -14,6 +14,8 @@
 //! - [`pagecache`]: finding and flushing the cached pages of a file.
 //! - [`hooks`]: where the TCG plugin hooks the guest kernel, and the events
 //!   it streams back (fork, exit, exec, socket send/receive, file I/O).
+//! - [`hook_feed`]: the daemon's end of the plugin: arming each VM's hooks
+//!   and feeding their events to taint tracking.
 //! - [`taint`]: following confidential data across files, processes and
 //!   sockets of many VMs (engine, bounds, journal, alerts, graph).
 //! - [`sockets`]: which process owns a TCP or UDP socket (for a packet
@@ -30,6 +32,7 @@ pub mod daemon;
 pub mod error;
 pub mod freeze;
 pub mod gdb;
+pub mod hook_feed;
 pub mod hooks;
 pub mod inject;
 pub mod kernel;

@@ -370,6 +370,7 @@ fn resolve(cli: &Cli, t: &Target) -> Result<VmSpec> {
         system_map: t.system_map.clone(),
         uuid: None,
         addrs: Vec::new(),
+        plugin: None,
     })
 }
 
@@ -511,6 +512,7 @@ fn run(cli: &Cli) -> Result<()> {
             if freeze_on_leak {
                 monitor::daemon::start_freezer(state.clone())?;
             }
+            monitor::daemon::start_hook_feeds(state.clone())?;
             monitor::daemon::serve(listener, state)?;
         }
         Cmd::Taint { cmd, socket } => taint(cmd, socket)?,

@@ -36,6 +36,11 @@ pub struct Task {
     /// `start_time` (ns of monotonic guest time at fork).
     pub start_ns: Option<u64>,
     pub comm: [u8; COMM_LEN],
+    /// For a thread that is not its process's leader: the leader's
+    /// `task_struct` (`group_leader`) and `start_time`, which name the
+    /// process (read only when `group_leader` is not the task itself).
+    pub leader: Option<u64>,
+    pub leader_start_ns: Option<u64>,
 }
 
 /// A socket as read from `struct socket` and its `struct sock`.
@@ -48,6 +53,11 @@ pub struct Sock {
     pub family: Option<u16>,
     /// For AF_INET and AF_INET6: local and remote address and port.
     pub inet: Option<Inet>,
+    /// `socket.sk`: the `struct sock`.
+    pub sk: Option<u64>,
+    /// For AF_UNIX: `unix_sk(sk)->peer`, the peer's `struct sock` (0 when
+    /// not connected); with `sk` it names one conversation.
+    pub peer_sk: Option<u64>,
 }
 
 /// The four-tuple of an AF_INET or AF_INET6 socket.
@@ -236,6 +246,8 @@ struct TaskFields {
     ppid: Option<i32>,
     start_ns: Option<u64>,
     comm: [u8; COMM_LEN],
+    leader: Option<u64>,
+    leader_start_ns: Option<u64>,
 }
 
 impl TaskView {
@@ -248,6 +260,8 @@ impl TaskView {
                 ppid: t.ppid,
                 start_ns: t.start_ns,
                 comm: t.comm,
+                leader: t.leader,
+                leader_start_ns: t.leader_start_ns,
             }),
         }
     }
@@ -268,6 +282,12 @@ impl Serialize for TaskView {
                 m.serialize_entry("start_ns", &s)?;
             }
             m.serialize_entry("comm", &text(&t.comm))?;
+            if let Some(l) = t.leader {
+                m.serialize_entry("leader", &l)?;
+            }
+            if let Some(s) = t.leader_start_ns {
+                m.serialize_entry("leader_start_ns", &s)?;
+            }
         }
         m.end()
     }
@@ -284,6 +304,10 @@ struct SockView {
     local: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     remote: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sk: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer_sk: Option<u64>,
 }
 
 impl SockView {
@@ -294,6 +318,8 @@ impl SockView {
             family: s.family,
             local: s.inet.map(|i| i.local),
             remote: s.inet.map(|i| i.remote),
+            sk: s.sk,
+            peer_sk: s.peer_sk,
         }
     }
 }
@@ -369,6 +395,8 @@ mod tests {
             ppid: Some(1),
             start_ns: Some(5),
             comm: comm(name),
+            leader: None,
+            leader_start_ns: None,
         }
     }
 
@@ -468,6 +496,8 @@ mod tests {
                         local: SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 41000),
                         remote: SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 5555),
                     }),
+                    sk: None,
+                    peer_sk: None,
                 },
                 len: Some(6),
             },

@@ -28,6 +28,7 @@ pub struct Regs {
     pub gs_base: Option<u64>,
 }
 
+const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
@@ -119,7 +120,9 @@ pub fn read_task<M: GuestMem>(
         Some((comm, COMM_LEN as u64)),
         o.task_real_parent.map(|x| (x, 8)),
         o.task_start_time.map(|x| (x, 8)),
+        o.task_group_leader.map(|x| (x, 8)),
     ];
+    let mut leader = None;
     let parent = read_span(mem, ev, what, ptr, &want, |b, lo| {
         let at = |off: u64| (off - lo) as usize;
         t.read = true;
@@ -127,6 +130,10 @@ pub fn read_task<M: GuestMem>(
         t.tgid = u32_at(b, at(tgid)).unwrap_or(0) as i32;
         t.comm.copy_from_slice(&b[at(comm)..at(comm) + COMM_LEN]);
         t.start_ns = o.task_start_time.and_then(|s| u64_at(b, at(s)));
+        leader = o
+            .task_group_leader
+            .and_then(|g| u64_at(b, at(g)))
+            .filter(|&l| l != ptr && l != 0);
         o.task_real_parent
             .filter(|_| parent)
             .and_then(|p| u64_at(b, at(p)))
@@ -139,6 +146,14 @@ pub fn read_task<M: GuestMem>(
             t.ppid = Some(u32::from_le_bytes(b) as i32);
         } else {
             ev.fault("parent", addr);
+        }
+    }
+    // A thread other than the leader: the leader names the process. One
+    // more read, for such threads only.
+    if let Some(l) = leader {
+        t.leader = Some(l);
+        if let Some(s) = o.task_start_time {
+            t.leader_start_ns = read_u64(mem, ev, "leader", l.wrapping_add(s));
         }
     }
     t
@@ -187,6 +202,7 @@ fn read_sock<M: GuestMem>(mem: &mut M, o: &Offsets, ev: &mut Event, ptr: u64) ->
     })
     .flatten();
     let Some(sk) = sk else { return s };
+    s.sk = Some(sk);
     let ports = (o.skc_dport, o.skc_num);
     let v4 = (o.skc_daddr, o.skc_rcv_saddr);
     let v6 = (o.skc_v6_daddr, o.skc_v6_rcv_saddr);
@@ -194,6 +210,7 @@ fn read_sock<M: GuestMem>(mem: &mut M, o: &Offsets, ev: &mut Event, ptr: u64) ->
         o.skc_family.map(|x| (x, 2)),
         o.skc_dport.map(|x| (x, 2)),
         o.skc_num.map(|x| (x, 2)),
+        o.inet_sport.map(|x| (x, 2)),
         o.skc_daddr.map(|x| (x, 4)),
         o.skc_rcv_saddr.map(|x| (x, 4)),
         o.skc_v6_daddr.map(|x| (x, 16)),
@@ -203,8 +220,18 @@ fn read_sock<M: GuestMem>(mem: &mut M, o: &Offsets, ev: &mut Event, ptr: u64) ->
         let at = |off: u64| (off - lo) as usize;
         s.family = o.skc_family.and_then(|f| u16_at(b, at(f)));
         let (Some(dp), Some(n)) = ports else { return };
-        // skc_num is in host order, skc_dport in network order.
-        let local_port = u16_at(b, at(n)).unwrap_or(0);
+        // skc_num is in host order, skc_dport and inet_sport in network
+        // order. A socket whose connection closed (TCP_CLOSE: the peer
+        // reset it, say) has given its port back and skc_num reads 0, while
+        // the data it received can still be read: inet_sport still names
+        // the port.
+        let local_port = match u16_at(b, at(n)).unwrap_or(0) {
+            0 => o
+                .inet_sport
+                .and_then(|p| u16_at(b, at(p)))
+                .map_or(0, u16::from_be),
+            p => p,
+        };
         let remote_port = u16::from_be(u16_at(b, at(dp)).unwrap_or(0));
         let ip = |off: u64, len: usize| -> Option<IpAddr> {
             let bytes = b.get(at(off)..at(off) + len)?;
@@ -223,6 +250,11 @@ fn read_sock<M: GuestMem>(mem: &mut M, o: &Offsets, ev: &mut Event, ptr: u64) ->
             remote: SocketAddr::new(remote, remote_port),
         });
     });
+    // AF_UNIX: the peer's sock, which pairs the two ends of a conversation
+    // (one more read, for UNIX sockets only).
+    if let (Some(AF_UNIX), Some(p)) = (s.family, o.unix_peer) {
+        s.peer_sk = read_u64(mem, ev, "unix_peer", sk.wrapping_add(p));
+    }
     s
 }
 
@@ -383,6 +415,7 @@ mod tests {
             task_comm: Some(2976),
             task_real_parent: Some(2432),
             task_start_time: Some(2776),
+            task_group_leader: Some(2504),
             binprm_filename: Some(96),
             socket_type: Some(4),
             socket_sk: Some(24),
@@ -390,9 +423,11 @@ mod tests {
             skc_rcv_saddr: Some(4),
             skc_dport: Some(12),
             skc_num: Some(14),
+            inet_sport: Some(784),
             skc_family: Some(16),
             skc_v6_daddr: Some(56),
             skc_v6_rcv_saddr: Some(72),
+            unix_peer: Some(1000),
             msghdr_count: Some(32),
             file_inode: Some(32),
             inode_ino: Some(64),
@@ -414,6 +449,7 @@ mod tests {
         m.write(at + o.task_comm.unwrap(), &c);
         m.put_u64(at + o.task_real_parent.unwrap(), parent);
         m.put_u64(at + o.task_start_time.unwrap(), 1234);
+        m.put_u64(at + o.task_group_leader.unwrap(), at);
     }
 
     fn guest() -> FakeMem {
@@ -556,6 +592,54 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_names_its_leader_and_a_unix_socket_its_peer() {
+        let mut m = guest();
+        // pid 72 is a thread of process 70 (PARENT leads it).
+        let thread = 0xffff_8880_0700_0000u64;
+        put_task(&mut m, thread, 72, 70, "worker", PARENT);
+        m.put_u64(thread + 2504, PARENT);
+        m.put_u64(PARENT + 2504, PARENT);
+        m.put_u64(PARENT + 2776, 999);
+        m.put_u64(GS + 0x1fb80, thread);
+        let sock = 0xffff_8880_0500_0000u64;
+        let sk = 0xffff_8880_0600_0000u64;
+        m.put_u64(sock + 24, sk);
+        m.write(sk + 16, &1u16.to_le_bytes());
+        m.put_u64(sk + 1000, 0xffff_8880_0600_4000);
+        let ev = capture(
+            &mut m,
+            hook("__sock_sendmsg"),
+            &offsets(),
+            &regs([sock, 0xffff_c900_0000_1000, 0, 0]),
+            Hit::default(),
+        );
+        assert_eq!((ev.task.pid, ev.task.tgid), (72, 70));
+        assert_eq!(
+            (ev.task.leader, ev.task.leader_start_ns),
+            (Some(PARENT), Some(999))
+        );
+        let Detail::Sock { sock: s, .. } = ev.detail else {
+            panic!("{ev:?}")
+        };
+        assert_eq!((s.family, s.inet), (Some(1), None));
+        assert_eq!((s.sk, s.peer_sk), (Some(sk), Some(0xffff_8880_0600_4000)));
+        let line = ev.to_json();
+        assert_eq!(line["task"]["leader"], PARENT);
+        assert_eq!(line["sock"]["peer_sk"], 0xffff_8880_0600_4000u64);
+        // A leader names no other leader.
+        m.put_u64(GS + 0x1fb80, PARENT);
+        let ev = capture(
+            &mut m,
+            hook("do_exit"),
+            &offsets(),
+            &regs([0, 0, 0, 0]),
+            Hit::default(),
+        );
+        assert_eq!(ev.task.leader, None);
+        assert!(ev.to_json()["task"].get("leader").is_none());
+    }
+
+    #[test]
     fn socket_send_on_inet() {
         let mut m = guest();
         let sock = 0xffff_8880_0500_0000u64;
@@ -585,6 +669,21 @@ mod tests {
         assert_eq!(inet.local.to_string(), "127.0.0.1:41000");
         assert_eq!(inet.remote.to_string(), "127.0.0.1:5555");
         assert_eq!(ev.kind, Kind::Send);
+        // A closed connection gave its port back (skc_num 0): inet_sport
+        // still names it.
+        m.write(sk + 14, &0u16.to_le_bytes());
+        m.write(sk + 784, &41000u16.to_be_bytes());
+        let ev = capture(
+            &mut m,
+            hook("sock_recvmsg"),
+            &offsets(),
+            &regs([sock, msg, 0, 0]),
+            Hit::default(),
+        );
+        let Detail::Sock { sock: s, .. } = ev.detail else {
+            panic!()
+        };
+        assert_eq!(s.inet.unwrap().local.to_string(), "127.0.0.1:41000");
         // The same socket as AF_INET6 with v4-mapped addresses.
         let mapped: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1];
         m.write(sk + 16, &10u16.to_le_bytes());

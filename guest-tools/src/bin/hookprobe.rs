@@ -4,6 +4,8 @@
 //! ```text
 //! hookprobe probe              fork a child (exit 7), UNIX and TCP sends; one line per fact
 //! hookprobe garbage            sendto with buffers no kernel can read (EFAULT)
+//! hookprobe unix-serve PATH    accept one UNIX stream client, read it to its end
+//! hookprobe unix-send PATH TXT connect to a UNIX stream server and write TXT
 //! hookprobe cost [N [N_FORK]]  time getpid, read, write, fork, sendto, recvfrom;
 //!                              one line per call: COST op=NAME iterations=N ns_per_op=X
 //! ```
@@ -14,7 +16,8 @@ use std::process::ExitCode;
 
 use guest_tools::syscalls;
 
-const USAGE: &str = "usage: hookprobe probe | hookprobe garbage | hookprobe cost [N [N_FORK]]";
+const USAGE: &str = "usage: hookprobe probe | hookprobe garbage | hookprobe cost [N [N_FORK]] \
+                     | hookprobe unix-serve PATH | hookprobe unix-send PATH TEXT";
 
 fn number(arg: Option<String>, default: u64) -> Option<u64> {
     match arg {
@@ -28,6 +31,17 @@ fn main() -> ExitCode {
     let result = match args.next().as_deref() {
         Some("probe") if args.len() == 0 => syscalls::probe(&mut std::io::stdout()),
         Some("garbage") if args.len() == 0 => syscalls::garbage(&mut std::io::stdout()),
+        Some("unix-serve") if args.len() == 1 => {
+            let path = args.next().unwrap_or_default();
+            syscalls::unix_serve(&path, &mut std::io::stdout())
+        }
+        Some("unix-send") if args.len() == 2 => {
+            let (path, text) = (
+                args.next().unwrap_or_default(),
+                args.next().unwrap_or_default(),
+            );
+            syscalls::unix_send(&path, &text, &mut std::io::stdout())
+        }
         Some("cost") => {
             let (Some(n), Some(n_fork)) = (number(args.next(), 20_000), number(args.next(), 300))
             else {

@@ -13,7 +13,7 @@ use super::kallsyms::{self, Symbol};
 use crate::error::{Error, Result};
 
 /// Bump when the set of extracted facts changes so old caches are rebuilt.
-const PROFILE_FORMAT: u32 = 7;
+const PROFILE_FORMAT: u32 = 8;
 
 /// Symbols the monitor looks up. Missing ones are simply absent from the
 /// profile; features that need them fail with `MissingSymbol`.
@@ -133,6 +133,7 @@ pub const WANTED_FIELDS: &[(&str, &str)] = &[
     ("page", "_refcount"),
     // Read by the TCG plugin's hooks (see hooks.rs).
     ("task_struct", "start_time"),
+    ("task_struct", "group_leader"),
     ("linux_binprm", "filename"),
     ("socket", "type"),
     ("socket", "sk"),
@@ -144,6 +145,7 @@ pub const WANTED_FIELDS: &[(&str, &str)] = &[
     ("sock_common", "skc_v6_daddr"),
     ("sock_common", "skc_v6_rcv_saddr"),
     ("msghdr", "msg_iter.count"),
+    ("unix_sock", "peer"),
     ("file", "f_inode"),
     // Socket ownership (sockets.rs): task -> files -> fdtable -> file ->
     // socket -> sock, and the executable's path.

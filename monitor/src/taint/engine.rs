@@ -195,8 +195,25 @@ pub struct VmState {
     pub(super) derived_next: u64,
     /// (process, destination) pairs already alerted.
     pub(super) alerted: Bounded<(Subject, SocketAddr), ()>,
+    /// Forks and sends of processes that were clean when they were applied,
+    /// newest last (at most [`RECENT`]): fsd's report of a read made just
+    /// before them can arrive after them, and then they are applied again
+    /// (see `rules::Step::replay`). Not kept in snapshots: it matters for
+    /// seconds only.
+    pub(super) recent: VecDeque<Recent>,
     pub counters: Counters,
 }
+
+/// A fork or send by a process that was clean then.
+#[derive(Clone, Debug)]
+pub(super) struct Recent {
+    pub(super) at_ms: u64,
+    pub(super) actor: Subject,
+    pub(super) event: GuestEvent,
+}
+
+/// Forks and sends of clean processes remembered per VM.
+pub const RECENT: usize = 256;
 
 /// Memory of one tainted entry (key, value, its age index, names, and the
 /// hash table's slack), as the resident set grew per entry when tables were
@@ -223,6 +240,7 @@ impl VmState {
             derived: VecDeque::new(),
             derived_next: 0,
             alerted: Bounded::new(l.alerts),
+            recent: VecDeque::new(),
             counters: Counters::default(),
         }
     }
@@ -719,6 +737,7 @@ impl Engine {
                 derived: v.derived.into_iter().collect(),
                 derived_next: v.derived_next,
                 alerted: Bounded::from_stored(l.alerts, v.alerted),
+                recent: VecDeque::new(),
                 counters: v.counters,
                 id: v.id,
             };

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 
-use super::engine::{Effects, FlowMark, Ident, Node, VmState, MAX_NAME};
+use super::engine::{Effects, FlowMark, Ident, Node, Recent, VmState, MAX_NAME, RECENT};
 use super::tables::Bounded;
 use super::Limits;
 use crate::report::Process;
@@ -15,6 +15,11 @@ use monitor_client::taint::{
     FileAccess, FileEvent, GuestEvent, GuestEventKind, SocketInfo, Transport,
 };
 use monitor_client::taint_report::{Carrier, DerivedFile, Origin, Subject, TaintNotice};
+
+/// How much earlier than a fork a taint on the new pid alone may have
+/// arrived and still be the child's (fsd batches its events for up to
+/// 50 ms; the rest is margin for a loaded host).
+pub(super) const REORDER_MS: u64 = 2000;
 
 /// A leak found while applying one event; its chain is built afterwards.
 pub(super) struct Leak {
@@ -121,7 +126,7 @@ impl Step<'_> {
                 };
                 let origin = self.origin(Some(file.clone()), by);
                 let name = self.vm.known.get(&e.pid).map(|i| i.comm.clone());
-                self.taint(
+                let tainted = self.taint(
                     process.clone(),
                     Node {
                         name,
@@ -131,6 +136,9 @@ impl Step<'_> {
                         verified: verified && file_verified,
                     },
                 );
+                if tainted {
+                    self.replay(&process, 0);
+                }
             }
         }
         if e.access.writes() && !self.vm.files.contains(&file) {
@@ -317,6 +325,18 @@ impl Step<'_> {
         if child_pid == 0 || child_task == 0 {
             return self.reject();
         }
+        // fsd's events and the hooks' travel on separate paths, so a new
+        // process's first file access can arrive just before the fork that
+        // made it. A taint on the child's pid alone that arrived within
+        // [`REORDER_MS`] before the fork is taken to be the child's (fail
+        // closed: more taint, never less); an older one was another
+        // process's, whose pid is now reused.
+        let early = Subject::UnverifiedProcess { pid: child_pid };
+        let early = self
+            .vm
+            .live(&early)
+            .filter(|n| n.origin.at_ms.saturating_add(REORDER_MS) >= self.at_ms)
+            .map(|n| (early.clone(), n.rule.clone(), n.verified));
         self.pid_reused(child_pid);
         if child_tgid == e.tgid {
             // A new thread of the same process.
@@ -346,6 +366,92 @@ impl Step<'_> {
                     verified,
                 },
             );
+            return;
+        }
+        self.remember(parent, e);
+        if let Some((early, rule, verified)) = early {
+            let origin = self.origin(Some(early), Carrier::Identified);
+            self.taint(
+                subject,
+                Node {
+                    name: Some(e.comm.clone()),
+                    pid: Some(child_pid),
+                    rule,
+                    origin,
+                    verified,
+                },
+            );
+        }
+    }
+
+    /// Remembers a fork or send of a process that is clean now.
+    fn remember(&mut self, actor: &Subject, e: &GuestEvent) {
+        if self.vm.recent.len() >= RECENT {
+            self.vm.recent.pop_front();
+        }
+        self.vm.recent.push_back(Recent {
+            at_ms: self.at_ms,
+            actor: actor.clone(),
+            event: e.clone(),
+        });
+    }
+
+    /// `p` just became tainted by a file it read: its forks and sends
+    /// applied within [`REORDER_MS`] before, while it was clean, are applied
+    /// again, since fsd's report of the read travels separately and can
+    /// arrive after them (fail closed: the child, the socket, a leak alert).
+    /// A child tainted so has its own remembered events replayed in turn.
+    fn replay(&mut self, p: &Subject, depth: usize) {
+        if depth > 8 {
+            return;
+        }
+        let since = self.at_ms.saturating_sub(REORDER_MS);
+        let mut due = Vec::new();
+        // A process known by its pid alone (fsd's report came after its
+        // exit, say) owns what that pid did.
+        let pid_only = match p {
+            Subject::UnverifiedProcess { pid } => Some(*pid),
+            _ => None,
+        };
+        self.vm.recent.retain(|r| {
+            let mine = &r.actor == p || pid_only == Some(r.event.pid);
+            if mine && r.at_ms >= since {
+                due.push(r.event.clone());
+            }
+            !mine
+        });
+        for e in due {
+            match &e.kind {
+                GuestEventKind::Fork {
+                    child_pid,
+                    child_tgid,
+                    child_task,
+                    child_start_time,
+                } => {
+                    let child = Ident {
+                        tgid: *child_tgid,
+                        task: *child_task,
+                        start: *child_start_time,
+                        comm: e.comm.clone(),
+                    }
+                    .subject();
+                    let Some(n) = self.vm.holder(p) else { continue };
+                    let (rule, verified) = (n.rule.clone(), n.verified);
+                    let origin = self.origin(Some(p.clone()), Carrier::Fork);
+                    let node = Node {
+                        name: Some(e.comm.clone()),
+                        pid: Some(*child_pid),
+                        rule,
+                        origin,
+                        verified,
+                    };
+                    if self.taint(child.clone(), node) {
+                        self.replay(&child, depth + 1);
+                    }
+                }
+                GuestEventKind::Send { socket } => self.send(&e, p, socket),
+                _ => {}
+            }
         }
     }
 
@@ -376,6 +482,7 @@ impl Step<'_> {
             return self.reject();
         };
         let Some(p) = self.vm.holder(me) else {
+            self.remember(me, e);
             return;
         };
         let (rule, verified) = (p.rule.clone(), p.verified);

@@ -592,6 +592,95 @@ fn a_new_process_under_a_reused_pid_is_clean() {
 }
 
 #[test]
+fn a_first_read_that_arrives_before_its_fork_still_taints_the_child() {
+    let mut t = T::new();
+    let v = vm(1);
+    let sh = P::new(1, "sh");
+    t.guest(&v, vec![sh.exec(&v)]);
+    // fsd's event of the child's read comes first: pid 600 is unknown.
+    let child = P::new(600, "sh");
+    t.files(&v, vec![fe(600, 10, FileAccess::Open, Some(RULE))]);
+    assert!(t.tainted(&v, &Subject::UnverifiedProcess { pid: 600 }));
+    // Then the hooks' fork of it: the taint is the child's.
+    t.guest(&v, vec![sh.fork(&v, &child)]);
+    let e = t.e.vm(&v.uuid).unwrap().entry(&child.subject()).unwrap();
+    assert_eq!(e.origin.by, Carrier::Identified);
+    assert_eq!(e.origin.from, Some(Subject::UnverifiedProcess { pid: 600 }));
+    // A taint on a pid alone from long before is another process's.
+    t.files(&v, vec![fe(700, 10, FileAccess::Read, Some(RULE))]);
+    t.now += super::rules::REORDER_MS + 1;
+    let late = P::new(700, "sh");
+    t.guest(&v, vec![sh.fork(&v, &late)]);
+    assert!(!t.tainted(&v, &late.subject()));
+    assert!(!t.pid_tainted(&v, 700));
+}
+
+#[test]
+fn a_read_that_arrives_after_its_fork_and_send_still_taints_them() {
+    let mut t = T::new();
+    let v = vm(1);
+    // sh forks curl, which sends out, all applied while sh is clean ...
+    let sh = P::new(100, "sh");
+    let curl = P::new(101, "curl");
+    t.guest(&v, vec![sh.exec(&v), sh.fork(&v, &curl)]);
+    t.guest(
+        &v,
+        vec![curl.inet(
+            &v,
+            true,
+            Transport::Tcp,
+            "10.0.2.15:40000",
+            "93.184.216.34:443",
+        )],
+    );
+    assert!(!t.tainted(&v, &curl.subject()));
+    // ... then fsd's report that sh had read the source just before.
+    let fx = t.files(&v, vec![fe(100, 10, FileAccess::Read, Some(RULE))]);
+    let e = t.e.vm(&v.uuid).unwrap().entry(&curl.subject()).unwrap();
+    assert_eq!(e.origin.by, Carrier::Fork);
+    let leak = fx.notices.iter().find_map(|n| match n {
+        TaintNotice::Leak { alert } => Some(alert),
+        _ => None,
+    });
+    let leak = leak.expect("the send is a leak after all");
+    assert_eq!(leak.pid, 101);
+    assert_eq!(leak.chain.len(), 3, "curl <- sh <- file");
+    // fsd's report can even come after the reader's exit, when its pid
+    // names no process any more: what that pid did is replayed.
+    let sh2 = P::new(300, "sh");
+    let nc = P::new(301, "nc");
+    t.guest(
+        &v,
+        vec![
+            sh2.exec(&v),
+            sh2.fork(&v, &nc),
+            sh2.exit(&v),
+            nc.inet(
+                &v,
+                true,
+                Transport::Tcp,
+                "10.0.2.15:40001",
+                "93.184.216.34:443",
+            ),
+        ],
+    );
+    let fx = t.files(&v, vec![fe(300, 10, FileAccess::Open, Some(RULE))]);
+    assert!(t.tainted(&v, &nc.subject()));
+    assert!(fx
+        .notices
+        .iter()
+        .any(|n| matches!(n, TaintNotice::Leak { alert } if alert.pid == 301)));
+    // Beyond the window a clean process's fork stays clean.
+    let cat = P::new(200, "cat");
+    let child = P::new(201, "cat");
+    t.guest(&v, vec![cat.exec(&v), cat.fork(&v, &child)]);
+    t.now += super::rules::REORDER_MS + 1;
+    t.files(&v, vec![fe(200, 10, FileAccess::Read, Some(RULE))]);
+    assert!(t.pid_tainted(&v, 200));
+    assert!(!t.tainted(&v, &child.subject()));
+}
+
+#[test]
 fn forged_and_garbage_events_are_counted_not_trusted() {
     let mut t = T::new();
     let v = vm(1);

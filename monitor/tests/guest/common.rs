@@ -76,6 +76,7 @@ impl Guest {
             system_map: None,
             uuid: None,
             addrs: Vec::new(),
+            plugin: None,
         };
         Some(Guest {
             vm,

@@ -10,3 +10,4 @@ mod common;
 mod live;
 mod ops;
 mod sockets;
+mod uuid_cost;

@@ -270,6 +270,7 @@ impl Rig {
                 system_map: None,
                 uuid: None,
                 addrs: Vec::new(),
+                plugin: None,
             },
             mem,
             _daemons: daemons,

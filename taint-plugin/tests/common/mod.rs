@@ -172,6 +172,7 @@ pub fn boot(
         system_map: None,
         uuid: None,
         addrs: Vec::new(),
+        plugin: None,
     };
     Some(Guest {
         vm,
@@ -232,12 +233,7 @@ impl Guest {
     pub fn plan(&self, functions: &[&str]) -> (u64, HookPlan) {
         let mut vm = Vm::attach(self.spec.clone(), Some(self.dir().join("profiles")))
             .expect("monitor attaches to the guest");
-        vm.paused(|vm| {
-            let paging = vm.paging()?;
-            let k = vm.kernel(paging)?;
-            Ok((k.slide, HookPlan::for_kernel(&k, functions)?))
-        })
-        .expect("monitor locates the kernel")
+        HookPlan::for_vm(&mut vm, functions).expect("monitor locates the kernel")
     }
 }
 
