@@ -19,13 +19,14 @@ use std::time::{Duration, Instant};
 
 use ab_glyph::FontRef;
 use winit::application::ApplicationHandler;
-use winit::dpi::PhysicalSize;
+use winit::dpi::{PhysicalPosition, PhysicalSize};
 use winit::event::{ElementState, MouseButton, WindowEvent};
 use winit::event_loop::{ActiveEventLoop, ControlFlow, EventLoop};
 use winit::keyboard::{Key, NamedKey};
 use winit::window::{Window, WindowId, WindowLevel};
 use zeroize::Zeroizing;
 
+use super::anchor;
 use super::render::{
     self, View, ALWAYS_BUTTON, CANCEL_BUTTON, DENY_BUTTON, HEIGHT, OK_BUTTON, ONCE_BUTTON, WIDTH,
 };
@@ -147,12 +148,15 @@ impl ApplicationHandler<External> for App<'_> {
         if self.window.is_some() {
             return;
         }
-        let attrs = Window::default_attributes()
+        let mut attrs = Window::default_attributes()
             .with_title(TITLE)
             .with_inner_size(PhysicalSize::new(WIDTH, HEIGHT))
             .with_resizable(false)
             .with_window_level(WindowLevel::AlwaysOnTop)
             .with_active(true);
+        if let Some((x, y)) = place(event_loop, &self.request) {
+            attrs = attrs.with_position(PhysicalPosition::new(x, y));
+        }
         let made = event_loop
             .create_window(attrs)
             .map_err(|e| Error::Dialog(e.to_string()))
@@ -266,6 +270,40 @@ impl ApplicationHandler<External> for App<'_> {
             self.request_redraw();
         }
         event_loop.set_control_flow(ControlFlow::WaitUntil(wake));
+    }
+}
+
+/// Where the window goes: centred on the asking VM's window on X11, else
+/// centred on the screen; says which on stderr (the daemon's log). A
+/// Wayland top-level window is placed by the compositor.
+fn place(event_loop: &ActiveEventLoop, request: &DialogRequest) -> Option<(i32, i32)> {
+    use winit::platform::x11::ActiveEventLoopExtX11;
+    if !event_loop.is_x11() {
+        eprintln!("authd-dialog: Wayland top-level window: the compositor places it");
+        return None;
+    }
+    let size = (WIDTH, HEIGHT);
+    let on_screen = |why: String| {
+        let at = anchor::x11::screen()
+            .ok()
+            .map(|s| anchor::centred(size, s, s));
+        eprintln!("authd-dialog: {why}: centred on the screen");
+        at
+    };
+    match anchor::x11::find(&request.vm, &request.vm_window_titles) {
+        Ok(Some(w)) => {
+            let at = anchor::centred(size, w.rect, w.screen);
+            eprintln!(
+                "authd-dialog: centred over {:?} ({}x{} at {},{}): dialog at {},{}",
+                w.title, w.rect.width, w.rect.height, w.rect.x, w.rect.y, at.0, at.1
+            );
+            Some(at)
+        }
+        Ok(None) => on_screen(format!(
+            "no window of VM {:?} matches {:?}",
+            request.vm, request.vm_window_titles
+        )),
+        Err(e) => on_screen(format!("looking for the VM's window: {e}")),
     }
 }
 

@@ -1,0 +1,225 @@
+//! The dialog overlays the asking VM's own window on X11: two real QEMU
+//! windows (`-display gtk`, titled "QEMU (vm-test)" and "QEMU (other-vm)")
+//! on a private Xvfb, a prompt for vm-test, and the dialog must appear
+//! centred on vm-test's window (not the other VM's, not the screen's
+//! centre) and above it: the screen's pixels where the dialog sits equal
+//! the pure renderer's picture. Missing programs make it print `SKIP: …`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use authd::dialog::anchor::{centred, Rect};
+use authd::dialog::render::{render, View, HEIGHT, WIDTH};
+use authd::dialog::{load_font, DialogRequest, FONT_PATH};
+use authd::seal::Seal;
+use authd_client::client::AuthRequest;
+use authd_client::protocol::Provenance;
+use common::{Daemon, PASSWORD};
+use testrig::x11::windows_on;
+
+const QEMU: &str = "qemu-system-x86_64";
+
+/// Fraction of pixels whose channels differ by more than 2 levels.
+fn pixel_difference(a: &[u32], b: &[u32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let differ = a
+        .iter()
+        .zip(b)
+        .filter(|(p, q)| {
+            (0..3).any(|i| {
+                let (x, y) = ((*p >> (8 * i)) & 0xff, (*q >> (8 * i)) & 0xff);
+                x.abs_diff(y) > 2
+            })
+        })
+        .count();
+    differ as f64 / a.len() as f64
+}
+
+/// Whether this QEMU has its GTK display (Debian: `qemu-system-gui`).
+fn qemu_has_gtk() -> bool {
+    Command::new(QEMU)
+        .args(["-display", "help"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l == "gtk")
+        })
+}
+
+/// A paused QEMU (no CPU spent) showing an empty machine in a GTK window
+/// titled "QEMU (name) [Paused]".
+fn vm_window(x: &common::Xvfb, name: &str) -> (testrig::process::Proc, String) {
+    let qemu = x.run(
+        QEMU,
+        &[
+            "-name", name, "-display", "gtk", "-machine", "pc", "-accel", "tcg",
+        ]
+        .iter()
+        .chain(&["-m", "32", "-nodefaults", "-vga", "std", "-S"])
+        .copied()
+        .collect::<Vec<_>>(),
+    );
+    // -S: paused, so GTK titles it "QEMU (name) [Paused]".
+    let title = format!("QEMU \\({name}\\).*");
+    let mut win = None;
+    assert!(
+        common::wait_for(Duration::from_secs(60), || {
+            win = windows_on(&x.display, &title).into_iter().next();
+            win.is_some()
+        }),
+        "QEMU's window for {name} did not appear"
+    );
+    (qemu, win.unwrap())
+}
+
+#[test]
+fn dialog_is_centred_over_the_asking_vms_window() {
+    let test = "dialog_is_centred_over_the_asking_vms_window";
+    if let Some(m) = testrig::prereq::missing_program(&[QEMU]) {
+        testrig::skip::<(), _>(format!("{test}: {m}"));
+        return;
+    }
+    if !qemu_has_gtk() {
+        testrig::skip::<(), _>(format!(
+            "{test}: {QEMU} has no GTK display (qemu-system-gui)"
+        ));
+        return;
+    }
+    let Some(x) = common::xvfb(test) else {
+        return;
+    };
+    // Two VMs: the other one's window first, at the origin; vm-test's
+    // moved away from both the origin and the screen's centre.
+    let (_other, other_win) = vm_window(&x, "other-vm");
+    let (_vm, vm_win) = vm_window(&x, "vm-test");
+    assert!(x
+        .xdotool(&["windowmove", &vm_win, "330", "220"])
+        .status
+        .success());
+    assert!(common::wait_for(Duration::from_secs(10), || {
+        let (vx, vy, _, _) = x.geometry(&vm_win);
+        (vx, vy) == (330, 220)
+    }));
+    let (vx, vy, vw, vh) = x.geometry(&vm_win);
+    let (ox, oy, ow, oh) = x.geometry(&other_win);
+    println!("VM windows: vm-test {vw}x{vh} at {vx},{vy}; other-vm {ow}x{oh} at {ox},{oy}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = Daemon::config(tmp.path());
+    cfg.display = Some(x.display.clone());
+    cfg.focus_delay_ms = 300;
+    let d = Daemon::start(tmp.path(), cfg);
+    d.enroll("alice", PASSWORD);
+
+    let client = d.client();
+    let pending = thread::spawn(move || {
+        client.authenticate(
+            &AuthRequest {
+                vm: "vm-test".into(),
+                principal: "alice".into(),
+                reason: common::reason(),
+                lifetime: Duration::from_secs(60),
+            },
+            Duration::from_secs(90),
+        )
+    });
+    let win = x
+        .wait_dialog(Duration::from_secs(30))
+        .expect("dialog window appears");
+
+    // Where it must be: centred on vm-test's window, which differs from
+    // centred on the other VM's window and from the screen's centre.
+    let screen = Rect {
+        x: 0,
+        y: 0,
+        width: 1024,
+        height: 768,
+    };
+    let size = (WIDTH, HEIGHT);
+    let vm_rect = Rect {
+        x: vx,
+        y: vy,
+        width: vw,
+        height: vh,
+    };
+    let want = centred(size, vm_rect, screen);
+    let elsewhere = [
+        centred(
+            size,
+            Rect {
+                x: ox,
+                y: oy,
+                width: ow,
+                height: oh,
+            },
+            screen,
+        ),
+        centred(size, screen, screen),
+    ];
+    assert!(
+        !elsewhere.contains(&want),
+        "test layout cannot tell the places apart"
+    );
+    let (dx, dy, dw, dh) = x.geometry(&win);
+    println!(
+        "dialog {dw}x{dh} at {dx},{dy}; centred on vm-test's window: {},{}",
+        want.0, want.1
+    );
+    assert_eq!((dx, dy), want, "dialog is not centred on vm-test's window");
+    assert_eq!((dw, dh), size);
+
+    // Typed after the focus delay, so OK is live in both pictures.
+    x.focus(&win);
+    thread::sleep(Duration::from_millis(900));
+    x.type_text(PASSWORD);
+    thread::sleep(Duration::from_millis(300));
+
+    // Above the VM: the screen where the dialog sits shows the renderer's
+    // picture, not QEMU's window.
+    let font = load_font(std::path::Path::new(FONT_PATH)).unwrap();
+    let font = ab_glyph::FontRef::try_from_slice(&font).unwrap();
+    let dreq = DialogRequest {
+        vm: "vm-test".into(),
+        principal: "alice".into(),
+        reason: common::reason(),
+        provenance: Provenance::Host,
+        seal: Seal::new(common::PHRASE, common::COLOR.parse().unwrap()).unwrap(),
+        timeout_secs: d.cfg.prompt_timeout_secs,
+        focus_delay_ms: d.cfg.focus_delay_ms,
+        question: None,
+        vm_window_titles: Vec::new(),
+    };
+    let expected = render(
+        &View {
+            request: &dreq,
+            password_len: PASSWORD.chars().count(),
+            ok_armed: true,
+        },
+        &font,
+    );
+    let shot = std::env::var_os("AUTHD_OVERLAY_SCREENSHOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tmp.path().join("screen.png"));
+    let screen_img = x.screenshot_screen(&shot);
+    let on_screen = screen_img.crop(dx as u32, dy as u32, dw, dh);
+    let diff = pixel_difference(&on_screen.pixels, &expected.pixels);
+    println!(
+        "screen at the dialog's place vs renderer: {:.4}% of pixels differ ({})",
+        diff * 100.0,
+        shot.display()
+    );
+    assert!(
+        diff <= 0.001,
+        "the screen there is not the dialog: {:.3}% differ",
+        diff * 100.0
+    );
+
+    x.key("Return");
+    let decision = pending.join().unwrap();
+    assert!(decision.grant().is_some(), "not granted: {decision:?}");
+}
