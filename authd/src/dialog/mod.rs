@@ -9,12 +9,17 @@
 //!
 //! * [`render`]: the pure renderer (state to pixels), golden-tested.
 //! * [`anchor`]: finding the asking VM's window and centring on it.
+//! * [`state`]: focus delay, keys, clicks, timeout: the rules both
+//!   front-ends share.
 //! * [`window`]: the winit/softbuffer window run by `authd-dialog`.
+//! * [`wayland`]: the layer-shell overlay on Wayland compositors that have one.
 //! * [`parent`]: the daemon's side: spawn, feed, wait with a deadline.
 
 pub mod anchor;
 pub mod parent;
 pub mod render;
+pub mod state;
+pub mod wayland;
 pub mod window;
 
 use std::path::Path;
