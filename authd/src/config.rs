@@ -87,6 +87,9 @@ pub struct Config {
     pub wayland_display: Option<String>,
     /// `XDG_RUNTIME_DIR` of the Wayland session; the daemon's when unset.
     pub xdg_runtime_dir: Option<PathBuf>,
+    /// sway's IPC socket (`SWAYSOCK`), which tells the dialog where the
+    /// VM's window is under Wayland; the daemon's `SWAYSOCK` when unset.
+    pub sway_socket: Option<PathBuf>,
     /// Terminal for the fallback prompt, e.g. `/dev/tty8` or `/dev/pts/3`.
     pub tty: Option<PathBuf>,
     /// The dialog program; `authd-dialog` beside the daemon's binary when unset.
@@ -116,6 +119,7 @@ impl Default for Config {
             xauthority: None,
             wayland_display: None,
             xdg_runtime_dir: None,
+            sway_socket: None,
             tty: None,
             dialog_program: None,
             prompt_timeout_secs: 60,

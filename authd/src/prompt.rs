@@ -53,6 +53,10 @@ impl Frontend {
                 .xdg_runtime_dir
                 .clone()
                 .or_else(|| env("XDG_RUNTIME_DIR").map(PathBuf::from)),
+            sway_socket: cfg
+                .sway_socket
+                .clone()
+                .or_else(|| env("SWAYSOCK").map(PathBuf::from)),
         };
         // The configuration before the environment; Wayland before X11
         // (under Wayland, DISPLAY names Xwayland).

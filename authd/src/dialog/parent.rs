@@ -37,6 +37,8 @@ pub enum Session {
         /// `WAYLAND_DISPLAY`: a socket name in the runtime directory, or a path.
         socket: String,
         runtime_dir: Option<PathBuf>,
+        /// sway's IPC socket, to find the VM's window ([`super::anchor::sway`]).
+        sway_socket: Option<PathBuf>,
     },
 }
 
@@ -74,13 +76,13 @@ pub fn ask(
         Session::Wayland {
             socket,
             runtime_dir,
+            sway_socket,
         } => {
             cmd.env("WAYLAND_DISPLAY", socket);
             if let Some(dir) = runtime_dir {
                 cmd.env("XDG_RUNTIME_DIR", dir);
             }
-            // sway's IPC tells where the VM's window is (dialog::anchor).
-            if let Some(sock) = std::env::var_os("SWAYSOCK") {
+            if let Some(sock) = sway_socket {
                 cmd.env("SWAYSOCK", sock);
             }
         }
