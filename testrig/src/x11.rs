@@ -136,22 +136,26 @@ impl Xvfb {
         (out.status.success() && !s.is_empty()).then_some(s)
     }
 
-    /// Where `win` is on the screen: (x, y, width, height).
+    /// Where `win` is on the screen: (x, y, width, height), from xwininfo's
+    /// absolute corner (xdotool's adds a window manager's frame twice).
     pub fn geometry(&self, win: &str) -> (i32, i32, u32, u32) {
-        let out = self.xdotool(&["getwindowgeometry", "--shell", win]);
-        assert!(out.status.success(), "xdotool getwindowgeometry {win}");
+        let out = Command::new("xwininfo")
+            .args(["-id", win])
+            .env("DISPLAY", &self.display)
+            .output()
+            .expect("xwininfo");
+        assert!(out.status.success(), "xwininfo -id {win}");
         let text = String::from_utf8_lossy(&out.stdout);
         let field = |k: &str| -> i64 {
             text.lines()
-                .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or_else(|| panic!("no {k} in {text:?}"))
+                .find_map(|l| l.trim().strip_prefix(k)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {k:?} in {text:?}"))
         };
         (
-            field("X") as i32,
-            field("Y") as i32,
-            field("WIDTH") as u32,
-            field("HEIGHT") as u32,
+            field("Absolute upper-left X:") as i32,
+            field("Absolute upper-left Y:") as i32,
+            field("Width:") as u32,
+            field("Height:") as u32,
         )
     }
 

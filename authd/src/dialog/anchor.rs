@@ -31,17 +31,21 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-/// Window titles of the VM viewers, `{vm}` being the VM's name:
-/// QEMU's GTK and SDL windows (`-name vm`; GTK adds " - Press Ctrl+Alt+G
-/// to release grab" or " [Paused]"), virt-viewer and remote-viewer
-/// (" (1)" is the display number; a grabbed pointer adds a prefix).
+/// Window titles of the VM viewers, `{vm}` being the VM's name and `{n}` a
+/// number: QEMU's GTK window (`-name vm`: "QEMU (vm)", with " [Paused]" or
+/// " - Press Ctrl+Alt+G to release grab" after it), QEMU's SDL window
+/// ("QEMU (vm-0)", the console's index after the name), virt-viewer and
+/// remote-viewer ("vm (1) - Virt Viewer", the display's number; a grabbed
+/// pointer puts "(Press Ctrl+Alt to release pointer) " before it).
 pub const DEFAULT_TITLES: &[&str] = &[
     "QEMU ({vm})",
     "QEMU ({vm}) *",
-    "{vm} (*) - Virt Viewer",
-    "(Press * to release pointer) {vm} (*) - Virt Viewer",
-    "{vm} (*) - Remote Viewer",
-    "(Press * to release pointer) {vm} (*) - Remote Viewer",
+    "QEMU ({vm}-{n})",
+    "QEMU ({vm}-{n}) *",
+    "{vm} ({n}) - Virt Viewer",
+    "(Press * to release pointer) {vm} ({n}) - Virt Viewer",
+    "{vm} ({n}) - Remote Viewer",
+    "(Press * to release pointer) {vm} ({n}) - Remote Viewer",
 ];
 
 /// The default patterns, owned (the configuration's default).
@@ -94,12 +98,14 @@ pub fn centred(size: (u32, u32), over: Rect, screen: Rect) -> (i32, i32) {
 }
 
 /// Whether `title` matches `pattern` for the VM named `vm`: `{vm}` matches
-/// the name literally (a name holding `*` stays literal), `*` any run of
-/// characters, everything else itself.
+/// the name literally (a name holding `*` stays literal), `{n}` one or more
+/// digits (a display or console number), `*` any run of characters,
+/// everything else itself.
 pub fn title_matches(pattern: &str, vm: &str, title: &str) -> bool {
     #[derive(Clone, Copy, PartialEq)]
     enum Tok {
         Char(char),
+        Digits,
         Any,
     }
     let mut toks = Vec::new();
@@ -107,36 +113,31 @@ pub fn title_matches(pattern: &str, vm: &str, title: &str) -> bool {
         if i > 0 {
             toks.extend(vm.chars().map(Tok::Char));
         }
-        toks.extend(
-            part.chars()
-                .map(|c| if c == '*' { Tok::Any } else { Tok::Char(c) }),
-        );
-    }
-    let text: Vec<char> = title.chars().collect();
-    // Iterative wildcard match with one backtrack point (the last `*`).
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match toks.get(p) {
-            Some(Tok::Char(c)) if *c == text[t] => {
-                p += 1;
-                t += 1;
+        for (j, piece) in part.split("{n}").enumerate() {
+            if j > 0 {
+                toks.push(Tok::Digits);
             }
-            Some(Tok::Any) => {
-                star = Some((p, t));
-                p += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    p = sp + 1;
-                    t = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
+            toks.extend(
+                piece
+                    .chars()
+                    .map(|c| if c == '*' { Tok::Any } else { Tok::Char(c) }),
+            );
         }
     }
-    toks[p..].iter().all(|t| *t == Tok::Any)
+    // Titles and patterns are short; plain backtracking will do.
+    fn matches(toks: &[Tok], text: &[char]) -> bool {
+        match toks.split_first() {
+            None => text.is_empty(),
+            Some((Tok::Char(c), rest)) => text.first() == Some(c) && matches(rest, &text[1..]),
+            Some((Tok::Any, rest)) => (0..=text.len()).any(|k| matches(rest, &text[k..])),
+            Some((Tok::Digits, rest)) => {
+                let run = text.iter().take_while(|c| c.is_ascii_digit()).count();
+                (1..=run).any(|k| matches(rest, &text[k..]))
+            }
+        }
+    }
+    let text: Vec<char> = title.chars().collect();
+    matches(&toks, &text)
 }
 
 /// Whether any of `patterns` matches.
@@ -443,6 +444,8 @@ mod tests {
             "QEMU (vm-test)",
             "QEMU (vm-test) - Press Ctrl+Alt+G to release grab",
             "QEMU (vm-test) [Paused]",
+            "QEMU (vm-test-0)",
+            "QEMU (vm-test-0) [Stopped]",
             "vm-test (1) - Virt Viewer",
             "(Press Ctrl+Alt to release pointer) vm-test (1) - Virt Viewer",
             "vm-test (2) - Remote Viewer",
@@ -451,6 +454,9 @@ mod tests {
         }
         for title in [
             "QEMU (vm-test2)",
+            "QEMU (vm-test-other-0)",
+            "QEMU (vm-test-x)",
+            "vm-test (x) - Virt Viewer",
             "QEMU (xvm-test)",
             "QEMU (vm-tes)",
             "vm-test2 (1) - Virt Viewer",
@@ -473,5 +479,8 @@ mod tests {
         assert!(!title_matches("{vm}", "vm", "vm "));
         assert!(title_matches("a*b*c", "", "aXbYc"));
         assert!(!title_matches("a*b*c", "", "aXbY"));
+        assert!(title_matches("x{n}y", "", "x042y"));
+        assert!(!title_matches("x{n}y", "", "xy"));
+        assert!(!title_matches("x{n}", "", "x4a"));
     }
 }

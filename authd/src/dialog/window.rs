@@ -48,9 +48,33 @@ struct App<'f> {
     cursor: (f64, f64),
     on_shown: Option<Box<dyn FnOnce() + 'f>>,
     error: Option<Error>,
+    /// Where the window's inside belongs, until it is there.
+    target: Option<PhysicalPosition<i32>>,
 }
 
 impl App<'_> {
+    /// A window manager puts its frame where the window asked to be, and
+    /// the window inside it by the frame's width; once the frame is known,
+    /// move the frame so that the window itself is where it belongs.
+    fn settle_position(&mut self) {
+        let (Some(target), Some(w)) = (self.target, self.window.as_ref()) else {
+            return;
+        };
+        let (Ok(inner), Ok(outer)) = (w.inner_position(), w.outer_position()) else {
+            self.target = None;
+            return;
+        };
+        if inner == target {
+            self.target = None;
+        } else if inner != outer {
+            w.set_outer_position(PhysicalPosition::new(
+                target.x - (inner.x - outer.x),
+                target.y - (inner.y - outer.y),
+            ));
+            self.target = None;
+        }
+    }
+
     /// Leaves the event loop once the dialog has its answer.
     fn settle(&mut self, event_loop: &ActiveEventLoop) {
         if self.dialog.outcome().is_some() {
@@ -102,6 +126,7 @@ impl ApplicationHandler<External> for App<'_> {
             .with_active(true);
         if let Some((x, y)) = place(event_loop, self.dialog.request()) {
             attrs = attrs.with_position(PhysicalPosition::new(x, y));
+            self.target = Some(PhysicalPosition::new(x, y));
         }
         let made = event_loop
             .create_window(attrs)
@@ -138,7 +163,9 @@ impl ApplicationHandler<External> for App<'_> {
     fn window_event(&mut self, event_loop: &ActiveEventLoop, _id: WindowId, event: WindowEvent) {
         match event {
             WindowEvent::CloseRequested => self.dialog.finish(Outcome::Cancelled),
+            WindowEvent::Moved(_) => self.settle_position(),
             WindowEvent::RedrawRequested => {
+                self.settle_position();
                 if let Err(e) = self.redraw() {
                     self.error = Some(e);
                     event_loop.exit();
@@ -265,6 +292,7 @@ pub fn run(
         cursor: (-1.0, -1.0),
         on_shown: Some(on_shown),
         error: None,
+        target: None,
     };
     event_loop
         .run_app(&mut app)
