@@ -197,13 +197,15 @@ fn overlay_is_centred_over_the_asking_vms_window_under_sway() {
     };
     let shot = tmp.path().join("screen.png");
     let at_place = |img: &Image| img.crop(want.0 as u32, want.1 as u32, size.0, size.1);
-    // Waits until the output shows `expected` where the dialog belongs;
-    // the last difference when it never does.
+    // Waits until the output shows exactly `expected` where the dialog
+    // belongs; the last difference when it never does. Exactly: the
+    // overlay's buffer reaches the output unscaled and opaque, and a
+    // tolerance would let a picture missing the last typed bullets pass.
     let shows = |expected: &authd::dialog::render::Frame| {
         let mut diff = 1.0;
         common::wait_for(Duration::from_secs(30), || {
             diff = pixel_difference(&at_place(&sway.screenshot(&shot)).pixels, &expected.pixels);
-            diff <= 0.001
+            diff == 0.0
         });
         diff
     };
@@ -212,7 +214,7 @@ fn overlay_is_centred_over_the_asking_vms_window_under_sway() {
     // (no keyboard has focused it yet).
     let diff = shows(&picture(0, false));
     assert!(
-        diff <= 0.001,
+        diff == 0.0,
         "the output at {want:?} is not the dialog: {:.3}% differ ({})",
         diff * 100.0,
         shot.display()
@@ -240,11 +242,19 @@ fn overlay_is_centred_over_the_asking_vms_window_under_sway() {
         dest.as_deref().unwrap_or(&shot).display()
     );
     assert!(
-        diff <= 0.001,
+        diff == 0.0,
         "the overlay differs from the renderer in {:.3}% of pixels",
         diff * 100.0
     );
     typing.terminate(Duration::from_secs(5));
+
+    // The daemon's log says where the dialog went and why.
+    let log = std::fs::read_to_string(tmp.path().join("authd.log")).unwrap_or_default();
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("authd-dialog: centred over \"QEMU (vm-test) [Paused]\""))
+        .unwrap_or_else(|| panic!("no placement line in the daemon's log:\n{log}"));
+    println!("log: {line}");
 
     // A new keyboard focuses it anew: Enter after the delay grants.
     assert!(sway.wtype(&["-s", "2500", "-k", "Return"]).status.success());

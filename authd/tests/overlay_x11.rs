@@ -291,6 +291,14 @@ fn overlay(test: &str, with_wm: bool) {
         diff * 100.0
     );
 
+    // The daemon's log says where the dialog went and why.
+    let log = std::fs::read_to_string(tmp.path().join("authd.log")).unwrap_or_default();
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("authd-dialog: centred over \"QEMU (vm-test) [Paused]\""))
+        .unwrap_or_else(|| panic!("no placement line in the daemon's log:\n{log}"));
+    println!("log: {line}");
+
     x.key("Return");
     let decision = pending.join().unwrap();
     assert!(decision.grant().is_some(), "not granted: {decision:?}");
