@@ -261,3 +261,117 @@ fn overlay_is_centred_over_the_asking_vms_window_under_sway() {
     let decision = pending.join().unwrap();
     assert!(decision.grant().is_some(), "not granted: {decision:?}");
 }
+
+/// Where `frame` appears, pixel for pixel, in `img`.
+fn find(img: &Image, frame: &authd::dialog::render::Frame) -> Option<(u32, u32)> {
+    let (fw, fh) = (frame.width, frame.height);
+    if fw > img.width || fh > img.height {
+        return None;
+    }
+    for y in 0..=img.height - fh {
+        for x in 0..=img.width - fw {
+            let row = |r: u32| {
+                let start = ((y + r) * img.width + x) as usize;
+                img.pixels[start..start + fw as usize]
+                    == frame.pixels[(r * fw) as usize..((r + 1) * fw) as usize]
+            };
+            if img.pixel(x, y) == frame.pixels[0] && (0..fh).all(row) {
+                return Some((x, y));
+            }
+        }
+    }
+    None
+}
+
+/// weston offers no layer shell: the dialog is winit's top-level window,
+/// placed by weston, and still exactly the renderer's picture; nobody
+/// answers, so the prompt times out and is denied.
+#[test]
+fn without_a_layer_shell_the_dialog_is_a_top_level_window() {
+    let test = "without_a_layer_shell_the_dialog_is_a_top_level_window";
+    let Some(weston) = testrig::wayland::Weston::start(test, &[Path::new(FONT_PATH)]) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = Daemon::config(tmp.path());
+    cfg.wayland_display = Some(weston.socket.clone());
+    cfg.xdg_runtime_dir = Some(weston.runtime_dir.clone());
+    cfg.prompt_timeout_secs = 15;
+    cfg.focus_delay_ms = 1000;
+    let d = Daemon::start(tmp.path(), cfg);
+    d.enroll("alice", PASSWORD);
+    let client = d.client();
+    let pending = thread::spawn(move || {
+        client.authenticate(
+            &AuthRequest {
+                vm: "vm-test".into(),
+                principal: "alice".into(),
+                reason: common::reason(),
+                lifetime: Duration::from_secs(60),
+            },
+            Duration::from_secs(90),
+        )
+    });
+
+    let font = load_font(Path::new(FONT_PATH)).unwrap();
+    let font = ab_glyph::FontRef::try_from_slice(&font).unwrap();
+    let dreq = DialogRequest {
+        vm: "vm-test".into(),
+        principal: "alice".into(),
+        reason: common::reason(),
+        provenance: Provenance::Host,
+        seal: Seal::new(common::PHRASE, common::COLOR.parse().unwrap()).unwrap(),
+        timeout_secs: d.cfg.prompt_timeout_secs,
+        focus_delay_ms: d.cfg.focus_delay_ms,
+        question: None,
+        vm_window_titles: Vec::new(),
+    };
+    // Armed or not depends on whether weston gives it the keyboard; either
+    // way it is one of the renderer's two pictures.
+    let pictures = [false, true].map(|ok_armed| {
+        render(
+            &View {
+                request: &dreq,
+                password_len: 0,
+                ok_armed,
+            },
+            &font,
+        )
+    });
+    let shot = std::env::var_os("AUTHD_TOPLEVEL_WAYLAND_SCREENSHOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tmp.path().join("screen.png"));
+    let mut at = None;
+    common::wait_for(Duration::from_secs(12), || {
+        let img = weston.screenshot(&shot);
+        at = pictures
+            .iter()
+            .zip([false, true])
+            .find_map(|(p, armed)| find(&img, p).map(|xy| (xy, armed)));
+        at.is_some()
+    });
+    let ((x, y), armed) = at.unwrap_or_else(|| {
+        panic!(
+            "the renderer's picture is nowhere on the output ({})",
+            shot.display()
+        )
+    });
+    println!(
+        "top-level window at {x},{y} (OK {}): 0 pixels differ from the renderer ({})",
+        if armed { "armed" } else { "inert" },
+        shot.display()
+    );
+
+    let log = std::fs::read_to_string(tmp.path().join("authd.log")).unwrap_or_default();
+    assert!(
+        log.contains(
+            "authd-dialog: the Wayland compositor offers no layer shell: a top-level window"
+        ),
+        "no fallback line in the daemon's log:\n{log}"
+    );
+    let decision = pending.join().unwrap();
+    assert!(
+        decision.grant().is_none(),
+        "nobody answered, yet: {decision:?}"
+    );
+}

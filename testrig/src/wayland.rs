@@ -1,8 +1,10 @@
-//! A private Wayland compositor for tests of windows a person answers:
+//! Private Wayland compositors for tests of windows a person answers:
 //! sway on wlroots' headless backend (no GPU, no input devices, pixman
 //! rendering), wtype playing the person's keyboard (through the virtual
 //! keyboard protocol, as a keyboard would), screenshots with grim, and
-//! sway's IPC (swaymsg) telling where each window is.
+//! sway's IPC (swaymsg) telling where each window is; and weston's headless
+//! backend ([`Weston`]), a compositor without the layer shell, with its
+//! own screenshooter.
 //!
 //! sway refuses to run as root (it checks that root cannot be regained);
 //! under root it runs as `nobody` through util-linux's setpriv, in a
@@ -266,5 +268,107 @@ impl Sway {
         conv.stdin.take().unwrap().write_all(&grim.stdout).unwrap();
         assert!(conv.wait().unwrap().success(), "convert ppm -> png failed");
         Image::from_ppm(&grim.stdout)
+    }
+}
+
+/// A private headless weston (no layer shell; `--debug` lets
+/// `weston-screenshooter` take screenshots); stopped when dropped.
+pub struct Weston {
+    pub runtime_dir: PathBuf,
+    pub socket: String,
+    proc: Option<Proc>,
+    _dir: TempDir,
+}
+
+impl Drop for Weston {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.terminate(Duration::from_secs(5));
+        }
+    }
+}
+
+impl Weston {
+    /// Starts weston headless, pixman-rendered, one output of [`OUTPUT`]
+    /// size. `None` after printing `SKIP: …` when weston, its screenshooter,
+    /// ImageMagick or one of `files` is missing.
+    pub fn start(test: &str, files: &[&Path]) -> Option<Weston> {
+        if let Some(m) = missing_program(&["weston", "weston-screenshooter", CONVERT]) {
+            return skip(format!("{test}: {m}"));
+        }
+        if let Some(f) = files.iter().find(|f| !f.exists()) {
+            return skip(format!("{test}: {} is missing", f.display()));
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "testrig-weston-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir(&dir).expect("weston runtime dir");
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let dir = TempDir(dir);
+        let socket = "wayland-weston".to_owned();
+        let child = Command::new("weston")
+            .args(["--backend=headless-backend.so", "--use-pixman", "--debug", "--idle-time=0"])
+            .arg(format!("--width={}", OUTPUT.0))
+            .arg(format!("--height={}", OUTPUT.1))
+            .arg(format!("--socket={socket}"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &dir.0)
+            .env("XDG_RUNTIME_DIR", &dir.0)
+            .current_dir(&dir.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn weston");
+        let proc = Proc(child);
+        let path = dir.0.join(&socket);
+        assert!(
+            wait_for(Duration::from_secs(20), || path.exists()),
+            "weston did not come up in {}",
+            dir.0.display()
+        );
+        println!("{test}: weston on {socket}");
+        Some(Weston {
+            runtime_dir: dir.0.clone(),
+            socket,
+            proc: Some(proc),
+            _dir: dir,
+        })
+    }
+
+    /// Saves a screenshot of the whole output as PNG at `png` and returns
+    /// its pixels (weston-screenshooter writes into its working directory).
+    pub fn screenshot(&self, png: &Path) -> Image {
+        let shots = self.runtime_dir.join("shots");
+        let _ = std::fs::remove_dir_all(&shots);
+        std::fs::create_dir(&shots).unwrap();
+        let out = Command::new("weston-screenshooter")
+            .env("XDG_RUNTIME_DIR", &self.runtime_dir)
+            .env("WAYLAND_DISPLAY", &self.socket)
+            .current_dir(&shots)
+            .output()
+            .expect("weston-screenshooter");
+        assert!(out.status.success(), "weston-screenshooter failed");
+        let file = std::fs::read_dir(&shots)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "png"))
+            .expect("weston-screenshooter wrote no PNG");
+        std::fs::copy(&file, png).unwrap();
+        let conv = Command::new(CONVERT)
+            .arg(&file)
+            .args(["-alpha", "off", "ppm:-"])
+            .output()
+            .expect("convert");
+        assert!(conv.status.success(), "convert png -> ppm failed");
+        Image::from_ppm(&conv.stdout)
     }
 }

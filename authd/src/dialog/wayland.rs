@@ -220,7 +220,7 @@ impl State {
             .create_buffer(w, h, w * 4, wl_shm::Format::Xrgb8888)
             .map_err(|e| err("shared memory buffer", e))?;
         for (px, out) in frame.pixels.iter().zip(canvas.chunks_exact_mut(4)) {
-            out.copy_from_slice(&px.to_le_bytes());
+            out.copy_from_slice(&(super::window::OPAQUE | px).to_le_bytes());
         }
         let surface = layer.wl_surface();
         surface.damage_buffer(0, 0, w, h);

@@ -30,6 +30,9 @@ use crate::error::{Error, Result};
 
 pub use super::state::Outcome;
 
+/// The padding byte of a 0x00RRGGBB pixel, set (see `App::redraw`).
+pub const OPAQUE: u32 = 0xff00_0000;
+
 /// Window title; tests and window managers find the dialog by it.
 pub const TITLE: &str = "authd: host authentication";
 
@@ -97,13 +100,20 @@ impl App<'_> {
             )
             .map_err(sb)?;
         let mut buf = surface.buffer_mut().map_err(sb)?;
-        // Copy row by row: the window manager may give a size other than ours.
-        buf.fill(0x00f4f4f2);
+        // Copy row by row: the window manager may give a size other than
+        // ours. The unused top byte is set: weston 10 reads it as alpha in
+        // an XRGB8888 buffer and showed the window transparent black.
+        buf.fill(OPAQUE | 0x00f4f4f2);
         for y in 0..h.min(frame.height) {
             let src = (y * frame.width) as usize;
             let dst = (y * w) as usize;
             let n = w.min(frame.width) as usize;
-            buf[dst..dst + n].copy_from_slice(&frame.pixels[src..src + n]);
+            for (d, s) in buf[dst..dst + n]
+                .iter_mut()
+                .zip(&frame.pixels[src..src + n])
+            {
+                *d = OPAQUE | s;
+            }
         }
         buf.present().map_err(sb)?;
         if let Some(f) = self.on_shown.take() {
@@ -164,6 +174,9 @@ impl ApplicationHandler<External> for App<'_> {
         match event {
             WindowEvent::CloseRequested => self.dialog.finish(Outcome::Cancelled),
             WindowEvent::Moved(_) => self.settle_position(),
+            // Wayland configures the window after it exists: draw again at
+            // the size it was given (so does a window manager's resize).
+            WindowEvent::Resized(_) => self.request_redraw(),
             WindowEvent::RedrawRequested => {
                 self.settle_position();
                 if let Err(e) = self.redraw() {
