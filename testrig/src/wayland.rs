@@ -98,10 +98,8 @@ impl Sway {
         .unwrap();
         let mut cmd = if is_root() {
             // nobody:nogroup; it must own its runtime directory.
-            let c = std::ffi::CString::new(dir.0.as_os_str().as_encoded_bytes()).unwrap();
-            // SAFETY: chown(2) on a path we just created, NUL-terminated.
-            let rc = unsafe { libc::chown(c.as_ptr(), 65534, 65534) };
-            assert_eq!(rc, 0, "chown {}", dir.0.display());
+            std::os::unix::fs::chown(&dir.0, Some(65534), Some(65534))
+                .unwrap_or_else(|e| panic!("chown {}: {e}", dir.0.display()));
             let mut c = Command::new("setpriv");
             c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "sway"]);
             c
@@ -313,7 +311,12 @@ impl Weston {
         let dir = TempDir(dir);
         let socket = "wayland-weston".to_owned();
         let child = Command::new("weston")
-            .args(["--backend=headless-backend.so", "--use-pixman", "--debug", "--idle-time=0"])
+            .args([
+                "--backend=headless-backend.so",
+                "--use-pixman",
+                "--debug",
+                "--idle-time=0",
+            ])
             .arg(format!("--width={}", OUTPUT.0))
             .arg(format!("--height={}", OUTPUT.1))
             .arg(format!("--socket={socket}"))
