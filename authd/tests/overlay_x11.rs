@@ -303,3 +303,63 @@ fn overlay(test: &str, with_wm: bool) {
     let decision = pending.join().unwrap();
     assert!(decision.grant().is_some(), "not granted: {decision:?}");
 }
+
+/// No window of the asking VM on the display (only another VM's): the
+/// dialog is centred on the screen, and the daemon's log says why.
+#[test]
+fn without_the_vms_window_the_dialog_is_centred_on_the_screen() {
+    let test = "without_the_vms_window_the_dialog_is_centred_on_the_screen";
+    if let Some(m) = testrig::prereq::missing_program(&[QEMU]) {
+        testrig::skip::<(), _>(format!("{test}: {m}"));
+        return;
+    }
+    if !qemu_has_gtk() {
+        testrig::skip::<(), _>(format!(
+            "{test}: {QEMU} has no GTK display (qemu-system-gui)"
+        ));
+        return;
+    }
+    let Some(x) = common::xvfb(test) else {
+        return;
+    };
+    let (_other, _) = vm_window(&x, "vm-test-2");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = Daemon::config(tmp.path());
+    cfg.display = Some(x.display.clone());
+    let d = Daemon::start(tmp.path(), cfg);
+    d.enroll("alice", PASSWORD);
+    let client = d.client();
+    let pending = thread::spawn(move || {
+        client.authenticate(
+            &AuthRequest {
+                vm: "vm-test".into(),
+                principal: "alice".into(),
+                reason: common::reason(),
+                lifetime: Duration::from_secs(60),
+            },
+            Duration::from_secs(90),
+        )
+    });
+    let win = x
+        .wait_dialog(Duration::from_secs(30))
+        .expect("dialog window appears");
+    let screen = Rect {
+        x: 0,
+        y: 0,
+        width: 1024,
+        height: 768,
+    };
+    let (dx, dy, _, _) = x.geometry(&win);
+    assert_eq!((dx, dy), centred((WIDTH, HEIGHT), screen, screen));
+    let log = std::fs::read_to_string(tmp.path().join("authd.log")).unwrap_or_default();
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("authd-dialog: no window of VM \"vm-test\" matches"))
+        .unwrap_or_else(|| panic!("no fallback line in the daemon's log:\n{log}"));
+    assert!(line.ends_with(": centred on the screen"), "{line}");
+    println!("dialog at {dx},{dy}; log: {line}");
+    x.focus(&win);
+    x.key("Escape");
+    let decision = pending.join().unwrap();
+    assert!(decision.grant().is_none(), "Esc granted: {decision:?}");
+}

@@ -33,20 +33,25 @@ use thiserror::Error;
 
 /// Window titles of the VM viewers, `{vm}` being the VM's name and `{n}` a
 /// number: QEMU's GTK window (`-name vm`: "QEMU (vm)", with " [Paused]" or
-/// " - Press Ctrl+Alt+G to release grab" after it), QEMU's SDL window
-/// ("QEMU (vm-0)", the console's index after the name), virt-viewer and
+/// " - Press Ctrl+Alt+G to release grab" after it), virt-viewer and
 /// remote-viewer ("vm (1) - Virt Viewer", the display's number; a grabbed
 /// pointer puts "(Press Ctrl+Alt to release pointer) " before it).
+///
+/// QEMU's SDL window ("QEMU (vm-0)", the console's index after the name)
+/// is left out: its title is also the GTK title of a VM named "vm-0", and
+/// a dialog placed over another VM's window is worse than one centred on
+/// the screen. [`SDL_TITLES`] adds it where no VM name ends in `-<digits>`.
 pub const DEFAULT_TITLES: &[&str] = &[
     "QEMU ({vm})",
     "QEMU ({vm}) *",
-    "QEMU ({vm}-{n})",
-    "QEMU ({vm}-{n}) *",
     "{vm} ({n}) - Virt Viewer",
     "(Press * to release pointer) {vm} ({n}) - Virt Viewer",
     "{vm} ({n}) - Remote Viewer",
     "(Press * to release pointer) {vm} ({n}) - Remote Viewer",
 ];
+
+/// QEMU's SDL window titles, to add to `vm_window_titles` by hand.
+pub const SDL_TITLES: &[&str] = &["QEMU ({vm}-{n})", "QEMU ({vm}-{n}) *"];
 
 /// The default patterns, owned (the configuration's default).
 pub fn default_titles() -> Vec<String> {
@@ -444,8 +449,6 @@ mod tests {
             "QEMU (vm-test)",
             "QEMU (vm-test) - Press Ctrl+Alt+G to release grab",
             "QEMU (vm-test) [Paused]",
-            "QEMU (vm-test-0)",
-            "QEMU (vm-test-0) [Stopped]",
             "vm-test (1) - Virt Viewer",
             "(Press Ctrl+Alt to release pointer) vm-test (1) - Virt Viewer",
             "vm-test (2) - Remote Viewer",
@@ -468,6 +471,13 @@ mod tests {
         }
         // No name, no window.
         assert!(!any_matches(&p, "", "QEMU ()"));
+        // SDL's title is also GTK's for a VM named vm-test-0: not by default.
+        assert!(!any_matches(&p, "vm-test", "QEMU (vm-test-0) [Stopped]"));
+        let mut sdl = p.clone();
+        sdl.extend(SDL_TITLES.iter().map(|s| s.to_string()));
+        assert!(any_matches(&sdl, "vm-test", "QEMU (vm-test-0)"));
+        assert!(any_matches(&sdl, "vm-test", "QEMU (vm-test-0) [Stopped]"));
+        assert!(!any_matches(&sdl, "vm-test", "QEMU (vm-test-x)"));
     }
 
     #[test]
