@@ -387,10 +387,14 @@ pub mod sway {
         vm: &str,
         patterns: &[String],
     ) -> Result<Option<VmWindow>, AnchorError> {
-        let tree = ask(sock, GET_TREE)?;
+        Ok(in_tree(&ask(sock, GET_TREE)?, vm, patterns))
+    }
+
+    /// The VM's visible window in a `get_tree` reply, with its output.
+    pub fn in_tree(tree: &serde_json::Value, vm: &str, patterns: &[String]) -> Option<VmWindow> {
         let mut found = None;
-        walk(&tree, None, vm, patterns, &mut found);
-        Ok(found)
+        walk(tree, None, vm, patterns, &mut found);
+        found
     }
 }
 
@@ -478,6 +482,44 @@ mod tests {
         assert!(any_matches(&sdl, "vm-test", "QEMU (vm-test-0)"));
         assert!(any_matches(&sdl, "vm-test", "QEMU (vm-test-0) [Stopped]"));
         assert!(!any_matches(&sdl, "vm-test", "QEMU (vm-test-x)"));
+    }
+
+    #[test]
+    fn sways_tree_gives_the_window_and_its_output() {
+        // The shape of sway 1.7's get_tree reply, trimmed: two outputs, a
+        // tiled view on the second, a floating one, a hidden one.
+        let tree = serde_json::json!({
+            "type": "root", "rect": {"x": 0, "y": 0, "width": 3200, "height": 1200},
+            "nodes": [
+                {"type": "output", "name": "A", "rect": {"x": 0, "y": 0, "width": 1280, "height": 800},
+                 "nodes": [{"type": "workspace", "rect": {"x": 0, "y": 0, "width": 1280, "height": 800},
+                   "nodes": [{"type": "con", "pid": 7, "name": "QEMU (other) [Paused]", "visible": true,
+                              "rect": {"x": 0, "y": 25, "width": 1280, "height": 775}}],
+                   "floating_nodes": [{"type": "floating_con", "pid": 8, "name": "QEMU (vm2)", "visible": true,
+                              "rect": {"x": 100, "y": 100, "width": 640, "height": 480}}]}]},
+                {"type": "output", "name": "B", "rect": {"x": 1280, "y": 0, "width": 1920, "height": 1200},
+                 "nodes": [{"type": "workspace", "rect": {"x": 1280, "y": 0, "width": 1920, "height": 1200},
+                   "nodes": [
+                     {"type": "con", "pid": 9, "name": "QEMU (vm1)", "visible": false,
+                      "rect": {"x": 1280, "y": 0, "width": 960, "height": 1200}},
+                     {"type": "con", "pid": 10, "name": "vm1 (1) - Virt Viewer", "visible": true,
+                      "rect": {"x": 2240, "y": 25, "width": 960, "height": 1175}}]}]}
+            ]
+        });
+        let p = default_titles();
+        let w = sway::in_tree(&tree, "vm1", &p).expect("vm1's visible window");
+        assert_eq!(w.title, "vm1 (1) - Virt Viewer");
+        assert_eq!(w.rect, r(2240, 25, 960, 1175));
+        assert_eq!(w.screen, r(1280, 0, 1920, 1200));
+        assert_eq!(centred((560, 384), w.rect, w.screen), (2440, 420));
+        let w = sway::in_tree(&tree, "vm2", &p).expect("a floating window");
+        assert_eq!(
+            (w.rect, w.screen),
+            (r(100, 100, 640, 480), r(0, 0, 1280, 800))
+        );
+        assert!(sway::in_tree(&tree, "vm3", &p).is_none());
+        // An output or workspace named like a VM is not a window.
+        assert!(sway::in_tree(&tree, "A", &["{vm}".into()]).is_none());
     }
 
     #[test]
