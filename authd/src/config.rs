@@ -11,7 +11,8 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FrontendKind {
-    /// The dialog when a display is configured or `DISPLAY` is set, else the tty.
+    /// The dialog when a display is configured or `WAYLAND_DISPLAY` or
+    /// `DISPLAY` is set, else the tty.
     Auto,
     Dialog,
     Tty,
@@ -80,6 +81,15 @@ pub struct Config {
     /// X authority file for `display` (the desktop session's), passed to the
     /// dialog; the daemon's `XAUTHORITY` when unset.
     pub xauthority: Option<PathBuf>,
+    /// Wayland display for the dialog (a socket name such as `wayland-1`
+    /// in `xdg_runtime_dir`, or a path); preferred over `display`. When
+    /// neither is set, the daemon's `WAYLAND_DISPLAY`, then its `DISPLAY`.
+    pub wayland_display: Option<String>,
+    /// `XDG_RUNTIME_DIR` of the Wayland session; the daemon's when unset.
+    pub xdg_runtime_dir: Option<PathBuf>,
+    /// sway's IPC socket (`SWAYSOCK`), which tells the dialog where the
+    /// VM's window is under Wayland; the daemon's `SWAYSOCK` when unset.
+    pub sway_socket: Option<PathBuf>,
     /// Terminal for the fallback prompt, e.g. `/dev/tty8` or `/dev/pts/3`.
     pub tty: Option<PathBuf>,
     /// The dialog program; `authd-dialog` beside the daemon's binary when unset.
@@ -90,6 +100,10 @@ pub struct Config {
     pub focus_delay_ms: u64,
     pub faillock: FaillockConfig,
     pub prompt_rate: PromptRateConfig,
+    /// Titles of a VM's own window (QEMU, virt-viewer, remote-viewer) that
+    /// the dialog is centred on; `{vm}` is the VM's name, `*` any text.
+    /// Empty: always centred on the screen. See `dialog::anchor`.
+    pub vm_window_titles: Vec<String>,
 }
 
 impl Default for Config {
@@ -103,12 +117,16 @@ impl Default for Config {
             frontend: FrontendKind::Auto,
             display: None,
             xauthority: None,
+            wayland_display: None,
+            xdg_runtime_dir: None,
+            sway_socket: None,
             tty: None,
             dialog_program: None,
             prompt_timeout_secs: 60,
             focus_delay_ms: 1000,
             faillock: FaillockConfig::default(),
             prompt_rate: PromptRateConfig::default(),
+            vm_window_titles: crate::dialog::anchor::default_titles(),
         }
     }
 }

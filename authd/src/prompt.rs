@@ -29,8 +29,7 @@ pub enum Answer {
 pub enum Frontend {
     Dialog {
         program: PathBuf,
-        display: String,
-        xauthority: Option<PathBuf>,
+        session: parent::Session,
     },
     Tty {
         path: PathBuf,
@@ -43,11 +42,28 @@ pub enum Frontend {
 
 impl Frontend {
     pub fn from_config(cfg: &Config) -> Frontend {
-        let display = cfg
-            .display
-            .clone()
-            .or_else(|| std::env::var("DISPLAY").ok())
-            .filter(|d| !d.is_empty());
+        let env = |var| std::env::var(var).ok().filter(|v: &String| !v.is_empty());
+        let x11 = |display| parent::Session::X11 {
+            display,
+            xauthority: cfg.xauthority.clone(),
+        };
+        let wayland = |socket| parent::Session::Wayland {
+            socket,
+            runtime_dir: cfg
+                .xdg_runtime_dir
+                .clone()
+                .or_else(|| env("XDG_RUNTIME_DIR").map(PathBuf::from)),
+            sway_socket: cfg
+                .sway_socket
+                .clone()
+                .or_else(|| env("SWAYSOCK").map(PathBuf::from)),
+        };
+        // The configuration before the environment; Wayland before X11
+        // (under Wayland, DISPLAY names Xwayland).
+        let session = (cfg.wayland_display.clone().map(wayland))
+            .or_else(|| cfg.display.clone().map(x11))
+            .or_else(|| env("WAYLAND_DISPLAY").map(wayland))
+            .or_else(|| env("DISPLAY").map(x11));
         let program = cfg
             .dialog_program
             .clone()
@@ -56,12 +72,10 @@ impl Frontend {
             path: path.clone(),
             busy: Mutex::new(()),
         };
-        match (cfg.frontend, display, &cfg.tty) {
-            (FrontendKind::Dialog | FrontendKind::Auto, Some(display), _) => Frontend::Dialog {
-                program,
-                display,
-                xauthority: cfg.xauthority.clone(),
-            },
+        match (cfg.frontend, session, &cfg.tty) {
+            (FrontendKind::Dialog | FrontendKind::Auto, Some(session), _) => {
+                Frontend::Dialog { program, session }
+            }
             (FrontendKind::Tty | FrontendKind::Auto, _, Some(path)) => tty(path),
             _ => Frontend::None,
         }
@@ -78,11 +92,9 @@ impl Frontend {
     /// Shows one prompt and waits for the answer.
     pub fn ask(&self, request: &DialogRequest, on_shown: &mut dyn FnMut()) -> Result<Answer> {
         match self {
-            Frontend::Dialog {
-                program,
-                display,
-                xauthority,
-            } => parent::ask(program, display, xauthority.as_deref(), request, on_shown),
+            Frontend::Dialog { program, session } => {
+                parent::ask(program, session, request, on_shown)
+            }
             Frontend::Tty { path, busy } => {
                 let _one = busy.lock().unwrap_or_else(|p| p.into_inner());
                 tty::ask(path, request, on_shown)

@@ -484,6 +484,7 @@ impl Daemon {
             timeout_secs: self.cfg.prompt_timeout_secs,
             focus_delay_ms: self.cfg.focus_delay_ms,
             question: Some(question.to_owned()),
+            vm_window_titles: self.cfg.vm_window_titles.clone(),
             // The question is the host service's own text; the process
             // facts inside it are the guest's, and it says so.
             provenance: Provenance::Host,
@@ -574,6 +575,7 @@ impl Daemon {
             timeout_secs: self.cfg.prompt_timeout_secs,
             focus_delay_ms: self.cfg.focus_delay_ms,
             question: None,
+            vm_window_titles: self.cfg.vm_window_titles.clone(),
         };
         self.audit.record(Record::Prompt {
             vm,

@@ -65,6 +65,7 @@ fn questions_are_answered_once_always_or_denied() {
         timeout_secs: d.cfg.prompt_timeout_secs,
         focus_delay_ms: d.cfg.focus_delay_ms,
         question: Some(QUESTION.into()),
+        vm_window_titles: Vec::new(),
         provenance: Provenance::Host,
     };
     let expected = render(

@@ -101,6 +101,7 @@ fn right_password_after_focus_delay_grants_and_expiry_is_pushed() {
         timeout_secs: d.cfg.prompt_timeout_secs,
         focus_delay_ms: d.cfg.focus_delay_ms,
         question: None,
+        vm_window_titles: Vec::new(),
     };
     let expected = render(
         &View {

@@ -32,6 +32,7 @@ fn typical() -> DialogRequest {
         timeout_secs: 60,
         focus_delay_ms: 1000,
         question: None,
+        vm_window_titles: Vec::new(),
     }
 }
 
@@ -68,6 +69,7 @@ fn hostile() -> DialogRequest {
         timeout_secs: 30,
         focus_delay_ms: 1000,
         question: None,
+        vm_window_titles: Vec::new(),
     }
 }
 

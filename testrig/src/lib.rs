@@ -24,7 +24,8 @@
 //! - [`daemon`]: start a vhost-user-fs daemon (fsd, virtiofsd) on a socket
 //!   path or inherited fd, or the monitor's daemon.
 //! - [`authd`]: enroll and run the real authd; [`x11`]: a private Xvfb and
-//!   xdotool, for its dialog.
+//!   xdotool, for its dialog; [`wayland`]: a private headless sway, wtype
+//!   and grim, for the same dialog under Wayland.
 //! - [`qemu`]: boot the guest and collect a [`Transcript`].
 //! - [`net`]: a network for the guest through passt (user mode, no tap),
 //!   over QEMU's `-netdev stream`.
@@ -56,6 +57,7 @@ pub mod qemu;
 pub mod rootfs;
 pub mod script;
 pub mod shell;
+pub mod wayland;
 pub mod x11;
 
 pub use daemon::{Daemon, DaemonSpec, Sandbox};

@@ -136,6 +136,29 @@ impl Xvfb {
         (out.status.success() && !s.is_empty()).then_some(s)
     }
 
+    /// Where `win` is on the screen: (x, y, width, height), from xwininfo's
+    /// absolute corner (xdotool's adds a window manager's frame twice).
+    pub fn geometry(&self, win: &str) -> (i32, i32, u32, u32) {
+        let out = Command::new("xwininfo")
+            .args(["-id", win])
+            .env("DISPLAY", &self.display)
+            .output()
+            .expect("xwininfo");
+        assert!(out.status.success(), "xwininfo -id {win}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = |k: &str| -> i64 {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(k)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {k:?} in {text:?}"))
+        };
+        (
+            field("Absolute upper-left X:") as i32,
+            field("Absolute upper-left Y:") as i32,
+            field("Width:") as u32,
+            field("Height:") as u32,
+        )
+    }
+
     /// The window's `_NET_WM_STATE` as printed by xprop.
     pub fn wm_state(&self, win: &str) -> String {
         let out = Command::new("xprop")
@@ -174,12 +197,23 @@ impl Xvfb {
 
     /// Saves a screenshot of `win` as PNG at `png` and returns its pixels.
     pub fn screenshot(&self, win: &str, png: &Path) -> Image {
+        self.xwd(&["-id", win], png)
+    }
+
+    /// Saves a screenshot of the whole screen (every window as stacked)
+    /// as PNG at `png` and returns its pixels.
+    pub fn screenshot_screen(&self, png: &Path) -> Image {
+        self.xwd(&["-root"], png)
+    }
+
+    fn xwd(&self, which: &[&str], png: &Path) -> Image {
         let xwd = Command::new("xwd")
-            .args(["-silent", "-id", win])
+            .arg("-silent")
+            .args(which)
             .env("DISPLAY", &self.display)
             .output()
             .expect("xwd");
-        assert!(xwd.status.success(), "xwd -id {win} failed");
+        assert!(xwd.status.success(), "xwd {which:?} failed");
         let mut conv = Command::new(CONVERT)
             .arg("xwd:-")
             .arg("-write")
@@ -298,6 +332,25 @@ impl Image {
         let pixels = body
             .chunks(3)
             .map(|c| (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]))
+            .collect();
+        Image {
+            width,
+            height,
+            pixels,
+        }
+    }
+
+    /// The `width` x `height` part whose top-left corner is (`x`, `y`).
+    pub fn crop(&self, x: u32, y: u32, width: u32, height: u32) -> Image {
+        assert!(
+            x + width <= self.width && y + height <= self.height,
+            "crop outside the image"
+        );
+        let pixels = (y..y + height)
+            .flat_map(|row| {
+                let start = (row * self.width + x) as usize;
+                self.pixels[start..start + width as usize].iter().copied()
+            })
             .collect();
         Image {
             width,

@@ -6,7 +6,7 @@
 use std::io::{BufRead, Write};
 use std::path::Path;
 
-use authd::dialog::window::{self, External};
+use authd::dialog::window;
 use authd::dialog::{load_font, ChildMessage, DialogRequest, FONT_PATH};
 use zeroize::Zeroize;
 
@@ -46,12 +46,12 @@ fn main() {
         request,
         &font,
         Box::new(|| send(&ChildMessage::Shown)),
-        |proxy| {
+        |wake| {
             std::thread::spawn(move || {
                 // The daemon keeps our stdin open while it waits; EOF means it is gone.
                 let mut rest = Vec::new();
                 let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest);
-                let _ = proxy.send_event(External::DaemonGone);
+                wake();
             });
         },
     );

@@ -8,11 +8,18 @@
 //! that an event loop cannot be created twice in one process.
 //!
 //! * [`render`]: the pure renderer (state to pixels), golden-tested.
+//! * [`anchor`]: finding the asking VM's window and centring on it.
+//! * [`state`]: focus delay, keys, clicks, timeout: the rules both
+//!   front-ends share.
 //! * [`window`]: the winit/softbuffer window run by `authd-dialog`.
+//! * [`wayland`]: the layer-shell overlay on Wayland compositors that have one.
 //! * [`parent`]: the daemon's side: spawn, feed, wait with a deadline.
 
+pub mod anchor;
 pub mod parent;
 pub mod render;
+pub mod state;
+pub mod wayland;
 pub mod window;
 
 use std::path::Path;
@@ -45,6 +52,10 @@ pub struct DialogRequest {
     /// password field (`confirm` in authd's protocol).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub question: Option<String>,
+    /// Title patterns of the VM's own window, which the dialog is centred
+    /// on (`vm_window_titles` in the configuration, see [`anchor`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vm_window_titles: Vec<String>,
 }
 
 /// What the dialog process tells the daemon, one JSON line each.
@@ -133,6 +144,7 @@ mod tests {
             timeout_secs: 60,
             focus_delay_ms: 0,
             question: None,
+            vm_window_titles: Vec::new(),
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -25,28 +25,67 @@ impl Drop for Reaper {
     }
 }
 
-/// Shows the dialog on `display` and waits for the person's answer.
+/// The display session the dialog is shown in. The child gets only the
+/// variables of one, so winit cannot pick the other.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Session {
+    X11 {
+        display: String,
+        xauthority: Option<PathBuf>,
+    },
+    Wayland {
+        /// `WAYLAND_DISPLAY`: a socket name in the runtime directory, or a path.
+        socket: String,
+        runtime_dir: Option<PathBuf>,
+        /// sway's IPC socket, to find the VM's window ([`super::anchor::sway`]).
+        sway_socket: Option<PathBuf>,
+    },
+}
+
+/// Shows the dialog in `session` and waits for the person's answer.
 /// `on_shown` is called once when the window first appears.
 pub fn ask(
     program: &Path,
-    display: &str,
-    xauthority: Option<&Path>,
+    session: &Session,
     request: &DialogRequest,
     on_shown: &mut dyn FnMut(),
 ) -> Result<Answer> {
     let mut cmd = Command::new(program);
     cmd.env_clear()
-        .env("DISPLAY", display)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    for var in ["XAUTHORITY", "RUST_LOG", "HOME", "PATH"] {
+    for var in ["RUST_LOG", "HOME", "PATH"] {
         if let Some(v) = std::env::var_os(var) {
             cmd.env(var, v);
         }
     }
-    if let Some(x) = xauthority {
-        cmd.env("XAUTHORITY", x);
+    match session {
+        Session::X11 {
+            display,
+            xauthority,
+        } => {
+            cmd.env("DISPLAY", display);
+            if let Some(x) = xauthority
+                .clone()
+                .or_else(|| std::env::var_os("XAUTHORITY").map(PathBuf::from))
+            {
+                cmd.env("XAUTHORITY", x);
+            }
+        }
+        Session::Wayland {
+            socket,
+            runtime_dir,
+            sway_socket,
+        } => {
+            cmd.env("WAYLAND_DISPLAY", socket);
+            if let Some(dir) = runtime_dir {
+                cmd.env("XDG_RUNTIME_DIR", dir);
+            }
+            if let Some(sock) = sway_socket {
+                cmd.env("SWAYSOCK", sock);
+            }
+        }
     }
     // SAFETY: only async-signal-safe calls (sigprocmask, prctl) run between
     // fork and exec.

@@ -1,36 +1,37 @@
-//! The dialog window, run by the `authd-dialog` process (never inside the
-//! daemon). winit gives the window and input; softbuffer puts the pixels of
-//! [`super::render::render`] on screen unchanged.
+//! The dialog as an ordinary window, run by the `authd-dialog` process
+//! (never inside the daemon): on X11, and on Wayland compositors without a
+//! layer shell. winit gives the window and input; softbuffer puts the
+//! pixels of [`super::render::render`] on screen unchanged. The rules
+//! (focus delay, answers, timeout) are [`super::state`]'s, shared with the
+//! Wayland overlay ([`super::wayland`]).
 //!
-//! Rules the window enforces:
+//! What this window adds:
 //! * always on top, asks for focus when it appears;
-//! * OK and Enter are inert until `focus_delay_ms` after the window gained
-//!   focus (losing focus re-arms the delay), so keystrokes aimed at another
-//!   window cannot confirm it;
-//! * Esc, Cancel or closing the window denies; so does the timeout;
-//! * a question (`DialogRequest::question`) has Deny, Allow always and
-//!   Allow once instead of a password field; the allowing buttons (and
-//!   Enter, which allows once) are inert under the same focus delay;
+//! * on X11, centred on the asking VM's window ([`super::anchor`]);
 //! * synthetic key events (replayed by X11 on focus) are ignored.
 
 use std::num::NonZeroU32;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ab_glyph::FontRef;
 use winit::application::ApplicationHandler;
-use winit::dpi::PhysicalSize;
+use winit::dpi::{PhysicalPosition, PhysicalSize};
 use winit::event::{ElementState, MouseButton, WindowEvent};
 use winit::event_loop::{ActiveEventLoop, ControlFlow, EventLoop};
 use winit::keyboard::{Key, NamedKey};
 use winit::window::{Window, WindowId, WindowLevel};
-use zeroize::Zeroizing;
 
-use super::render::{
-    self, View, ALWAYS_BUTTON, CANCEL_BUTTON, DENY_BUTTON, HEIGHT, OK_BUTTON, ONCE_BUTTON, WIDTH,
-};
+use super::anchor;
+use super::render::{HEIGHT, WIDTH};
+use super::state::{Dialog, Key as DialogKey};
 use super::{ChildMessage, DialogRequest};
 use crate::error::{Error, Result};
+
+pub use super::state::Outcome;
+
+/// The padding byte of a 0x00RRGGBB pixel, set (see `App::redraw`).
+pub const OPAQUE: u32 = 0xff00_0000;
 
 /// Window title; tests and window managers find the dialog by it.
 pub const TITLE: &str = "authd: host authentication";
@@ -42,77 +43,50 @@ pub enum External {
     DaemonGone,
 }
 
-/// How the dialog ended.
-pub enum Outcome {
-    Password(Zeroizing<String>),
-    /// A question was allowed, once or always.
-    Allowed {
-        always: bool,
-    },
-    Cancelled,
-    TimedOut,
-}
-
 struct App<'f> {
-    request: DialogRequest,
+    dialog: Dialog,
     font: FontRef<'f>,
     window: Option<Rc<Window>>,
     surface: Option<softbuffer::Surface<Rc<Window>, Rc<Window>>>,
-    password: Zeroizing<String>,
-    focused_at: Option<Instant>,
-    deadline: Instant,
     cursor: (f64, f64),
-    outcome: Option<Outcome>,
     on_shown: Option<Box<dyn FnOnce() + 'f>>,
     error: Option<Error>,
-    /// Whether the last frame drew OK as live; a change asks for a redraw.
-    drawn_armed: bool,
+    /// Where the window's inside belongs, until it is there.
+    target: Option<PhysicalPosition<i32>>,
 }
 
 impl App<'_> {
-    fn armed_at(&self) -> Option<Instant> {
-        self.focused_at
-            .map(|t| t + Duration::from_millis(self.request.focus_delay_ms))
-    }
-
-    fn ok_armed(&self, now: Instant) -> bool {
-        self.armed_at().is_some_and(|t| now >= t)
-    }
-
-    fn finish(&mut self, event_loop: &ActiveEventLoop, outcome: Outcome) {
-        if self.outcome.is_none() {
-            self.outcome = Some(outcome);
-        }
-        event_loop.exit();
-    }
-
-    /// A question's allowing answer, honoured only once armed.
-    fn allow(&mut self, event_loop: &ActiveEventLoop, always: bool) {
-        if self.ok_armed(Instant::now()) {
-            self.finish(event_loop, Outcome::Allowed { always });
-        }
-    }
-
-    fn submit(&mut self, event_loop: &ActiveEventLoop) {
-        if self.request.question.is_some() {
-            // Enter allows once; "always" takes a click.
-            return self.allow(event_loop, false);
-        }
-        if !self.ok_armed(Instant::now()) {
+    /// A window manager puts its frame where the window asked to be, and
+    /// the window inside it by the frame's width; once the frame is known,
+    /// move the frame so that the window itself is where it belongs.
+    fn settle_position(&mut self) {
+        let (Some(target), Some(w)) = (self.target, self.window.as_ref()) else {
             return;
+        };
+        let (Ok(inner), Ok(outer)) = (w.inner_position(), w.outer_position()) else {
+            self.target = None;
+            return;
+        };
+        if inner == target {
+            self.target = None;
+        } else if inner != outer {
+            w.set_outer_position(PhysicalPosition::new(
+                target.x - (inner.x - outer.x),
+                target.y - (inner.y - outer.y),
+            ));
+            self.target = None;
         }
-        let pw = std::mem::take(&mut *self.password);
-        self.finish(event_loop, Outcome::Password(Zeroizing::new(pw)));
+    }
+
+    /// Leaves the event loop once the dialog has its answer.
+    fn settle(&mut self, event_loop: &ActiveEventLoop) {
+        if self.dialog.outcome().is_some() {
+            event_loop.exit();
+        }
     }
 
     fn redraw(&mut self) -> Result<()> {
-        let view = View {
-            request: &self.request,
-            password_len: self.password.chars().count(),
-            ok_armed: self.ok_armed(Instant::now()),
-        };
-        self.drawn_armed = view.ok_armed;
-        let frame = render::render(&view, &self.font);
+        let frame = self.dialog.frame(&self.font);
         let (Some(surface), Some(window)) = (self.surface.as_mut(), self.window.as_ref()) else {
             return Ok(());
         };
@@ -126,13 +100,20 @@ impl App<'_> {
             )
             .map_err(sb)?;
         let mut buf = surface.buffer_mut().map_err(sb)?;
-        // Copy row by row: the window manager may give a size other than ours.
-        buf.fill(0x00f4f4f2);
+        // Copy row by row: the window manager may give a size other than
+        // ours. The unused top byte is set: weston 10 reads it as alpha in
+        // an XRGB8888 buffer and showed the window transparent black.
+        buf.fill(OPAQUE | 0x00f4f4f2);
         for y in 0..h.min(frame.height) {
             let src = (y * frame.width) as usize;
             let dst = (y * w) as usize;
             let n = w.min(frame.width) as usize;
-            buf[dst..dst + n].copy_from_slice(&frame.pixels[src..src + n]);
+            for (d, s) in buf[dst..dst + n]
+                .iter_mut()
+                .zip(&frame.pixels[src..src + n])
+            {
+                *d = OPAQUE | s;
+            }
         }
         buf.present().map_err(sb)?;
         if let Some(f) = self.on_shown.take() {
@@ -147,12 +128,16 @@ impl ApplicationHandler<External> for App<'_> {
         if self.window.is_some() {
             return;
         }
-        let attrs = Window::default_attributes()
+        let mut attrs = Window::default_attributes()
             .with_title(TITLE)
             .with_inner_size(PhysicalSize::new(WIDTH, HEIGHT))
             .with_resizable(false)
             .with_window_level(WindowLevel::AlwaysOnTop)
             .with_active(true);
+        if let Some((x, y)) = place(event_loop, self.dialog.request()) {
+            attrs = attrs.with_position(PhysicalPosition::new(x, y));
+            self.target = Some(PhysicalPosition::new(x, y));
+        }
         let made = event_loop
             .create_window(attrs)
             .map_err(|e| Error::Dialog(e.to_string()))
@@ -180,25 +165,27 @@ impl ApplicationHandler<External> for App<'_> {
 
     fn user_event(&mut self, event_loop: &ActiveEventLoop, event: External) {
         match event {
-            External::DaemonGone => self.finish(event_loop, Outcome::Cancelled),
+            External::DaemonGone => self.dialog.finish(Outcome::Cancelled),
         }
+        self.settle(event_loop);
     }
 
     fn window_event(&mut self, event_loop: &ActiveEventLoop, _id: WindowId, event: WindowEvent) {
         match event {
-            WindowEvent::CloseRequested => self.finish(event_loop, Outcome::Cancelled),
+            WindowEvent::CloseRequested => self.dialog.finish(Outcome::Cancelled),
+            WindowEvent::Moved(_) => self.settle_position(),
+            // Wayland configures the window after it exists: draw again at
+            // the size it was given (so does a window manager's resize).
+            WindowEvent::Resized(_) => self.request_redraw(),
             WindowEvent::RedrawRequested => {
+                self.settle_position();
                 if let Err(e) = self.redraw() {
                     self.error = Some(e);
                     event_loop.exit();
                 }
             }
-            WindowEvent::Focused(true) => {
-                self.focused_at = Some(Instant::now());
-                self.request_redraw();
-            }
-            WindowEvent::Focused(false) => {
-                self.focused_at = None;
+            WindowEvent::Focused(focused) => {
+                self.dialog.focus(focused);
                 self.request_redraw();
             }
             WindowEvent::CursorMoved { position, .. } => self.cursor = (position.x, position.y),
@@ -206,66 +193,69 @@ impl ApplicationHandler<External> for App<'_> {
                 state: ElementState::Pressed,
                 button: MouseButton::Left,
                 ..
-            } => {
-                let (x, y) = self.cursor;
-                if self.request.question.is_some() {
-                    if ONCE_BUTTON.contains(x, y) {
-                        self.allow(event_loop, false);
-                    } else if ALWAYS_BUTTON.contains(x, y) {
-                        self.allow(event_loop, true);
-                    } else if DENY_BUTTON.contains(x, y) {
-                        self.finish(event_loop, Outcome::Cancelled);
-                    }
-                } else if OK_BUTTON.contains(x, y) {
-                    self.submit(event_loop);
-                } else if CANCEL_BUTTON.contains(x, y) {
-                    self.finish(event_loop, Outcome::Cancelled);
-                }
-            }
+            } => self.dialog.click(self.cursor.0, self.cursor.1),
             WindowEvent::KeyboardInput {
                 event,
                 is_synthetic: false,
                 ..
             } if event.state == ElementState::Pressed => {
-                match &event.logical_key {
-                    Key::Named(NamedKey::Escape) => self.finish(event_loop, Outcome::Cancelled),
-                    Key::Named(NamedKey::Enter) => self.submit(event_loop),
-                    Key::Named(NamedKey::Backspace) => {
-                        self.password.pop();
-                    }
-                    _ if self.request.question.is_some() => {}
-                    _ => {
-                        if let Some(text) = &event.text {
-                            for c in text.chars().filter(|c| !c.is_control()) {
-                                if self.password.len() < 1024 {
-                                    self.password.push(c);
-                                }
-                            }
-                        }
-                    }
+                let key = match &event.logical_key {
+                    Key::Named(NamedKey::Escape) => Some(DialogKey::Escape),
+                    Key::Named(NamedKey::Enter) => Some(DialogKey::Enter),
+                    Key::Named(NamedKey::Backspace) => Some(DialogKey::Backspace),
+                    _ => event.text.as_deref().map(DialogKey::Text),
+                };
+                if let Some(key) = key {
+                    self.dialog.key(key);
                 }
                 self.request_redraw();
             }
             _ => {}
         }
+        self.settle(event_loop);
     }
 
     fn about_to_wait(&mut self, event_loop: &ActiveEventLoop) {
-        let now = Instant::now();
-        if now >= self.deadline {
-            self.finish(event_loop, Outcome::TimedOut);
-            return;
-        }
-        let mut wake = self.deadline;
-        if let Some(t) = self.armed_at() {
-            if t > now {
-                wake = wake.min(t);
-            }
-        }
-        if self.ok_armed(now) != self.drawn_armed {
+        let (wake, stale) = self.dialog.tick(Instant::now());
+        if stale {
             self.request_redraw();
         }
+        self.settle(event_loop);
         event_loop.set_control_flow(ControlFlow::WaitUntil(wake));
+    }
+}
+
+/// Where the window goes: centred on the asking VM's window on X11, else
+/// centred on the screen; says which on stderr (the daemon's log). A
+/// Wayland top-level window is placed by the compositor.
+fn place(event_loop: &ActiveEventLoop, request: &DialogRequest) -> Option<(i32, i32)> {
+    use winit::platform::x11::ActiveEventLoopExtX11;
+    if !event_loop.is_x11() {
+        eprintln!("authd-dialog: Wayland top-level window: the compositor places it");
+        return None;
+    }
+    let size = (WIDTH, HEIGHT);
+    let on_screen = |why: String| {
+        let at = anchor::x11::screen()
+            .ok()
+            .map(|s| anchor::centred(size, s, s));
+        eprintln!("authd-dialog: {why}: centred on the screen");
+        at
+    };
+    match anchor::x11::find(&request.vm, &request.vm_window_titles) {
+        Ok(Some(w)) => {
+            let at = anchor::centred(size, w.rect, w.screen);
+            eprintln!(
+                "authd-dialog: centred over {:?} ({}x{} at {},{}): dialog at {},{}",
+                w.title, w.rect.width, w.rect.height, w.rect.x, w.rect.y, at.0, at.1
+            );
+            Some(at)
+        }
+        Ok(None) => on_screen(format!(
+            "no window of VM {:?} matches {:?}",
+            request.vm, request.vm_window_titles
+        )),
+        Err(e) => on_screen(format!("looking for the VM's window: {e}")),
     }
 }
 
@@ -277,34 +267,45 @@ impl App<'_> {
     }
 }
 
-/// Runs the dialog to its end. `on_shown` runs after the first frame is on
-/// screen. Stdin EOF (the daemon went away) is delivered through the
-/// returned loop's proxy by `watch_stdin`.
+/// Wakes the dialog from another thread: the daemon is gone, deny.
+pub type Wake = Box<dyn Fn() + Send>;
+
+/// Runs the dialog to its end: as a layer-shell overlay when the Wayland
+/// compositor offers one, else as a window. `on_shown` runs after the
+/// first frame is on screen. `watch_stdin` is handed a [`Wake`] to call
+/// when stdin reaches EOF (the daemon went away).
 pub fn run(
     request: DialogRequest,
     font_bytes: &[u8],
     on_shown: Box<dyn FnOnce() + '_>,
-    watch_stdin: impl FnOnce(winit::event_loop::EventLoopProxy<External>),
+    watch_stdin: impl FnOnce(Wake),
 ) -> Result<Outcome> {
     let font = FontRef::try_from_slice(font_bytes).map_err(|e| Error::Dialog(e.to_string()))?;
+    if std::env::var_os("WAYLAND_DISPLAY").is_some() {
+        match super::wayland::connect() {
+            Ok(Some(overlay)) => return overlay.run(request, font, on_shown, watch_stdin),
+            Ok(None) => eprintln!(
+                "authd-dialog: the Wayland compositor offers no layer shell: a top-level window"
+            ),
+            Err(e) => return Err(e),
+        }
+    }
     let event_loop = EventLoop::<External>::with_user_event()
         .build()
         .map_err(|e| Error::Dialog(e.to_string()))?;
-    watch_stdin(event_loop.create_proxy());
-    let deadline = Instant::now() + Duration::from_secs(request.timeout_secs);
+    let proxy = event_loop.create_proxy();
+    watch_stdin(Box::new(move || {
+        let _ = proxy.send_event(External::DaemonGone);
+    }));
     let mut app = App {
-        request,
+        dialog: Dialog::new(request),
         font,
         window: None,
         surface: None,
-        password: Zeroizing::new(String::new()),
-        focused_at: None,
-        deadline,
         cursor: (-1.0, -1.0),
-        outcome: None,
         on_shown: Some(on_shown),
         error: None,
-        drawn_armed: false,
+        target: None,
     };
     event_loop
         .run_app(&mut app)
@@ -312,7 +313,7 @@ pub fn run(
     if let Some(e) = app.error.take() {
         return Err(e);
     }
-    Ok(app.outcome.take().unwrap_or(Outcome::Cancelled))
+    Ok(app.dialog.take_outcome().unwrap_or(Outcome::Cancelled))
 }
 
 /// Converts an outcome to the message sent to the daemon.
