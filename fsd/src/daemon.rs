@@ -6,14 +6,19 @@
 //! 4. the file system (while `/proc` and the host paths still exist);
 //! 5. pivot_root or chroot, then fewer privileges, then seccomp;
 //! 6. serve one vhost-user connection; exit when the VMM disconnects, as
-//!    virtiofsd does (the VMM restarts the daemon with the VM).
+//!    virtiofsd does (the VMM restarts the daemon with the VM), or when a
+//!    successor took the connection over (SIGUSR2, see [`crate::handover`]).
+//!
+//! A successor (started by a predecessor with [`handover::TAKEOVER_ENV`])
+//! takes the same steps but binds no socket: its connection comes from the
+//! predecessor, with the session to continue.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use fuse_backend_rs::passthrough::{CachePolicy, Config};
 use log::info;
-use vhost::vhost_user::{Error as VhostUserError, Listener};
+use vhost::vhost_user::Error as VhostUserError;
 use vhost_user_backend::{Error as DaemonError, VhostUserDaemon};
 
 use crate::broker::{self, Broker, Resource};
@@ -23,6 +28,8 @@ use crate::error::{Error, Result};
 use crate::fs::hostwatch::HostWatch;
 use crate::fs::nodes::Limits;
 use crate::fs::{SharedFs, SharedFsOptions};
+use crate::handover::launcher::Launcher;
+use crate::handover::{self, predecessor, successor, transfer::Channel, SuccessorCommand};
 use crate::monitor_link::MonitorLink;
 use crate::policy::audit::AuditLog;
 use crate::policy::grants::{GrantSource, NoGrants};
@@ -288,14 +295,45 @@ pub fn run(s: Settings) -> Result<()> {
         });
     }
     let file_handles = use_file_handles(&s, &shared)?;
-    let listener = match &s.socket {
-        SocketSpec::Path(p) => socket::bind(p, s.socket_group.as_deref())?,
-        SocketSpec::Fd(fd) => socket::adopt(*fd)?,
+    // Recorded now: later, the path may name a new binary (that is the point).
+    let successor_cmd = SuccessorCommand::of_this_process().ok();
+    let takeover = handover::takeover_fd().map(Channel::from_fd);
+    if let (Some(chan), true) = (&takeover, s.sandbox != SandboxMode::None) {
+        let e = handover::HandoverError::Unsupported(s.sandbox);
+        // Answer the predecessor's Hello, so it goes on serving at once.
+        let _ = chan.recv();
+        let _ = chan.send(
+            &handover::transfer::Msg::Refused { why: e.to_string() },
+            &[],
+        );
+        return Err(Error::Handover(e));
+    }
+    // A successor binds nothing: the predecessor holds the socket (and its
+    // path) and hands over the connection itself.
+    let listener = match (&takeover, &s.socket) {
+        (Some(_), _) => None,
+        (None, SocketSpec::Path(p)) => Some(socket::bind(p, s.socket_group.as_deref())?),
+        (None, SocketSpec::Fd(fd)) => Some(socket::adopt(*fd)?),
     };
     let nofile = sandbox::raise_nofile(s.rlimit_nofile)?;
-    // SIGHUP is taken by a thread of its own (reload); block it everywhere
-    // else before any thread exists.
+    // SIGHUP is taken by a thread of its own (reload), SIGUSR2 (handover)
+    // by the main thread; block both everywhere else before any thread
+    // exists.
     signals::block_sighup();
+    handover::block_signal();
+    // The launcher of successors forks now, while fsd has one thread and no
+    // seccomp filter (see `handover::launcher`). The sandboxed modes do not
+    // support handover yet.
+    let launcher = match (&successor_cmd, s.sandbox) {
+        (Some(cmd), SandboxMode::None) => match Launcher::start(cmd.clone()) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::warn!("handover: no launcher ({e}); SIGUSR2 will be refused");
+                None
+            }
+        },
+        _ => None,
+    };
     let broker = Arc::new(sandbox::prepare(s.sandbox, &shared, broker_paths(&s))?);
     let guard = match &s.access {
         Some(a) => Some(load_guard(
@@ -370,7 +408,8 @@ pub fn run(s: Settings) -> Result<()> {
         .map_err(Error::Device)?,
     );
     let mem = AtomicMem::new(GuestMem::new());
-    let mut daemon = VhostUserDaemon::new("fsd".into(), backend, mem).map_err(Error::VhostUser)?;
+    let mut daemon =
+        VhostUserDaemon::new("fsd".into(), backend.clone(), mem).map_err(Error::VhostUser)?;
     if let Some(g) = &guard {
         signals::spawn_reloader(g.clone()).map_err(|source| Error::Thread {
             name: "SIGHUP reloader",
@@ -393,9 +432,67 @@ pub fn run(s: Settings) -> Result<()> {
         s.cache,
         s.sandbox
     );
-    let mut listener = Listener::from(listener);
-    daemon.start(&mut listener).map_err(Error::VhostUser)?;
-    info!("VMM connected");
+    let connection = match (takeover, listener) {
+        (Some(chan), _) => {
+            successor::greet(&chan).map_err(Error::Handover)?;
+            successor::take_over(&chan, &mut daemon, &backend).map_err(Error::Handover)?
+        }
+        (None, Some(listener)) => {
+            let (conn, _) = listener.accept().map_err(Error::Accept)?;
+            let served = conn.try_clone().map_err(Error::Accept)?;
+            daemon.start_on_stream(served).map_err(Error::VhostUser)?;
+            info!("VMM connected");
+            conn
+        }
+        (None, None) => unreachable!("a daemon without a successor channel binds a socket"),
+    };
+    serve(
+        &mut daemon,
+        &backend,
+        &connection,
+        s.sandbox,
+        launcher.as_ref(),
+    )
+}
+
+/// Serves until the VMM disconnects or a successor took over.
+fn serve(
+    daemon: &mut handover::vhost::Daemon,
+    backend: &Arc<FsBackend>,
+    connection: &UnixStream,
+    sandbox: SandboxMode,
+    launcher: Option<&Launcher>,
+) -> Result<()> {
+    loop {
+        if handover::wait_for_request(Duration::from_millis(200)) {
+            match (launcher, sandbox) {
+                (Some(launcher), SandboxMode::None) => {
+                    let serving = predecessor::Serving {
+                        daemon,
+                        backend,
+                        connection,
+                    };
+                    match predecessor::hand_over(serving, launcher) {
+                        Ok(r) => {
+                            info!(
+                                "handover: done; pid {} serves now (requests paused {:?}, {} descriptors, {} inodes)",
+                                r.successor_pid, r.paused, r.descriptors, r.inodes
+                            );
+                            // Without destructors: nothing here may touch
+                            // the session any more.
+                            std::process::exit(0);
+                        }
+                        Err(e) => log::warn!("handover failed, still serving: {e}"),
+                    }
+                }
+                (None, SandboxMode::None) => log::warn!("handover: no launcher (see above)"),
+                (_, mode) => log::warn!("handover: {}", handover::HandoverError::Unsupported(mode)),
+            }
+        }
+        if daemon.is_finished() {
+            break;
+        }
+    }
     let result = daemon.wait();
     match result {
         Ok(()) => Ok(()),

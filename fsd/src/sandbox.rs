@@ -213,11 +213,11 @@ extern "C" fn forward(sig: libc::c_int) {
 }
 
 /// The parent left outside the namespaces is what supervisors see: pass
-/// SIGHUP (reload), SIGTERM and SIGINT on to the daemon.
+/// SIGHUP (reload), SIGUSR2 (handover), SIGTERM and SIGINT on to the daemon.
 fn forward_signals_to(child: libc::pid_t) {
     CHILD.store(child, std::sync::atomic::Ordering::Relaxed);
     handle(
-        &[libc::SIGHUP, libc::SIGTERM, libc::SIGINT],
+        &[libc::SIGHUP, libc::SIGTERM, libc::SIGINT, libc::SIGUSR2],
         forward,
         libc::SA_RESTART,
     );

@@ -21,6 +21,7 @@
 
 pub mod confine;
 pub mod dirs;
+mod handover;
 pub mod hostwatch;
 pub mod identity;
 pub mod locks;

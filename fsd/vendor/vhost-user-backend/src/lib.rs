@@ -313,6 +313,12 @@ where
         self.wait()
     }
 
+    /// fsd patch (live handover): whether the request thread has ended
+    /// (the front-end went away), without waiting for it.
+    pub fn is_finished(&self) -> bool {
+        self.main_thread.as_ref().is_none_or(|h| h.is_finished())
+    }
+
     /// fsd patch (live handover): the vrings, to read their state.
     pub fn vrings(&self) -> Vec<T::Vring> {
         self.handler.lock().unwrap().vrings()

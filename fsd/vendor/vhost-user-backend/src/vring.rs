@@ -139,6 +139,16 @@ impl<M: GuestAddressSpace> VringState<M> {
         &mut self.queue
     }
 
+    /// fsd patch (live handover): the err eventfd, if the front-end set one.
+    pub fn get_err(&self) -> &Option<EventConsumer> {
+        &self.err
+    }
+
+    /// fsd patch (live handover): whether the front-end enabled the vring.
+    pub fn get_enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// Add an used descriptor into the used queue.
     pub fn add_used(&mut self, desc_index: u16, len: u32) -> Result<(), VirtQueError> {
         self.queue

@@ -1,0 +1,109 @@
+//! The new fsd's side of a handover.
+//!
+//! It has started like any fsd (sandbox, file system, policy) but without a
+//! socket of its own. It reads the predecessor's version and refuses one it
+//! cannot read; otherwise it restores the file system tables, replays the
+//! vhost-user setup into its own daemon, continues the FUSE session,
+//! serves the connection, kicks each queue once and answers `Done`. On any
+//! error it answers `Failed` and the caller exits: the predecessor then
+//! serves on.
+
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use log::info;
+
+use super::state::{readable, Received, STATE_VERSION};
+use super::transfer::{Channel, Msg};
+use super::vhost::{self, Daemon};
+use super::HandoverError;
+use crate::vhost_user::FsBackend;
+
+/// Step 2: reads the predecessor's version; answers `Ready` or `Refused`.
+pub fn greet(chan: &Channel) -> Result<u32, HandoverError> {
+    chan.set_timeout(Some(super::predecessor::START_TIMEOUT))
+        .map_err(HandoverError::Channel)?;
+    let (version, pid) = match chan.recv()?.0 {
+        Msg::Hello { version, pid } => (version, pid),
+        m => {
+            return Err(HandoverError::Protocol(format!(
+                "expected Hello, got {}",
+                m.name()
+            )))
+        }
+    };
+    if !readable(version) {
+        let e = HandoverError::Version(version);
+        let _ = chan.send(&Msg::Refused { why: e.to_string() }, &[]);
+        return Err(e);
+    }
+    chan.send(
+        &Msg::Ready {
+            version: STATE_VERSION,
+            pid: std::process::id(),
+        },
+        &[],
+    )?;
+    Ok(pid)
+}
+
+/// Steps 5-6: takes the state and serves. Returns the connection served.
+pub fn take_over(
+    chan: &Channel,
+    daemon: &mut Daemon,
+    backend: &Arc<FsBackend>,
+) -> Result<UnixStream, HandoverError> {
+    chan.set_timeout(None).map_err(HandoverError::Channel)?;
+    let result = restore(chan, daemon, backend);
+    match &result {
+        Ok(_) => chan.send(&Msg::Done, &[])?,
+        Err(e) => {
+            let _ = chan.send(&Msg::Failed { why: e.to_string() }, &[]);
+        }
+    }
+    result
+}
+
+fn restore(
+    chan: &Channel,
+    daemon: &mut Daemon,
+    backend: &Arc<FsBackend>,
+) -> Result<UnixStream, HandoverError> {
+    let (state, fds) = match chan.recv()? {
+        (Msg::State(s), fds) => (s, fds),
+        (Msg::Failed { why }, _) => return Err(HandoverError::Failed(why)),
+        (m, _) => {
+            return Err(HandoverError::Protocol(format!(
+                "expected State, got {}",
+                m.name()
+            )))
+        }
+    };
+    if !readable(state.version) {
+        return Err(HandoverError::Version(state.version));
+    }
+    let mut fds = Received::new(fds);
+    let inodes = state.fs.passthrough.inodes.len();
+    let dispatcher = backend.dispatcher();
+    dispatcher
+        .fs()
+        .import_state(state.fs, &mut fds)
+        .map_err(HandoverError::FileSystem)?;
+    let kicks = vhost::replay(daemon, &state.vhost, &mut fds)?;
+    // Replaying SET_FEATURES looked like a device restart; the session goes on.
+    dispatcher.restore_session(&state.fuse);
+    let conn = UnixStream::from(
+        fds.take(state.vhost.connection)
+            .map_err(HandoverError::Dup)?,
+    );
+    let served = conn.try_clone().map_err(HandoverError::Dup)?;
+    daemon
+        .start_on_stream(served)
+        .map_err(|e| HandoverError::Daemon(e.to_string()))?;
+    vhost::kick(&kicks);
+    info!(
+        "handover: serving the predecessor's session ({inodes} inodes, {} queues)",
+        kicks.len()
+    );
+    Ok(conn)
+}

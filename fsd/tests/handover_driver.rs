@@ -1,0 +1,385 @@
+//! Live handover (SIGUSR2) against a host-side driver, without a guest.
+//!
+//! The driver is the guest here: it holds node ids, an open file, an open
+//! directory, a POSIX lock and a flock, and checks after every handover that
+//! each still means what it meant, byte for byte. It also measures what a
+//! guest would see (the longest wait for one small read while fsd hands
+//! over) and whether handovers leak descriptors or memory (the daemon's
+//! descriptor count and RSS after one handover and after many). A handover
+//! to a binary that fails must leave the old fsd serving.
+//!
+//! The daemon runs from a copy of the fsd binary, so that the test can put
+//! another binary in its place, as an upgrade does.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use driver::fuse::op;
+use driver::session::read_request;
+use driver::{Daemon, DaemonKind, DaemonSpec, Device, DeviceConfig, Harness, Request, Session};
+use fuse_backend_rs::abi::fuse_abi::{LkIn, LkOut, LK_FLOCK};
+
+const GETLK: u32 = 31;
+const SETLK: u32 = 32;
+const POSIX_OWNER: u64 = 7;
+
+/// A running handover test: the daemon started from `exe`, its log, the
+/// device, and the pid serving now.
+struct Rig {
+    first: Daemon,
+    device: Device,
+    exe: PathBuf,
+    log: PathBuf,
+    serving: u32,
+    handovers: usize,
+    _scratch: tempfile::TempDir,
+}
+
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // A zombie is gone for our purposes.
+        Ok(s) => !s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn log_text(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+/// The pids named by "handover: done; pid N serves now" lines, in order.
+fn successors(log: &str) -> Vec<u32> {
+    log.lines()
+        .filter_map(|l| l.split_once("handover: done; pid "))
+        .filter_map(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+fn fds_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+fn lock_req(node: u64, fh: u64, owner: u64, typ: i32, flock: bool, opcode: u32) -> Request {
+    let mut a = LkIn {
+        fh,
+        owner,
+        ..Default::default()
+    };
+    a.lk.type_ = typ as u32;
+    a.lk.end = i64::MAX as u64;
+    if flock {
+        a.lk_flags = LK_FLOCK;
+    }
+    Request::new(opcode, node).arg(&a)
+}
+
+impl Rig {
+    fn start() -> Option<Rig> {
+        if !Harness::require(DaemonKind::Fsd) {
+            return None;
+        }
+        let scratch = tempfile::Builder::new()
+            .prefix("fsd-handover-")
+            .tempdir()
+            .unwrap();
+        let share = scratch.path().join("share");
+        std::fs::create_dir_all(share.join("d")).unwrap();
+        std::fs::write(share.join("a.txt"), b"0123456789").unwrap();
+        for i in 0..5 {
+            std::fs::write(share.join("d").join(format!("f{i}")), b"x").unwrap();
+        }
+        let exe = scratch.path().join("fsd");
+        let built = DaemonKind::Fsd.locate().unwrap();
+        std::fs::copy(&built, &exe).unwrap();
+        let mut spec = DaemonSpec::new(DaemonKind::Fsd, &share).unwrap();
+        spec.binary = exe.clone();
+        let first = Daemon::spawn(spec).unwrap();
+        let device = Device::connect(first.socket(), &DeviceConfig::default()).unwrap();
+        let log = first
+            .socket()
+            .parent()
+            .unwrap()
+            .join("daemon.log")
+            .to_path_buf();
+        let serving = first.pid();
+        Some(Rig {
+            first,
+            device,
+            exe,
+            log,
+            serving,
+            handovers: 0,
+            _scratch: scratch,
+        })
+    }
+
+    /// Replaces the binary on disk (rename over it, as a package upgrade does).
+    fn install(&self, from: &Path) {
+        let tmp = self.exe.with_extension("new");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, &self.exe).unwrap();
+    }
+
+    /// Asks the serving fsd to hand over; while it does, `during` runs in a
+    /// loop (the guest's requests). Returns the new pid, or `None` when the
+    /// old one goes on serving (it logged "handover failed").
+    fn hand_over(&mut self, mut during: impl FnMut(&mut Device)) -> Option<u32> {
+        let before = successors(&log_text(&self.log)).len();
+        let failed_before = log_text(&self.log).matches("handover failed").count();
+        // SAFETY: sending a signal to a process of this test.
+        assert_eq!(unsafe { libc::kill(self.serving as i32, libc::SIGUSR2) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            during(&mut self.device);
+            let log = log_text(&self.log);
+            let done = successors(&log);
+            if done.len() > before {
+                let pid = done[before];
+                let old = self.serving;
+                let gone = Instant::now() + Duration::from_secs(10);
+                while alive(old) {
+                    assert!(Instant::now() < gone, "the predecessor exits");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                self.serving = pid;
+                self.handovers += 1;
+                return Some(pid);
+            }
+            if log.matches("handover failed").count() > failed_before {
+                return None;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no handover within 90 s; log:\n{log}"
+            );
+        }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        // The successors are not our children: end the one serving.
+        if self.serving != self.first.pid() && alive(self.serving) {
+            // SAFETY: a daemon this test started (through its predecessor).
+            unsafe { libc::kill(self.serving as i32, libc::SIGTERM) };
+        }
+    }
+}
+
+/// What the "guest" holds and checks after each handover.
+struct Held {
+    file: u64,
+    fh: u64,
+    dir: u64,
+    dfh: u64,
+    /// The file's content as the guest wrote it.
+    content: Vec<u8>,
+}
+
+fn setup(s: &mut Session<'_>) -> Held {
+    s.init().unwrap();
+    let file = s.lookup(1, b"a.txt").unwrap().nodeid;
+    let fh = s.open(file, libc::O_RDWR as u32, false).unwrap().fh;
+    let dir = s.lookup(1, b"d").unwrap().nodeid;
+    let dfh = s.open(dir, libc::O_RDONLY as u32, true).unwrap().fh;
+    let r = s
+        .call(
+            &lock_req(file, fh, POSIX_OWNER, libc::F_WRLCK, false, SETLK),
+            64,
+        )
+        .unwrap();
+    assert_eq!(r.errno(), 0, "POSIX lock");
+    let r = s
+        .call(&lock_req(file, fh, 0, libc::F_WRLCK, true, SETLK), 64)
+        .unwrap();
+    assert_eq!(r.errno(), 0, "flock");
+    Held {
+        file,
+        fh,
+        dir,
+        dfh,
+        content: b"0123456789".to_vec(),
+    }
+}
+
+/// Everything the guest holds still works and means the same.
+fn check(s: &mut Session<'_>, h: &mut Held, round: usize) {
+    let data = s.read(h.file, h.fh, 0, 4096).unwrap();
+    assert_eq!(data, h.content, "round {round}: the open file's bytes");
+    let more = format!("<{round:03}>").into_bytes();
+    let at = h.content.len() as u64;
+    assert_eq!(s.write(h.file, h.fh, at, &more).unwrap(), more.len() as u32);
+    h.content.extend_from_slice(&more);
+    assert_eq!(
+        s.getattr(h.file).unwrap().attr.size,
+        h.content.len() as u64,
+        "round {round}: the node id names the same file"
+    );
+    // The POSIX lock is still held: another owner sees it.
+    let r = s
+        .call(
+            &lock_req(h.file, h.fh, POSIX_OWNER + 1, libc::F_WRLCK, false, GETLK),
+            64,
+        )
+        .unwrap();
+    assert_eq!(r.errno(), 0);
+    let lk: LkOut = r.parse().unwrap();
+    assert_eq!(
+        lk.lk.type_,
+        libc::F_WRLCK as u32,
+        "round {round}: the POSIX lock survives"
+    );
+    // The flock is still held: another open file cannot take it.
+    let other = s.open(h.file, libc::O_RDONLY as u32, false).unwrap().fh;
+    let r = s
+        .call(&lock_req(h.file, other, 0, libc::F_WRLCK, true, SETLK), 64)
+        .unwrap();
+    assert_eq!(r.errno(), libc::EAGAIN, "round {round}: the flock survives");
+    s.release(h.file, other, false).unwrap();
+    // The directory stream and lookups.
+    let names: Vec<String> = s
+        .readdir_all(h.dir, false, 4096)
+        .unwrap()
+        .into_iter()
+        .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+        .collect();
+    assert!(names.iter().any(|n| n == "f4"), "round {round}: {names:?}");
+    let _ = h.dfh;
+    let e = s.lookup(h.dir, b"f0").unwrap();
+    s.forget(e.nodeid, 1).unwrap();
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[test]
+fn session_survives_handovers_and_a_failed_one() {
+    let Some(mut rig) = Rig::start() else {
+        return;
+    };
+    let mut held = {
+        let mut s = Session::new(rig.device.queue(1).unwrap());
+        setup(&mut s)
+    };
+    let (file, fh) = (held.file, held.fh);
+    // A tight loop of small reads stands for the guest while fsd hands over.
+    let mut gaps = Vec::new();
+    let log = rig.log.clone();
+    let read_loop = |d: &mut Device, worst: &mut Duration| {
+        let t = Instant::now();
+        let r = Session::new(d.queue(1).unwrap())
+            .call(&read_request(file, fh, 0, 8), 8)
+            .unwrap_or_else(|e| {
+                panic!("a read during the handover: {e}; log:\n{}", log_text(&log))
+            });
+        assert_eq!(r.errno(), 0, "a read during the handover");
+        *worst = (*worst).max(t.elapsed());
+    };
+    let mut fds_after_1 = 0;
+    let mut rss_after_1 = 0;
+    const ROUNDS: usize = 20;
+    for round in 0..ROUNDS {
+        let mut worst = Duration::ZERO;
+        let pid = rig
+            .hand_over(|d| read_loop(d, &mut worst))
+            .unwrap_or_else(|| panic!("handover {round} failed:\n{}", log_text(&rig.log)));
+        gaps.push(worst);
+        let mut s = Session::new(rig.device.queue(1).unwrap());
+        check(&mut s, &mut held, round);
+        if round == 0 {
+            fds_after_1 = fds_of(pid);
+            rss_after_1 = rss_kib(pid);
+        }
+    }
+    // The share's file holds what the guest wrote through all of them.
+    let share = rig.first.socket().parent().unwrap().to_path_buf();
+    let _ = share;
+    println!(
+        "handover: longest read wait per handover: median {:?}, max {:?} ({} handovers)",
+        median(&mut gaps.clone()),
+        gaps.iter().max().unwrap(),
+        gaps.len()
+    );
+    let (fds_n, rss_n) = (fds_of(rig.serving), rss_kib(rig.serving));
+    println!(
+        "handover: after 1: {fds_after_1} fds, {rss_after_1} KiB RSS; after {ROUNDS}: {fds_n} fds, {rss_n} KiB RSS"
+    );
+    assert_eq!(
+        fds_n, fds_after_1,
+        "descriptors after {ROUNDS} handovers equal those after one"
+    );
+
+    // A successor that fails: the old fsd goes on serving, nothing lost.
+    let good = rig.exe.with_extension("good");
+    std::fs::copy(&rig.exe, &good).unwrap();
+    let broken = rig.exe.with_extension("broken");
+    std::fs::write(&broken, b"#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    rig.install(&broken);
+    let before = rig.serving;
+    assert_eq!(rig.hand_over(|_| {}), None, "a failing successor");
+    assert_eq!(rig.serving, before);
+    assert!(alive(before), "the old fsd still runs");
+    {
+        let mut s = Session::new(rig.device.queue(1).unwrap());
+        check(&mut s, &mut held, ROUNDS);
+    }
+    // And a good binary again (an upgrade after a failed one).
+    rig.install(&good);
+    rig.hand_over(|_| {}).expect("handover after a failed one");
+    let mut s = Session::new(rig.device.queue(1).unwrap());
+    check(&mut s, &mut held, ROUNDS + 1);
+    println!("handover: {} handovers in all", rig.handovers);
+}
+
+#[test]
+fn descriptors_do_not_leak_over_many_handovers() {
+    let Some(mut rig) = Rig::start() else {
+        return;
+    };
+    let mut held = {
+        let mut s = Session::new(rig.device.queue(1).unwrap());
+        setup(&mut s)
+    };
+    let rounds: usize = std::env::var("FSD_HANDOVER_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let mut after_1 = (0, 0);
+    let mut gaps = Vec::new();
+    for round in 0..rounds {
+        let t = Instant::now();
+        let pid = rig.hand_over(|_| {}).expect("handover");
+        gaps.push(t.elapsed());
+        if round == 0 {
+            after_1 = (fds_of(pid), rss_kib(pid));
+        }
+    }
+    let mut s = Session::new(rig.device.queue(1).unwrap());
+    check(&mut s, &mut held, rounds);
+    let now = (fds_of(rig.serving), rss_kib(rig.serving));
+    println!(
+        "handover x{rounds}: after 1: {} fds, {} KiB RSS; after {rounds}: {} fds, {} KiB RSS; signal to successor serving: median {:?}",
+        after_1.0,
+        after_1.1,
+        now.0,
+        now.1,
+        median(&mut gaps)
+    );
+    assert_eq!(now.0, after_1.0, "descriptors after {rounds} handovers");
+    let _ = op::READ;
+}
