@@ -132,7 +132,7 @@ impl Channel {
         }
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         for chunk in raw.chunks(FDS_PER_RECORD) {
-            self.send_record(&[b'F'], chunk)?;
+            self.send_record(b"F", chunk)?;
         }
         Ok(())
     }
