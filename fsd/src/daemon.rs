@@ -298,16 +298,6 @@ pub fn run(s: Settings) -> Result<()> {
     // Recorded now: later, the path may name a new binary (that is the point).
     let successor_cmd = SuccessorCommand::of_this_process().ok();
     let takeover = handover::takeover_fd().map(Channel::from_fd);
-    if let (Some(chan), true) = (&takeover, s.sandbox != SandboxMode::None) {
-        let e = handover::HandoverError::Unsupported(s.sandbox);
-        // Answer the predecessor's Hello, so it goes on serving at once.
-        let _ = chan.recv();
-        let _ = chan.send(
-            &handover::transfer::Msg::Refused { why: e.to_string() },
-            &[],
-        );
-        return Err(Error::Handover(e));
-    }
     // A successor binds nothing: the predecessor holds the socket (and its
     // path) and hands over the connection itself.
     let listener = match (&takeover, &s.socket) {
@@ -321,10 +311,10 @@ pub fn run(s: Settings) -> Result<()> {
     // exists.
     signals::block_sighup();
     handover::block_signal();
-    // The launcher of successors forks now, while fsd has one thread and no
-    // seccomp filter (see `handover::launcher`). The sandboxed modes do not
-    // support handover yet.
-    let launcher = match (&successor_cmd, s.sandbox) {
+    // Successors are started from outside the seccomp filter and the
+    // sandbox: by a launcher forked now, while fsd has one thread, or, when
+    // sandboxed, by the broker parent (see `handover::launcher`).
+    let forked_launcher = match (&successor_cmd, s.sandbox) {
         (Some(cmd), SandboxMode::None) => match Launcher::start(cmd.clone()) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -334,7 +324,20 @@ pub fn run(s: Settings) -> Result<()> {
         },
         _ => None,
     };
-    let broker = Arc::new(sandbox::prepare(s.sandbox, &shared, broker_paths(&s))?);
+    let broker = Arc::new(sandbox::prepare(
+        s.sandbox,
+        &shared,
+        broker_paths(&s),
+        successor_cmd.clone(),
+        takeover.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
+    )?);
+    let launcher = match (forked_launcher, &*broker) {
+        (Some(l), _) => Some(l),
+        (None, Broker::Parent(_)) if successor_cmd.is_some() => {
+            Some(Launcher::Broker(broker.clone()))
+        }
+        _ => None,
+    };
     let guard = match &s.access {
         Some(a) => Some(load_guard(
             a,
@@ -446,13 +449,7 @@ pub fn run(s: Settings) -> Result<()> {
         }
         (None, None) => unreachable!("a daemon without a successor channel binds a socket"),
     };
-    serve(
-        &mut daemon,
-        &backend,
-        &connection,
-        s.sandbox,
-        launcher.as_ref(),
-    )
+    serve(&mut daemon, &backend, &connection, launcher.as_ref())
 }
 
 /// Serves until the VMM disconnects or a successor took over.
@@ -460,13 +457,12 @@ fn serve(
     daemon: &mut handover::vhost::Daemon,
     backend: &Arc<FsBackend>,
     connection: &UnixStream,
-    sandbox: SandboxMode,
     launcher: Option<&Launcher>,
 ) -> Result<()> {
     loop {
         if handover::wait_for_request(Duration::from_millis(200)) {
-            match (launcher, sandbox) {
-                (Some(launcher), SandboxMode::None) => {
+            match launcher {
+                Some(launcher) => {
                     let serving = predecessor::Serving {
                         daemon,
                         backend,
@@ -485,8 +481,7 @@ fn serve(
                         Err(e) => log::warn!("handover failed, still serving: {e}"),
                     }
                 }
-                (None, SandboxMode::None) => log::warn!("handover: no launcher (see above)"),
-                (_, mode) => log::warn!("handover: {}", handover::HandoverError::Unsupported(mode)),
+                None => log::warn!("handover: no launcher (see above); SIGUSR2 ignored"),
             }
         }
         if daemon.is_finished() {

@@ -20,6 +20,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::broker::{self, Broker};
+use crate::handover::launcher::Successors;
+use crate::handover::SuccessorCommand;
+use std::os::fd::RawFd;
 use crate::cli::SandboxMode;
 use std::os::unix::net::UnixStream;
 
@@ -96,15 +99,31 @@ pub fn root_prefix(mode: SandboxMode, shared_dir: &Path) -> PathBuf {
 /// parent stays outside, forwards signals, opens the host resources of
 /// `paths` for the child when asked ([`broker`]) and exits with the child's
 /// status. Without a sandbox nothing happens and fsd opens them itself.
+///
+/// With `successor`, the parent also starts successors for a live handover
+/// ([`crate::handover::launcher`]); `child_only` is a descriptor only the
+/// child keeps (a successor's handover channel).
 pub fn prepare(
     mode: SandboxMode,
     shared_dir: &Path,
     paths: broker::Paths,
+    successor: Option<SuccessorCommand>,
+    child_only: Option<RawFd>,
 ) -> Result<Broker, SandboxError> {
     if mode == SandboxMode::None {
         return Ok(Broker::Direct(paths));
     }
     let (parent_end, child_end) = UnixStream::pair().map_err(SandboxError::Fork)?;
+    // Opened before this process's children get a PID namespace of their
+    // own: successors must be born outside it (see `Successors`).
+    let own_pidns = match (&successor, mode) {
+        (Some(_), SandboxMode::Namespace) => Some(
+            std::fs::File::open("/proc/self/ns/pid")
+                .map(std::os::fd::OwnedFd::from)
+                .map_err(SandboxError::Fork)?,
+        ),
+        _ => None,
+    };
     if mode == SandboxMode::Namespace {
         // Only the PID namespace is entered before the fork (it applies to
         // children); the parent keeps the host's mounts to broker paths.
@@ -118,10 +137,15 @@ pub fn prepare(
     }
     if pid > 0 {
         drop(child_end);
+        if let Some(fd) = child_only {
+            // SAFETY: closing a descriptor this process no longer uses.
+            unsafe { libc::close(fd) };
+        }
         forward_signals_to(pid);
+        let mut successors = successor.map(|cmd| Successors::new(cmd, own_pidns));
         // On this thread: after unshare(CLONE_NEWPID) the parent cannot
         // start threads. The child's end closes when it exits.
-        broker::serve(paths, parent_end);
+        broker::serve(paths, parent_end, successors.as_mut());
         let mut status = 0;
         loop {
             // SAFETY: waiting for our own child.
@@ -138,9 +162,13 @@ pub fn prepare(
         } else {
             128 + libc::WTERMSIG(status)
         };
+        if let Some(s) = successors {
+            s.finish();
+        }
         std::process::exit(code);
     }
     drop(parent_end);
+    drop(own_pidns);
     // Child: die with the parent, so a supervisor killing fsd kills it all.
     // SAFETY: plain prctl.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };

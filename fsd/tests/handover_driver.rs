@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use driver::session::read_request;
-use driver::{Daemon, DaemonKind, DaemonSpec, Device, DeviceConfig, Harness, Request, Session};
+use driver::{DaemonKind, Device, DeviceConfig, Harness, Request, Session};
+use testrig::Sandbox;
 use fuse_backend_rs::abi::fuse_abi::{LkIn, LkOut, LK_FLOCK};
 
 const GETLK: u32 = 31;
@@ -25,7 +26,7 @@ const POSIX_OWNER: u64 = 7;
 /// A running handover test: the daemon started from `exe`, its log, the
 /// device, and the pid serving now.
 struct Rig {
-    first: Daemon,
+    first: testrig::Daemon,
     device: Device,
     exe: PathBuf,
     log: PathBuf,
@@ -85,7 +86,7 @@ fn lock_req(node: u64, fh: u64, owner: u64, typ: i32, flock: bool, opcode: u32) 
 }
 
 impl Rig {
-    fn start() -> Option<Rig> {
+    fn start(sandbox: Sandbox) -> Option<Rig> {
         if !Harness::require(DaemonKind::Fsd) {
             return None;
         }
@@ -102,16 +103,11 @@ impl Rig {
         let exe = scratch.path().join("fsd");
         let built = DaemonKind::Fsd.locate().unwrap();
         std::fs::copy(&built, &exe).unwrap();
-        let mut spec = DaemonSpec::new(DaemonKind::Fsd, &share).unwrap();
-        spec.binary = exe.clone();
-        let first = Daemon::spawn(spec).unwrap();
-        let device = Device::connect(first.socket(), &DeviceConfig::default()).unwrap();
-        let log = first
-            .socket()
-            .parent()
-            .unwrap()
-            .join("daemon.log")
-            .to_path_buf();
+        let socket = scratch.path().join("vhost.sock");
+        let log = scratch.path().join("daemon.log");
+        let spec = testrig::DaemonSpec::fsd(&exe, &socket, &share, sandbox, &[] as &[&str], &log);
+        let first = testrig::Daemon::spawn_on_path(&spec, &socket).unwrap();
+        let device = Device::connect(&socket, &DeviceConfig::default()).unwrap();
         let serving = first.pid();
         Some(Rig {
             first,
@@ -267,7 +263,22 @@ fn median(v: &mut [Duration]) -> Duration {
 
 #[test]
 fn session_survives_handovers_and_a_failed_one() {
-    let Some(mut rig) = Rig::start() else {
+    survives_handovers(Sandbox::None);
+}
+
+/// The same under fsd's default sandbox (mount, PID, IPC and network
+/// namespaces, pivot_root, seccomp): the broker parent starts successors.
+#[test]
+fn session_survives_handovers_in_the_namespace_sandbox() {
+    if !testrig::prereq::is_root() {
+        testrig::skip::<(), _>("the namespace sandbox needs root");
+        return;
+    }
+    survives_handovers(Sandbox::Namespace);
+}
+
+fn survives_handovers(sandbox: Sandbox) {
+    let Some(mut rig) = Rig::start(sandbox) else {
         return;
     };
     let mut held = {
@@ -305,14 +316,14 @@ fn session_survives_handovers_and_a_failed_one() {
         }
     }
     println!(
-        "handover: longest read wait per handover: median {:?}, max {:?} ({} handovers)",
+        "handover ({sandbox:?}): longest read wait per handover: median {:?}, max {:?} ({} handovers)",
         median(&mut gaps.clone()),
         gaps.iter().max().unwrap(),
         gaps.len()
     );
     let (fds_n, rss_n) = (fds_of(rig.serving), rss_kib(rig.serving));
     println!(
-        "handover: after 1: {fds_after_1} fds, {rss_after_1} KiB RSS; after {ROUNDS}: {fds_n} fds, {rss_n} KiB RSS"
+        "handover ({sandbox:?}): after 1: {fds_after_1} fds, {rss_after_1} KiB RSS; after {ROUNDS}: {fds_n} fds, {rss_n} KiB RSS"
     );
     assert_eq!(
         fds_n, fds_after_1,
@@ -344,7 +355,7 @@ fn session_survives_handovers_and_a_failed_one() {
 
 #[test]
 fn descriptors_do_not_leak_over_many_handovers() {
-    let Some(mut rig) = Rig::start() else {
+    let Some(mut rig) = Rig::start(Sandbox::None) else {
         return;
     };
     let mut held = {

@@ -7,8 +7,17 @@
 //! nodes, the descriptions that carry locks, the directory streams and each
 //! handle's open flags. Caches that can be rebuilt (host names of nodes,
 //! "found unprotected" marks) stay behind and are refilled on demand.
+//!
+//! A sandboxed predecessor's inode descriptors sit on its own clone of the
+//! share's mounts, in a mount namespace that ends with it; fsd names
+//! inodes by path through `/proc/self/fd` in places (see [`super::confine`])
+//! and that name would then be wrong. So each inode is anchored again
+//! beneath this process's share root, through its file handle, where the
+//! file system has handles; where it has none the predecessor's descriptor
+//! is kept (docs/rejuvenation.md says what that costs).
 
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use fuse_backend_rs::passthrough::handover::{
     Exported, ExportedHandle, ExportedInode, ExportedSession,
@@ -82,14 +91,19 @@ impl SharedFs {
         let p = st.passthrough;
         let mut inodes = Vec::with_capacity(p.inodes.len());
         for i in p.inodes {
+            let fd = fds.take(i.fd)?;
+            let (file, mnt) = match reanchor(&fd, self.confined.root_fd(), (i.dev, i.ino)) {
+                Some((f, mnt)) => (f, mnt),
+                None => (fd, i.mnt),
+            };
             inodes.push(ExportedInode {
                 inode: i.inode,
                 refcount: i.refcount,
                 ino: i.ino,
                 dev: i.dev,
-                mnt: i.mnt,
+                mnt,
                 mode: i.mode,
-                file: fds.take(i.fd)?.into(),
+                file: file.into(),
             });
         }
         let mut handles = Vec::with_capacity(p.handles.len());
@@ -121,4 +135,55 @@ impl SharedFs {
         self.dir_paths.write().unwrap().clear();
         Ok(())
     }
+}
+
+/// Reopens the inode of `fd` (O_PATH) by its file handle beneath `root`:
+/// the descriptor and its mount id, or `None` when the file system has no
+/// handles, the inode is on another mount, or it is not the same inode.
+fn reanchor(fd: &OwnedFd, root: BorrowedFd<'_>, key: (u64, u64)) -> Option<(OwnedFd, u64)> {
+    const MAX_HANDLE: usize = 128;
+    let mut buf = [0u8; 8 + MAX_HANDLE];
+    buf[..4].copy_from_slice(&(MAX_HANDLE as u32).to_ne_bytes());
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `buf` holds a file_handle header with room for MAX_HANDLE
+    // bytes; the path is an empty C string used with AT_EMPTY_PATH.
+    let r = unsafe {
+        libc::name_to_handle_at(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr() as *mut libc::file_handle,
+            &mut mount_id,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return None;
+    }
+    // SAFETY: `buf` holds the handle the kernel just wrote.
+    let new = unsafe {
+        libc::open_by_handle_at(
+            root.as_raw_fd(),
+            buf.as_mut_ptr() as *mut libc::file_handle,
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
+    };
+    if new < 0 {
+        return None;
+    }
+    // SAFETY: a descriptor the kernel just returned, owned from here.
+    let new = unsafe { OwnedFd::from_raw_fd(new) };
+    // SAFETY: statx writes into a zeroed statx structure.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; the path is empty, with AT_EMPTY_PATH.
+    let r = unsafe {
+        libc::statx(
+            new.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_INO | libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
+    let dev = libc::makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    (r == 0 && (dev, stx.stx_ino) == key).then_some((new, stx.stx_mnt_id))
 }

@@ -57,9 +57,10 @@ pub struct Report {
 /// exit without touching the connection. `Err`: this process still serves.
 pub fn hand_over(s: Serving<'_>, launcher: &Launcher) -> Result<Report, HandoverError> {
     info!("handover: starting the successor");
-    let chan = launcher.spawn().map_err(HandoverError::Launch)?;
-    let pid = match prepare(&chan) {
-        Ok(pid) => pid,
+    let started = launcher.spawn().map_err(HandoverError::Launch)?;
+    let (chan, pid) = (started.channel, started.pid);
+    match prepare(&chan) {
+        Ok(_) => {}
         Err(e) => {
             launcher.kill();
             return Err(e);
