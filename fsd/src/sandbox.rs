@@ -203,9 +203,14 @@ pub fn prepare(
         // As PID 1 of its namespace the daemon ignores signals it has no
         // handler for; SIGTERM and SIGINT (forwarded by the parent) end it.
         exit_on(&[libc::SIGTERM, libc::SIGINT]);
+        // SIGUSR2 (handover) is taken with sigtimedwait; without a handler
+        // the kernel would drop it on the way to a namespace's PID 1.
+        handle(&[libc::SIGUSR2], ignore, 0);
     }
     Ok(Broker::Parent(std::sync::Mutex::new(child_end)))
 }
+
+extern "C" fn ignore(_sig: libc::c_int) {}
 
 extern "C" fn exit_now(sig: libc::c_int) {
     // SAFETY: _exit is async-signal-safe.
@@ -249,11 +254,12 @@ fn forward_signals_to(child: libc::pid_t) {
         forward,
         libc::SA_RESTART,
     );
-    // SAFETY: unblocking SIGHUP in this (single-threaded) parent.
+    // SAFETY: unblocking SIGHUP and SIGUSR2 in this (single-threaded) parent.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
     }
 }
