@@ -20,10 +20,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::broker::{self, Broker};
+use crate::cli::SandboxMode;
 use crate::handover::launcher::Successors;
 use crate::handover::SuccessorCommand;
 use std::os::fd::RawFd;
-use crate::cli::SandboxMode;
 use std::os::unix::net::UnixStream;
 
 #[derive(Debug, thiserror::Error)]

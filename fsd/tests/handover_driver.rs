@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use driver::session::read_request;
 use driver::{DaemonKind, Device, DeviceConfig, Harness, Request, Session};
-use testrig::Sandbox;
 use fuse_backend_rs::abi::fuse_abi::{LkIn, LkOut, LK_FLOCK};
+use testrig::Sandbox;
 
 const GETLK: u32 = 31;
 const SETLK: u32 = 32;
