@@ -107,3 +107,32 @@ fn restore(
     );
     Ok(conn)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handover::transfer::pair;
+
+    fn greet_with(version: u32) -> (Result<u32, HandoverError>, Msg) {
+        let (pred, succ) = pair().unwrap();
+        let succ = Channel::from_fd(succ);
+        pred.send(&Msg::Hello { version, pid: 42 }, &[]).unwrap();
+        let r = greet(&succ);
+        let (answer, _) = pred.recv().unwrap();
+        (r, answer)
+    }
+
+    #[test]
+    fn a_version_it_cannot_read_is_refused_before_anything_pauses() {
+        let (r, answer) = greet_with(STATE_VERSION + 1);
+        assert!(matches!(r, Err(HandoverError::Version(v)) if v == STATE_VERSION + 1));
+        assert!(matches!(answer, Msg::Refused { .. }), "{}", answer.name());
+    }
+
+    #[test]
+    fn its_own_version_is_accepted() {
+        let (r, answer) = greet_with(STATE_VERSION);
+        assert_eq!(r.unwrap(), 42);
+        assert!(matches!(answer, Msg::Ready { version, .. } if version == STATE_VERSION));
+    }
+}
