@@ -60,7 +60,7 @@ pub fn hand_over(s: Serving<'_>, launcher: &Launcher) -> Result<Report, Handover
     let started = launcher.spawn().map_err(HandoverError::Launch)?;
     let (chan, pid) = (started.channel, started.pid);
     match prepare(&chan) {
-        Ok(_) => {}
+        Ok(version) => info!("handover: successor {pid} is ready (state version {version})"),
         Err(e) => {
             launcher.kill();
             return Err(e);
@@ -109,7 +109,7 @@ pub fn hand_over(s: Serving<'_>, launcher: &Launcher) -> Result<Report, Handover
     }
 }
 
-/// Steps 1-2: the successor is up and reads our version; its pid.
+/// Steps 1-2: the successor is up and reads our version; its own.
 fn prepare(chan: &Channel) -> Result<u32, HandoverError> {
     chan.set_timeout(Some(START_TIMEOUT))
         .map_err(HandoverError::Channel)?;
@@ -121,10 +121,7 @@ fn prepare(chan: &Channel) -> Result<u32, HandoverError> {
         &[],
     )?;
     match chan.recv()?.0 {
-        Msg::Ready { version, pid } => {
-            info!("handover: successor {pid} is ready (state version {version})");
-            Ok(pid)
-        }
+        Msg::Ready { version, .. } => Ok(version),
         Msg::Refused { why } => Err(HandoverError::Refused(why)),
         m => Err(HandoverError::Protocol(format!(
             "expected Ready, got {}",
