@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use vm_memory::bitmap::BitmapSlice;
 
+use super::file_handle::FileHandle;
 use super::inode_store::InodeId;
 use super::{HandleData, InodeData, InodeHandle, PassthroughFs};
 
@@ -107,17 +108,32 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
         })
     }
 
-    /// Replaces the inode and handle tables with `state`. Inodes come back
-    /// as O_PATH descriptors, whatever they were held by before.
+    /// Replaces the inode and handle tables with `state`. With
+    /// `inode_file_handles`, inodes are held by file handle where the file
+    /// system has them, else by the O_PATH descriptor given.
     pub fn import_state(&self, state: Exported) -> io::Result<()> {
         let s = state.session;
         {
             let mut inodes = self.inode_map.get_map_mut();
             inodes.clear();
             for i in state.inodes {
+                // With file handles, an inode holds a handle, not a
+                // descriptor, as it would had it been looked up here: the
+                // guest may hold more inodes than fsd may open files.
+                let handle = match self.cfg.inode_file_handles {
+                    true => FileHandle::from_fd(&i.file)
+                        .ok()
+                        .flatten()
+                        .and_then(|h| self.to_openable_handle(h).ok()),
+                    false => None,
+                };
+                let handle = match handle {
+                    Some(h) => InodeHandle::Handle(h),
+                    None => InodeHandle::File(i.file),
+                };
                 inodes.insert(Arc::new(InodeData::new(
                     i.inode,
-                    InodeHandle::File(i.file),
+                    handle,
                     i.refcount,
                     InodeId {
                         ino: i.ino,
