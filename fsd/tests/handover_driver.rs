@@ -87,6 +87,15 @@ fn lock_req(node: u64, fh: u64, owner: u64, typ: i32, flock: bool, opcode: u32) 
 
 impl Rig {
     fn start(sandbox: Sandbox) -> Option<Rig> {
+        Self::start_with(sandbox, &[], DeviceConfig::default(), |_| {})
+    }
+
+    fn start_with(
+        sandbox: Sandbox,
+        extra: &[&str],
+        device: DeviceConfig,
+        populate: impl FnOnce(&Path),
+    ) -> Option<Rig> {
         if !Harness::require(DaemonKind::Fsd) {
             return None;
         }
@@ -100,14 +109,15 @@ impl Rig {
         for i in 0..5 {
             std::fs::write(share.join("d").join(format!("f{i}")), b"x").unwrap();
         }
+        populate(&share);
         let exe = scratch.path().join("fsd");
         let built = DaemonKind::Fsd.locate().unwrap();
         std::fs::copy(&built, &exe).unwrap();
         let socket = scratch.path().join("vhost.sock");
         let log = scratch.path().join("daemon.log");
-        let spec = testrig::DaemonSpec::fsd(&exe, &socket, &share, sandbox, &[] as &[&str], &log);
+        let spec = testrig::DaemonSpec::fsd(&exe, &socket, &share, sandbox, extra, &log);
         let first = testrig::Daemon::spawn_on_path(&spec, &socket).unwrap();
-        let device = Device::connect(&socket, &DeviceConfig::default()).unwrap();
+        let device = Device::connect(&socket, &device).unwrap();
         let serving = first.pid();
         Some(Rig {
             first,
@@ -391,4 +401,92 @@ fn descriptors_do_not_leak_over_many_handovers() {
         median(&mut gaps)
     );
     assert_eq!(now.0, after_1.0, "descriptors after {rounds} handovers");
+}
+
+/// The pause fsd reports for each handover ("requests paused D").
+fn pauses(log: &str) -> Vec<Duration> {
+    log.lines()
+        .filter_map(|l| {
+            l.split_once("(requests paused ")?
+                .1
+                .split_once(',')
+                .map(|(d, _)| d)
+        })
+        .filter_map(|d| {
+            let (num, unit) = d.find(|c: char| c.is_alphabetic()).map(|i| d.split_at(i))?;
+            let v: f64 = num.parse().ok()?;
+            Some(Duration::from_secs_f64(match unit {
+                "s" => v,
+                "ms" => v / 1e3,
+                "µs" => v / 1e6,
+                "ns" => v / 1e9,
+                _ => return None,
+            }))
+        })
+        .collect()
+}
+
+/// Benchmark: how the pause grows with the inodes the guest holds and with
+/// the guest's memory size. Prints medians of five handovers each; asserts
+/// only that the session survives. `FSD_HANDOVER_BENCH=1` to run it.
+#[test]
+fn pause_against_inodes_and_memory() {
+    if std::env::var_os("FSD_HANDOVER_BENCH").is_none() {
+        testrig::skip::<(), _>("benchmark: set FSD_HANDOVER_BENCH=1 to run it");
+        return;
+    }
+    const MIB: u64 = 1 << 20;
+    for (inodes, mem) in [
+        (1_000usize, 128 * MIB),
+        (10_000, 128 * MIB),
+        (100_000, 128 * MIB),
+        (1_000, 1024 * MIB),
+        (1_000, 4096 * MIB),
+    ] {
+        let device = DeviceConfig {
+            mem_size: mem,
+            ..DeviceConfig::default()
+        };
+        let Some(mut rig) = Rig::start_with(Sandbox::None, &[], device, |share| {
+            std::fs::create_dir(share.join("many")).unwrap();
+            for i in 0..inodes {
+                std::fs::write(share.join("many").join(format!("{i}")), b"").unwrap();
+            }
+        }) else {
+            return;
+        };
+        let mut held = {
+            let mut s = Session::new(rig.device.queue(1).unwrap());
+            let held = setup(&mut s);
+            let many = s.lookup(1, b"many").unwrap().nodeid;
+            for i in 0..inodes {
+                s.lookup(many, format!("{i}").as_bytes()).unwrap();
+            }
+            held
+        };
+        let (file, fh) = (held.file, held.fh);
+        let mut gaps = Vec::new();
+        for _ in 0..5 {
+            let mut worst = Duration::ZERO;
+            rig.hand_over(|d| {
+                let t = Instant::now();
+                let r = Session::new(d.queue(1).unwrap())
+                    .call(&read_request(file, fh, 0, 8), 8)
+                    .unwrap();
+                assert_eq!(r.errno(), 0);
+                worst = worst.max(t.elapsed());
+            })
+            .expect("handover");
+            gaps.push(worst);
+        }
+        let mut s = Session::new(rig.device.queue(1).unwrap());
+        check(&mut s, &mut held, 0);
+        let mut paused = pauses(&log_text(&rig.log));
+        println!(
+            "bench handover: {inodes} inodes, {} MiB guest RAM: fsd's pause median {:?}; longest read wait median {:?} (5 handovers)",
+            mem / MIB,
+            median(&mut paused),
+            median(&mut gaps)
+        );
+    }
 }

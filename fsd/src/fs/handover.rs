@@ -49,7 +49,8 @@ impl SharedFs {
                     dev: i.dev,
                     mnt: i.mnt,
                     mode: i.mode,
-                    fd: bag.put(i.file.into()),
+                    fd: i.file.map(|f| bag.put(f.into())),
+                    handle: i.handle,
                 })
                 .collect(),
             handles: e
@@ -91,10 +92,24 @@ impl SharedFs {
         let p = st.passthrough;
         let mut inodes = Vec::with_capacity(p.inodes.len());
         for i in p.inodes {
-            let fd = fds.take(i.fd)?;
-            let (file, mnt) = match reanchor(&fd, self.confined.root_fd(), (i.dev, i.ino)) {
-                Some((f, mnt)) => (f, mnt),
-                None => (fd, i.mnt),
+            let key = (i.dev, i.ino);
+            let (file, mnt) = match (i.fd, &i.handle) {
+                (Some(fd), _) => {
+                    let fd = fds.take(fd)?;
+                    match reanchor(&fd, self.confined.root_fd(), key) {
+                        Some((f, mnt)) => (f, mnt),
+                        None => (fd, i.mnt),
+                    }
+                }
+                (None, Some((typ, bytes))) => {
+                    open_handle(self.confined.root_fd(), *typ, bytes, key).ok_or_else(|| {
+                        io::Error::other(format!(
+                            "inode {} cannot be opened by its handle",
+                            i.inode
+                        ))
+                    })?
+                }
+                (None, None) => return Err(io::Error::other("inode without descriptor or handle")),
             };
             inodes.push(ExportedInode {
                 inode: i.inode,
@@ -103,7 +118,8 @@ impl SharedFs {
                 dev: i.dev,
                 mnt,
                 mode: i.mode,
-                file: file.into(),
+                file: Some(file.into()),
+                handle: None,
             });
         }
         let mut handles = Vec::with_capacity(p.handles.len());
@@ -159,7 +175,28 @@ fn reanchor(fd: &OwnedFd, root: BorrowedFd<'_>, key: (u64, u64)) -> Option<(Owne
     if r < 0 {
         return None;
     }
-    // SAFETY: `buf` holds the handle the kernel just wrote.
+    let typ = i32::from_ne_bytes(buf[4..8].try_into().unwrap());
+    let len = (u32::from_ne_bytes(buf[..4].try_into().unwrap()) as usize).min(MAX_HANDLE);
+    open_handle(root, typ, &buf[8..8 + len], key)
+}
+
+/// Opens (O_PATH) the inode with file handle (`typ`, `bytes`) beneath
+/// `root`: the descriptor and its mount id, if it is the inode `key`.
+fn open_handle(
+    root: BorrowedFd<'_>,
+    typ: i32,
+    bytes: &[u8],
+    key: (u64, u64),
+) -> Option<(OwnedFd, u64)> {
+    const MAX_HANDLE: usize = 128;
+    if bytes.len() > MAX_HANDLE {
+        return None;
+    }
+    let mut buf = [0u8; 8 + MAX_HANDLE];
+    buf[..4].copy_from_slice(&(bytes.len() as u32).to_ne_bytes());
+    buf[4..8].copy_from_slice(&typ.to_ne_bytes());
+    buf[8..8 + bytes.len()].copy_from_slice(bytes);
+    // SAFETY: `buf` holds a complete file_handle structure.
     let new = unsafe {
         libc::open_by_handle_at(
             root.as_raw_fd(),

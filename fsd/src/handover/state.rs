@@ -152,7 +152,7 @@ pub struct PassthroughState {
     pub handles: Vec<HandleState>,
 }
 
-/// One inode the guest holds, with an O_PATH descriptor.
+/// One inode the guest holds, by descriptor or by file handle.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct InodeState {
     pub inode: u64,
@@ -161,7 +161,10 @@ pub struct InodeState {
     pub dev: u64,
     pub mnt: u64,
     pub mode: u32,
-    pub fd: FdIndex,
+    /// An O_PATH descriptor, for inodes held by descriptor.
+    pub fd: Option<FdIndex>,
+    /// The file handle (type, bytes), for inodes held by handle.
+    pub handle: Option<(i32, Vec<u8>)>,
 }
 
 /// One open file of the guest: its open description.

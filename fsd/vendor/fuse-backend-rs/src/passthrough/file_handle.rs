@@ -147,6 +147,21 @@ pub struct FileHandle {
     handle: CFileHandle,
 }
 
+impl FileHandle {
+    /// fsd patch (live handover): the handle's type and bytes, which name
+    /// the inode on its file system whatever the mount.
+    pub fn raw_parts(&self) -> (i32, Vec<u8>) {
+        let fh = self.handle.wrapper.as_fam_struct_ref();
+        let len = fh.handle_bytes as usize;
+        // SAFETY: the wrapper holds `handle_bytes` bytes of f_handle.
+        let bytes = unsafe { fh.f_handle.as_slice(len) }
+            .iter()
+            .map(|&b| b as u8)
+            .collect();
+        (fh.handle_type, bytes)
+    }
+}
+
 impl Default for FileHandle {
     fn default() -> Self {
         Self {

@@ -27,8 +27,13 @@ pub struct ExportedInode {
     pub dev: u64,
     pub mnt: u64,
     pub mode: u32,
-    /// An O_PATH descriptor of the inode.
-    pub file: File,
+    /// An O_PATH descriptor of the inode: always given to `import_state`;
+    /// from `export_state` only for inodes held by descriptor.
+    pub file: Option<File>,
+    /// The file handle (type, bytes) of an inode held by handle: the
+    /// successor opens it itself, so that a handover does not need a
+    /// descriptor per inode.
+    pub handle: Option<(i32, Vec<u8>)>,
 }
 
 /// One open file or directory of the guest.
@@ -78,9 +83,9 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
         };
         let mut inodes = Vec::new();
         for d in self.inode_map.inodes.read().unwrap().values() {
-            let file = match &d.handle {
-                InodeHandle::File(f) => f.try_clone()?,
-                InodeHandle::Handle(h) => h.open(libc::O_PATH)?,
+            let (file, handle) = match &d.handle {
+                InodeHandle::File(f) => (Some(f.try_clone()?), None),
+                InodeHandle::Handle(h) => (None, Some(h.file_handle().raw_parts())),
             };
             inodes.push(ExportedInode {
                 inode: d.inode,
@@ -90,6 +95,7 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
                 mnt: d.id.mnt,
                 mode: d.mode,
                 file,
+                handle,
             });
         }
         let mut handles = Vec::new();
@@ -117,11 +123,14 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
             let mut inodes = self.inode_map.get_map_mut();
             inodes.clear();
             for i in state.inodes {
+                let file = i.file.ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "inode without a descriptor")
+                })?;
                 // With file handles, an inode holds a handle, not a
                 // descriptor, as it would had it been looked up here: the
                 // guest may hold more inodes than fsd may open files.
                 let handle = match self.cfg.inode_file_handles {
-                    true => FileHandle::from_fd(&i.file)
+                    true => FileHandle::from_fd(&file)
                         .ok()
                         .flatten()
                         .and_then(|h| self.to_openable_handle(h).ok()),
@@ -129,7 +138,7 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
                 };
                 let handle = match handle {
                     Some(h) => InodeHandle::Handle(h),
-                    None => InodeHandle::File(i.file),
+                    None => InodeHandle::File(file),
                 };
                 inodes.insert(Arc::new(InodeData::new(
                     i.inode,
