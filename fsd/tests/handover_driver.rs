@@ -436,6 +436,10 @@ fn pause_against_inodes_and_memory() {
         return;
     }
     const MIB: u64 = 1 << 20;
+    let only: Option<usize> = std::env::var("FSD_HANDOVER_BENCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 1);
     for (inodes, mem) in [
         (1_000usize, 128 * MIB),
         (10_000, 128 * MIB),
@@ -443,6 +447,9 @@ fn pause_against_inodes_and_memory() {
         (1_000, 1024 * MIB),
         (1_000, 4096 * MIB),
     ] {
+        if only.is_some_and(|n| n != inodes) {
+            continue;
+        }
         let device = DeviceConfig {
             mem_size: mem,
             ..DeviceConfig::default()
@@ -476,7 +483,11 @@ fn pause_against_inodes_and_memory() {
                 assert_eq!(r.errno(), 0);
                 worst = worst.max(t.elapsed());
             })
-            .expect("handover");
+            .unwrap_or_else(|| {
+                let log = log_text(&rig.log);
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                panic!("handover with {inodes} inodes failed: {tail:?}")
+            });
             gaps.push(worst);
         }
         let mut s = Session::new(rig.device.queue(1).unwrap());

@@ -90,25 +90,31 @@ impl SharedFs {
     /// handle the guest holds names what it named there.
     pub fn import_state(&self, st: FsState, fds: &mut Received) -> io::Result<()> {
         let p = st.passthrough;
+        // Mount ids are per mount namespace: the predecessor's share root
+        // is this process's share root (a sandboxed predecessor had its own
+        // clone of the mounts). Inodes on other mounts keep their id.
+        let pred_root = p
+            .inodes
+            .iter()
+            .find(|i| i.inode == fuse_backend_rs::api::filesystem::ROOT_ID)
+            .map(|i| i.mnt);
+        let own_root = mount_id(self.confined.root_fd());
+        let remap = |mnt: u64| match (pred_root, own_root) {
+            (Some(p), Some(o)) if p == mnt => o,
+            _ => mnt,
+        };
         let mut inodes = Vec::with_capacity(p.inodes.len());
         for i in p.inodes {
             let key = (i.dev, i.ino);
-            let (file, mnt) = match (i.fd, &i.handle) {
+            let (file, handle, mnt) = match (i.fd, i.handle) {
                 (Some(fd), _) => {
                     let fd = fds.take(fd)?;
                     match reanchor(&fd, self.confined.root_fd(), key) {
-                        Some((f, mnt)) => (f, mnt),
-                        None => (fd, i.mnt),
+                        Some((f, mnt)) => (Some(f), None, mnt),
+                        None => (Some(fd), None, i.mnt),
                     }
                 }
-                (None, Some((typ, bytes))) => {
-                    open_handle(self.confined.root_fd(), *typ, bytes, key).ok_or_else(|| {
-                        io::Error::other(format!(
-                            "inode {} cannot be opened by its handle",
-                            i.inode
-                        ))
-                    })?
-                }
+                (None, Some(h)) => (None, Some(h), remap(i.mnt)),
                 (None, None) => return Err(io::Error::other("inode without descriptor or handle")),
             };
             inodes.push(ExportedInode {
@@ -118,8 +124,8 @@ impl SharedFs {
                 dev: i.dev,
                 mnt,
                 mode: i.mode,
-                file: Some(file.into()),
-                handle: None,
+                file: file.map(Into::into),
+                handle,
             });
         }
         let mut handles = Vec::with_capacity(p.handles.len());
@@ -223,4 +229,21 @@ fn open_handle(
     };
     let dev = libc::makedev(stx.stx_dev_major, stx.stx_dev_minor);
     (r == 0 && (dev, stx.stx_ino) == key).then_some((new, stx.stx_mnt_id))
+}
+
+/// The mount id of `fd`.
+fn mount_id(fd: BorrowedFd<'_>) -> Option<u64> {
+    // SAFETY: statx writes into a zeroed statx structure.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; the path is empty, with AT_EMPTY_PATH.
+    let r = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
+    (r == 0).then_some(stx.stx_mnt_id)
 }

@@ -148,6 +148,25 @@ pub struct FileHandle {
 }
 
 impl FileHandle {
+    /// fsd patch (live handover): a handle from its type and bytes, on the
+    /// mount `mnt_id` (of this process's mount table).
+    pub fn from_raw_parts(mnt_id: u64, handle_type: i32, bytes: &[u8]) -> io::Result<Self> {
+        if bytes.len() > MAX_HANDLE_SIZE {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let mut c_fh = CFileHandle::new(bytes.len());
+        // SAFETY: only the type field is written; the length stays the one
+        // the wrapper was made with.
+        unsafe { c_fh.wrapper.as_mut_fam_struct() }.handle_type = handle_type;
+        for (d, &b) in c_fh.wrapper.as_mut_slice().iter_mut().zip(bytes) {
+            *d = b as libc::c_char;
+        }
+        Ok(FileHandle {
+            mnt_id,
+            handle: c_fh,
+        })
+    }
+
     /// fsd patch (live handover): the handle's type and bytes, which name
     /// the inode on its file system whatever the mount.
     pub fn raw_parts(&self) -> (i32, Vec<u8>) {

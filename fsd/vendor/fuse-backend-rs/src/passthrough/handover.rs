@@ -27,11 +27,10 @@ pub struct ExportedInode {
     pub dev: u64,
     pub mnt: u64,
     pub mode: u32,
-    /// An O_PATH descriptor of the inode: always given to `import_state`;
-    /// from `export_state` only for inodes held by descriptor.
+    /// An O_PATH descriptor of the inode, for inodes held by descriptor.
     pub file: Option<File>,
-    /// The file handle (type, bytes) of an inode held by handle: the
-    /// successor opens it itself, so that a handover does not need a
+    /// The file handle (type, bytes) of an inode held by handle (on mount
+    /// `mnt`): it travels as bytes, so that a handover does not need a
     /// descriptor per inode.
     pub handle: Option<(i32, Vec<u8>)>,
 }
@@ -123,22 +122,32 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
             let mut inodes = self.inode_map.get_map_mut();
             inodes.clear();
             for i in state.inodes {
-                let file = i.file.ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::InvalidInput, "inode without a descriptor")
-                })?;
                 // With file handles, an inode holds a handle, not a
                 // descriptor, as it would had it been looked up here: the
                 // guest may hold more inodes than fsd may open files.
-                let handle = match self.cfg.inode_file_handles {
-                    true => FileHandle::from_fd(&file)
-                        .ok()
-                        .flatten()
-                        .and_then(|h| self.to_openable_handle(h).ok()),
-                    false => None,
-                };
-                let handle = match handle {
-                    Some(h) => InodeHandle::Handle(h),
-                    None => InodeHandle::File(file),
+                let handle = match (i.handle, i.file) {
+                    (Some((typ, bytes)), _) => InodeHandle::Handle(
+                        self.to_openable_handle(FileHandle::from_raw_parts(i.mnt, typ, &bytes)?)?,
+                    ),
+                    (None, Some(file)) => {
+                        let h = match self.cfg.inode_file_handles {
+                            true => FileHandle::from_fd(&file)
+                                .ok()
+                                .flatten()
+                                .and_then(|h| self.to_openable_handle(h).ok()),
+                            false => None,
+                        };
+                        match h {
+                            Some(h) => InodeHandle::Handle(h),
+                            None => InodeHandle::File(file),
+                        }
+                    }
+                    (None, None) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "inode without a descriptor or a handle",
+                        ))
+                    }
                 };
                 inodes.insert(Arc::new(InodeData::new(
                     i.inode,
