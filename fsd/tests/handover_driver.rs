@@ -501,3 +501,82 @@ fn pause_against_inodes_and_memory() {
         );
     }
 }
+
+/// A request that waits (F_SETLKW on a lock another owner holds) cannot be
+/// handed over: the handover is given up after a bound, the old fsd serves
+/// on, the waiting request is answered once the lock is free, and the next
+/// handover goes through with the lock where it belongs.
+#[test]
+fn a_waiting_lock_postpones_the_handover() {
+    const SETLKW: u32 = 33;
+    let Some(mut rig) = Rig::start(Sandbox::None) else {
+        return;
+    };
+    let mut held = {
+        let mut s = Session::new(rig.device.queue(1).unwrap());
+        setup(&mut s)
+    };
+    let (file, fh) = (held.file, held.fh);
+    let waiter = POSIX_OWNER + 1;
+    let token = {
+        let q = rig.device.queue(1).unwrap();
+        let req = lock_req(file, fh, waiter, libc::F_WRLCK, false, SETLKW);
+        q.submit(&req.chain(driver::session::next_unique(), 64))
+            .unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let before = rig.serving;
+    assert_eq!(rig.hand_over(|_| {}), None, "handover with a waiting lock");
+    assert_eq!(rig.serving, before);
+    let log = log_text(&rig.log);
+    assert!(
+        log.contains("1 requests still waiting"),
+        "the reason is logged:\n{log}"
+    );
+    // The lock's owner lets go; the waiter gets it.
+    {
+        let mut s = Session::new(rig.device.queue(1).unwrap());
+        let r = s
+            .call(
+                &lock_req(file, fh, POSIX_OWNER, libc::F_UNLCK, false, SETLK),
+                64,
+            )
+            .unwrap();
+        assert_eq!(r.errno(), 0);
+    }
+    let done = rig
+        .device
+        .queue(1)
+        .unwrap()
+        .wait_for(token, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(
+        driver::Reply::decode(&done).unwrap().errno(),
+        0,
+        "the waiting lock was granted"
+    );
+    rig.hand_over(|_| {}).expect("handover once nothing waits");
+    // The lock moved with the handover: it is the waiter's now.
+    let mut s = Session::new(rig.device.queue(1).unwrap());
+    let r = s
+        .call(
+            &lock_req(file, fh, POSIX_OWNER, libc::F_WRLCK, false, GETLK),
+            64,
+        )
+        .unwrap();
+    let lk: LkOut = r.parse().unwrap();
+    assert_eq!(lk.lk.type_, libc::F_WRLCK as u32, "the waiter's lock holds");
+    // Give the lock back to the first owner so that `check` finds it there.
+    let r = s
+        .call(&lock_req(file, fh, waiter, libc::F_UNLCK, false, SETLK), 64)
+        .unwrap();
+    assert_eq!(r.errno(), 0);
+    let r = s
+        .call(
+            &lock_req(file, fh, POSIX_OWNER, libc::F_WRLCK, false, SETLK),
+            64,
+        )
+        .unwrap();
+    assert_eq!(r.errno(), 0);
+    check(&mut s, &mut held, 0);
+}
