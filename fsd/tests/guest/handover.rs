@@ -47,6 +47,7 @@ while [ ! -e stop ]; do
   lockprobe --label B flock flk > /dev/null; [ $? = 1 ] || err "flock not held at $i"
   lockprobe --label Q posix plk > /dev/null; [ $? = 1 ] || err "posix lock not held at $i"
   cat secret > /dev/null 2>&1 && err "protected file readable at $i"
+  echo "$i" > progress.tmp && mv progress.tmp progress || err "progress $i"
 done
 echo "rounds $i errors $errs"
 wait_ticks=$(awk 'NR == 1 { f = $1 } NR > 1 { d = $1 - p; if (d > m) m = d } { p = $1; n++ } END { printf "%d %.2f %.3f", n, m, (p - f) / (n - 1) }' /tmp/ticks)
@@ -158,9 +159,25 @@ fn twenty_handovers(sandbox: Sandbox) {
 
     let mut serving = daemon.pid();
     let mut took = Vec::new();
+    // The guest loop's last finished round, as it wrote it to the share.
+    let progress = || -> u64 {
+        std::fs::read_to_string(share.join("progress"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let mut last_round = 0;
     for n in 1..=HANDOVERS {
-        // Let the guest loop run a while between handovers.
-        std::thread::sleep(Duration::from_millis(700));
+        // Each handover falls into a different round of the guest loop:
+        // wait until it finished one more since the last handover.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while progress() <= last_round {
+            if Instant::now() > deadline {
+                fail(&format!("the guest loop stalled before handover {n}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        last_round = progress();
         if n == TO_OTHER_BINARY {
             // Another copy of the binary at the same path (an upgrade
             // replaces the file by renaming over it).
@@ -193,7 +210,13 @@ fn twenty_handovers(sandbox: Sandbox) {
         }
         serving = next;
     }
-    std::thread::sleep(Duration::from_millis(700));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while progress() <= last_round {
+        if Instant::now() > deadline {
+            fail("the guest loop stalled after the last handover");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     std::fs::write(share.join("stop"), b"").unwrap();
     let transcript = vm.wait().unwrap_or_else(|e| fail(&e.to_string()));
     let out = transcript
@@ -218,7 +241,10 @@ fn twenty_handovers(sandbox: Sandbox) {
     );
     assert!(!out.contains("ERR "), "{out}");
     let n: usize = rounds.split_whitespace().next().unwrap().parse().unwrap();
-    assert!(n > HANDOVERS, "the loop ran through the handovers: {out}");
+    assert!(
+        n > HANDOVERS,
+        "a round of the guest loop between each two handovers: {out}"
+    );
     for line in ["F: releasing", "P: releasing", "held file still open: yes"] {
         assert!(out.lines().any(|l| l == line), "{line:?} in:\n{out}");
     }
