@@ -143,11 +143,15 @@ fn use_file_handles(s: &Settings, shared: &std::path::Path) -> Result<bool> {
 
 /// Loads the policy, labels the share and opens the audit log, all before
 /// the sandbox hides host paths; later reopenings go through `broker`.
+///
+/// A successor (`takes_over`) also honours the grants authd lists as live
+/// for this VM (see [`handover::grants`]).
 fn load_guard(
     a: &AccessControl,
     shared: &std::path::Path,
     root_prefix: std::path::PathBuf,
     broker: &Arc<Broker>,
+    takes_over: bool,
 ) -> Result<Arc<Guard>> {
     let policy = Policy::load(&a.policy)?;
     let vm = policy.vm(&a.vm).ok_or_else(|| Error::UnknownVm {
@@ -199,8 +203,12 @@ fn load_guard(
                 Arc::new(move || b.open(Resource::Authd).map(UnixStream::from)),
             );
             let on_end = cell.clone();
+            let adopted = handover::grants::AdoptedSet::default();
+            let adopted_end = adopted.clone();
+            let listed = takes_over.then(|| client.list_grants(Duration::from_secs(2)));
             let cache = GrantCache::start(client, Duration::from_secs(1), move |ended| {
                 let g = ended.grant();
+                handover::grants::ended(g, &adopted_end);
                 // authd reports the ends of every VM's grants; this fsd serves one.
                 let Some(guard) = on_end.get().filter(|guard| guard.vm() == g.vm) else {
                     return;
@@ -223,7 +231,23 @@ fn load_guard(
                     socket.display()
                 );
             }
-            Arc::new(cache)
+            match listed {
+                None => Arc::new(cache),
+                Some(list) => {
+                    let n = match list {
+                        Ok(list) => handover::grants::adopt(&a.vm, list, &adopted),
+                        Err(e) => {
+                            log::warn!("handover: authd does not list its grants ({e}); rules that ask will ask again");
+                            0
+                        }
+                    };
+                    info!(
+                        "handover: {n} live grants of VM {} taken over from authd",
+                        a.vm
+                    );
+                    Arc::new(handover::grants::WithAdopted::new(Arc::new(cache), adopted))
+                }
+            }
         }
         None => {
             if asks {
@@ -344,6 +368,7 @@ pub fn run(s: Settings) -> Result<()> {
             &shared,
             sandbox::root_prefix(s.sandbox, &shared),
             &broker,
+            takeover.is_some(),
         )?),
         None => None,
     };

@@ -11,7 +11,10 @@
 //! The daemon runs from a copy of the fsd binary, so that the test can put
 //! another binary in its place, as an upgrade does.
 
+mod authd_stub;
+
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use driver::session::read_request;
@@ -579,4 +582,93 @@ fn a_waiting_lock_postpones_the_handover() {
         .unwrap();
     assert_eq!(r.errno(), 0);
     check(&mut s, &mut held, 0);
+}
+
+/// A protected file read under a live grant stays readable after handovers
+/// without a new prompt (the successor takes the grant over from authd's
+/// list); a protected file of another principal, who has no grant, stays
+/// refused; the grant's end
+/// still reaches the successor.
+#[test]
+fn a_live_grant_survives_the_handover_without_a_prompt() {
+    let work = tempfile::tempdir().unwrap();
+    let authd = authd_stub::FakeAuthd::start(work.path());
+    let policy = work.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "version = 1\n[[principal]]\nname = \"alice\"\n[[principal]]\nname = \"bob\"\n[[vm]]\nname = \"vm1\"\nprincipal = \"alice\"\n\
+         [[rule]]\npath = \"vault/**\"\nowner = \"alice\"\nwithout_grant = \"ask\"\ngrant_secs = 3600\n\
+         [[rule]]\npath = \"closed/**\"\nowner = \"bob\"\nwithout_grant = \"deny\"\n",
+    )
+    .unwrap();
+    let args = [
+        format!("--policy={}", policy.display()),
+        "--vm=vm1".to_string(),
+        format!("--authd-socket={}", authd.socket.display()),
+        format!("--label-db={}", work.path().join("labels.db").display()),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let Some(mut rig) = Rig::start_with(Sandbox::None, &args, DeviceConfig::default(), |share| {
+        std::fs::create_dir(share.join("vault")).unwrap();
+        std::fs::write(share.join("vault/doc"), b"granted content").unwrap();
+        std::fs::create_dir(share.join("closed")).unwrap();
+        std::fs::write(share.join("closed/doc"), b"never").unwrap();
+    }) else {
+        return;
+    };
+    let read = |s: &mut Session<'_>, dir: &[u8]| -> Result<Vec<u8>, i32> {
+        let d = s.lookup(1, dir).map_err(|_| -1)?.nodeid;
+        let f = s.lookup(d, b"doc").map_err(|_| -2)?.nodeid;
+        let fh = match s.open(f, libc::O_RDONLY as u32, false) {
+            Ok(o) => o.fh,
+            Err(driver::Error::Fuse { errno, .. }) => return Err(errno),
+            Err(e) => panic!("{e}"),
+        };
+        let data = s.read(f, fh, 0, 100);
+        s.release(f, fh, false).unwrap();
+        data.map_err(|e| match e {
+            driver::Error::Fuse { errno, .. } => errno,
+            e => panic!("{e}"),
+        })
+    };
+    authd.grant.store(true, Ordering::SeqCst);
+    {
+        let mut s = Session::new(rig.device.queue(1).unwrap());
+        s.init().unwrap();
+        assert_eq!(read(&mut s, b"vault").unwrap(), b"granted content");
+        assert_eq!(read(&mut s, b"closed"), Err(libc::EACCES));
+    }
+    assert_eq!(authd.asked.load(Ordering::SeqCst), 1, "one prompt");
+    // From now on a prompt would be refused: what follows must not ask.
+    authd.grant.store(false, Ordering::SeqCst);
+    for round in 0..3 {
+        rig.hand_over(|_| {}).expect("handover");
+        let mut s = Session::new(rig.device.queue(1).unwrap());
+        assert_eq!(
+            read(&mut s, b"vault").unwrap(),
+            b"granted content",
+            "round {round}: the live grant holds"
+        );
+        assert_eq!(read(&mut s, b"closed"), Err(libc::EACCES), "round {round}");
+    }
+    assert_eq!(
+        authd.asked.load(Ordering::SeqCst),
+        1,
+        "no new prompt after the handovers"
+    );
+    assert!(log_text(&rig.log).contains("1 live grants of VM vm1 taken over from authd"));
+    // The grant's end reaches the successor.
+    authd.revoke_all();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = Session::new(rig.device.queue(1).unwrap());
+        if read(&mut s, b"vault") == Err(libc::EACCES) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the grant's end reaches the successor"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -16,10 +16,12 @@
 //! | the channel (SCM_RIGHTS over a seqpacket pair) | [`transfer`] |
 //! | pausing the queues, waiting for requests in flight | [`quiesce`] |
 //! | the vhost-user device: read out, replay | [`vhost`] |
+//! | live grants, taken over from authd's list | [`grants`] |
 //! | starting successors from outside the seccomp filter | [`launcher`] |
 //! | the old process's side | [`predecessor`] |
 //! | the new process's side | [`successor`] |
 
+pub mod grants;
 pub mod launcher;
 pub mod predecessor;
 pub mod quiesce;
