@@ -587,7 +587,8 @@ fn a_waiting_lock_postpones_the_handover() {
 /// A protected file read under a live grant stays readable after handovers
 /// without a new prompt (the successor takes the grant over from authd's
 /// list); a protected file of another principal, who has no grant, stays
-/// refused; the grant's end
+/// refused; what the guest read under the grant before the handovers is
+/// still flushed at its end; the grant's end
 /// still reaches the successor.
 #[test]
 fn a_live_grant_survives_the_handover_without_a_prompt() {
@@ -611,6 +612,8 @@ fn a_live_grant_survives_the_handover_without_a_prompt() {
     let Some(mut rig) = Rig::start_with(Sandbox::None, &args, DeviceConfig::default(), |share| {
         std::fs::create_dir(share.join("vault")).unwrap();
         std::fs::write(share.join("vault/doc"), b"granted content").unwrap();
+        std::fs::create_dir(share.join("vault/early")).unwrap();
+        std::fs::write(share.join("vault/early/doc"), b"read before").unwrap();
         std::fs::create_dir(share.join("closed")).unwrap();
         std::fs::write(share.join("closed/doc"), b"never").unwrap();
     }) else {
@@ -637,6 +640,14 @@ fn a_live_grant_survives_the_handover_without_a_prompt() {
         s.init().unwrap();
         assert_eq!(read(&mut s, b"vault").unwrap(), b"granted content");
         assert_eq!(read(&mut s, b"closed"), Err(libc::EACCES));
+        // Read only before the handovers: its flush at the grant's end
+        // needs the predecessor's record of it.
+        let v = s.lookup(1, b"vault").unwrap().nodeid;
+        let e = s.lookup(v, b"early").unwrap().nodeid;
+        let f = s.lookup(e, b"doc").unwrap().nodeid;
+        let fh = s.open(f, libc::O_RDONLY as u32, false).unwrap().fh;
+        assert_eq!(s.read(f, fh, 0, 100).unwrap(), b"read before");
+        s.release(f, fh, false).unwrap();
     }
     assert_eq!(authd.asked.load(Ordering::SeqCst), 1, "one prompt");
     // From now on a prompt would be refused: what follows must not ask.
@@ -671,4 +682,11 @@ fn a_live_grant_survives_the_handover_without_a_prompt() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Both files the guest read under the grant are to be flushed, also the
+    // one read only before the handovers.
+    let log = log_text(&rig.log);
+    assert!(
+        log.contains("the guest read 2 protected inodes under it"),
+        "{log}"
+    );
 }

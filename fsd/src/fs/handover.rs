@@ -74,7 +74,13 @@ impl SharedFs {
             .iter()
             .map(|(&h, &f)| (h, f))
             .collect();
+        let read_under_grant = self
+            .guard
+            .as_ref()
+            .map(|g| g.read_under_grants())
+            .unwrap_or_default();
         Ok(FsState {
+            read_under_grant,
             passthrough,
             nodes,
             handles_held,
@@ -154,6 +160,9 @@ impl SharedFs {
         self.locks.import(&st.posix_locks, &st.flock_locks, fds)?;
         self.dirs.import(st.dirs_next, &st.dirs, fds)?;
         *self.handle_flags.lock().unwrap() = st.handle_flags.into_iter().collect();
+        if let Some(g) = &self.guard {
+            g.restore_read_under_grants(st.read_under_grant);
+        }
         self.dir_paths.write().unwrap().clear();
         Ok(())
     }

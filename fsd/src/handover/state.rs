@@ -136,6 +136,10 @@ pub struct FsState {
     pub dirs_next: u64,
     pub dirs: Vec<DirStream>,
     pub handle_flags: Vec<(u64, u32)>,
+    /// Host inodes (dev, ino) the guest read under each principal's grant:
+    /// flushed from the guest when that grant ends.
+    #[serde(default)]
+    pub read_under_grant: Vec<(String, Vec<(u64, u64)>)>,
 }
 
 /// The passthrough layer's tables.
