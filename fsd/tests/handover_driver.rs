@@ -529,8 +529,28 @@ fn a_waiting_lock_postpones_the_handover() {
     };
     std::thread::sleep(Duration::from_millis(200));
     let before = rig.serving;
-    assert_eq!(rig.hand_over(|_| {}), None, "handover with a waiting lock");
+    // A read sent while fsd is paused (its kick consumed then): it must be
+    // answered once fsd gives up and resumes, without another kick.
+    let t0 = Instant::now();
+    let mut paused_read = None;
+    let outcome = rig.hand_over(|d| {
+        if paused_read.is_none() && t0.elapsed() > Duration::from_millis(500) {
+            let q = d.queue(1).unwrap();
+            let chain = read_request(file, fh, 0, 4).chain(driver::session::next_unique(), 4);
+            paused_read = Some(q.submit(&chain).unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    });
+    assert_eq!(outcome, None, "handover with a waiting lock");
     assert_eq!(rig.serving, before);
+    let paused_read = paused_read.expect("a read was sent during the pause");
+    let r = rig
+        .device
+        .queue(1)
+        .unwrap()
+        .wait_for(paused_read, Duration::from_secs(10))
+        .expect("the read sent during the pause is answered");
+    assert_eq!(driver::Reply::decode(&r).unwrap().errno(), 0);
     let log = log_text(&rig.log);
     assert!(
         log.contains("1 requests still waiting"),

@@ -2,8 +2,8 @@
 //!
 //! In order, each step able to give up with the old process still serving:
 //! 1. have the launcher start the successor (the binary on disk now) with
-//!    one end of the channel; it builds its file system and sandbox while this process
-//!    goes on serving;
+//!    one end of the channel; it builds its file system and sandbox while
+//!    this process goes on serving;
 //! 2. exchange versions: a successor that cannot read this state refuses
 //!    now, before anything has paused;
 //! 3. pause the queues and wait for requests in flight (bounded);
@@ -69,6 +69,8 @@ pub fn hand_over(s: Serving<'_>, launcher: &Launcher) -> Result<Report, Handover
     let started = Instant::now();
     if let Err(n) = s.backend.quiesce().pause(DRAIN_TIMEOUT) {
         s.backend.quiesce().resume();
+        // Kicks that came while paused were consumed and ignored.
+        vhost::kick(&vhost::kicks_of(s.daemon));
         let _ = chan.send(
             &Msg::Failed {
                 why: format!("{n} requests still waiting"),
@@ -82,6 +84,7 @@ pub fn hand_over(s: Serving<'_>, launcher: &Launcher) -> Result<Report, Handover
         // The request thread ended with an error: the front-end is gone or
         // broke the protocol; there is no session left to hand over.
         s.backend.quiesce().resume();
+        vhost::kick(&vhost::kicks_of(s.daemon));
         launcher.kill();
         return Err(HandoverError::Daemon(e.to_string()));
     }
