@@ -145,14 +145,15 @@ fn use_file_handles(s: &Settings, shared: &std::path::Path) -> Result<bool> {
 /// the sandbox hides host paths; later reopenings go through `broker`.
 ///
 /// A successor (`takes_over`) also honours the grants authd lists as live
-/// for this VM (see [`handover::grants`]).
+/// for this VM (see [`handover::grants`]), and gets its label database back
+/// unread, to read at the takeover.
 fn load_guard(
     a: &AccessControl,
     shared: &std::path::Path,
     root_prefix: std::path::PathBuf,
     broker: &Arc<Broker>,
     takes_over: bool,
-) -> Result<Arc<Guard>> {
+) -> Result<(Arc<Guard>, Option<File>)> {
     let policy = Policy::load(&a.policy)?;
     let vm = policy.vm(&a.vm).ok_or_else(|| Error::UnknownVm {
         policy: a.policy.clone(),
@@ -277,20 +278,31 @@ fn load_guard(
     if let Some(dir) = db.parent() {
         std::fs::create_dir_all(dir).map_err(db_err)?;
     }
+    // Appending: during a live handover two fsd processes have the file
+    // open; each write lands at the end, never over the other's lines.
     let f = std::fs::OpenOptions::new()
         .read(true)
-        .write(true)
+        .append(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
         .open(db)
         .map_err(db_err)?;
+    if takes_over {
+        // The predecessor may still label files until it pauses: read the
+        // database once it has (see `handover::successor`).
+        info!(
+            "labels: {n} from the rules; {} is read at the takeover",
+            db.display()
+        );
+        return Ok((guard, Some(f)));
+    }
     let from_db = guard.labels.attach_db(&guard.policy(), f).map_err(db_err)?;
     info!(
         "labels: {n} from the rules, {from_db} from {}",
         db.display()
     );
-    Ok(guard)
+    Ok((guard, None))
 }
 
 /// The host paths the sandboxed daemon may need again later.
@@ -362,15 +374,18 @@ pub fn run(s: Settings) -> Result<()> {
         }
         _ => None,
     };
-    let guard = match &s.access {
-        Some(a) => Some(load_guard(
-            a,
-            &shared,
-            sandbox::root_prefix(s.sandbox, &shared),
-            &broker,
-            takeover.is_some(),
-        )?),
-        None => None,
+    let (guard, label_db) = match &s.access {
+        Some(a) => {
+            let (g, db) = load_guard(
+                a,
+                &shared,
+                sandbox::root_prefix(s.sandbox, &shared),
+                &broker,
+                takeover.is_some(),
+            )?;
+            (Some(g), db)
+        }
+        None => (None, None),
     };
     // File events for the monitor's taint tracking: only with a monitor.
     let taint = match &s.access {
@@ -463,7 +478,17 @@ pub fn run(s: Settings) -> Result<()> {
     let connection = match (takeover, listener) {
         (Some(chan), _) => {
             successor::greet(&chan).map_err(Error::Handover)?;
-            successor::take_over(&chan, &mut daemon, &backend).map_err(Error::Handover)?
+            let mut label_db = label_db;
+            let mut read_labels = || match (&guard, label_db.take()) {
+                (Some(g), Some(f)) => {
+                    let n = g.labels.attach_db(&g.policy(), f)?;
+                    info!("handover: {n} labels from the label database");
+                    Ok(())
+                }
+                _ => Ok(()),
+            };
+            successor::take_over(&chan, &mut daemon, &backend, &mut read_labels)
+                .map_err(Error::Handover)?
         }
         (None, Some(listener)) => {
             let (conn, _) = listener.accept().map_err(Error::Accept)?;

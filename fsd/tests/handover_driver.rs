@@ -710,3 +710,71 @@ fn a_live_grant_survives_the_handover_without_a_prompt() {
         "{log}"
     );
 }
+
+/// Labels follow inodes: a protected file the guest moved out of its
+/// protected directory (under a grant) stays protected after the grant and
+/// across handovers (the successor reads the label database once the
+/// predecessor has paused).
+#[test]
+fn a_moved_protected_file_stays_protected_across_handovers() {
+    let work = tempfile::tempdir().unwrap();
+    let authd = authd_stub::FakeAuthd::start(work.path());
+    let policy = work.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "version = 1\n[[principal]]\nname = \"alice\"\n[[vm]]\nname = \"vm1\"\nprincipal = \"alice\"\n\
+         [[rule]]\npath = \"vault/**\"\nowner = \"alice\"\nwithout_grant = \"ask\"\ngrant_secs = 3600\n",
+    )
+    .unwrap();
+    let args = [
+        format!("--policy={}", policy.display()),
+        "--vm=vm1".to_string(),
+        format!("--authd-socket={}", authd.socket.display()),
+        format!("--label-db={}", work.path().join("labels.db").display()),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let Some(mut rig) = Rig::start_with(Sandbox::None, &args, DeviceConfig::default(), |share| {
+        std::fs::create_dir(share.join("vault")).unwrap();
+        std::fs::write(share.join("vault/secret"), b"protected").unwrap();
+        std::fs::create_dir(share.join("pub")).unwrap();
+    }) else {
+        return;
+    };
+    let refused = |s: &mut Session<'_>, dir: &[u8], name: &[u8]| -> bool {
+        let d = s.lookup(1, dir).unwrap().nodeid;
+        let f = s.lookup(d, name).unwrap().nodeid;
+        match s.open(f, libc::O_RDONLY as u32, false) {
+            Err(driver::Error::Fuse { errno, .. }) => errno == libc::EACCES,
+            Ok(o) => {
+                let r = s.read(f, o.fh, 0, 100);
+                s.release(f, o.fh, false).unwrap();
+                matches!(r, Err(driver::Error::Fuse { errno, .. }) if errno == libc::EACCES)
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    {
+        let mut s = Session::new(rig.device.queue(1).unwrap());
+        s.init().unwrap();
+        authd.grant.store(true, Ordering::SeqCst);
+        let v = s.lookup(1, b"vault").unwrap().nodeid;
+        let p = s.lookup(1, b"pub").unwrap().nodeid;
+        s.rename(v, b"secret", p, b"moved").unwrap();
+        authd.grant.store(false, Ordering::SeqCst);
+        authd.revoke_all();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !refused(&mut s, b"pub", b"moved") {
+            assert!(Instant::now() < deadline, "moved, still protected");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for round in 0..3 {
+        rig.hand_over(|_| {}).expect("handover");
+        let mut s = Session::new(rig.device.queue(1).unwrap());
+        assert!(
+            refused(&mut s, b"pub", b"moved"),
+            "round {round}: the moved file stays protected"
+        );
+    }
+    assert!(log_text(&rig.log).contains("labels from the label database"));
+}

@@ -48,13 +48,17 @@ pub fn greet(chan: &Channel) -> Result<u32, HandoverError> {
 }
 
 /// Steps 5-6: takes the state and serves. Returns the connection served.
+/// `before_serving` runs once the predecessor has paused and the tables are
+/// restored, before any request is served (the label database is read
+/// there: the predecessor may label files until it pauses).
 pub fn take_over(
     chan: &Channel,
     daemon: &mut Daemon,
     backend: &Arc<FsBackend>,
+    before_serving: &mut dyn FnMut() -> std::io::Result<()>,
 ) -> Result<UnixStream, HandoverError> {
     chan.set_timeout(None).map_err(HandoverError::Channel)?;
-    let result = restore(chan, daemon, backend);
+    let result = restore(chan, daemon, backend, before_serving);
     match &result {
         Ok(_) => chan.send(&Msg::Done, &[])?,
         Err(e) => {
@@ -68,6 +72,7 @@ fn restore(
     chan: &Channel,
     daemon: &mut Daemon,
     backend: &Arc<FsBackend>,
+    before_serving: &mut dyn FnMut() -> std::io::Result<()>,
 ) -> Result<UnixStream, HandoverError> {
     let (state, fds) = match chan.recv()? {
         (Msg::State(s), fds) => (s, fds),
@@ -89,6 +94,7 @@ fn restore(
         .fs()
         .import_state(state.fs, &mut fds)
         .map_err(HandoverError::FileSystem)?;
+    before_serving().map_err(HandoverError::FileSystem)?;
     let kicks = vhost::replay(daemon, &state.vhost, &mut fds)?;
     // Replaying SET_FEATURES looked like a device restart; the session goes on.
     dispatcher.restore_session(&state.fuse);
