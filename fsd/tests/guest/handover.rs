@@ -17,7 +17,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::common::{denying_policy, guest_tools, TAG};
-use testrig::{require, Daemon, DaemonSpec, InitramfsBuilder, Need, QemuConfig, Sandbox, Vm};
+use testrig::{
+    require, rootfs, Daemon, DaemonSpec, InitramfsBuilder, Need, QemuConfig, Sandbox, Vm,
+};
 
 const HANDOVERS: usize = 20;
 /// The handover (1-based) that goes to another copy of the binary.
@@ -97,16 +99,23 @@ fn populate(share: &Path) {
 
 #[test]
 fn guest_notices_nothing_of_twenty_handovers() {
-    twenty_handovers(Sandbox::None);
+    twenty_handovers(Sandbox::None, false);
 }
 
 /// The same with fsd confined as deployed (namespaces, pivot_root, seccomp).
 #[test]
 fn guest_notices_nothing_of_twenty_handovers_as_deployed() {
-    twenty_handovers(Sandbox::Namespace);
+    twenty_handovers(Sandbox::Namespace, false);
 }
 
-fn twenty_handovers(sandbox: Sandbox) {
+/// The diskless deployment: the guest's root file system is on fsd (the
+/// loop's files in `/data`), fsd confined as deployed.
+#[test]
+fn guest_with_its_root_on_fsd_notices_nothing_of_twenty_handovers() {
+    twenty_handovers(Sandbox::Namespace, true);
+}
+
+fn twenty_handovers(sandbox: Sandbox, root_on_fsd: bool) {
     let Some(env) = require(&[Need::Busybox]) else {
         return;
     };
@@ -114,12 +123,25 @@ fn twenty_handovers(sandbox: Sandbox) {
     let dir = tempfile::tempdir().unwrap();
     let share = dir.path().join("share");
     std::fs::create_dir(&share).unwrap();
-    populate(&share);
+    // What the loop works on: the share itself, or `/data` of a root on fsd.
+    let data = if root_on_fsd {
+        rootfs::populate_busybox_root(&share).unwrap();
+        for (name, bin) in tools.binaries() {
+            std::fs::copy(bin, share.join("bin").join(name)).unwrap();
+        }
+        rootfs::set_script(&share, &format!("cd /data\n{SCRIPT}")).unwrap();
+        share.join("data")
+    } else {
+        share.clone()
+    };
+    std::fs::create_dir_all(&data).unwrap();
+    populate(&data);
     // fsd runs from a copy, so that the test can put another binary there.
     let exe = dir.path().join("fsd");
     std::fs::copy(crate::common::FSD, &exe).unwrap();
     let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, denying_policy(&["secret"])).unwrap();
+    let secret = if root_on_fsd { "data/secret" } else { "secret" };
+    std::fs::write(&policy, denying_policy(&[secret])).unwrap();
     let socket = dir.path().join("fsd.sock");
     let log = dir.path().join("fsd.log");
     let extra = [
@@ -135,10 +157,12 @@ fn twenty_handovers(sandbox: Sandbox) {
         }
     }
     let daemon = Daemon::spawn_on_path(&spec, &socket).unwrap_or_else(|e| panic!("{e}"));
-    let initrd = InitramfsBuilder::run_script(TAG, SCRIPT)
-        .guest_tools(&tools)
-        .build(&env.kernel)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let builder = if root_on_fsd {
+        InitramfsBuilder::switch_root(TAG)
+    } else {
+        InitramfsBuilder::run_script(TAG, SCRIPT).guest_tools(&tools)
+    };
+    let initrd = builder.build(&env.kernel).unwrap_or_else(|e| panic!("{e}"));
     let mut cfg = QemuConfig::new(&env.kernel, &initrd).fs(&socket, TAG);
     cfg.timeout = Duration::from_secs(600);
     let booted = Instant::now();
@@ -161,7 +185,7 @@ fn twenty_handovers(sandbox: Sandbox) {
     let mut took = Vec::new();
     // The guest loop's last finished round, as it wrote it to the share.
     let progress = || -> u64 {
-        std::fs::read_to_string(share.join("progress"))
+        std::fs::read_to_string(data.join("progress"))
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0)
@@ -217,7 +241,7 @@ fn twenty_handovers(sandbox: Sandbox) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::fs::write(share.join("stop"), b"").unwrap();
+    std::fs::write(data.join("stop"), b"").unwrap();
     let transcript = vm.wait().unwrap_or_else(|e| fail(&e.to_string()));
     let out = transcript
         .output()
@@ -255,7 +279,7 @@ fn twenty_handovers(sandbox: Sandbox) {
         .to_owned();
     took.sort();
     println!(
-        "handover under a guest ({sandbox:?}): {HANDOVERS} handovers; signal to successor serving: median {:?}, max {:?}; \
+        "handover under a guest ({sandbox:?}, root on fsd: {root_on_fsd}): {HANDOVERS} handovers; signal to successor serving: median {:?}, max {:?}; \
          guest tight loop (samples, longest gap s, mean gap s; /proc/uptime has 10 ms steps): {ticks}; guest power-on to mounted share: {:?}",
         took[took.len() / 2],
         took[took.len() - 1],
