@@ -20,6 +20,8 @@ use std::sync::Mutex;
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
+use crate::handover::launcher::{self, Successors};
+
 /// What can be asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resource {
@@ -129,13 +131,40 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Has the parent start a successor for a live handover (see
+    /// [`crate::handover::launcher`]): its channel and host pid.
+    pub fn successor(&self) -> io::Result<(Option<OwnedFd>, u32)> {
+        match self {
+            Broker::Direct(_) => Err(io::Error::from_raw_os_error(libc::ENOTSUP)),
+            Broker::Parent(sock) => launcher::request(&sock.lock().unwrap(), b'S'),
+        }
+    }
+
+    /// Has the parent kill the successor it started last.
+    pub fn kill_successor(&self) -> io::Result<()> {
+        match self {
+            Broker::Direct(_) => Err(io::Error::from_raw_os_error(libc::ENOTSUP)),
+            Broker::Parent(sock) => launcher::request(&sock.lock().unwrap(), b'K').map(|_| ()),
+        }
+    }
+}
+
 /// The parent's side: answers requests until the daemon closes its end.
-pub fn serve(paths: Paths, sock: UnixStream) {
+/// With `successors`, it also starts successors for a live handover (`S`,
+/// `K`: see [`crate::handover::launcher`]).
+pub fn serve(paths: Paths, sock: UnixStream, mut successors: Option<&mut Successors>) {
     let mut req = [0u8; 1];
     loop {
         match (&sock).read(&mut req) {
             Ok(1) => {}
             _ => return,
+        }
+        if let (b'S' | b'K', Some(s)) = (req[0], successors.as_deref_mut()) {
+            if launcher::handle(s, req[0], &sock).is_err() {
+                return;
+            }
+            continue;
         }
         let reply = match Resource::from_code(req[0]) {
             Some(r) => paths.open(r),
@@ -176,7 +205,7 @@ mod tests {
             monitor: None,
         };
         let (a, b) = UnixStream::pair().unwrap();
-        let server = std::thread::spawn(move || serve(paths, b));
+        let server = std::thread::spawn(move || serve(paths, b, None));
         let broker = Broker::Parent(Mutex::new(a));
         let mut s = String::new();
         File::from(broker.open(Resource::Policy).unwrap())

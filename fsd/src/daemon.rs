@@ -6,14 +6,19 @@
 //! 4. the file system (while `/proc` and the host paths still exist);
 //! 5. pivot_root or chroot, then fewer privileges, then seccomp;
 //! 6. serve one vhost-user connection; exit when the VMM disconnects, as
-//!    virtiofsd does (the VMM restarts the daemon with the VM).
+//!    virtiofsd does (the VMM restarts the daemon with the VM), or when a
+//!    successor took the connection over (SIGUSR2, see [`crate::handover`]).
+//!
+//! A successor (started by a predecessor with [`handover::TAKEOVER_ENV`])
+//! takes the same steps but binds no socket: its connection comes from the
+//! predecessor, with the session to continue.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use fuse_backend_rs::passthrough::{CachePolicy, Config};
 use log::info;
-use vhost::vhost_user::{Error as VhostUserError, Listener};
+use vhost::vhost_user::Error as VhostUserError;
 use vhost_user_backend::{Error as DaemonError, VhostUserDaemon};
 
 use crate::broker::{self, Broker, Resource};
@@ -23,6 +28,8 @@ use crate::error::{Error, Result};
 use crate::fs::hostwatch::HostWatch;
 use crate::fs::nodes::Limits;
 use crate::fs::{SharedFs, SharedFsOptions};
+use crate::handover::launcher::Launcher;
+use crate::handover::{self, predecessor, successor, transfer::Channel, SuccessorCommand};
 use crate::monitor_link::MonitorLink;
 use crate::policy::audit::AuditLog;
 use crate::policy::grants::{GrantSource, NoGrants};
@@ -136,12 +143,17 @@ fn use_file_handles(s: &Settings, shared: &std::path::Path) -> Result<bool> {
 
 /// Loads the policy, labels the share and opens the audit log, all before
 /// the sandbox hides host paths; later reopenings go through `broker`.
+///
+/// A successor (`takes_over`) also honours the grants authd lists as live
+/// for this VM (see [`handover::grants`]), and gets its label database back
+/// unread, to read at the takeover.
 fn load_guard(
     a: &AccessControl,
     shared: &std::path::Path,
     root_prefix: std::path::PathBuf,
     broker: &Arc<Broker>,
-) -> Result<Arc<Guard>> {
+    takes_over: bool,
+) -> Result<(Arc<Guard>, Option<File>)> {
     let policy = Policy::load(&a.policy)?;
     let vm = policy.vm(&a.vm).ok_or_else(|| Error::UnknownVm {
         policy: a.policy.clone(),
@@ -192,8 +204,12 @@ fn load_guard(
                 Arc::new(move || b.open(Resource::Authd).map(UnixStream::from)),
             );
             let on_end = cell.clone();
+            let adopted = handover::grants::AdoptedSet::default();
+            let adopted_end = adopted.clone();
+            let listed = takes_over.then(|| client.list_grants(Duration::from_secs(2)));
             let cache = GrantCache::start(client, Duration::from_secs(1), move |ended| {
                 let g = ended.grant();
+                handover::grants::ended(g, &adopted_end);
                 // authd reports the ends of every VM's grants; this fsd serves one.
                 let Some(guard) = on_end.get().filter(|guard| guard.vm() == g.vm) else {
                     return;
@@ -216,7 +232,23 @@ fn load_guard(
                     socket.display()
                 );
             }
-            Arc::new(cache)
+            match listed {
+                None => Arc::new(cache),
+                Some(list) => {
+                    let n = match list {
+                        Ok(list) => handover::grants::adopt(&a.vm, list, &adopted),
+                        Err(e) => {
+                            log::warn!("handover: authd does not list its grants ({e}); rules that ask will ask again");
+                            0
+                        }
+                    };
+                    info!(
+                        "handover: {n} live grants of VM {} taken over from authd",
+                        a.vm
+                    );
+                    Arc::new(handover::grants::WithAdopted::new(Arc::new(cache), adopted))
+                }
+            }
         }
         None => {
             if asks {
@@ -246,20 +278,31 @@ fn load_guard(
     if let Some(dir) = db.parent() {
         std::fs::create_dir_all(dir).map_err(db_err)?;
     }
+    // Appending: during a live handover two fsd processes have the file
+    // open; each write lands at the end, never over the other's lines.
     let f = std::fs::OpenOptions::new()
         .read(true)
-        .write(true)
+        .append(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
         .open(db)
         .map_err(db_err)?;
+    if takes_over {
+        // The predecessor may still label files until it pauses: read the
+        // database once it has (see `handover::successor`).
+        info!(
+            "labels: {n} from the rules; {} is read at the takeover",
+            db.display()
+        );
+        return Ok((guard, Some(f)));
+    }
     let from_db = guard.labels.attach_db(&guard.policy(), f).map_err(db_err)?;
     info!(
         "labels: {n} from the rules, {from_db} from {}",
         db.display()
     );
-    Ok(guard)
+    Ok((guard, None))
 }
 
 /// The host paths the sandboxed daemon may need again later.
@@ -288,23 +331,61 @@ pub fn run(s: Settings) -> Result<()> {
         });
     }
     let file_handles = use_file_handles(&s, &shared)?;
-    let listener = match &s.socket {
-        SocketSpec::Path(p) => socket::bind(p, s.socket_group.as_deref())?,
-        SocketSpec::Fd(fd) => socket::adopt(*fd)?,
+    // Recorded now: later, the path may name a new binary (that is the point).
+    let successor_cmd = SuccessorCommand::of_this_process().ok();
+    let takeover = handover::takeover_fd().map(Channel::from_fd);
+    // A successor binds nothing: the predecessor holds the socket (and its
+    // path) and hands over the connection itself.
+    let listener = match (&takeover, &s.socket) {
+        (Some(_), _) => None,
+        (None, SocketSpec::Path(p)) => Some(socket::bind(p, s.socket_group.as_deref())?),
+        (None, SocketSpec::Fd(fd)) => Some(socket::adopt(*fd)?),
     };
     let nofile = sandbox::raise_nofile(s.rlimit_nofile)?;
-    // SIGHUP is taken by a thread of its own (reload); block it everywhere
-    // else before any thread exists.
+    // SIGHUP is taken by a thread of its own (reload), SIGUSR2 (handover)
+    // by the main thread; block both everywhere else before any thread
+    // exists.
     signals::block_sighup();
-    let broker = Arc::new(sandbox::prepare(s.sandbox, &shared, broker_paths(&s))?);
-    let guard = match &s.access {
-        Some(a) => Some(load_guard(
-            a,
-            &shared,
-            sandbox::root_prefix(s.sandbox, &shared),
-            &broker,
-        )?),
-        None => None,
+    handover::block_signal();
+    // Successors are started from outside the seccomp filter and the
+    // sandbox: by a launcher forked now, while fsd has one thread, or, when
+    // sandboxed, by the broker parent (see `handover::launcher`).
+    let forked_launcher = match (&successor_cmd, s.sandbox) {
+        (Some(cmd), SandboxMode::None) => match Launcher::start(cmd.clone()) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::warn!("handover: no launcher ({e}); SIGUSR2 will be refused");
+                None
+            }
+        },
+        _ => None,
+    };
+    let broker = Arc::new(sandbox::prepare(
+        s.sandbox,
+        &shared,
+        broker_paths(&s),
+        successor_cmd.clone(),
+        takeover.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
+    )?);
+    let launcher = match (forked_launcher, &*broker) {
+        (Some(l), _) => Some(l),
+        (None, Broker::Parent(_)) if successor_cmd.is_some() => {
+            Some(Launcher::Broker(broker.clone()))
+        }
+        _ => None,
+    };
+    let (guard, label_db) = match &s.access {
+        Some(a) => {
+            let (g, db) = load_guard(
+                a,
+                &shared,
+                sandbox::root_prefix(s.sandbox, &shared),
+                &broker,
+                takeover.is_some(),
+            )?;
+            (Some(g), db)
+        }
+        None => (None, None),
     };
     // File events for the monitor's taint tracking: only with a monitor.
     let taint = match &s.access {
@@ -370,7 +451,8 @@ pub fn run(s: Settings) -> Result<()> {
         .map_err(Error::Device)?,
     );
     let mem = AtomicMem::new(GuestMem::new());
-    let mut daemon = VhostUserDaemon::new("fsd".into(), backend, mem).map_err(Error::VhostUser)?;
+    let mut daemon =
+        VhostUserDaemon::new("fsd".into(), backend.clone(), mem).map_err(Error::VhostUser)?;
     if let Some(g) = &guard {
         signals::spawn_reloader(g.clone()).map_err(|source| Error::Thread {
             name: "SIGHUP reloader",
@@ -393,9 +475,69 @@ pub fn run(s: Settings) -> Result<()> {
         s.cache,
         s.sandbox
     );
-    let mut listener = Listener::from(listener);
-    daemon.start(&mut listener).map_err(Error::VhostUser)?;
-    info!("VMM connected");
+    let connection = match (takeover, listener) {
+        (Some(chan), _) => {
+            successor::greet(&chan).map_err(Error::Handover)?;
+            let mut label_db = label_db;
+            let mut read_labels = || match (&guard, label_db.take()) {
+                (Some(g), Some(f)) => {
+                    let n = g.labels.attach_db(&g.policy(), f)?;
+                    info!("handover: {n} labels from the label database");
+                    Ok(())
+                }
+                _ => Ok(()),
+            };
+            successor::take_over(&chan, &mut daemon, &backend, &mut read_labels)
+                .map_err(Error::Handover)?
+        }
+        (None, Some(listener)) => {
+            let (conn, _) = listener.accept().map_err(Error::Accept)?;
+            let served = conn.try_clone().map_err(Error::Accept)?;
+            daemon.start_on_stream(served).map_err(Error::VhostUser)?;
+            info!("VMM connected");
+            conn
+        }
+        (None, None) => unreachable!("a daemon without a successor channel binds a socket"),
+    };
+    serve(&mut daemon, &backend, &connection, launcher.as_ref())
+}
+
+/// Serves until the VMM disconnects or a successor took over.
+fn serve(
+    daemon: &mut handover::vhost::Daemon,
+    backend: &Arc<FsBackend>,
+    connection: &UnixStream,
+    launcher: Option<&Launcher>,
+) -> Result<()> {
+    loop {
+        if handover::wait_for_request(Duration::from_millis(200)) {
+            match launcher {
+                Some(launcher) => {
+                    let serving = predecessor::Serving {
+                        daemon,
+                        backend,
+                        connection,
+                    };
+                    match predecessor::hand_over(serving, launcher) {
+                        Ok(r) => {
+                            info!(
+                                "handover: done; pid {} serves now (requests paused {:?}, {} descriptors, {} inodes)",
+                                r.successor_pid, r.paused, r.descriptors, r.inodes
+                            );
+                            // Without destructors: nothing here may touch
+                            // the session any more.
+                            std::process::exit(0);
+                        }
+                        Err(e) => log::warn!("handover failed, still serving: {e}"),
+                    }
+                }
+                None => log::warn!("handover: no launcher (see above); SIGUSR2 ignored"),
+            }
+        }
+        if daemon.is_finished() {
+            break;
+        }
+    }
     let result = daemon.wait();
     match result {
         Ok(()) => Ok(()),

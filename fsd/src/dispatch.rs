@@ -30,6 +30,7 @@ use vm_memory::{
 
 use crate::fs::locks::{LockKind, LockRequest};
 use crate::fs::SharedFs;
+use crate::handover::state::FuseState;
 use crate::policy::guard::waiting_allowed;
 
 /// Guest memory as fsd maps it (no dirty-page bitmap: fsd does not migrate).
@@ -180,6 +181,30 @@ impl Dispatcher {
             initialized: AtomicBool::new(false),
             session: AtomicBool::new(false),
         }
+    }
+
+    /// The file system requests go to.
+    pub fn fs(&self) -> &Arc<SharedFs> {
+        &self.fs
+    }
+
+    /// The FUSE session, for a live handover.
+    pub fn session_state(&self) -> FuseState {
+        let (major, minor) = self.server.version();
+        FuseState {
+            initialized: self.initialized.load(Ordering::SeqCst),
+            session: self.session.load(Ordering::SeqCst),
+            major,
+            minor,
+        }
+    }
+
+    /// Continues a predecessor's FUSE session (after the vhost-user setup
+    /// was replayed, which looks like a device restart).
+    pub fn restore_session(&self, s: &FuseState) {
+        self.server.restore_version(s.major, s.minor);
+        self.initialized.store(s.initialized, Ordering::SeqCst);
+        self.session.store(s.session, Ordering::SeqCst);
     }
 
     /// The device was (re)started or reset: a new guest driver will send a

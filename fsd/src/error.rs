@@ -69,6 +69,12 @@ pub enum Error {
     /// is carried but not chained as a source.)
     #[error("vhost-user daemon: {0}")]
     VhostUser(vhost_user_backend::Error),
+    /// The VMM's connection could not be accepted.
+    #[error("accepting the VMM's connection: {0}")]
+    Accept(#[source] io::Error),
+    /// Taking over from a predecessor failed (the predecessor serves on).
+    #[error("handover: {0}")]
+    Handover(#[source] crate::handover::HandoverError),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -12,6 +12,7 @@
 //! | one request: decode, route, always reply | [`dispatch`] |
 //! | worker threads | [`pool`] |
 //! | the file system: passthrough behind name checks, readonly, locks | [`fs`] |
+//! | live handover to a new fsd under a running guest (SIGUSR2) | [`handover`] |
 //! | per-file access control: policy, labels, grants, audit | [`policy`] |
 //! | asking the monitor to flush when a grant ends | [`monitor_link`] |
 //! | file events for the monitor's taint tracking, off the request path | [`taint_link`] |
@@ -28,6 +29,7 @@ pub mod daemon;
 pub mod dispatch;
 pub mod error;
 pub mod fs;
+pub mod handover;
 pub mod logging;
 pub mod monitor_link;
 pub mod policy;

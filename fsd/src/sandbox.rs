@@ -21,6 +21,9 @@ use std::path::{Path, PathBuf};
 
 use crate::broker::{self, Broker};
 use crate::cli::SandboxMode;
+use crate::handover::launcher::Successors;
+use crate::handover::SuccessorCommand;
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 
 #[derive(Debug, thiserror::Error)]
@@ -96,15 +99,31 @@ pub fn root_prefix(mode: SandboxMode, shared_dir: &Path) -> PathBuf {
 /// parent stays outside, forwards signals, opens the host resources of
 /// `paths` for the child when asked ([`broker`]) and exits with the child's
 /// status. Without a sandbox nothing happens and fsd opens them itself.
+///
+/// With `successor`, the parent also starts successors for a live handover
+/// ([`crate::handover::launcher`]); `child_only` is a descriptor only the
+/// child keeps (a successor's handover channel).
 pub fn prepare(
     mode: SandboxMode,
     shared_dir: &Path,
     paths: broker::Paths,
+    successor: Option<SuccessorCommand>,
+    child_only: Option<RawFd>,
 ) -> Result<Broker, SandboxError> {
     if mode == SandboxMode::None {
         return Ok(Broker::Direct(paths));
     }
     let (parent_end, child_end) = UnixStream::pair().map_err(SandboxError::Fork)?;
+    // Opened before this process's children get a PID namespace of their
+    // own: successors must be born outside it (see `Successors`).
+    let own_pidns = match (&successor, mode) {
+        (Some(_), SandboxMode::Namespace) => Some(
+            std::fs::File::open("/proc/self/ns/pid")
+                .map(std::os::fd::OwnedFd::from)
+                .map_err(SandboxError::Fork)?,
+        ),
+        _ => None,
+    };
     if mode == SandboxMode::Namespace {
         // Only the PID namespace is entered before the fork (it applies to
         // children); the parent keeps the host's mounts to broker paths.
@@ -118,10 +137,15 @@ pub fn prepare(
     }
     if pid > 0 {
         drop(child_end);
+        if let Some(fd) = child_only {
+            // SAFETY: closing a descriptor this process no longer uses.
+            unsafe { libc::close(fd) };
+        }
         forward_signals_to(pid);
+        let mut successors = successor.map(|cmd| Successors::new(cmd, own_pidns));
         // On this thread: after unshare(CLONE_NEWPID) the parent cannot
         // start threads. The child's end closes when it exits.
-        broker::serve(paths, parent_end);
+        broker::serve(paths, parent_end, successors.as_mut());
         let mut status = 0;
         loop {
             // SAFETY: waiting for our own child.
@@ -138,9 +162,13 @@ pub fn prepare(
         } else {
             128 + libc::WTERMSIG(status)
         };
+        if let Some(s) = successors {
+            s.finish();
+        }
         std::process::exit(code);
     }
     drop(parent_end);
+    drop(own_pidns);
     // Child: die with the parent, so a supervisor killing fsd kills it all.
     // SAFETY: plain prctl.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
@@ -175,9 +203,14 @@ pub fn prepare(
         // As PID 1 of its namespace the daemon ignores signals it has no
         // handler for; SIGTERM and SIGINT (forwarded by the parent) end it.
         exit_on(&[libc::SIGTERM, libc::SIGINT]);
+        // SIGUSR2 (handover) is taken with sigtimedwait; without a handler
+        // the kernel would drop it on the way to a namespace's PID 1.
+        handle(&[libc::SIGUSR2], ignore, 0);
     }
     Ok(Broker::Parent(std::sync::Mutex::new(child_end)))
 }
+
+extern "C" fn ignore(_sig: libc::c_int) {}
 
 extern "C" fn exit_now(sig: libc::c_int) {
     // SAFETY: _exit is async-signal-safe.
@@ -213,19 +246,20 @@ extern "C" fn forward(sig: libc::c_int) {
 }
 
 /// The parent left outside the namespaces is what supervisors see: pass
-/// SIGHUP (reload), SIGTERM and SIGINT on to the daemon.
+/// SIGHUP (reload), SIGUSR2 (handover), SIGTERM and SIGINT on to the daemon.
 fn forward_signals_to(child: libc::pid_t) {
     CHILD.store(child, std::sync::atomic::Ordering::Relaxed);
     handle(
-        &[libc::SIGHUP, libc::SIGTERM, libc::SIGINT],
+        &[libc::SIGHUP, libc::SIGTERM, libc::SIGINT, libc::SIGUSR2],
         forward,
         libc::SA_RESTART,
     );
-    // SAFETY: unblocking SIGHUP in this (single-threaded) parent.
+    // SAFETY: unblocking SIGHUP and SIGUSR2 in this (single-threaded) parent.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
     }
 }

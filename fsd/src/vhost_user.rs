@@ -26,6 +26,7 @@ use vmm_sys_util::event::{
 };
 
 use crate::dispatch::{AtomicMem, Blocking, Chain, Dispatcher};
+use crate::handover::quiesce::{InFlight, Quiesce};
 use crate::pool::{LockWaiters, Pool};
 
 /// Largest queue size offered; the guest may choose less.
@@ -49,6 +50,8 @@ pub struct FsBackend {
     lock_waiters: LockWaiters,
     mem: RwLock<Option<AtomicMem>>,
     event_idx: AtomicBool,
+    /// Pausing for a live handover.
+    quiesce: Arc<Quiesce>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +88,23 @@ impl FsBackend {
             lock_waiters: LockWaiters::default(),
             mem: RwLock::new(None),
             event_idx: AtomicBool::new(false),
+            quiesce: Arc::default(),
         })
+    }
+
+    /// The pause switch of a live handover.
+    pub fn quiesce(&self) -> &Arc<Quiesce> {
+        &self.quiesce
+    }
+
+    /// The request router (its FUSE session moves in a handover).
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.dispatcher
+    }
+
+    /// Guest memory as the front-end last set it.
+    pub fn memory(&self) -> Option<AtomicMem> {
+        self.mem.read().unwrap().clone()
     }
 
     /// Puts a finished chain in the used ring and notifies the guest if it
@@ -110,6 +129,8 @@ impl FsBackend {
     /// `inline`: handle it on this (the queue's) thread even with a pool.
     fn run(&self, chain: Chain, vring: &VringRwLock, event_idx: bool, inline: bool) {
         let head = chain.head_index();
+        // Answered when dropped, on every path below.
+        let popped: InFlight = self.quiesce.popped();
         if self.dispatcher.needs_own_thread(&chain) {
             match self.lock_waiters.try_reserve() {
                 Some(permit) => {
@@ -122,6 +143,7 @@ impl FsBackend {
                                 let len = d.handle(chain, Blocking::Allowed);
                                 Self::complete(&v, event_idx, head, len);
                                 drop(permit);
+                                drop(popped);
                             });
                     if let Err(e) = spawned {
                         // The chain went down with the closure; complete it empty.
@@ -148,6 +170,7 @@ impl FsBackend {
                 let job = Box::new(move || {
                     let len = d.handle(chain, Blocking::Refused);
                     Self::complete(&v, event_idx, head, len);
+                    drop(popped);
                 });
                 if pool.execute(job).is_err() {
                     error!("worker pool is gone");
@@ -264,6 +287,10 @@ impl VhostUserBackend for FsBackend {
         let vring = vrings
             .get(device_event as usize)
             .ok_or(DeviceError::UnknownEvent(device_event))?;
+        // Paused for a handover: leave the ring alone (see `handover::quiesce`).
+        let Some(_popping) = self.quiesce.enter() else {
+            return Ok(());
+        };
         if self.event_idx.load(Ordering::Acquire) {
             // Process until the guest has stopped adding chains, with
             // notifications off meanwhile (VIRTIO_RING_F_EVENT_IDX).

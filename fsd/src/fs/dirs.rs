@@ -13,6 +13,8 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::handover::state::{DirStream, FdBag, Received};
+
 /// One entry as read from the host.
 pub struct RawDirent<'a> {
     pub ino: u64,
@@ -43,6 +45,31 @@ impl DirTable {
     /// Closes a directory stream; false when the handle was not open.
     pub fn remove(&self, handle: u64) -> bool {
         self.open.lock().unwrap().remove(&handle).is_some()
+    }
+
+    /// The open streams for a live handover (the descriptors share their
+    /// positions with these).
+    pub fn export(&self, bag: &mut FdBag) -> io::Result<(u64, Vec<DirStream>)> {
+        let mut out = Vec::new();
+        for (&handle, d) in self.open.lock().unwrap().iter() {
+            let f = d.lock().unwrap().try_clone()?;
+            out.push(DirStream {
+                handle,
+                fd: bag.put(f.into()),
+            });
+        }
+        Ok((self.next.load(Ordering::Acquire), out))
+    }
+
+    /// Takes over a predecessor's streams.
+    pub fn import(&self, next: u64, dirs: &[DirStream], fds: &mut Received) -> io::Result<()> {
+        let mut open = self.open.lock().unwrap();
+        open.clear();
+        for d in dirs {
+            open.insert(d.handle, Arc::new(Mutex::new(File::from(fds.take(d.fd)?))));
+        }
+        self.next.store(next, Ordering::Release);
+        Ok(())
     }
 
     /// Closes every stream (a new FUSE session starts).

@@ -24,6 +24,8 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
+use crate::handover::state::{FdBag, HeldDescription, Received};
+
 /// A lock request as decoded from `fuse_lk_in`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockRequest {
@@ -124,7 +126,53 @@ fn fcntl_lock(file: &File, cmd: i32, fl: &mut libc::flock64) -> io::Result<()> {
     }
 }
 
+/// Copies a map out for a live handover, one descriptor per description.
+fn export_held(map: &Held, bag: &mut FdBag) -> io::Result<Vec<HeldDescription>> {
+    let mut out = Vec::new();
+    for (&(inode, key), f) in map.lock().unwrap().iter() {
+        out.push(HeldDescription {
+            inode,
+            key,
+            fd: bag.put(f.try_clone()?.into()),
+        });
+    }
+    Ok(out)
+}
+
+fn import_held(map: &Held, held: &[HeldDescription], fds: &mut Received) -> io::Result<()> {
+    let mut map = map.lock().unwrap();
+    map.clear();
+    for h in held {
+        map.insert((h.inode, h.key), Arc::new(File::from(fds.take(h.fd)?)));
+    }
+    Ok(())
+}
+
 impl LockTable {
+    /// The descriptions that carry locks (POSIX, flock), for a live
+    /// handover. The locks belong to the descriptions, not to the process,
+    /// so they pass to the successor with them.
+    pub fn export(
+        &self,
+        bag: &mut FdBag,
+    ) -> io::Result<(Vec<HeldDescription>, Vec<HeldDescription>)> {
+        Ok((
+            export_held(&self.posix, bag)?,
+            export_held(&self.flock, bag)?,
+        ))
+    }
+
+    /// Takes over a predecessor's descriptions.
+    pub fn import(
+        &self,
+        posix: &[HeldDescription],
+        flock: &[HeldDescription],
+        fds: &mut Received,
+    ) -> io::Result<()> {
+        import_held(&self.posix, posix, fds)?;
+        import_held(&self.flock, flock, fds)
+    }
+
     pub fn new() -> Self {
         Self::default()
     }

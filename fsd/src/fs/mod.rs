@@ -24,6 +24,7 @@
 pub mod confine;
 mod delegated;
 pub mod dirs;
+mod handover;
 pub mod hostwatch;
 pub mod identity;
 pub mod locks;

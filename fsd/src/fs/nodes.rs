@@ -19,6 +19,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::RwLock;
 
+use crate::handover::state::NodeState;
 use crate::policy::labels::InodeKey;
 
 /// Descriptors fsd keeps for itself beyond what the guest may hold: the
@@ -220,6 +221,36 @@ impl NodeTable {
     /// How many handles the guest holds.
     pub fn handles(&self) -> usize {
         self.handles.load(Ordering::Acquire)
+    }
+
+    /// The table for a live handover: every node with its count, and the
+    /// number of handles held.
+    pub fn export(&self) -> (Vec<NodeState>, usize) {
+        let nodes = self
+            .nodes
+            .read()
+            .unwrap()
+            .iter()
+            .map(|(&node, n)| NodeState {
+                node,
+                dev: n.key.0,
+                ino: n.key.1,
+                lookups: n.lookups.load(Ordering::Acquire),
+            })
+            .collect();
+        (nodes, self.handles())
+    }
+
+    /// Takes over a predecessor's table. Whether a node was found
+    /// unprotected is not carried over: the rename epoch it refers to is
+    /// the predecessor's, so each node is checked afresh.
+    pub fn import(&self, nodes: &[NodeState], handles: usize) {
+        let mut map = self.nodes.write().unwrap();
+        map.clear();
+        for n in nodes {
+            map.insert(n.node, Node::new((n.dev, n.ino), n.lookups));
+        }
+        self.handles.store(handles, Ordering::SeqCst);
     }
 }
 

@@ -349,6 +349,26 @@ impl Guard {
             .unwrap_or_default()
     }
 
+    /// For a live handover: the host inodes read under each principal's
+    /// grant, so that the successor still has them flushed when the grant
+    /// ends.
+    pub fn read_under_grants(&self) -> Vec<(String, Vec<InodeKey>)> {
+        self.read_under_grant
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(p, set)| (p.clone(), set.iter().copied().collect()))
+            .collect()
+    }
+
+    /// Takes over a predecessor's [`Self::read_under_grants`].
+    pub fn restore_read_under_grants(&self, read: Vec<(String, Vec<InodeKey>)>) {
+        let mut map = self.read_under_grant.lock().unwrap();
+        for (principal, keys) in read {
+            map.entry(principal).or_default().extend(keys);
+        }
+    }
+
     /// Re-reads the policy file. A bad file keeps the old policy and says why.
     pub fn reload(&self) -> Result<(), PolicyError> {
         let old = self.policy();

@@ -90,6 +90,9 @@ impl FakeAuthd {
                                     }
                                 }
                             }
+                            Call::ListGrants => ReplyBody::Grants {
+                                grants: issued.lock().unwrap().clone(),
+                            },
                             other => ReplyBody::Error {
                                 message: format!("not in this stand-in: {other:?}"),
                             },

@@ -15,6 +15,7 @@ mod authd_dialog;
 mod fail_closed;
 mod fd_handoff;
 mod grant_flush;
+mod handover;
 mod hostile_names;
 mod libvirt;
 mod lifecycle;
