@@ -17,10 +17,12 @@
 # filter asks the monitor, which fsd told who read it). And a setuid
 # program is delegated: root in the guest may not write the share's
 # etc/shadow, but pwchange, run on alice's behalf in a second guest (the
-# helper VM, booted in the background), changes her line of it.
+# helper VM, booted in the background), changes her line of it. Her
+# grant has ended by then, so the dialog asks her again.
 #
 #   scripts/demo.sh            set up, boot, run the tour, power off
-#   scripts/demo.sh --shell    same, but an interactive console (Ctrl-A X quits)
+#   scripts/demo.sh --shell    same, but an interactive console (Ctrl-A X quits);
+#                              eth0 goes through the filter, no helper VM
 #   scripts/demo.sh --no-deps  skip scripts/install-deps.sh
 #
 # The demo is a list of steps (STEPS below); each is a function step_<name>,
@@ -41,12 +43,12 @@ for arg in "$@"; do
     case $arg in
         --shell) shell=1 ;;
         --no-deps) deps=0 ;;
-        -h | --help) sed -n '2,27p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h | --help) sed -n '2,36p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "demo: unknown argument $arg" >&2; exit 64 ;;
     esac
 done
 
-STEPS=(deps build rootfs authd monitor fsd filter helper person guest look freeze connect revoke delegate finish host_view)
+STEPS=(deps build rootfs authd monitor fsd filter helper person guest look freeze taint connect revoke delegate finish host_view)
 
 target=${CARGO_TARGET_DIR:-$repo/target}
 bin=$target/debug
@@ -159,8 +161,8 @@ echo "guest# ip addr add 192.0.2.15/24 dev eth0; ip route add default via 192.0.
 ip link set eth0 up && ip addr add 192.0.2.15/24 dev eth0 && ip route add default via 192.0.2.1
 url=http://192.0.2.1:$(cat /etc/rig/http-port)/
 run "wget -q -O - $url"
-echo "guest# sh -c 'read -r line </home/alice/secret/diary.txt && sleep 2 && exec wget -q -O - $url'    (the same fetch by a process that has read alice's diary)"
-if sh -c "read -r line </home/alice/secret/diary.txt && sleep 2 && exec wget -q -O - $url"; then
+echo "guest# sh -c 'read -r line </home/alice/secret/diary.txt && exec wget -q -O - $url'    (the same fetch by a process that has read alice's diary; before the exec it waits for the host's turn)"
+if sh -c "read -r line </home/alice/secret/diary.txt && echo \"@@host taint \$\$\" && read -r _ <&3 && exec wget -q -O - $url"; then
     echo "guest: fetched"
 else
     echo "guest: no page (wget's status $?)"
@@ -168,8 +170,13 @@ fi
 host connect
 host revoke
 host delegate
-run "echo 'alice::0:0:::::' >> /etc/shadow || echo 'refused: even root in this VM may not write the administrator etc/shadow'"
-run "ls -l /usr/bin/pwchange"
+echo "guest# id -u; echo 'alice::0:0:::::' >> /etc/shadow    (the administrator's file, written by root in the VM)"
+id -u
+(echo 'alice::0:0:::::' >>/etc/shadow) || echo "guest: refused (EACCES), root or not"
+echo
+echo "guest# ls -l /usr/bin/pwchange    (setuid root on the host; fsd shows the VM the delegation client there)"
+ls -l /usr/bin/pwchange
+echo
 echo "guest# echo n3w-secret | pwchange --stdin    (fsd shows the delegation client as pwchange: the host asks alice, a helper VM runs the real program)"
 echo n3w-secret | /usr/bin/pwchange --stdin; echo "guest: pwchange exited with status $?"
 host shadow
@@ -399,7 +406,7 @@ TOML
     pids+=($!)
     await_socket "$work/net.sock" "$work/netfilter.log"
     echo "web server on 127.0.0.1:$port (the guest's http://$gateway:$port/)"
-    echo "filter policy: tainted processes stay inside; the rest may reach the host's server only"
+    echo "filter policy: tainted processes stay inside; the others may reach the host's web server, nothing else"
 }
 
 # Delegation: the broker between the guest's port and the helper VM's, the
@@ -432,7 +439,8 @@ step_helper() {
 step_guest() {
     if [ "$shell" -eq 1 ]; then
         banner "Booting the guest (QEMU TCG) with an interactive console; Ctrl-A X quits"
-        "$bin/fsd-rig" boot-root --socket "$sock" --tag "$tag" --show-command --shell
+        "$bin/fsd-rig" boot-root --socket "$sock" --tag "$tag" --show-command --shell \
+            --net-stream "$work/net.sock"
         return
     fi
     banner "Booting the guest (QEMU TCG, root on fsd) and running the tour"
@@ -516,6 +524,27 @@ step_freeze() {
     echo "host\$ monitor thaw --vm demo $pid"
     mon thaw "$pid" | sed 's/^/  /'
     go
+    follow taint
+}
+
+# fsd tells the monitor of each read asynchronously: the host waits until
+# the reader of the diary is in the monitor's taint table before the guest
+# lets it connect. (grep -c reads to the end: no SIGPIPE under pipefail.)
+tainted() {
+    "$bin/monitor" taint --socket "$work/monitor.sock" graph --vm demo --format dot 2>/dev/null |
+        grep -Ec "pid $1([^0-9]|\$)" >/dev/null
+}
+step_taint() {
+    [ "$shell" -eq 0 ] || return 0
+    local pid=$said i t0=$SECONDS
+    banner "The reader of alice's diary is tainted (fsd told the monitor)"
+    for i in $(seq 1 600); do
+        tainted "$pid" && break
+        sleep 0.1
+    done
+    tainted "$pid" || die "pid $pid never became tainted in the monitor"
+    echo "host\$ monitor taint graph --vm demo: pid $pid read home/alice/secret/diary.txt (known $((SECONDS - t0)) s after the guest asked)"
+    go
     follow connect
 }
 
@@ -529,7 +558,7 @@ step_connect() {
     done
     echo "host\$ grep decision netfilter-audit.jsonl    (the filter's audit log: process, uid, destination, taint, verdict)"
     grep '"event":"decision"' "$audit" | sed 's/^/  /'
-    grep '"event":"decision"' "$audit" | grep '"tainted":true' | grep -q '"verdict":"deny"' ||
+    grep '"event":"decision"' "$audit" | grep '"tainted":true' | grep -c '"verdict":"deny"' >/dev/null ||
         die "no connection of a tainted process was blocked"
     go
     follow revoke
@@ -579,7 +608,7 @@ step_delegate() {
     grep -qxF 'root:$old$root:19000:0:99999:7:::' "$root/etc/shadow" || die "root's line of etc/shadow changed"
     echo "host\$ tail -n 1 delegate-audit.jsonl    (the broker's audit line)"
     grep '"event":"delegate"' "$work/delegate-audit.jsonl" | tail -n 1 | sed 's/^/  /'
-    echo "  authd showed its dialog $(grep -c prompt_shown "$work/authd/audit.jsonl") times in this run"
+    echo "  authd showed its dialog $(grep -c prompt_shown "$work/authd/audit.jsonl") times in this run: alice's grant had ended, so the broker's request asked her again"
     go
 }
 
