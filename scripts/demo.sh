@@ -172,7 +172,7 @@ host revoke
 host delegate
 echo "guest# id -u; echo 'alice::0:0:::::' >> /etc/shadow    (the administrator's file, written by root in the VM)"
 id -u
-(echo 'alice::0:0:::::' >>/etc/shadow) || echo "guest: refused (EACCES), root or not"
+sh -c "echo 'alice::0:0:::::' >>/etc/shadow" || echo "guest: refused (EACCES), root or not"
 echo
 echo "guest# ls -l /usr/bin/pwchange    (setuid root on the host; fsd shows the VM the delegation client there)"
 ls -l /usr/bin/pwchange
@@ -651,4 +651,4 @@ for t in "${times[@]}"; do
     printf '  %-10s %7.1f s\n' "${t% *}" "$(awk "BEGIN {print ${t#* } / 1000}")"
 done
 cp -f "$work"/*.log "$work"/*.jsonl "$out"/ 2>/dev/null || true
-echo "kept in $out: the dialog's screenshot (dialog.png, when drawn on the private display), the daemons' logs and audit logs"
+echo "kept in $out: the dialogs' screenshots (dialog.png, dialog-2.png, when drawn on the private display), the taint graph (taint.svg), the daemons' logs and audit logs"
