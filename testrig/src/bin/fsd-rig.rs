@@ -207,6 +207,8 @@ fn run(cli: Cli) -> testrig::Result<ExitCode> {
             looks.apply(&mut cfg);
             cfg.timeout = Duration::from_secs(timeout);
             cfg.console_log = console_log;
+            // Killed (the demo's cleanup), fsd-rig takes its guest along.
+            cfg.die_with_parent = true;
             if show_command {
                 let args: Vec<String> = cfg
                     .args(shell)
