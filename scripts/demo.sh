@@ -558,6 +558,8 @@ step_connect() {
     done
     echo "host\$ grep decision netfilter-audit.jsonl    (the filter's audit log: process, uid, destination, taint, verdict)"
     grep '"event":"decision"' "$audit" | sed 's/^/  /'
+    grep '"event":"decision"' "$audit" | grep -v '"tainted":true' | grep -c '"verdict":"allow"' >/dev/null ||
+        die "the clean process's connection was not allowed"
     grep '"event":"decision"' "$audit" | grep '"tainted":true' | grep -c '"verdict":"deny"' >/dev/null ||
         die "no connection of a tainted process was blocked"
     go
