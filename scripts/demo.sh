@@ -11,8 +11,18 @@
 # while the guest stays responsive, and the end of alice's grant flushing
 # what the guest had cached (guest RAM searched before and after).
 #
+# The guest's network goes through the packet filter (netfilter) to passt:
+# a clean process fetches a page from a web server on the host, and the
+# same fetch by a process that has just read alice's diary is blocked (the
+# filter asks the monitor, which fsd told who read it). And a setuid
+# program is delegated: root in the guest may not write the share's
+# etc/shadow, but pwchange, run on alice's behalf in a second guest (the
+# helper VM, booted in the background), changes her line of it. Her
+# grant has ended by then, so the dialog asks her again.
+#
 #   scripts/demo.sh            set up, boot, run the tour, power off
-#   scripts/demo.sh --shell    same, but an interactive console (Ctrl-A X quits)
+#   scripts/demo.sh --shell    same, but an interactive console (Ctrl-A X quits);
+#                              eth0 goes through the filter, no helper VM
 #   scripts/demo.sh --no-deps  skip scripts/install-deps.sh
 #
 # The demo is a list of steps (STEPS below); each is a function step_<name>,
@@ -33,12 +43,12 @@ for arg in "$@"; do
     case $arg in
         --shell) shell=1 ;;
         --no-deps) deps=0 ;;
-        -h | --help) sed -n '2,27p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h | --help) sed -n '2,36p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "demo: unknown argument $arg" >&2; exit 64 ;;
     esac
 done
 
-STEPS=(deps build rootfs authd monitor fsd person guest look freeze revoke finish host_view)
+STEPS=(deps build rootfs authd monitor fsd filter helper person guest look freeze taint connect revoke delegate finish host_view)
 
 target=${CARGO_TARGET_DIR:-$repo/target}
 bin=$target/debug
@@ -100,15 +110,24 @@ step_deps() {
 }
 
 step_build() {
-    banner "Building fsd, authd, the monitor and the guest rig"
-    (cd "$repo" && cargo build -q -p fsd -p authd -p monitor -p testrig \
-        --bin fsd --bin authd --bin authd-dialog --bin monitor --bin fsd-rig)
+    banner "Building fsd, authd, the monitor, the packet filter, the delegation broker and the guest rig"
+    (cd "$repo" && cargo build -q -p fsd -p authd -p monitor -p testrig -p netfilter -p delegate \
+        --bin fsd --bin authd --bin authd-dialog --bin monitor --bin fsd-rig --bin netfilter --bin delegate)
+    echo "the guests' static helpers (pwchange, the delegation client and agent):"
+    tools=$("$bin/fsd-rig" guest-tools)
+    echo "  $tools"
 }
 
 step_rootfs() {
     banner "Making a busybox root filesystem in $root"
     local tour=$work/tour.sh
     cat >"$tour" <<'TOUR'
+# The helper VM boots the same root: it only serves delegated programs.
+if grep -qsx org.fsd.delegate.agent /sys/class/virtio-ports/*/name; then
+    mkdir -p /dev/pts && mount -t devpts -o ptmxmode=0666 devpts /dev/pts
+    [ -e /dev/ptmx ] || ln -s pts/ptmx /dev/ptmx
+    exec /usr/sbin/delegate-agent
+fi
 exec 3</dev/ttyS1 && stty -F /dev/ttyS1 -echo 2>/dev/null
 run() { echo "guest# $*"; sh -c "$*"; echo; }
 host() { echo "@@host $*"; read -r _ <&3; }
@@ -138,7 +157,29 @@ host thaw "$runaway"
 a=$(ticks "$runaway"); sleep 2; b=$(ticks "$runaway")
 echo "guest: thawed, the runaway used $((b - a)) ticks in 2 s"
 kill "$runaway"
+echo "guest# ip addr add 192.0.2.15/24 dev eth0; ip route add default via 192.0.2.1    (eth0's frames go through the host's packet filter to passt)"
+ip link set eth0 up && ip addr add 192.0.2.15/24 dev eth0 && ip route add default via 192.0.2.1
+url=http://192.0.2.1:$(cat /etc/rig/http-port)/
+run "wget -q -O - $url"
+echo "guest# sh -c 'read -r line </home/alice/secret/diary.txt && exec wget -q -O - $url'    (the same fetch by a process that has read alice's diary; before the exec it waits for the host's turn)"
+if sh -c "read -r line </home/alice/secret/diary.txt && echo \"@@host taint \$\$\" && read -r _ <&3 && exec wget -q -O - $url"; then
+    echo "guest: fetched"
+else
+    echo "guest: no page (wget's status $?)"
+fi
+host connect
 host revoke
+host delegate
+echo "guest# id -u; echo 'alice::0:0:::::' >> /etc/shadow    (the administrator's file, written by root in the VM)"
+id -u
+sh -c "echo 'alice::0:0:::::' >>/etc/shadow" || echo "guest: refused (EACCES), root or not"
+echo
+echo "guest# ls -l /usr/bin/pwchange    (setuid root on the host; fsd shows the VM the delegation client there)"
+ls -l /usr/bin/pwchange
+echo
+echo "guest# echo n3w-secret | pwchange --stdin    (fsd shows the delegation client as pwchange: the host asks alice, a helper VM runs the real program)"
+echo n3w-secret | /usr/bin/pwchange --stdin; echo "guest: pwchange exited with status $?"
+host shadow
 echo "guest: the tour is over"
 TOUR
     if [ "$shell" -eq 1 ]; then
@@ -146,6 +187,15 @@ TOUR
     else
         "$bin/fsd-rig" rootfs "$root" --script "$tour"
     fi
+    # alice's uid in the guests, the administrator's shadow file, and the
+    # delegated program; the client fsd shows in its place; the helper's agent.
+    echo "alice:x:1000:1000:Alice:/home/alice:/bin/sh" >>"$root/etc/passwd"
+    printf '%s\n' 'root:$old$root:19000:0:99999:7:::' 'alice:$old$alice:19000:0:99999:7:::' >"$root/etc/shadow"
+    chmod 640 "$root/etc/shadow"
+    mkdir -p "$root/usr/libexec/fsd"
+    install -m 4755 "$tools/pwchange" "$root/usr/bin/pwchange"
+    install -m 755 "$tools/delegate-client" "$root/usr/libexec/fsd/delegate-client"
+    install -m 755 "$tools/delegate-agent" "$root/usr/sbin/delegate-agent"
     mkdir -p "$root/home/alice/secret"
     echo "Dear diary: only alice may read this, and only after typing her password at the host." \
         >"$root/home/alice/secret/diary.txt"
@@ -193,8 +243,15 @@ JSON
     cat >"$work/policy.toml" <<TOML
 version = 1
 
+[delegation]
+client = "usr/libexec/fsd/delegate-client"
+
 [[principal]]
 name = "alice"
+uid = 1000
+
+[[principal]]
+name = "admin"
 
 [[vm]]
 name = "demo"
@@ -206,10 +263,29 @@ owner = "alice"
 without_grant = "ask"
 cache = "flush"
 grant_secs = 300
+
+# The administrator's files: no one in the VM may touch them, guest root
+# included; pwchange is run for alice in the helper VM instead.
+[[rule]]
+path = "etc/shadow"
+owner = "admin"
+without_grant = "deny"
+
+[[rule]]
+path = "usr/bin/pwchange"
+owner = "admin"
+without_grant = "deny"
+
+[[delegate]]
+program = "usr/bin/pwchange"
+helper = "helper1"
+run_as_uid = 0
+max_secs = 120
 TOML
     echo "alice enrolled (seal: \"purple owl at dawn\" on purple); dialog on display $display"
     echo "policy: home/alice/secret/** belongs to alice; without a grant fsd asks authd;"
-    echo "        the guest may cache it while the grant lasts, and is flushed when it ends"
+    echo "        the guest may cache it while the grant lasts, and is flushed when it ends;"
+    echo "        etc/shadow is the administrator's; usr/bin/pwchange is delegated to helper VM helper1"
 }
 
 # The monitor: a daemon that fsd asks to flush the guest's page cache when a
@@ -235,24 +311,32 @@ JSON
 }
 mon() { "$bin/monitor" --config "$work/monitor-cli.json" --profile-cache "$work/profiles" "$1" --vm demo "${@:2}"; }
 
-# Plays the person at the screen when nobody is there: waits for the real
+# Plays the person at the screen when nobody is there: waits for each real
 # dialog, waits past its focus delay, types alice's password, presses Enter,
-# and keeps a screenshot of the dialog.
+# keeps a screenshot of the dialog (dialog.png, then dialog-2.png, ...) and
+# waits for it to close before looking for the next.
+dialog_window() {
+    xdotool search --onlyvisible --name '^authd: host authentication$' 2>/dev/null | head -n 1 || true
+}
 step_person() {
     [ "${scripted_person:-0}" -eq 1 ] || return 0
     (
         export DISPLAY=$dialog_display
+        n=0
         while :; do
-            win=$(xdotool search --onlyvisible --name '^authd: host authentication$' 2>/dev/null | head -n 1 || true)
-            [ -n "$win" ] && break
-            sleep 0.2
+            win=$(dialog_window)
+            if [ -z "$win" ]; then sleep 0.2; continue; fi
+            n=$((n + 1))
+            shot=$out/dialog.png
+            [ "$n" -eq 1 ] || shot=$out/dialog-$n.png
+            xdotool windowfocus --sync "$win"
+            xwd -silent -id "$win" | /usr/bin/convert xwd:- "$shot" 2>/dev/null || true
+            sleep 1.5
+            xdotool type --delay 30 "$password"
+            xdotool key Return
+            echo "[host] the person at the screen typed alice's password into dialog $n (screenshot: $shot)"
+            while [ "$(dialog_window)" = "$win" ]; do sleep 0.2; done
         done
-        xdotool windowfocus --sync "$win"
-        xwd -silent -id "$win" | /usr/bin/convert xwd:- "$out/dialog.png" 2>/dev/null || true
-        sleep 1.5
-        xdotool type --delay 30 "$password"
-        xdotool key Return
-        echo "[host] the person at the screen typed alice's password into the dialog (screenshot: $out/dialog.png)"
     ) &
     pids+=($!)
 }
@@ -267,16 +351,103 @@ step_fsd() {
     await_socket "$sock" "$work/fsd.log"
 }
 
+# The guest's network: a web server on the host's loopback, passt (its
+# gateway 192.0.2.1 stands for the host's 127.0.0.1), and the packet filter
+# between QEMU and passt, asking the monitor who owns each new connection
+# and whether that process is tainted.
+gateway=192.0.2.1
+step_filter() {
+    banner "Starting a web server on the host, passt, and the packet filter between the guest and passt"
+    mkdir -p "$work/www"
+    echo "hello from the host's web server" >"$work/www/index.html"
+    python3 -u -m http.server 0 --bind 127.0.0.1 --directory "$work/www" >"$work/http.log" 2>&1 &
+    pids+=($!)
+    local i port=
+    for i in $(seq 1 100); do
+        port=$(sed -n 's/^Serving HTTP on 127.0.0.1 port \([0-9]*\).*/\1/p' "$work/http.log")
+        [ -n "$port" ] && break
+        kill -0 "${pids[-1]}" 2>/dev/null || break
+        sleep 0.1
+    done
+    [ -n "$port" ] || { cat "$work/http.log" >&2; die "the web server did not start"; }
+    echo "$port" >"$root/etc/rig/http-port"
+    # Started as root, passt runs as nobody before it binds: its socket's
+    # directory must be reachable and writable for that user.
+    chmod 711 "$work"
+    mkdir -p "$work/passt"
+    chmod 1777 "$work/passt"
+    "${FSD_PASST:-passt}" --foreground --stderr --socket "$work/passt/passt.sock" --address 192.0.2.15 --netmask 24 \
+        --gateway "$gateway" --no-dhcp-dns --no-dhcp-search >"$work/passt.log" 2>&1 &
+    pids+=($!)
+    await_socket "$work/passt/passt.sock" "$work/passt.log"
+    cat >"$work/netfilter.toml" <<TOML
+version = 1
+vm = "demo"
+
+[defaults]
+action = "deny"
+unknown_owner = "deny"
+icmp = "deny"
+
+[[rule]]
+name = "tainted processes stay inside"
+tainted = true
+action = "deny"
+
+[[rule]]
+name = "the host's web server"
+dest = "$gateway/32"
+action = "allow"
+TOML
+    RUST_LOG=info "$bin/netfilter" run --policy "$work/netfilter.toml" --guest "$work/net.sock" \
+        --passt "$work/passt/passt.sock" --monitor "$work/monitor.sock" \
+        --audit "$work/netfilter-audit.jsonl" --control "$work/netfilter-control.sock" \
+        >"$work/netfilter.log" 2>&1 &
+    pids+=($!)
+    await_socket "$work/net.sock" "$work/netfilter.log"
+    echo "web server on 127.0.0.1:$port (the guest's http://$gateway:$port/)"
+    echo "filter policy: tainted processes stay inside; the others may reach the host's web server, nothing else"
+}
+
+# Delegation: the broker between the guest's port and the helper VM's, the
+# helper's own fsd (no policy: it runs the administrator's programs), and
+# the helper VM, booted in the background while the tour runs; it starts
+# the agent at boot (the tour script's first lines).
+agent=org.fsd.delegate.agent
+step_helper() {
+    [ "$shell" -eq 0 ] || return 0
+    banner "Starting the delegation broker and booting the helper VM in the background"
+    "$bin/delegate" --policy="$work/policy.toml" --vm="demo=$work/demo.chan" \
+        --helper="helper1=$work/helper1.chan" --authd-socket="$work/authd/authd.sock" \
+        --audit-log="$work/delegate-audit.jsonl" >"$work/delegate.log" 2>&1 &
+    pids+=($!)
+    await_socket "$work/helper1.chan" "$work/delegate.log"
+    await_socket "$work/demo.chan" "$work/delegate.log"
+    rm -f "$work/fsd-helper.sock"
+    "$bin/fsd" --socket-path="$work/fsd-helper.sock" --shared-dir="$root" --cache=auto \
+        --sandbox="$sandbox" >"$work/fsd-helper.log" 2>&1 &
+    pids+=($!)
+    await_socket "$work/fsd-helper.sock" "$work/fsd-helper.log"
+    "$bin/fsd-rig" boot-root --socket "$work/fsd-helper.sock" --tag "$tag" --timeout 1800 \
+        --console-log "$work/helper-console.log" --serial-port "$agent=$work/helper1.chan" \
+        >"$work/helper-rig.out" 2>&1 &
+    helper=$!
+    pids+=($helper)
+    echo "broker: usr/bin/pwchange of VM demo runs in helper1; helper VM booting (QEMU pid $helper)"
+}
+
 step_guest() {
     if [ "$shell" -eq 1 ]; then
         banner "Booting the guest (QEMU TCG) with an interactive console; Ctrl-A X quits"
-        "$bin/fsd-rig" boot-root --socket "$sock" --tag "$tag" --show-command --shell
+        "$bin/fsd-rig" boot-root --socket "$sock" --tag "$tag" --show-command --shell \
+            --net-stream "$work/net.sock"
         return
     fi
     banner "Booting the guest (QEMU TCG, root on fsd) and running the tour"
     "$bin/fsd-rig" boot-root --socket "$sock" --tag "$tag" --show-command --timeout 900 \
         --console-log "$work/console.log" --qmp "$work/qmp-daemon.sock" --qmp "$work/qmp-cli.sock" \
         --gdb "$work/gdb.sock" --mem-file "$mem" --uuid "$uuid" --control "$work/ctl.sock" \
+        --net-stream "$work/net.sock" --serial-port "org.fsd.delegate=$work/demo.chan" \
         >"$work/rig.out" 2>&1 &
     guest=$!
     pids+=($guest)
@@ -353,6 +524,45 @@ step_freeze() {
     echo "host\$ monitor thaw --vm demo $pid"
     mon thaw "$pid" | sed 's/^/  /'
     go
+    follow taint
+}
+
+# fsd tells the monitor of each read asynchronously: the host waits until
+# the reader of the diary is in the monitor's taint table before the guest
+# lets it connect. (grep -c reads to the end: no SIGPIPE under pipefail.)
+tainted() {
+    "$bin/monitor" taint --socket "$work/monitor.sock" graph --vm demo --format dot 2>/dev/null |
+        grep -Ec "pid $1([^0-9]|\$)" >/dev/null
+}
+step_taint() {
+    [ "$shell" -eq 0 ] || return 0
+    local pid=$said i t0=$SECONDS
+    banner "The reader of alice's diary is tainted (fsd told the monitor)"
+    for i in $(seq 1 600); do
+        tainted "$pid" && break
+        sleep 0.1
+    done
+    tainted "$pid" || die "pid $pid never became tainted in the monitor"
+    echo "host\$ monitor taint graph --vm demo: pid $pid read home/alice/secret/diary.txt (known $((SECONDS - t0)) s after the guest asked)"
+    go
+    follow connect
+}
+
+step_connect() {
+    [ "$shell" -eq 0 ] || return 0
+    banner "The packet filter decided each connection by its process and taint"
+    local audit=$work/netfilter-audit.jsonl i
+    for i in $(seq 1 300); do
+        grep -q '"tainted":true' "$audit" 2>/dev/null && break
+        sleep 0.1
+    done
+    echo "host\$ grep decision netfilter-audit.jsonl    (the filter's audit log: process, uid, destination, taint, verdict)"
+    grep '"event":"decision"' "$audit" | sed 's/^/  /'
+    grep '"event":"decision"' "$audit" | grep -v '"tainted":true' | grep -c '"verdict":"allow"' >/dev/null ||
+        die "the clean process's connection was not allowed"
+    grep '"event":"decision"' "$audit" | grep '"tainted":true' | grep -c '"verdict":"deny"' >/dev/null ||
+        die "no connection of a tainted process was blocked"
+    go
     follow revoke
 }
 
@@ -371,6 +581,36 @@ step_revoke() {
     echo "  after:  $n lines of the ledger in guest RAM ($((SECONDS - t0)) s after the revoke)"
     grep -ho 'monitor flushed.*' "$work/fsd.log" 2>/dev/null | tail -n 1 | sed 's/^/  fsd log: /' || true
     [ "$n" -eq 0 ] || die "copies of the ledger are still in guest RAM"
+    go
+    follow delegate
+}
+
+# Waits up to 15 minutes for the helper VM's agent.
+await_agent() {
+    local i t0=$SECONDS
+    for i in $(seq 1 9000); do
+        grep -q 'delegate-agent: serving' "$work/helper-console.log" 2>/dev/null && break
+        kill -0 "$helper" 2>/dev/null || { cat "$work/helper-rig.out" >&2; die "the helper VM stopped"; }
+        sleep 0.1
+    done
+    grep -q 'delegate-agent: serving' "$work/helper-console.log" || die "the helper VM's agent did not start"
+    echo "  the helper VM's agent is serving (waited $((SECONDS - t0)) s for it)"
+}
+
+step_delegate() {
+    [ "$shell" -eq 0 ] || return 0
+    banner "A setuid program, delegated: pwchange runs for alice in the helper VM"
+    await_agent
+    go
+    follow shadow
+    echo "host\$ cat $root/etc/shadow    (alice's line changed, and only hers)"
+    sed 's/^/  /' "$root/etc/shadow"
+    grep -qxF 'alice:$test$n3w-secret:19000:0:99999:7:::' "$root/etc/shadow" ||
+        die "alice's line of etc/shadow did not change"
+    grep -qxF 'root:$old$root:19000:0:99999:7:::' "$root/etc/shadow" || die "root's line of etc/shadow changed"
+    echo "host\$ tail -n 1 delegate-audit.jsonl    (the broker's audit line)"
+    grep '"event":"delegate"' "$work/delegate-audit.jsonl" | tail -n 1 | sed 's/^/  /'
+    echo "  authd showed its dialog $(grep -c prompt_shown "$work/authd/audit.jsonl") times in this run: alice's grant had ended, so the broker's request asked her again"
     go
 }
 
@@ -413,4 +653,4 @@ for t in "${times[@]}"; do
     printf '  %-10s %7.1f s\n' "${t% *}" "$(awk "BEGIN {print ${t#* } / 1000}")"
 done
 cp -f "$work"/*.log "$work"/*.jsonl "$out"/ 2>/dev/null || true
-echo "kept in $out: the dialog's screenshot (dialog.png, when drawn on the private display), the daemons' logs and audit logs"
+echo "kept in $out: the dialogs' screenshots (dialog.png, dialog-2.png, when drawn on the private display), the taint graph (taint.svg), the daemons' logs and audit logs"

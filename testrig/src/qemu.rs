@@ -97,6 +97,11 @@ pub struct QemuConfig {
     pub timeout: Duration,
     /// Also write the console to this file as it arrives.
     pub console_log: Option<PathBuf>,
+    /// [`Vm::start`]: QEMU gets SIGKILL when the thread that started it
+    /// ends (`PR_SET_PDEATHSIG`), so a command-line caller killed by a
+    /// signal leaves no guest behind. Only for callers whose starting
+    /// thread lives as long as the guest (fsd-rig), not test threads.
+    pub die_with_parent: bool,
 }
 
 impl QemuConfig {
@@ -123,6 +128,7 @@ impl QemuConfig {
             extra_args: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             console_log: None,
+            die_with_parent: false,
         };
         if paths::guests_on_qemu10() && std::env::var_os("FSD_QEMU").is_none() {
             cfg.qemu10()
@@ -378,17 +384,29 @@ pub struct Vm {
 impl Vm {
     /// Starts QEMU with its console on a pipe.
     pub fn start(cfg: &QemuConfig) -> Result<Vm> {
-        let mut child = Command::new(&cfg.qemu)
-            .args(cfg.args(false))
+        let mut cmd = Command::new(&cfg.qemu);
+        cmd.args(cfg.args(false))
             .envs(cfg.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                program: cfg.qemu.display().to_string(),
-                source,
-            })?;
+            .stderr(Stdio::piped());
+        if cfg.die_with_parent {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe and touches no memory of
+            // this process.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+            program: cfg.qemu.display().to_string(),
+            source,
+        })?;
         let console = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let log = match &cfg.console_log {

@@ -1,6 +1,7 @@
 //! Command-line face of the rig, for scripts (scripts/demo.sh) and people:
 //! populate a busybox root directory, boot a diskless guest on a running
-//! vhost-user-fs daemon, show where the guest kernel lives.
+//! vhost-user-fs daemon (optionally with a NIC and virtio-serial ports),
+//! show where the guest kernel and the static in-guest helpers live.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,34 +30,43 @@ enum Cmd {
         script: Option<PathBuf>,
     },
     /// Boot a guest whose root filesystem is the share of a running daemon.
-    BootRoot {
-        /// The daemon's vhost-user socket.
-        #[arg(long)]
-        socket: PathBuf,
-        /// Mount tag.
-        #[arg(long, default_value = "rootfs")]
-        tag: String,
-        /// Interactive console on this terminal (Ctrl-A X quits QEMU).
-        #[arg(long)]
-        shell: bool,
-        /// Seconds before the guest is killed (non-interactive).
-        #[arg(long, default_value_t = 180)]
-        timeout: u64,
-        /// Also write the console to this file.
-        #[arg(long)]
-        console_log: Option<PathBuf>,
-        /// Print the whole console, not only the script output.
-        #[arg(long)]
-        verbose: bool,
-        /// Print the QEMU command line first.
-        #[arg(long)]
-        show_command: bool,
-        /// What the monitor attaches to.
-        #[command(flatten)]
-        looks: Looks,
-    },
+    BootRoot(Box<BootRoot>),
+    /// Build (or find) the static in-guest helpers and print their directory.
+    GuestTools,
     /// Print the guest kernel, vmlinux and virtiofsd paths.
     Paths,
+}
+
+/// What `boot-root` takes.
+#[derive(clap::Args)]
+struct BootRoot {
+    /// The daemon's vhost-user socket.
+    #[arg(long)]
+    socket: PathBuf,
+    /// Mount tag.
+    #[arg(long, default_value = "rootfs")]
+    tag: String,
+    /// Interactive console on this terminal (Ctrl-A X quits QEMU).
+    #[arg(long)]
+    shell: bool,
+    /// Seconds before the guest is killed (non-interactive).
+    #[arg(long, default_value_t = 180)]
+    timeout: u64,
+    /// Also write the console to this file.
+    #[arg(long)]
+    console_log: Option<PathBuf>,
+    /// Print the whole console, not only the script output.
+    #[arg(long)]
+    verbose: bool,
+    /// Print the QEMU command line first.
+    #[arg(long)]
+    show_command: bool,
+    /// What the monitor attaches to.
+    #[command(flatten)]
+    looks: Looks,
+    /// Devices beyond the root file system.
+    #[command(flatten)]
+    devices: Devices,
 }
 
 /// The openings the monitor looks into a guest through (docs/monitor.md).
@@ -81,6 +91,51 @@ struct Looks {
     /// Guest RAM in MiB.
     #[arg(long)]
     memory_mib: Option<u32>,
+}
+
+/// Devices a guest may have beyond its root file system.
+#[derive(clap::Args)]
+struct Devices {
+    /// A virtio-net NIC whose back end is this stream socket (QEMU's
+    /// `-netdev stream`, e.g. the packet filter's guest socket); the
+    /// guest sees it as eth0.
+    #[arg(long, value_name = "SOCK")]
+    net_stream: Option<PathBuf>,
+    /// A virtio-serial port NAME (the guest's /dev/virtio-ports/NAME) on
+    /// the listening Unix socket SOCK; repeatable.
+    #[arg(long, value_name = "NAME=SOCK", value_parser = name_and_path)]
+    serial_port: Vec<(String, PathBuf)>,
+}
+
+fn name_and_path(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((n, p)) if !n.is_empty() && !p.is_empty() => Ok((n.to_string(), PathBuf::from(p))),
+        _ => Err(format!("{s}: want NAME=SOCK")),
+    }
+}
+
+impl Devices {
+    /// The modules the devices need in the initramfs.
+    fn modules(&self) -> Vec<&'static str> {
+        let mut m = Vec::new();
+        if self.net_stream.is_some() {
+            m.extend_from_slice(testrig::net::NET_MODULES);
+        }
+        if !self.serial_port.is_empty() {
+            m.push("virtio_console");
+        }
+        m
+    }
+
+    fn apply(self, mut cfg: QemuConfig) -> QemuConfig {
+        if let Some(s) = &self.net_stream {
+            testrig::net::add_nic(&mut cfg, "net0", s, "52:54:00:12:34:56");
+        }
+        for (name, sock) in &self.serial_port {
+            cfg = cfg.serial_port(name, sock);
+        }
+        cfg
+    }
 }
 
 impl Looks {
@@ -130,22 +185,30 @@ fn run(cli: Cli) -> testrig::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::BootRoot {
-            socket,
-            tag,
-            shell,
-            timeout,
-            console_log,
-            verbose,
-            show_command,
-            looks,
-        } => {
+        Cmd::BootRoot(b) => {
+            let BootRoot {
+                socket,
+                tag,
+                shell,
+                timeout,
+                console_log,
+                verbose,
+                show_command,
+                looks,
+                devices,
+            } = *b;
             let kernel = GuestKernel::locate()?;
-            let initrd = InitramfsBuilder::switch_root(&tag).build(&kernel)?;
-            let mut cfg = QemuConfig::new(&kernel, &initrd).fs(&socket, &tag);
+            let mut initrd = InitramfsBuilder::switch_root(&tag);
+            for m in devices.modules() {
+                initrd = initrd.module(m);
+            }
+            let initrd = initrd.build(&kernel)?;
+            let mut cfg = devices.apply(QemuConfig::new(&kernel, &initrd).fs(&socket, &tag));
             looks.apply(&mut cfg);
             cfg.timeout = Duration::from_secs(timeout);
             cfg.console_log = console_log;
+            // Killed (the demo's cleanup), fsd-rig takes its guest along.
+            cfg.die_with_parent = true;
             if show_command {
                 let args: Vec<String> = cfg
                     .args(shell)
@@ -170,6 +233,10 @@ fn run(cli: Cli) -> testrig::Result<ExitCode> {
             }
             let code = t.exit_code.unwrap_or(1);
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
+        Cmd::GuestTools => {
+            println!("{}", testrig::guest_tools::build()?.dir().display());
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Paths => {
             let kernel = GuestKernel::locate()?;
