@@ -138,7 +138,7 @@ fn twenty_handovers(sandbox: Sandbox, root_on_fsd: bool) {
     populate(&data);
     // fsd runs from a copy, so that the test can put another binary there.
     let exe = dir.path().join("fsd");
-    std::fs::copy(crate::common::FSD, &exe).unwrap();
+    testrig::process::install_executable(Path::new(crate::common::FSD), &exe).unwrap();
     let policy = dir.path().join("policy.toml");
     let secret = if root_on_fsd { "data/secret" } else { "secret" };
     std::fs::write(&policy, denying_policy(&[secret])).unwrap();
@@ -205,9 +205,7 @@ fn twenty_handovers(sandbox: Sandbox, root_on_fsd: bool) {
         if n == TO_OTHER_BINARY {
             // Another copy of the binary at the same path (an upgrade
             // replaces the file by renaming over it).
-            let tmp = dir.path().join("fsd.new");
-            std::fs::copy(crate::common::FSD, &tmp).unwrap();
-            std::fs::rename(&tmp, &exe).unwrap();
+            testrig::process::install_executable(Path::new(crate::common::FSD), &exe).unwrap();
         }
         let before = log_successors(&std::fs::read_to_string(&log).unwrap()).len();
         let t = Instant::now();

@@ -230,7 +230,13 @@ fn decides_by_process_and_user_and_survives_a_hostile_guest() {
         http.port
     ));
     println!("{} ({:?})", out.trim(), t.elapsed());
-    assert!(out.contains("synflood: sent 3000"), "{out}");
+    // A SYN the guest's own qdisc refuses (ENOBUFS) is not sent again.
+    let sent: u32 = out
+        .trim()
+        .strip_prefix("synflood: sent ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(sent >= 2900, "{out}");
     std::thread::sleep(Duration::from_secs(2));
     g.assert_filter_alive();
     let s = g.status();
