@@ -15,7 +15,7 @@ use authd::dialog::{load_font, DialogRequest, FONT_PATH};
 use authd::seal::Seal;
 use authd_client::client::{AuthRequest, Decision, Denial};
 use authd_client::protocol::{now_unix_ms, DenyReason, EndCause, Provenance};
-use common::{Daemon, PASSWORD};
+use common::{pixel_difference, Daemon, PASSWORD};
 
 fn request(lifetime_secs: u64) -> AuthRequest {
     AuthRequest {
@@ -30,22 +30,6 @@ fn request(lifetime_secs: u64) -> AuthRequest {
 fn ask(d: &Daemon, lifetime_secs: u64) -> thread::JoinHandle<Decision> {
     let client = d.client();
     thread::spawn(move || client.authenticate(&request(lifetime_secs), Duration::from_secs(90)))
-}
-
-/// Fraction of pixels whose channels differ by more than 2 levels.
-fn pixel_difference(a: &[u32], b: &[u32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let differ = a
-        .iter()
-        .zip(b)
-        .filter(|(p, q)| {
-            (0..3).any(|i| {
-                let (x, y) = ((*p >> (8 * i)) & 0xff, (*q >> (8 * i)) & 0xff);
-                x.abs_diff(y) > 2
-            })
-        })
-        .count();
-    differ as f64 / a.len() as f64
 }
 
 #[test]

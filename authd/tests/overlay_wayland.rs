@@ -11,7 +11,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
@@ -21,39 +20,9 @@ use authd::dialog::{load_font, DialogRequest, FONT_PATH};
 use authd::seal::Seal;
 use authd_client::client::AuthRequest;
 use authd_client::protocol::Provenance;
-use common::{Daemon, PASSWORD};
+use common::{pixel_difference, qemu_has_gtk, Daemon, PASSWORD, QEMU};
 use testrig::wayland::{Sway, OUTPUT};
 use testrig::x11::Image;
-
-const QEMU: &str = "qemu-system-x86_64";
-
-/// Fraction of pixels whose channels differ by more than 2 levels.
-fn pixel_difference(a: &[u32], b: &[u32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let differ = a
-        .iter()
-        .zip(b)
-        .filter(|(p, q)| {
-            (0..3).any(|i| {
-                let (x, y) = ((*p >> (8 * i)) & 0xff, (*q >> (8 * i)) & 0xff);
-                x.abs_diff(y) > 2
-            })
-        })
-        .count();
-    differ as f64 / a.len() as f64
-}
-
-/// Whether this QEMU has its GTK display (Debian: `qemu-system-gui`).
-fn qemu_has_gtk() -> bool {
-    Command::new(QEMU)
-        .args(["-display", "help"])
-        .output()
-        .is_ok_and(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .any(|l| l == "gtk")
-        })
-}
 
 /// A paused QEMU (no CPU spent) showing an empty machine in a GTK window;
 /// returns it once sway shows its window.

@@ -148,3 +148,35 @@ pub fn median(v: &mut [f64]) -> f64 {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
+
+/// Fraction of pixels whose channels differ by more than 2 levels: a live
+/// screenshot of the dialog against the pure renderer.
+pub fn pixel_difference(a: &[u32], b: &[u32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let differ = a
+        .iter()
+        .zip(b)
+        .filter(|(p, q)| {
+            (0..3).any(|i| {
+                let (x, y) = ((*p >> (8 * i)) & 0xff, (*q >> (8 * i)) & 0xff);
+                x.abs_diff(y) > 2
+            })
+        })
+        .count();
+    differ as f64 / a.len() as f64
+}
+
+/// The QEMU whose window stands for a VM's in the overlay tests.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// Whether this QEMU has its GTK display (Debian: `qemu-system-gui`).
+pub fn qemu_has_gtk() -> bool {
+    std::process::Command::new(QEMU)
+        .args(["-display", "help"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l == "gtk")
+        })
+}
