@@ -606,26 +606,33 @@ fn a_waiting_lock_postpones_the_handover() {
 /// refused; what the guest read under the grant before the handovers is
 /// still flushed at its end; the grant's end
 /// still reaches the successor.
+/// fsd (unsandboxed) with `policy` for the VM `vm1`, asking the stand-in
+/// authd, with its own label database under `work`.
+fn policy_rig(
+    work: &Path,
+    authd: &authd_stub::FakeAuthd,
+    policy: &str,
+    populate: impl FnOnce(&Path),
+) -> Option<Rig> {
+    let file = work.join("policy.toml");
+    std::fs::write(&file, policy).unwrap();
+    let args = [
+        format!("--policy={}", file.display()),
+        "--vm=vm1".to_string(),
+        format!("--authd-socket={}", authd.socket.display()),
+        format!("--label-db={}", work.join("labels.db").display()),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Rig::start_with(Sandbox::None, &args, DeviceConfig::default(), populate)
+}
+
 #[test]
 fn a_live_grant_survives_the_handover_without_a_prompt() {
     let work = tempfile::tempdir().unwrap();
     let authd = authd_stub::FakeAuthd::start(work.path());
-    let policy = work.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        "version = 1\n[[principal]]\nname = \"alice\"\n[[principal]]\nname = \"bob\"\n[[vm]]\nname = \"vm1\"\nprincipal = \"alice\"\n\
+    let Some(mut rig) = policy_rig(work.path(), &authd, "version = 1\n[[principal]]\nname = \"alice\"\n[[principal]]\nname = \"bob\"\n[[vm]]\nname = \"vm1\"\nprincipal = \"alice\"\n\
          [[rule]]\npath = \"vault/**\"\nowner = \"alice\"\nwithout_grant = \"ask\"\ngrant_secs = 3600\n\
-         [[rule]]\npath = \"closed/**\"\nowner = \"bob\"\nwithout_grant = \"deny\"\n",
-    )
-    .unwrap();
-    let args = [
-        format!("--policy={}", policy.display()),
-        "--vm=vm1".to_string(),
-        format!("--authd-socket={}", authd.socket.display()),
-        format!("--label-db={}", work.path().join("labels.db").display()),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let Some(mut rig) = Rig::start_with(Sandbox::None, &args, DeviceConfig::default(), |share| {
+         [[rule]]\npath = \"closed/**\"\nowner = \"bob\"\nwithout_grant = \"deny\"\n", |share| {
         std::fs::create_dir(share.join("vault")).unwrap();
         std::fs::write(share.join("vault/doc"), b"granted content").unwrap();
         std::fs::create_dir(share.join("vault/early")).unwrap();
@@ -715,21 +722,8 @@ fn a_live_grant_survives_the_handover_without_a_prompt() {
 fn a_moved_protected_file_stays_protected_across_handovers() {
     let work = tempfile::tempdir().unwrap();
     let authd = authd_stub::FakeAuthd::start(work.path());
-    let policy = work.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        "version = 1\n[[principal]]\nname = \"alice\"\n[[vm]]\nname = \"vm1\"\nprincipal = \"alice\"\n\
-         [[rule]]\npath = \"vault/**\"\nowner = \"alice\"\nwithout_grant = \"ask\"\ngrant_secs = 3600\n",
-    )
-    .unwrap();
-    let args = [
-        format!("--policy={}", policy.display()),
-        "--vm=vm1".to_string(),
-        format!("--authd-socket={}", authd.socket.display()),
-        format!("--label-db={}", work.path().join("labels.db").display()),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let Some(mut rig) = Rig::start_with(Sandbox::None, &args, DeviceConfig::default(), |share| {
+    let Some(mut rig) = policy_rig(work.path(), &authd, "version = 1\n[[principal]]\nname = \"alice\"\n[[vm]]\nname = \"vm1\"\nprincipal = \"alice\"\n\
+         [[rule]]\npath = \"vault/**\"\nowner = \"alice\"\nwithout_grant = \"ask\"\ngrant_secs = 3600\n", |share| {
         std::fs::create_dir(share.join("vault")).unwrap();
         std::fs::write(share.join("vault/secret"), b"protected").unwrap();
         std::fs::create_dir(share.join("pub")).unwrap();
