@@ -600,12 +600,6 @@ fn a_waiting_lock_postpones_the_handover() {
     check(&mut s, &mut held, 0);
 }
 
-/// A protected file read under a live grant stays readable after handovers
-/// without a new prompt (the successor takes the grant over from authd's
-/// list); a protected file of another principal, who has no grant, stays
-/// refused; what the guest read under the grant before the handovers is
-/// still flushed at its end; the grant's end
-/// still reaches the successor.
 /// fsd (unsandboxed) with `policy` for the VM `vm1`, asking the stand-in
 /// authd, with its own label database under `work`.
 fn policy_rig(
@@ -626,6 +620,12 @@ fn policy_rig(
     Rig::start_with(Sandbox::None, &args, DeviceConfig::default(), populate)
 }
 
+/// A protected file read under a live grant stays readable after handovers
+/// without a new prompt (the successor takes the grant over from authd's
+/// list); a protected file of another principal, who has no grant, stays
+/// refused; what the guest read under the grant before the handovers is
+/// still flushed at its end; the grant's end still
+/// reaches the successor.
 #[test]
 fn a_live_grant_survives_the_handover_without_a_prompt() {
     let work = tempfile::tempdir().unwrap();
