@@ -95,14 +95,19 @@ fn restore(
         .import_state(state.fs, &mut fds)
         .map_err(HandoverError::FileSystem)?;
     before_serving().map_err(HandoverError::FileSystem)?;
-    let kicks = vhost::replay(daemon, &state.vhost, &mut fds)?;
-    // Replaying SET_FEATURES looked like a device restart; the session goes on.
-    dispatcher.restore_session(&state.fuse);
+    // What can fail is done before the queues start: once a worker of this
+    // process has served a request, the predecessor cannot take the rings
+    // back.
     let conn = UnixStream::from(
         fds.take(state.vhost.connection)
             .map_err(HandoverError::Dup)?,
     );
     let served = conn.try_clone().map_err(HandoverError::Dup)?;
+    let replayed = vhost::replay(daemon, &state.vhost, &mut fds)?;
+    // Replaying SET_FEATURES looked like a device restart; the session goes
+    // on, and is restored before any request is served.
+    dispatcher.restore_session(&state.fuse);
+    let kicks = replayed.start(daemon)?;
     daemon
         .start_on_stream(served)
         .map_err(|e| HandoverError::Daemon(e.to_string()))?;

@@ -95,13 +95,13 @@ pub fn capture(
     })
 }
 
-/// Sets a fresh daemon up as the predecessor's was. Returns a copy of each
-/// started queue's kick eventfd, to kick once serving (see [`kick`]).
+/// Sets a fresh daemon up as the predecessor's was, all but starting its
+/// queues ([`Replayed::start`]).
 pub fn replay(
     daemon: &Daemon,
     s: &VhostState,
     fds: &mut Received,
-) -> Result<Vec<File>, HandoverError> {
+) -> Result<Replayed, HandoverError> {
     let mut files = Vec::new();
     let mut table = Vec::new();
     for r in &s.regions {
@@ -128,6 +128,12 @@ pub fn replay(
         queues.push((q, kick, take(q.call)?, take(q.err)?));
     }
     let with_enable = s.features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
+    // Everything but the kicks first: until a queue has its kick eventfd,
+    // no worker of this process touches it, so the check below compares
+    // the rings as the predecessor left them (a worker that already served
+    // a request would have moved the used index, and a failed handover
+    // would then hand the old process a ring it no longer knows).
+    let mut starts = Vec::new();
     daemon
         .with_handler(|h| {
             h.set_owner()?;
@@ -147,16 +153,53 @@ pub fn replay(
                 h.set_vring_base(q.index, u32::from(q.next_avail))?;
                 h.set_vring_call(q.index as u8, call)?;
                 h.set_vring_err(q.index as u8, err)?;
-                h.set_vring_kick(q.index as u8, kick)?;
-                if with_enable {
-                    h.set_vring_enable(q.index, q.enabled)?;
-                }
+                starts.push((q, kick));
             }
             Ok(())
         })
         .map_err(HandoverError::Replay)?;
-    // The used index was read back from guest memory; it must be the one
-    // the predecessor left.
+    check_used(daemon, s)?;
+    Ok(Replayed {
+        starts: starts
+            .into_iter()
+            .map(|(q, kick)| (q.index, q.enabled, kick))
+            .collect(),
+        with_enable,
+        kicks,
+    })
+}
+
+/// A replayed device whose queues are not started yet.
+pub struct Replayed {
+    starts: Vec<(u32, bool, Option<File>)>,
+    with_enable: bool,
+    kicks: Vec<File>,
+}
+
+impl Replayed {
+    /// Starts the queues (their workers serve from now on). Returns a copy
+    /// of each started queue's kick eventfd, to kick once serving (see
+    /// [`kick`]).
+    pub fn start(self, daemon: &Daemon) -> Result<Vec<File>, HandoverError> {
+        let with_enable = self.with_enable;
+        daemon
+            .with_handler(|h| {
+                for (index, enabled, kick) in self.starts {
+                    h.set_vring_kick(index as u8, kick)?;
+                    if with_enable {
+                        h.set_vring_enable(index, enabled)?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(HandoverError::Replay)?;
+        Ok(self.kicks)
+    }
+}
+
+/// The used index was read back from guest memory; it must be the one the
+/// predecessor left.
+fn check_used(daemon: &Daemon, s: &VhostState) -> Result<(), HandoverError> {
     let vrings = daemon.vrings();
     for q in s.queues.iter().filter(|q| q.ready) {
         let now = vrings
@@ -170,7 +213,7 @@ pub fn replay(
             });
         }
     }
-    Ok(kicks)
+    Ok(())
 }
 
 /// Kicks each queue once: a kick consumed while requests were paused must
