@@ -343,19 +343,23 @@ impl Rig {
         self.x.key("Return");
     }
 
-    /// Polls a background command's output file in the user VM until it
-    /// holds `rc=`.
+    /// The result of a command left running in the background of the user
+    /// VM, which writes it to `file` on the share (`/mnt/...`): read on the
+    /// host, so the serial shell carries nothing meanwhile.
     fn background_result(&mut self, file: &str) -> String {
+        let host = self
+            .tree
+            .join(file.strip_prefix("/mnt/").expect("a file on the share"));
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
-            let out = self.user(&format!("cat {file} 2>/dev/null"));
+            let out = std::fs::read_to_string(&host).unwrap_or_default();
             if out.contains("rc=") {
                 return out;
             }
             if Instant::now() > deadline {
                 self.fail(&format!("{file} never finished: {out:?}"));
             }
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 
@@ -451,7 +455,7 @@ fn delegation_end_to_end() {
 
     // 2. Wrong password, then Cancel: nothing runs.
     for (nth, how) in [(1, "wrong"), (2, "cancel")] {
-        let file = format!("/tmp/{how}.out");
+        let file = format!("/mnt/tmp/{how}.out");
         rig.user(&format!(
             "(echo pw | /mnt/usr/bin/pwchange --stdin >{file} 2>&1; echo rc=$? >>{file}) &"
         ));
@@ -493,11 +497,11 @@ fn delegation_end_to_end() {
 
     // 3. The right password: alice's line, and only hers, changes.
     rig.user(
-        "(echo s3cret-A | /mnt/usr/bin/pwchange --stdin >/tmp/ok.out 2>&1; echo rc=$? >>/tmp/ok.out) &",
+        "(echo s3cret-A | /mnt/usr/bin/pwchange --stdin >/mnt/tmp/ok.out 2>&1; echo rc=$? >>/mnt/tmp/ok.out) &",
     );
-    let win = rig.dialog(3, "/tmp/ok.out");
+    let win = rig.dialog(3, "/mnt/tmp/ok.out");
     rig.answer(&win, PASSWORD);
-    let ran = rig.background_result("/tmp/ok.out");
+    let ran = rig.background_result("/mnt/tmp/ok.out");
     let out = ran.clone();
     rig.check(
         out.contains("Changing password for alice.")
@@ -576,7 +580,7 @@ fn delegation_end_to_end() {
     // Without a terminal: a signal the client gets is the program's.
     let jobs = rig.jobs();
     rig.user(
-        "(sleep 600 | /mnt/usr/bin/pwchange --stdin >/tmp/sig.out 2>&1; echo rc=$? >>/tmp/sig.out) &",
+        "(sleep 600 | /mnt/usr/bin/pwchange --stdin >/mnt/tmp/sig.out 2>&1; echo rc=$? >>/mnt/tmp/sig.out) &",
     );
     let started = wait_for(Duration::from_secs(60), || rig.jobs() > jobs);
     rig.check(started, "the job waiting for input did not start");
@@ -586,7 +590,7 @@ fn delegation_end_to_end() {
         last(&rig.audit(), 1)[0]["outcome"] == "signal 15"
     });
     rig.user("kill $(pidof sleep) 2>/dev/null; true");
-    let out = rig.background_result("/tmp/sig.out");
+    let out = rig.background_result("/mnt/tmp/sig.out");
     rig.check(
         ended && out.contains("rc=143"),
         &format!("SIGTERM to the client: {out:?}"),

@@ -189,7 +189,9 @@ impl Side {
         let deadline = Instant::now() + BOUND;
         loop {
             let console = self.vm.console();
-            if let Some(l) = console.lines().find_map(|l| l.trim().strip_prefix(&needle)) {
+            // Only whole lines: the last one may still be arriving.
+            let whole = &console[..console.rfind('\n').map_or(0, |i| i + 1)];
+            if let Some(l) = whole.lines().find_map(|l| l.trim().strip_prefix(&needle)) {
                 return l.trim().to_string();
             }
             if Instant::now() > deadline {
