@@ -11,26 +11,10 @@ use std::time::{Duration, Instant};
 
 use authd::config::{FaillockConfig, PromptRateConfig};
 use authd::dialog::render::{render, View};
-use authd::dialog::{load_font, DialogRequest, FONT_PATH};
-use authd::seal::Seal;
-use authd_client::client::{AuthRequest, Decision, Denial};
-use authd_client::protocol::{now_unix_ms, DenyReason, EndCause, Provenance};
-use common::{pixel_difference, Daemon, PASSWORD};
-
-fn request(lifetime_secs: u64) -> AuthRequest {
-    AuthRequest {
-        vm: "vm-test".into(),
-        principal: "alice".into(),
-        reason: common::reason(),
-        lifetime: Duration::from_secs(lifetime_secs),
-    }
-}
-
-/// Asks on a thread; the test plays the person at the screen meanwhile.
-fn ask(d: &Daemon, lifetime_secs: u64) -> thread::JoinHandle<Decision> {
-    let client = d.client();
-    thread::spawn(move || client.authenticate(&request(lifetime_secs), Duration::from_secs(90)))
-}
+use authd::dialog::{load_font, FONT_PATH};
+use authd_client::client::{Decision, Denial};
+use authd_client::protocol::{now_unix_ms, DenyReason, EndCause};
+use common::{pixel_difference, request, Daemon, PASSWORD};
 
 #[test]
 fn right_password_after_focus_delay_grants_and_expiry_is_pushed() {
@@ -47,7 +31,7 @@ fn right_password_after_focus_delay_grants_and_expiry_is_pushed() {
     d.enroll("alice", PASSWORD);
 
     let mut sub = d.client().subscribe(Duration::from_secs(5)).unwrap();
-    let pending = ask(&d, 2);
+    let pending = d.ask(2);
     let win = x
         .wait_dialog(Duration::from_secs(30))
         .expect("dialog window appears");
@@ -76,17 +60,7 @@ fn right_password_after_focus_delay_grants_and_expiry_is_pushed() {
     let live = x.screenshot(&win, &shot_path);
     let font = load_font(std::path::Path::new(FONT_PATH)).unwrap();
     let font = ab_glyph::FontRef::try_from_slice(&font).unwrap();
-    let dreq = DialogRequest {
-        vm: "vm-test".into(),
-        principal: "alice".into(),
-        reason: common::reason(),
-        provenance: Provenance::Host,
-        seal: Seal::new(common::PHRASE, common::COLOR.parse().unwrap()).unwrap(),
-        timeout_secs: d.cfg.prompt_timeout_secs,
-        focus_delay_ms: d.cfg.focus_delay_ms,
-        question: None,
-        vm_window_titles: Vec::new(),
-    };
+    let dreq = d.shown_request();
     let expected = render(
         &View {
             request: &dreq,
@@ -173,7 +147,7 @@ fn wrong_password_denies_and_leads_to_lockout() {
     d.enroll("alice", PASSWORD);
 
     for attempt in 1..=2 {
-        let pending = ask(&d, 60);
+        let pending = d.ask(60);
         let win = x
             .wait_dialog(Duration::from_secs(30))
             .expect("dialog window");
@@ -223,7 +197,7 @@ fn prompt_flood_is_coalesced_and_rate_limited() {
     d.enroll("alice", PASSWORD);
 
     // Six requests at once for the same VM and principal share one dialog.
-    let burst: Vec<_> = (0..6).map(|_| ask(&d, 60)).collect();
+    let burst: Vec<_> = (0..6).map(|_| d.ask(60)).collect();
     let win = x
         .wait_dialog(Duration::from_secs(30))
         .expect("dialog window");
@@ -269,7 +243,7 @@ fn killed_daemon_denies_and_restarts_with_store_intact() {
     let mut d = Daemon::start(tmp.path(), cfg);
     d.enroll("alice", PASSWORD);
 
-    let pending = ask(&d, 60);
+    let pending = d.ask(60);
     let win = x
         .wait_dialog(Duration::from_secs(30))
         .expect("dialog window");
@@ -290,7 +264,7 @@ fn killed_daemon_denies_and_restarts_with_store_intact() {
     ));
 
     d.restart();
-    let pending = ask(&d, 60);
+    let pending = d.ask(60);
     let win = x
         .wait_dialog(Duration::from_secs(30))
         .expect("dialog window after restart");
@@ -382,7 +356,7 @@ fn under_a_window_manager_the_dialog_is_on_top_and_takes_focus() {
     cfg.display = Some(x.display.clone());
     let d = Daemon::start(tmp.path(), cfg);
     d.enroll("alice", PASSWORD);
-    let pending = ask(&d, 60);
+    let pending = d.ask(60);
     let win = x
         .wait_dialog(Duration::from_secs(30))
         .expect("dialog window");

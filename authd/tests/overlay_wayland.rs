@@ -16,10 +16,7 @@ use std::time::Duration;
 
 use authd::dialog::anchor::{centred, Rect};
 use authd::dialog::render::{render, View, HEIGHT, WIDTH};
-use authd::dialog::{load_font, DialogRequest, FONT_PATH};
-use authd::seal::Seal;
-use authd_client::client::AuthRequest;
-use authd_client::protocol::Provenance;
+use authd::dialog::{load_font, FONT_PATH};
 use common::{pixel_difference, qemu_has_gtk, Daemon, PASSWORD, QEMU};
 use testrig::wayland::{Sway, OUTPUT};
 use testrig::x11::Image;
@@ -128,32 +125,11 @@ fn overlay_is_centred_over_the_asking_vms_window_under_sway() {
     let d = Daemon::start(tmp.path(), cfg);
     d.enroll("alice", PASSWORD);
 
-    let client = d.client();
-    let pending = thread::spawn(move || {
-        client.authenticate(
-            &AuthRequest {
-                vm: "vm-test".into(),
-                principal: "alice".into(),
-                reason: common::reason(),
-                lifetime: Duration::from_secs(60),
-            },
-            Duration::from_secs(90),
-        )
-    });
+    let pending = d.ask(60);
 
     let font = load_font(Path::new(FONT_PATH)).unwrap();
     let font = ab_glyph::FontRef::try_from_slice(&font).unwrap();
-    let dreq = DialogRequest {
-        vm: "vm-test".into(),
-        principal: "alice".into(),
-        reason: common::reason(),
-        provenance: Provenance::Host,
-        seal: Seal::new(common::PHRASE, common::COLOR.parse().unwrap()).unwrap(),
-        timeout_secs: d.cfg.prompt_timeout_secs,
-        focus_delay_ms: d.cfg.focus_delay_ms,
-        question: None,
-        vm_window_titles: Vec::new(),
-    };
+    let dreq = d.shown_request();
     let picture = |password_len, ok_armed| {
         render(
             &View {
@@ -269,32 +245,11 @@ fn without_a_layer_shell_the_dialog_is_a_top_level_window() {
     cfg.focus_delay_ms = 1000;
     let d = Daemon::start(tmp.path(), cfg);
     d.enroll("alice", PASSWORD);
-    let client = d.client();
-    let pending = thread::spawn(move || {
-        client.authenticate(
-            &AuthRequest {
-                vm: "vm-test".into(),
-                principal: "alice".into(),
-                reason: common::reason(),
-                lifetime: Duration::from_secs(60),
-            },
-            Duration::from_secs(90),
-        )
-    });
+    let pending = d.ask(60);
 
     let font = load_font(Path::new(FONT_PATH)).unwrap();
     let font = ab_glyph::FontRef::try_from_slice(&font).unwrap();
-    let dreq = DialogRequest {
-        vm: "vm-test".into(),
-        principal: "alice".into(),
-        reason: common::reason(),
-        provenance: Provenance::Host,
-        seal: Seal::new(common::PHRASE, common::COLOR.parse().unwrap()).unwrap(),
-        timeout_secs: d.cfg.prompt_timeout_secs,
-        focus_delay_ms: d.cfg.focus_delay_ms,
-        question: None,
-        vm_window_titles: Vec::new(),
-    };
+    let dreq = d.shown_request();
     // Armed or not depends on whether weston gives it the keyboard; either
     // way it is one of the renderer's two pictures.
     let pictures = [false, true].map(|ok_armed| {

@@ -15,10 +15,7 @@ use std::time::Duration;
 
 use authd::dialog::anchor::{centred, Rect};
 use authd::dialog::render::{render, View, HEIGHT, WIDTH};
-use authd::dialog::{load_font, DialogRequest, FONT_PATH};
-use authd::seal::Seal;
-use authd_client::client::AuthRequest;
-use authd_client::protocol::Provenance;
+use authd::dialog::{load_font, FONT_PATH};
 use common::{pixel_difference, qemu_has_gtk, Daemon, PASSWORD, QEMU};
 use testrig::x11::windows_on;
 
@@ -145,18 +142,7 @@ fn overlay(test: &str, with_wm: bool) {
     let d = Daemon::start(tmp.path(), cfg);
     d.enroll("alice", PASSWORD);
 
-    let client = d.client();
-    let pending = thread::spawn(move || {
-        client.authenticate(
-            &AuthRequest {
-                vm: "vm-test".into(),
-                principal: "alice".into(),
-                reason: common::reason(),
-                lifetime: Duration::from_secs(60),
-            },
-            Duration::from_secs(90),
-        )
-    });
+    let pending = d.ask(60);
     let win = x
         .wait_dialog(Duration::from_secs(30))
         .expect("dialog window appears");
@@ -223,17 +209,7 @@ fn overlay(test: &str, with_wm: bool) {
     // picture, not QEMU's window.
     let font = load_font(std::path::Path::new(FONT_PATH)).unwrap();
     let font = ab_glyph::FontRef::try_from_slice(&font).unwrap();
-    let dreq = DialogRequest {
-        vm: "vm-test".into(),
-        principal: "alice".into(),
-        reason: common::reason(),
-        provenance: Provenance::Host,
-        seal: Seal::new(common::PHRASE, common::COLOR.parse().unwrap()).unwrap(),
-        timeout_secs: d.cfg.prompt_timeout_secs,
-        focus_delay_ms: d.cfg.focus_delay_ms,
-        question: None,
-        vm_window_titles: Vec::new(),
-    };
+    let dreq = d.shown_request();
     let expected = render(
         &View {
             request: &dreq,
@@ -298,18 +274,7 @@ fn without_the_vms_window_the_dialog_is_centred_on_the_screen() {
     cfg.display = Some(x.display.clone());
     let d = Daemon::start(tmp.path(), cfg);
     d.enroll("alice", PASSWORD);
-    let client = d.client();
-    let pending = thread::spawn(move || {
-        client.authenticate(
-            &AuthRequest {
-                vm: "vm-test".into(),
-                principal: "alice".into(),
-                reason: common::reason(),
-                lifetime: Duration::from_secs(60),
-            },
-            Duration::from_secs(90),
-        )
-    });
+    let pending = d.ask(60);
     let win = x
         .wait_dialog(Duration::from_secs(30))
         .expect("dialog window appears");

@@ -104,6 +104,32 @@ impl Daemon {
         Client::new(self.cfg.socket.clone())
     }
 
+    /// Asks for alice's grant for the VM `vm-test` on a thread; the test
+    /// plays the person at the screen meanwhile.
+    pub fn ask(
+        &self,
+        lifetime_secs: u64,
+    ) -> std::thread::JoinHandle<authd_client::client::Decision> {
+        let client = self.client();
+        let req = request(lifetime_secs);
+        std::thread::spawn(move || client.authenticate(&req, std::time::Duration::from_secs(90)))
+    }
+
+    /// What the dialog of [`Self::ask`] shows, for the pure renderer.
+    pub fn shown_request(&self) -> authd::dialog::DialogRequest {
+        authd::dialog::DialogRequest {
+            vm: "vm-test".into(),
+            principal: "alice".into(),
+            reason: reason(),
+            provenance: authd_client::protocol::Provenance::Host,
+            seal: authd::seal::Seal::new(PHRASE, COLOR.parse().unwrap()).unwrap(),
+            timeout_secs: self.cfg.prompt_timeout_secs,
+            focus_delay_ms: self.cfg.focus_delay_ms,
+            question: None,
+            vm_window_titles: Vec::new(),
+        }
+    }
+
     /// Enrolls a principal through the real command line.
     pub fn enroll(&self, principal: &str, password: &str) {
         self.authd.enroll(principal, password, PHRASE, COLOR);
@@ -179,4 +205,14 @@ pub fn qemu_has_gtk() -> bool {
                 .lines()
                 .any(|l| l == "gtk")
         })
+}
+
+/// alice's request for the VM `vm-test`, as [`Daemon::ask`] sends it.
+pub fn request(lifetime_secs: u64) -> authd_client::client::AuthRequest {
+    authd_client::client::AuthRequest {
+        vm: "vm-test".into(),
+        principal: "alice".into(),
+        reason: reason(),
+        lifetime: std::time::Duration::from_secs(lifetime_secs),
+    }
 }
