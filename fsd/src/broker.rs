@@ -20,6 +20,7 @@ use std::sync::Mutex;
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
+use crate::crash::keeper::{poll2, Keeper};
 use crate::handover::launcher::{self, Successors};
 
 /// What can be asked for.
@@ -152,16 +153,46 @@ impl Broker {
 
 /// The parent's side: answers requests until the daemon closes its end.
 /// With `successors`, it also starts successors for a live handover (`S`,
-/// `K`: see [`crate::handover::launcher`]).
-pub fn serve(paths: Paths, sock: UnixStream, mut successors: Option<&mut Successors>) {
+/// `K`: see [`crate::handover::launcher`]); with `keeper`, it keeps the
+/// daemon's session for a crash and recovers it ([`crate::crash`]). True
+/// when a new fsd serves after a crash.
+pub fn serve(
+    paths: Paths,
+    sock: UnixStream,
+    mut successors: Option<&mut Successors>,
+    mut keeper: Option<Keeper>,
+) -> bool {
+    serve_requests(&paths, &sock, successors.as_deref_mut(), keeper.as_mut());
+    keeper.is_some_and(|k| k.after_exit(successors))
+}
+
+fn serve_requests(
+    paths: &Paths,
+    sock: &UnixStream,
+    mut successors: Option<&mut Successors>,
+    mut keeper: Option<&mut Keeper>,
+) {
     let mut req = [0u8; 1];
     loop {
-        match (&sock).read(&mut req) {
+        let fd = keeper.as_deref().filter(|k| !k.gone()).map(Keeper::raw_fd);
+        let (request, kept) = match poll2(sock.as_raw_fd(), fd) {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        if kept {
+            if let Some(k) = keeper.as_deref_mut() {
+                k.read_one();
+            }
+        }
+        if !request {
+            continue;
+        }
+        match (&*sock).read(&mut req) {
             Ok(1) => {}
             _ => return,
         }
         if let (b'S' | b'K', Some(s)) = (req[0], successors.as_deref_mut()) {
-            if launcher::handle(s, req[0], &sock).is_err() {
+            if launcher::handle(s, req[0], sock).is_err() {
                 return;
             }
             continue;
@@ -177,7 +208,7 @@ pub fn serve(paths: Paths, sock: UnixStream, mut successors: Option<&mut Success
                 let owned = unsafe { File::from_raw_fd(raw) };
                 sock.send_with_fd(&0i32.to_ne_bytes()[..], owned.as_raw_fd())
             }
-            Err(e) => (&sock)
+            Err(e) => (&*sock)
                 .write_all(&e.raw_os_error().unwrap_or(libc::EIO).to_ne_bytes())
                 .map(|_| 4)
                 .map_err(|e| {
@@ -205,7 +236,7 @@ mod tests {
             monitor: None,
         };
         let (a, b) = UnixStream::pair().unwrap();
-        let server = std::thread::spawn(move || serve(paths, b, None));
+        let server = std::thread::spawn(move || serve(paths, b, None, None));
         let broker = Broker::Parent(Mutex::new(a));
         let mut s = String::new();
         File::from(broker.open(Resource::Policy).unwrap())

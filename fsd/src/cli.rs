@@ -129,6 +129,12 @@ pub struct Opt {
     #[arg(long, value_enum, default_value_t = SeccompMode::Kill)]
     pub seccomp: SeccompMode,
 
+    /// Survive a crash of the serving process (SIGKILL, a panic, the OOM
+    /// killer): the supervisor keeps the session and starts a new fsd on it
+    /// (docs/rejuvenation.md). Needs file handles (the default as root).
+    #[arg(long)]
+    pub crash_recovery: bool,
+
     /// Worker threads; 0 handles requests on each queue's own thread.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub thread_pool_size: usize,
@@ -327,6 +333,7 @@ pub struct Settings {
     pub cache: CacheMode,
     pub sandbox: SandboxMode,
     pub seccomp: SeccompMode,
+    pub crash_recovery: bool,
     pub thread_pool_size: usize,
     pub request_queues: usize,
     pub xattr: bool,
@@ -471,6 +478,7 @@ impl Opt {
             cache: self.cache,
             sandbox: self.sandbox,
             seccomp: self.seccomp,
+            crash_recovery: self.crash_recovery,
             thread_pool_size: self.thread_pool_size,
             request_queues: self.request_queues as usize,
             xattr: self.xattr,

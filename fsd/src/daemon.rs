@@ -23,6 +23,8 @@ use vhost_user_backend::{Error as DaemonError, VhostUserDaemon};
 
 use crate::broker::{self, Broker, Resource};
 use crate::cli::{AccessControl, CacheMode, InodeFileHandles, SandboxMode, Settings, SocketSpec};
+use crate::crash::inflight::InFlightTable;
+use crate::crash::keeper::KeeperLink;
 use crate::dispatch::{AtomicMem, Dispatcher, GuestMem};
 use crate::error::{Error, Result};
 use crate::fs::hostwatch::HostWatch;
@@ -35,7 +37,7 @@ use crate::policy::audit::AuditLog;
 use crate::policy::grants::{GrantSource, NoGrants};
 use crate::policy::guard::PolicyReader;
 use crate::policy::{Guard, Missing, Policy};
-use crate::vhost_user::{DeviceConfig, FsBackend};
+use crate::vhost_user::{DeviceConfig, FsBackend, QUEUE_SIZE};
 use crate::{sandbox, seccomp, signals, socket};
 use authd_client::client::Client;
 use authd_client::grant_cache::GrantCache;
@@ -331,6 +333,12 @@ pub fn run(s: Settings) -> Result<()> {
         });
     }
     let file_handles = use_file_handles(&s, &shared)?;
+    // A crash is recovered from the journal, which names inodes by file
+    // handle: without handles there is nothing to open them again by.
+    let keep = s.crash_recovery && file_handles;
+    if s.crash_recovery && !file_handles {
+        log::warn!("crash recovery needs file handles (see above); a crash will not be recovered");
+    }
     // Recorded now: later, the path may name a new binary (that is the point).
     let successor_cmd = SuccessorCommand::of_this_process().ok();
     let takeover = handover::takeover_fd().map(Channel::from_fd);
@@ -351,7 +359,7 @@ pub fn run(s: Settings) -> Result<()> {
     // sandbox: by a launcher forked now, while fsd has one thread, or, when
     // sandboxed, by the broker parent (see `handover::launcher`).
     let forked_launcher = match (&successor_cmd, s.sandbox) {
-        (Some(cmd), SandboxMode::None) => match Launcher::start(cmd.clone()) {
+        (Some(cmd), SandboxMode::None) => match Launcher::start(cmd.clone(), keep) {
             Ok(l) => Some(l),
             Err(e) => {
                 log::warn!("handover: no launcher ({e}); SIGUSR2 will be refused");
@@ -360,13 +368,22 @@ pub fn run(s: Settings) -> Result<()> {
         },
         _ => None,
     };
-    let broker = Arc::new(sandbox::prepare(
+    let (forked_launcher, launcher_keeper) = match forked_launcher {
+        Some((l, k)) => (Some(l), k),
+        None => (None, None),
+    };
+    let (broker, broker_keeper) = sandbox::prepare(
         s.sandbox,
         &shared,
         broker_paths(&s),
         successor_cmd.clone(),
         takeover.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
-    )?);
+        keep,
+    )?;
+    let broker = Arc::new(broker);
+    let keeper = launcher_keeper
+        .or(broker_keeper)
+        .map(|c| Arc::new(KeeperLink::new(c)));
     let launcher = match (forked_launcher, &*broker) {
         (Some(l), _) => Some(l),
         (None, Broker::Parent(_)) if successor_cmd.is_some() => {
@@ -438,7 +455,7 @@ pub fn run(s: Settings) -> Result<()> {
         info!("running without a sandbox (--sandbox=none)");
     }
 
-    let dispatcher = Arc::new(Dispatcher::new(fs));
+    let dispatcher = Arc::new(Dispatcher::new(fs.clone()));
     let backend = Arc::new(
         FsBackend::new(
             DeviceConfig {
@@ -453,6 +470,26 @@ pub fn run(s: Settings) -> Result<()> {
     let mem = AtomicMem::new(GuestMem::new());
     let mut daemon =
         VhostUserDaemon::new("fsd".into(), backend.clone(), mem).map_err(Error::VhostUser)?;
+    // Crash recovery: requests in flight, in shared memory the supervisor
+    // holds (see `crash`).
+    if keeper.is_some() {
+        fs.prepare_journal().map_err(Error::FileSystem)?;
+    }
+    let inflight = match &keeper {
+        Some(_) => Some(Arc::new(
+            InFlightTable::create(backend.queue_count(), QUEUE_SIZE).map_err(Error::FileSystem)?,
+        )),
+        None => None,
+    };
+    let start_keeping = || -> std::io::Result<()> {
+        if let (Some(k), Some(t)) = (&keeper, &inflight) {
+            let [a, b] = fs.start_journal()?;
+            k.journal(vec![a, b, t.dup_fd()?]);
+            fs.keep_locks_with(k.clone());
+            info!("crash recovery: the session is journaled; the supervisor keeps it");
+        }
+        Ok(())
+    };
     if let Some(g) = &guard {
         signals::spawn_reloader(g.clone()).map_err(|source| Error::Thread {
             name: "SIGHUP reloader",
@@ -479,27 +516,47 @@ pub fn run(s: Settings) -> Result<()> {
         (Some(chan), _) => {
             successor::greet(&chan).map_err(Error::Handover)?;
             let mut label_db = label_db;
-            let mut read_labels = || match (&guard, label_db.take()) {
-                (Some(g), Some(f)) => {
+            let mut read_labels = || {
+                if let (Some(g), Some(f)) = (&guard, label_db.take()) {
                     let n = g.labels.attach_db(&g.policy(), f)?;
                     info!("handover: {n} labels from the label database");
-                    Ok(())
                 }
-                _ => Ok(()),
+                start_keeping()
             };
-            successor::take_over(&chan, &mut daemon, &backend, &mut read_labels)
-                .map_err(Error::Handover)?
+            successor::take_over(
+                &chan,
+                &mut daemon,
+                &backend,
+                &mut read_labels,
+                inflight.clone(),
+            )
+            .map_err(Error::Handover)?
         }
         (None, Some(listener)) => {
             let (conn, _) = listener.accept().map_err(Error::Accept)?;
             let served = conn.try_clone().map_err(Error::Accept)?;
+            start_keeping().map_err(Error::FileSystem)?;
+            if let Some(t) = &inflight {
+                backend.track_in_flight(t.clone());
+            }
             daemon.start_on_stream(served).map_err(Error::VhostUser)?;
             info!("VMM connected");
             conn
         }
         (None, None) => unreachable!("a daemon without a successor channel binds a socket"),
     };
-    serve(&mut daemon, &backend, &connection, launcher.as_ref())
+    let r = serve(
+        &mut daemon,
+        &backend,
+        &connection,
+        launcher.as_ref(),
+        keeper.as_deref(),
+    );
+    // Not a crash: the supervisor must not start another fsd.
+    if let Some(k) = &keeper {
+        k.release();
+    }
+    r
 }
 
 /// Serves until the VMM disconnects or a successor took over.
@@ -508,8 +565,14 @@ fn serve(
     backend: &Arc<FsBackend>,
     connection: &UnixStream,
     launcher: Option<&Launcher>,
+    keeper: Option<&KeeperLink>,
 ) -> Result<()> {
     loop {
+        if let Some(k) = keeper {
+            // Within 200 ms of each change, the supervisor has the device
+            // as the front-end set it up (memory, rings, eventfds).
+            k.refresh_device(daemon, backend, connection);
+        }
         if handover::wait_for_request(Duration::from_millis(200)) {
             match launcher {
                 Some(launcher) => {
@@ -524,6 +587,9 @@ fn serve(
                                 "handover: done; pid {} serves now (requests paused {:?}, {} descriptors, {} inodes)",
                                 r.successor_pid, r.paused, r.descriptors, r.inodes
                             );
+                            if let Some(k) = keeper {
+                                k.release();
+                            }
                             // Without destructors: nothing here may touch
                             // the session any more.
                             std::process::exit(0);

@@ -239,6 +239,18 @@ impl Dispatcher {
         h.opcode == Opcode::Setlkw as u32 || self.fs.would_wait(h.nodeid)
     }
 
+    /// Answers a chain with `errno` without running it (crash recovery:
+    /// a request that may have taken effect already).
+    pub fn fail(&self, chain: Chain, errno: i32) -> u32 {
+        let Some(header) = Self::peek_header(&chain) else {
+            return 0;
+        };
+        match VirtioFsWriter::new(chain.memory(), chain.clone()) {
+            Ok(w) => reply_error(w, header.unique, errno) as u32,
+            Err(_) => 0,
+        }
+    }
+
     /// Handles one chain and returns the number of bytes written into it,
     /// which is the length to put in the used ring.
     pub fn handle(&self, chain: Chain, blocking: Blocking) -> u32 {

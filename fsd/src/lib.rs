@@ -13,6 +13,7 @@
 //! | worker threads | [`pool`] |
 //! | the file system: passthrough behind name checks, readonly, locks | [`fs`] |
 //! | live handover to a new fsd under a running guest (SIGUSR2) | [`handover`] |
+//! | a new fsd on the session after a crash (`--crash-recovery`) | [`crash`] |
 //! | per-file access control: policy, labels, grants, audit | [`policy`] |
 //! | asking the monitor to flush when a grant ends | [`monitor_link`] |
 //! | file events for the monitor's taint tracking, off the request path | [`taint_link`] |
@@ -25,6 +26,7 @@
 
 pub mod broker;
 pub mod cli;
+pub mod crash;
 pub mod daemon;
 pub mod dispatch;
 pub mod error;

@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 
 use crate::broker::{self, Broker};
 use crate::cli::SandboxMode;
+use crate::crash::keeper::Keeper;
 use crate::handover::launcher::Successors;
+use crate::handover::transfer::Channel;
 use crate::handover::SuccessorCommand;
 use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
@@ -102,18 +104,28 @@ pub fn root_prefix(mode: SandboxMode, shared_dir: &Path) -> PathBuf {
 ///
 /// With `successor`, the parent also starts successors for a live handover
 /// ([`crate::handover::launcher`]); `child_only` is a descriptor only the
-/// child keeps (a successor's handover channel).
+/// child keeps (a successor's handover channel). With `keep`, the parent
+/// also keeps the child's session for a crash ([`crate::crash`]); the
+/// child's end of that channel comes back.
 pub fn prepare(
     mode: SandboxMode,
     shared_dir: &Path,
     paths: broker::Paths,
     successor: Option<SuccessorCommand>,
     child_only: Option<RawFd>,
-) -> Result<Broker, SandboxError> {
+    keep: bool,
+) -> Result<(Broker, Option<Channel>), SandboxError> {
     if mode == SandboxMode::None {
-        return Ok(Broker::Direct(paths));
+        return Ok((Broker::Direct(paths), None));
     }
     let (parent_end, child_end) = UnixStream::pair().map_err(SandboxError::Fork)?;
+    let keeper = match keep && successor.is_some() {
+        true => Some(
+            crate::handover::transfer::pair()
+                .map_err(|e| SandboxError::Fork(io::Error::other(e.to_string())))?,
+        ),
+        false => None,
+    };
     // Opened before this process's children get a PID namespace of their
     // own: successors must be born outside it (see `Successors`).
     let own_pidns = match (&successor, mode) {
@@ -143,9 +155,13 @@ pub fn prepare(
         }
         forward_signals_to(pid);
         let mut successors = successor.map(|cmd| Successors::new(cmd, own_pidns));
+        let keeper = keeper.map(|(k, child_end)| {
+            drop(child_end);
+            Keeper::new(k)
+        });
         // On this thread: after unshare(CLONE_NEWPID) the parent cannot
         // start threads. The child's end closes when it exits.
-        broker::serve(paths, parent_end, successors.as_mut());
+        let recovered = broker::serve(paths, parent_end, successors.as_mut(), keeper);
         let mut status = 0;
         loop {
             // SAFETY: waiting for our own child.
@@ -165,10 +181,15 @@ pub fn prepare(
         if let Some(s) = successors {
             s.finish();
         }
-        std::process::exit(code);
+        // After a crash recovered, the new fsd serves: this service did not fail.
+        std::process::exit(if recovered { 0 } else { code });
     }
     drop(parent_end);
     drop(own_pidns);
+    let keeper = keeper.map(|(k, child_end)| {
+        drop(k);
+        Channel::from_fd(child_end)
+    });
     // Child: die with the parent, so a supervisor killing fsd kills it all.
     // SAFETY: plain prctl.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
@@ -207,7 +228,7 @@ pub fn prepare(
         // the kernel would drop it on the way to a namespace's PID 1.
         handle(&[libc::SIGUSR2], ignore, 0);
     }
-    Ok(Broker::Parent(std::sync::Mutex::new(child_end)))
+    Ok((Broker::Parent(std::sync::Mutex::new(child_end)), keeper))
 }
 
 extern "C" fn ignore(_sig: libc::c_int) {}

@@ -11,20 +11,21 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use log::{error, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::QueueOwnedT;
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use crate::crash::inflight::InFlightTable;
 use crate::dispatch::{AtomicMem, Blocking, Chain, Dispatcher};
 use crate::handover::quiesce::{InFlight, Quiesce};
 use crate::pool::{LockWaiters, Pool};
@@ -52,6 +53,9 @@ pub struct FsBackend {
     event_idx: AtomicBool,
     /// Pausing for a live handover.
     quiesce: Arc<Quiesce>,
+    /// Requests taken and not yet answered, for crash recovery (set when
+    /// `--crash-recovery` is on; see [`crate::crash::inflight`]).
+    inflight: OnceLock<Arc<InFlightTable>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +93,18 @@ impl FsBackend {
             mem: RwLock::new(None),
             event_idx: AtomicBool::new(false),
             quiesce: Arc::default(),
+            inflight: OnceLock::new(),
         })
+    }
+
+    /// Tracks requests in flight in `table` from now on.
+    pub fn track_in_flight(&self, table: Arc<InFlightTable>) {
+        let _ = self.inflight.set(table);
+    }
+
+    /// How many queues the device has (the in-flight table's shape).
+    pub fn queue_count(&self) -> usize {
+        self.num_queues()
     }
 
     /// The pause switch of a live handover.
@@ -108,26 +123,37 @@ impl FsBackend {
     }
 
     /// Puts a finished chain in the used ring and notifies the guest if it
-    /// asked to be.
-    fn complete(vring: &VringRwLock, event_idx: bool, head: u16, len: u32) {
-        if let Err(e) = vring.add_used(head, len) {
+    /// asked to be. With crash recovery, the answer is committed in the
+    /// in-flight table under the vring lock.
+    fn complete(done: &Done, head: u16, len: u32) {
+        let added = {
+            let mut st = done.vring.get_mut();
+            match &done.inflight {
+                Some(t) => {
+                    let used_before = st.get_queue().next_used();
+                    t.answer(done.queue, head, used_before, || st.add_used(head, len))
+                }
+                None => st.add_used(head, len),
+            }
+        };
+        if let Err(e) = added {
             error!("cannot add to the used ring: {e}");
             return;
         }
-        let notify = if event_idx {
-            vring.needs_notification().unwrap_or(true)
+        let notify = if done.event_idx {
+            done.vring.needs_notification().unwrap_or(true)
         } else {
             true
         };
         if notify {
-            if let Err(e) = vring.signal_used_queue() {
+            if let Err(e) = done.vring.signal_used_queue() {
                 error!("cannot signal the guest: {e}");
             }
         }
     }
 
     /// `inline`: handle it on this (the queue's) thread even with a pool.
-    fn run(&self, chain: Chain, vring: &VringRwLock, event_idx: bool, inline: bool) {
+    fn run(&self, chain: Chain, done: Done, inline: bool) {
         let head = chain.head_index();
         // Answered when dropped, on every path below.
         let popped: InFlight = self.quiesce.popped();
@@ -135,26 +161,26 @@ impl FsBackend {
             match self.lock_waiters.try_reserve() {
                 Some(permit) => {
                     let d = self.dispatcher.clone();
-                    let v = vring.clone();
+                    let done2 = done.clone();
                     let spawned =
                         std::thread::Builder::new()
                             .name("fsd-waiter".into())
                             .spawn(move || {
                                 let len = d.handle(chain, Blocking::Allowed);
-                                Self::complete(&v, event_idx, head, len);
+                                Self::complete(&done2, head, len);
                                 drop(permit);
                                 drop(popped);
                             });
                     if let Err(e) = spawned {
                         // The chain went down with the closure; complete it empty.
                         error!("cannot start a lock-wait thread: {e}");
-                        Self::complete(vring, event_idx, head, 0);
+                        Self::complete(&done, head, 0);
                     }
                 }
                 None => {
                     warn!("too many waiting requests; refusing one that would wait");
                     let len = self.dispatcher.handle(chain, Blocking::Refused);
-                    Self::complete(vring, event_idx, head, len);
+                    Self::complete(&done, head, len);
                 }
             }
             return;
@@ -162,14 +188,13 @@ impl FsBackend {
         match self.pool.as_ref().filter(|_| !inline) {
             None => {
                 let len = self.dispatcher.handle(chain, Blocking::Refused);
-                Self::complete(vring, event_idx, head, len);
+                Self::complete(&done, head, len);
             }
             Some(pool) => {
                 let d = self.dispatcher.clone();
-                let v = vring.clone();
                 let job = Box::new(move || {
                     let len = d.handle(chain, Blocking::Refused);
-                    Self::complete(&v, event_idx, head, len);
+                    Self::complete(&done, head, len);
                     drop(popped);
                 });
                 if pool.execute(job).is_err() {
@@ -179,7 +204,7 @@ impl FsBackend {
         }
     }
 
-    fn process_queue(&self, vring: &VringRwLock) -> Result<(), DeviceError> {
+    fn process_queue(&self, queue: usize, vring: &VringRwLock) -> Result<(), DeviceError> {
         let mem = self
             .mem
             .read()
@@ -188,21 +213,46 @@ impl FsBackend {
             .ok_or(DeviceError::NoMemory)?
             .memory();
         let event_idx = self.event_idx.load(Ordering::Acquire);
-        let chains: Vec<Chain> = vring
-            .get_mut()
-            .get_queue_mut()
-            .iter(mem)
-            .map_err(DeviceError::Queue)?
-            .collect();
+        let inflight = self.inflight.get().cloned();
+        let chains: Vec<Chain> = {
+            let mut st = vring.get_mut();
+            let q = st.get_queue_mut();
+            let start = q.next_avail();
+            let chains: Vec<Chain> = q.iter(mem).map_err(DeviceError::Queue)?.collect();
+            if let Some(t) = &inflight {
+                // Marked before any is handled, and next_avail after all are
+                // marked (see `crash::inflight`).
+                for (i, c) in chains.iter().enumerate() {
+                    t.popped(queue, c.head_index(), start.wrapping_add(i as u16));
+                }
+                t.set_next_avail(queue, q.next_avail());
+            }
+            chains
+        };
+        let done = Done {
+            vring: vring.clone(),
+            event_idx,
+            queue,
+            inflight,
+        };
         // A lone request is handled here at once: handing it to a worker
         // only adds a thread hop. When several are pending, the workers take
         // all but the last, which this thread handles meanwhile.
         let last = chains.len().saturating_sub(1);
         for (i, chain) in chains.into_iter().enumerate() {
-            self.run(chain, vring, event_idx, i == last);
+            self.run(chain, done.clone(), i == last);
         }
         Ok(())
     }
+}
+
+/// Where a request's answer goes.
+#[derive(Clone)]
+struct Done {
+    vring: VringRwLock,
+    event_idx: bool,
+    queue: usize,
+    inflight: Option<Arc<InFlightTable>>,
 }
 
 impl VhostUserBackend for FsBackend {
@@ -240,6 +290,11 @@ impl VhostUserBackend for FsBackend {
     }
 
     fn reset_device(&self) {
+        // Requests of the session that ends are never answered: a crash
+        // from now on must not answer them into buffers the guest reuses.
+        if let Some(t) = self.inflight.get() {
+            t.clear();
+        }
         self.dispatcher.device_reset();
     }
 
@@ -279,11 +334,13 @@ impl VhostUserBackend for FsBackend {
         device_event: u16,
         evset: EventSet,
         vrings: &[VringRwLock],
-        _thread_id: usize,
+        thread_id: usize,
     ) -> io::Result<()> {
         if evset != EventSet::IN {
             return Err(io::Error::other("unexpected epoll event set"));
         }
+        // One queue per thread (`queues_per_thread`): thread i serves
+        // queue i, and `vrings` holds that one queue.
         let vring = vrings
             .get(device_event as usize)
             .ok_or(DeviceError::UnknownEvent(device_event))?;
@@ -296,13 +353,13 @@ impl VhostUserBackend for FsBackend {
             // notifications off meanwhile (VIRTIO_RING_F_EVENT_IDX).
             loop {
                 vring.disable_notification().map_err(DeviceError::Queue)?;
-                self.process_queue(vring)?;
+                self.process_queue(thread_id, vring)?;
                 if !vring.enable_notification().map_err(DeviceError::Queue)? {
                     break;
                 }
             }
         } else {
-            self.process_queue(vring)?;
+            self.process_queue(thread_id, vring)?;
         }
         Ok(())
     }

@@ -768,3 +768,114 @@ fn a_moved_protected_file_stays_protected_across_handovers() {
     }
     assert!(log_text(&rig.log).contains("labels from the label database"));
 }
+
+/// The pids named by "crash recovery: done; pid N serves now" lines.
+fn recovered(log: &str) -> Vec<u32> {
+    log.lines()
+        .filter_map(|l| l.split_once("crash recovery: done; pid "))
+        .filter_map(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// The process that serves requests: fsd itself, or under a sandbox the
+/// daemon its broker parent forked.
+fn daemon_of(pid: u32, sandbox: Sandbox) -> u32 {
+    if sandbox == Sandbox::None {
+        return pid;
+    }
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    children
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .find(|&c: &u32| {
+            std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.starts_with("fsd"))
+        })
+        .unwrap_or_else(|| panic!("the sandboxed daemon of {pid}"))
+}
+
+#[test]
+fn a_killed_fsd_is_replaced_and_the_session_goes_on() {
+    crash_rounds(Sandbox::None);
+}
+
+#[test]
+fn a_killed_sandboxed_fsd_is_replaced_and_the_session_goes_on() {
+    if !testrig::prereq::is_root() {
+        testrig::skip::<(), _>("the namespace sandbox needs root");
+        return;
+    }
+    crash_rounds(Sandbox::Namespace);
+}
+
+/// SIGKILL at varying moments while the "guest" reads in a tight loop: each
+/// time a new fsd takes the session over from the supervisor, every read
+/// is answered (those in flight at the kill are run again), and the node
+/// ids, the open file, the directory stream and both locks keep working.
+fn crash_rounds(sandbox: Sandbox) {
+    let Some(mut rig) = Rig::start_with(
+        sandbox,
+        &["--crash-recovery"],
+        DeviceConfig::default(),
+        |_| {},
+    ) else {
+        return;
+    };
+    let mut held = {
+        let mut s = Session::new(rig.device.queue(1).unwrap());
+        setup(&mut s)
+    };
+    let (file, fh) = (held.file, held.fh);
+    let mut gaps = Vec::new();
+    const ROUNDS: usize = 8;
+    for round in 0..ROUNDS {
+        // The device's setup reaches the supervisor within 200 ms of a change.
+        std::thread::sleep(Duration::from_millis(400));
+        let before = recovered(&log_text(&rig.log)).len();
+        let victim = daemon_of(rig.serving, sandbox);
+        let delay = Duration::from_micros(1000 + 7919 * round as u64 % 20_000);
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            // SAFETY: killing a daemon this test started.
+            unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut worst = Duration::ZERO;
+        let new = loop {
+            let t = Instant::now();
+            let r = Session::new(rig.device.queue(1).unwrap())
+                .call(&read_request(file, fh, 0, 8), 8)
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "round {round}: a read across the crash: {e}; log:\n{}",
+                        log_text(&rig.log)
+                    )
+                });
+            assert_eq!(r.errno(), 0, "round {round}: a read across the crash");
+            assert_eq!(
+                &r.body[..8],
+                &held.content[..8],
+                "round {round}: the bytes read"
+            );
+            worst = worst.max(t.elapsed());
+            if let Some(&pid) = recovered(&log_text(&rig.log)).get(before) {
+                break pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no recovery within 30 s; log:\n{}",
+                log_text(&rig.log)
+            );
+        };
+        killer.join().unwrap();
+        gaps.push(worst);
+        rig.serving = new;
+        let mut s = Session::new(rig.device.queue(1).unwrap());
+        check(&mut s, &mut held, round);
+    }
+    println!(
+        "crash recovery ({sandbox:?}): longest read wait per SIGKILL: median {:?}, max {:?} ({ROUNDS} kills)",
+        median(&mut gaps.clone()),
+        gaps.iter().max().unwrap(),
+    );
+}

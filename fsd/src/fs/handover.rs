@@ -95,6 +95,7 @@ impl SharedFs {
     /// Continues a predecessor's session: afterwards every node id and file
     /// handle the guest holds names what it named there.
     pub fn import_state(&self, st: FsState, fds: &mut Received) -> io::Result<()> {
+        self.journal_base_from(&st);
         let p = st.passthrough;
         // Mount ids are per mount namespace: the predecessor's share root
         // is this process's share root (a sandboxed predecessor had its own

@@ -22,7 +22,9 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::crash::keeper::{KeeperLink, FLOCK, POSIX};
 
 use crate::handover::state::{FdBag, HeldDescription, Received};
 
@@ -55,6 +57,8 @@ pub struct LockTable {
     /// Descriptions each map may hold at most: every one is a host
     /// descriptor, and a guest chooses lock owners freely.
     max: usize,
+    /// The supervisor, with `--crash-recovery`.
+    keeper: OnceLock<Arc<KeeperLink>>,
 }
 
 impl Default for LockTable {
@@ -69,6 +73,7 @@ fn held(
     key: (u64, u64),
     max: usize,
     open: impl FnOnce() -> io::Result<File>,
+    keeper: Option<(&KeeperLink, u8)>,
 ) -> io::Result<Arc<File>> {
     let mut map = map.lock().unwrap();
     if let Some(f) = map.get(&key) {
@@ -78,8 +83,36 @@ fn held(
         return Err(io::Error::from_raw_os_error(libc::ENOLCK));
     }
     let f = Arc::new(open()?);
+    // The supervisor holds a copy, so that the locks outlive a crash
+    // (see `crate::crash::keeper`); sent under the map's lock, so that its
+    // copies follow the map's order.
+    if let Some((k, kind)) = keeper {
+        k.lock_held(kind, key.0, key.1, &*f);
+    }
     map.insert(key, f.clone());
     Ok(f)
+}
+
+/// Takes `key`'s description out of `map`, releasing its locks first: the
+/// supervisor's copy must not keep them held.
+fn drop_held(map: &Held, key: (u64, u64), keeper: Option<(&KeeperLink, u8)>) {
+    let mut map = map.lock().unwrap();
+    let Some(f) = map.remove(&key) else { return };
+    let Some((k, kind)) = keeper else { return };
+    match kind {
+        crate::crash::keeper::POSIX => {
+            // SAFETY: flock64 is plain old data.
+            let mut fl: libc::flock64 = unsafe { std::mem::zeroed() };
+            fl.l_type = libc::F_UNLCK as i16;
+            fl.l_whence = libc::SEEK_SET as i16;
+            let _ = fcntl_lock(&f, libc::F_OFD_SETLK, &mut fl);
+        }
+        _ => {
+            // SAFETY: flock on a descriptor we hold.
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+        }
+    }
+    k.lock_dropped(kind, key.0, key.1);
 }
 
 /// The largest offset a FUSE lock can name; `end == OFFSET_MAX` means "to EOF".
@@ -183,13 +216,33 @@ impl LockTable {
             posix: Held::default(),
             flock: Held::default(),
             max,
+            keeper: OnceLock::new(),
         }
+    }
+
+    /// Lets the supervisor hold a copy of every description (crash recovery).
+    /// Those held already (taken over) go to it at once.
+    pub fn keep_with(&self, keeper: Arc<KeeperLink>) {
+        for (map, kind) in [(&self.posix, POSIX), (&self.flock, FLOCK)] {
+            for (&(inode, key), f) in map.lock().unwrap().iter() {
+                keeper.lock_held(kind, inode, key, &**f);
+            }
+        }
+        let _ = self.keeper.set(keeper);
+    }
+
+    fn keeper(&self, kind: u8) -> Option<(&KeeperLink, u8)> {
+        self.keeper.get().map(|k| (&**k, kind))
     }
 
     /// Drops every lock (a new FUSE session starts).
     pub fn clear(&self) {
-        self.posix.lock().unwrap().clear();
-        self.flock.lock().unwrap().clear();
+        for (map, kind) in [(&self.posix, POSIX), (&self.flock, FLOCK)] {
+            let keys: Vec<_> = map.lock().unwrap().keys().copied().collect();
+            for k in keys {
+                drop_held(map, k, self.keeper(kind));
+            }
+        }
     }
 
     /// FUSE_GETLK: which lock, if any, would block `req` for `owner`.
@@ -200,7 +253,13 @@ impl LockTable {
         req: &LockRequest,
         open: impl FnOnce() -> io::Result<File>,
     ) -> io::Result<LockRequest> {
-        let file = held(&self.posix, (inode, owner), self.max, open)?;
+        let file = held(
+            &self.posix,
+            (inode, owner),
+            self.max,
+            open,
+            self.keeper(POSIX),
+        )?;
         let mut fl = to_flock(req)?;
         fcntl_lock(&file, libc::F_OFD_GETLK, &mut fl)?;
         if fl.l_type == libc::F_UNLCK as i16 {
@@ -248,7 +307,13 @@ impl LockTable {
                         None => Ok(()),
                     };
                 }
-                let file = held(&self.posix, (inode, owner), self.max, open)?;
+                let file = held(
+                    &self.posix,
+                    (inode, owner),
+                    self.max,
+                    open,
+                    self.keeper(POSIX),
+                )?;
                 let cmd = if blocking {
                     libc::F_OFD_SETLKW
                 } else {
@@ -269,7 +334,13 @@ impl LockTable {
                         None => return Ok(()),
                     }
                 } else {
-                    held(&self.flock, (inode, handle), self.max, open)?
+                    held(
+                        &self.flock,
+                        (inode, handle),
+                        self.max,
+                        open,
+                        self.keeper(FLOCK),
+                    )?
                 };
                 if !blocking {
                     op |= libc::LOCK_NB;
@@ -290,14 +361,14 @@ impl LockTable {
 
     /// FUSE_FLUSH: the owner closed a descriptor; POSIX drops its locks.
     pub fn flush(&self, inode: u64, owner: u64) {
-        self.posix.lock().unwrap().remove(&(inode, owner));
+        drop_held(&self.posix, (inode, owner), self.keeper(POSIX));
     }
 
     /// FUSE_RELEASE: the open file is gone, and with it its flock.
     pub fn release(&self, inode: u64, handle: u64, owner: Option<u64>) {
-        self.flock.lock().unwrap().remove(&(inode, handle));
+        drop_held(&self.flock, (inode, handle), self.keeper(FLOCK));
         if let Some(owner) = owner {
-            self.posix.lock().unwrap().remove(&(inode, owner));
+            drop_held(&self.posix, (inode, owner), self.keeper(POSIX));
         }
     }
 

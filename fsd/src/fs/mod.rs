@@ -27,6 +27,7 @@ pub mod dirs;
 mod handover;
 pub mod hostwatch;
 pub mod identity;
+mod journaled;
 pub mod locks;
 pub mod names;
 pub mod nodes;
@@ -103,6 +104,10 @@ pub struct SharedFs {
     /// 0.14), freeing its number for the next file fsd opens. fsd passes
     /// the open flags instead, so F_SETFL never runs.
     handle_flags: std::sync::Mutex<std::collections::HashMap<u64, u32>>,
+    /// The crash journal, with `--crash-recovery` ([`journaled`]).
+    journal: std::sync::OnceLock<Arc<crate::crash::journal::Journal>>,
+    /// The tables a taken-over session starts the journal with.
+    journal_base: std::sync::Mutex<crate::crash::journal::Folded>,
 }
 
 /// Settings of [`SharedFs`] beyond those of the passthrough layer.
@@ -160,6 +165,8 @@ impl SharedFs {
             watch: opts.host_watch,
             dir_paths: Default::default(),
             handle_flags: Default::default(),
+            journal: Default::default(),
+            journal_base: Default::default(),
         })
     }
 
@@ -177,6 +184,7 @@ impl SharedFs {
         self.inner.destroy();
         let (st, _) = self.inner.getattr(&Context::new(), ROOT_ID, None)?;
         self.nodes.add_root(ROOT_ID, (st.st_dev, st.st_ino));
+        self.journal_root((st.st_dev, st.st_ino));
         Ok(())
     }
 
@@ -505,12 +513,14 @@ impl FileSystem for SharedFs {
 
     fn forget(&self, ctx: &Context, inode: u64, count: u64) {
         self.nodes.forget(inode, count);
+        self.journal_forget(inode, count);
         self.inner.forget(ctx, inode, count)
     }
 
     fn batch_forget(&self, ctx: &Context, requests: Vec<(u64, u64)>) {
         for &(inode, count) in &requests {
             self.nodes.forget(inode, count);
+            self.journal_forget(inode, count);
         }
         self.inner.batch_forget(ctx, requests)
     }
@@ -693,6 +703,7 @@ impl FileSystem for SharedFs {
         )?;
         if let Some(h) = h {
             self.handle_flags.lock().unwrap().insert(h, flags);
+            self.journal_open(h, inode, flags);
         }
         self.direct_io(rule, &mut opts);
         if acc == libc::O_RDONLY || acc == libc::O_RDWR {
@@ -721,6 +732,7 @@ impl FileSystem for SharedFs {
         )?;
         if let Some(h) = h {
             self.handle_flags.lock().unwrap().insert(h, args.flags);
+            self.journal_open(h, e.inode, args.flags);
         }
         if let Err(err) = self.register(ctx, parent, &e) {
             if let Some(h) = h {
@@ -829,6 +841,7 @@ impl FileSystem for SharedFs {
         self.inner
             .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)?;
         self.handle_flags.lock().unwrap().remove(&handle);
+        self.journal_close(handle);
         self.nodes.handle_closed();
         Ok(())
     }
@@ -895,7 +908,9 @@ impl FileSystem for SharedFs {
             },
             |_| true,
         )?;
-        Ok((Some(self.dirs.insert(dir)), OpenOptions::empty()))
+        let handle = self.dirs.insert(dir);
+        self.journal_opendir(handle, inode);
+        Ok((Some(handle), OpenOptions::empty()))
     }
 
     fn readdir(
@@ -973,6 +988,7 @@ impl FileSystem for SharedFs {
 
     fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
         if self.dirs.remove(handle) {
+            self.journal_closedir(handle);
             self.nodes.handle_closed();
         }
         Ok(())

@@ -267,6 +267,7 @@ impl SharedFs {
                 return Err(err);
             }
         };
+        self.journal_node(e.inode, key, new);
         let Some(g) = &self.guard else {
             return Ok(());
         };
@@ -276,6 +277,7 @@ impl SharedFs {
         }
         let undo = |err: io::Error| {
             self.nodes.forget(e.inode, 1);
+            self.journal_forget(e.inode, 1);
             self.inner.forget(ctx, e.inode, 1);
             err
         };

@@ -24,6 +24,7 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 use super::transfer::{pair, Channel};
 use super::{SuccessorCommand, TAKEOVER_ENV};
 use crate::broker::Broker;
+use crate::crash::keeper::{poll2, Keeper};
 
 /// How fsd starts successors: through the launcher it forked
 /// (`--sandbox=none`), or through the broker parent that stays outside the
@@ -42,9 +43,12 @@ pub struct Started {
 }
 
 impl Launcher {
-    /// Forks the launcher. Must run while fsd has a single thread.
-    pub fn start(cmd: SuccessorCommand) -> io::Result<Launcher> {
+    /// Forks the launcher. Must run while fsd has a single thread. With
+    /// `keep`, the launcher also keeps fsd's session for a crash (see
+    /// [`crate::crash`]); the other end of that channel comes back.
+    pub fn start(cmd: SuccessorCommand, keep: bool) -> io::Result<(Launcher, Option<Channel>)> {
         let (ours, theirs) = UnixStream::pair()?;
+        let keeper = if keep { Some(pair()?) } else { None };
         // SAFETY: fsd has no other thread yet (see `daemon`), so the child
         // is a complete copy and may run ordinary code.
         let pid = unsafe { libc::fork() };
@@ -53,13 +57,22 @@ impl Launcher {
         }
         if pid == 0 {
             drop(ours);
+            let keeper = keeper.map(|(k, fsd_end)| {
+                drop(fsd_end);
+                Keeper::new(k)
+            });
             let mut successors = Successors::new(cmd, None);
-            serve(&mut successors, theirs);
-            successors.finish();
+            let recovered = serve(&mut successors, theirs, keeper);
+            if !recovered {
+                successors.finish();
+            }
             std::process::exit(0);
         }
         drop(theirs);
-        Ok(Launcher::Forked(Mutex::new(ours)))
+        Ok((
+            Launcher::Forked(Mutex::new(ours)),
+            keeper.map(|(_, fsd_end)| Channel::from_fd(fsd_end)),
+        ))
     }
 
     /// Starts a successor.
@@ -239,16 +252,31 @@ pub fn handle(successors: &mut Successors, code: u8, sock: &UnixStream) -> io::R
     }
 }
 
-/// The forked launcher's loop.
-fn serve(successors: &mut Successors, sock: UnixStream) {
+/// The forked launcher's loop; true when it recovered fsd after a crash
+/// (the new fsd then serves, and has a launcher of its own).
+fn serve(successors: &mut Successors, sock: UnixStream, mut keeper: Option<Keeper>) -> bool {
     let mut req = [0u8; 1];
     loop {
+        let fd = keeper.as_ref().filter(|k| !k.gone()).map(Keeper::raw_fd);
+        let (request, kept) = match poll2(sock.as_raw_fd(), fd) {
+            Ok(r) => r,
+            Err(_) => break,
+        };
+        if kept {
+            if let Some(k) = keeper.as_mut() {
+                k.read_one();
+            }
+        }
+        if !request {
+            continue;
+        }
         match (&sock).read(&mut req) {
             Ok(1) if matches!(req[0], b'S' | b'K') => {}
-            _ => return,
+            _ => break,
         }
         if handle(successors, req[0], &sock).is_err() {
-            return;
+            break;
         }
     }
+    keeper.is_some_and(|k| k.after_exit(Some(successors)))
 }

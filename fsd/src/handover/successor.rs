@@ -11,12 +11,16 @@
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
-use log::info;
+use log::{info, warn};
+use vhost_user_backend::VringT;
+use virtio_queue::QueueT;
 
 use super::state::{readable, Received, STATE_VERSION};
 use super::transfer::{Channel, Msg};
 use super::vhost::{self, Daemon};
 use super::HandoverError;
+use crate::crash::inflight::InFlightTable;
+use crate::crash::recover;
 use crate::vhost_user::FsBackend;
 
 /// Step 2: reads the predecessor's version; answers `Ready` or `Refused`.
@@ -50,15 +54,18 @@ pub fn greet(chan: &Channel) -> Result<u32, HandoverError> {
 /// Steps 5-6: takes the state and serves. Returns the connection served.
 /// `before_serving` runs once the predecessor has paused and the tables are
 /// restored, before any request is served (the label database is read
-/// there: the predecessor may label files until it pauses).
+/// there: the predecessor may label files until it pauses). With `track`,
+/// requests in flight are tracked in it from the first one on (crash
+/// recovery).
 pub fn take_over(
     chan: &Channel,
     daemon: &mut Daemon,
     backend: &Arc<FsBackend>,
     before_serving: &mut dyn FnMut() -> std::io::Result<()>,
+    track: Option<Arc<InFlightTable>>,
 ) -> Result<UnixStream, HandoverError> {
     chan.set_timeout(None).map_err(HandoverError::Channel)?;
-    let result = restore(chan, daemon, backend, before_serving);
+    let result = restore(chan, daemon, backend, before_serving, track);
     match &result {
         Ok(_) => chan.send(&Msg::Done, &[])?,
         Err(e) => {
@@ -73,9 +80,22 @@ fn restore(
     daemon: &mut Daemon,
     backend: &Arc<FsBackend>,
     before_serving: &mut dyn FnMut() -> std::io::Result<()>,
+    track: Option<Arc<InFlightTable>>,
 ) -> Result<UnixStream, HandoverError> {
-    let (state, fds) = match chan.recv()? {
-        (Msg::State(s), fds) => (s, fds),
+    let dispatcher = backend.dispatcher();
+    // A handover's document, or one rebuilt from what a dead fsd left.
+    let (state, mut device_fds, mut fs_fds, crashed) = match chan.recv()? {
+        (Msg::State(s), fds) => {
+            let fds = Received::new(fds);
+            (*s, fds, None, None)
+        }
+        (Msg::Recover(r), fds) => {
+            let m = recover::build(*r, fds, dispatcher.fs())?;
+            if m.lost > 0 {
+                warn!("crash recovery: {} nodes were held by descriptor and cannot be opened again; the guest gets ESTALE on them", m.lost);
+            }
+            (m.state, m.device_fds, Some(m.fs_fds), Some(m.inflight))
+        }
         (Msg::Failed { why }, _) => return Err(HandoverError::Failed(why)),
         (m, _) => {
             return Err(HandoverError::Protocol(format!(
@@ -87,35 +107,60 @@ fn restore(
     if !readable(state.version) {
         return Err(HandoverError::Version(state.version));
     }
-    let mut fds = Received::new(fds);
     let inodes = state.fs.passthrough.inodes.len();
-    let dispatcher = backend.dispatcher();
+    let ready: Vec<u32> = state
+        .vhost
+        .queues
+        .iter()
+        .filter(|q| q.ready)
+        .map(|q| q.index)
+        .collect();
     dispatcher
         .fs()
-        .import_state(state.fs, &mut fds)
+        .import_state(state.fs, fs_fds.as_mut().unwrap_or(&mut device_fds))
         .map_err(HandoverError::FileSystem)?;
     before_serving().map_err(HandoverError::FileSystem)?;
     // What can fail is done before the queues start: once a worker of this
     // process has served a request, the predecessor cannot take the rings
     // back.
     let conn = UnixStream::from(
-        fds.take(state.vhost.connection)
+        device_fds
+            .take(state.vhost.connection)
             .map_err(HandoverError::Dup)?,
     );
     let served = conn.try_clone().map_err(HandoverError::Dup)?;
-    let replayed = vhost::replay(daemon, &state.vhost, &mut fds)?;
+    let replayed = vhost::replay(daemon, &state.vhost, &mut device_fds, crashed.is_none())?;
     // Replaying SET_FEATURES looked like a device restart; the session goes
     // on, and is restored before any request is served.
     dispatcher.restore_session(&state.fuse);
+    if let Some(table) = &crashed {
+        recover::answer_pending(daemon, backend, table, &ready)
+            .map_err(HandoverError::FileSystem)?;
+    }
+    if let Some(t) = track {
+        for (i, v) in daemon.vrings().iter().enumerate() {
+            let q = v.get_ref();
+            if q.get_queue().ready() {
+                t.set_next_avail(i, q.get_queue().next_avail());
+            }
+        }
+        backend.track_in_flight(t);
+    }
     let kicks = replayed.start(daemon)?;
     daemon
         .start_on_stream(served)
         .map_err(|e| HandoverError::Daemon(e.to_string()))?;
     vhost::kick(&kicks);
-    info!(
-        "handover: serving the predecessor's session ({inodes} inodes, {} queues)",
-        kicks.len()
-    );
+    match crashed {
+        None => info!(
+            "handover: serving the predecessor's session ({inodes} inodes, {} queues)",
+            kicks.len()
+        ),
+        Some(_) => info!(
+            "crash recovery: serving the dead fsd's session ({inodes} inodes, {} queues)",
+            kicks.len()
+        ),
+    }
     Ok(conn)
 }
 

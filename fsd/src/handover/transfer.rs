@@ -32,12 +32,45 @@ const MAX_FDS: u32 = 8 << 20;
 /// with the descriptors; the successor `Done` (or `Failed`).
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Msg {
-    Hello { version: u32, pid: u32 },
-    Ready { version: u32, pid: u32 },
-    Refused { why: String },
+    Hello {
+        version: u32,
+        pid: u32,
+    },
+    Ready {
+        version: u32,
+        pid: u32,
+    },
+    Refused {
+        why: String,
+    },
     State(Box<State>),
     Done,
-    Failed { why: String },
+    Failed {
+        why: String,
+    },
+    /// fsd to its supervisor: the device as set up now, with its descriptors
+    /// (see [`crate::crash`]).
+    Device(Box<crate::crash::keeper::DeviceSnapshot>),
+    /// fsd to its supervisor, once: the journal's two buffers and the
+    /// in-flight table.
+    Journal,
+    /// fsd to its supervisor: a description now carries guest locks (its
+    /// descriptor comes along), or no longer does.
+    LockHeld {
+        kind: u8,
+        inode: u64,
+        key: u64,
+    },
+    LockDropped {
+        kind: u8,
+        inode: u64,
+        key: u64,
+    },
+    /// fsd to its supervisor: it exits on purpose (handover done, VM gone);
+    /// do not recover.
+    Release,
+    /// Supervisor to a new fsd, after a crash: take over from the journal.
+    Recover(Box<crate::crash::keeper::Recovery>),
 }
 
 impl Msg {
@@ -49,6 +82,12 @@ impl Msg {
             Msg::State(_) => "State",
             Msg::Done => "Done",
             Msg::Failed { .. } => "Failed",
+            Msg::Device(_) => "Device",
+            Msg::Journal => "Journal",
+            Msg::LockHeld { .. } => "LockHeld",
+            Msg::LockDropped { .. } => "LockDropped",
+            Msg::Release => "Release",
+            Msg::Recover(_) => "Recover",
         }
     }
 }

@@ -95,12 +95,32 @@ pub fn capture(
     })
 }
 
+/// The raw numbers of every queue's kick, call and err eventfds: a new
+/// number means QEMU sent a new eventfd.
+pub fn eventfd_numbers(daemon: &Daemon) -> Vec<[Option<RawFd>; 3]> {
+    daemon
+        .vrings()
+        .iter()
+        .map(|v| {
+            let st = v.get_ref();
+            [
+                st.get_kick().as_ref().map(|k| k.as_raw_fd()),
+                st.get_call().as_ref().map(|c| c.as_raw_fd()),
+                st.get_err().as_ref().map(|e| e.as_raw_fd()),
+            ]
+        })
+        .collect()
+}
+
 /// Sets a fresh daemon up as the predecessor's was, all but starting its
-/// queues ([`Replayed::start`]).
+/// queues ([`Replayed::start`]). `check_used`: the used index in guest
+/// memory must be the predecessor's (a handover; after a crash it is
+/// whatever the dead process left).
 pub fn replay(
     daemon: &Daemon,
     s: &VhostState,
     fds: &mut Received,
+    check_used_index: bool,
 ) -> Result<Replayed, HandoverError> {
     let mut files = Vec::new();
     let mut table = Vec::new();
@@ -158,7 +178,9 @@ pub fn replay(
             Ok(())
         })
         .map_err(HandoverError::Replay)?;
-    check_used(daemon, s)?;
+    if check_used_index {
+        check_used(daemon, s)?;
+    }
     Ok(Replayed {
         starts: starts
             .into_iter()

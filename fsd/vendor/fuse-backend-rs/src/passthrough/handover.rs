@@ -113,6 +113,32 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
         })
     }
 
+    /// The session part alone (counters and INIT-negotiated flags), cheap
+    /// enough to read while serving: fsd's crash journal keeps it current.
+    pub fn session_state(&self) -> ExportedSession {
+        ExportedSession {
+            next_inode: self.next_inode.load(Ordering::Acquire),
+            next_handle: self.next_handle.load(Ordering::Acquire),
+            writeback: self.writeback.load(Ordering::Acquire),
+            no_open: self.no_open.load(Ordering::Acquire),
+            no_opendir: self.no_opendir.load(Ordering::Acquire),
+            killpriv_v2: self.killpriv_v2.load(Ordering::Acquire),
+            perfile_dax: self.perfile_dax.load(Ordering::Acquire),
+        }
+    }
+
+    /// One inode as a crash journal records it: mount id, mode and file
+    /// handle (type, bytes), without a descriptor; `None` for an unknown
+    /// inode, and no handle for one held by descriptor.
+    pub fn inode_identity(&self, inode: u64) -> Option<(u64, u32, Option<(i32, Vec<u8>)>)> {
+        let d = self.inode_map.get(inode).ok()?;
+        let handle = match &d.handle {
+            InodeHandle::File(_) => None,
+            InodeHandle::Handle(h) => Some(h.file_handle().raw_parts()),
+        };
+        Some((d.id.mnt, d.mode, handle))
+    }
+
     /// Replaces the inode and handle tables with `state`. With
     /// `inode_file_handles`, inodes are held by file handle where the file
     /// system has them, else by the O_PATH descriptor given.

@@ -1,0 +1,219 @@
+//! The file system's share of crash recovery (see [`crate::crash`]).
+//!
+//! Every change that gives the guest an id or takes one back is appended
+//! to the journal from here, before the reply that tells the guest leaves:
+//! a recovering fsd must know every id the guest may hold. Nothing is
+//! journaled without `--crash-recovery`.
+
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use fuse_backend_rs::api::filesystem::ROOT_ID;
+
+use super::SharedFs;
+use crate::crash::journal::{Folded, Journal, Record};
+use crate::handover::state::{FsState, PassthroughState};
+use crate::policy::labels::InodeKey;
+
+impl SharedFs {
+    fn journal(&self) -> Option<&Arc<Journal>> {
+        self.journal.get()
+    }
+
+    /// Makes the journal's memory, before the seccomp filter (memfds).
+    pub fn prepare_journal(&self) -> io::Result<()> {
+        let _ = self.journal.set(Arc::new(Journal::create()?));
+        Ok(())
+    }
+
+    /// Starts journaling, from the tables this process holds now (none, or
+    /// those taken over). Returns copies of the journal's descriptors.
+    pub fn start_journal(&self) -> io::Result<[OwnedFd; 2]> {
+        let j = self
+            .journal()
+            .ok_or_else(|| io::Error::other("journal not prepared"))?;
+        let base = std::mem::take(&mut *self.journal_base.lock().unwrap());
+        j.begin(&base)?;
+        j.fds()
+    }
+
+    /// Remembers a taken-over session's tables as the journal's start.
+    pub(super) fn journal_base_from(&self, st: &FsState) {
+        let mut f = Folded::default();
+        for i in &st.passthrough.inodes {
+            let lookups = st
+                .nodes
+                .iter()
+                .find(|n| n.node == i.inode)
+                .map_or(i.refcount, |n| n.lookups);
+            f.apply(Record::NodeNew {
+                node: i.inode,
+                dev: i.dev,
+                ino: i.ino,
+                mnt: i.mnt,
+                mode: i.mode,
+                lookups,
+                handle: i.handle.clone(),
+            });
+        }
+        for h in &st.passthrough.handles {
+            f.apply(Record::HandleOpen {
+                handle: h.handle,
+                inode: h.inode,
+                flags: h.flags,
+            });
+        }
+        *self.journal_base.lock().unwrap() = f;
+    }
+
+    /// Directory streams taken over have no inode in the handover
+    /// document; they are journaled by the caller that knows it.
+    pub(super) fn journal_node(&self, node: u64, key: InodeKey, new: bool) {
+        let Some(j) = self.journal() else { return };
+        if !new {
+            j.append(&Record::NodeRef { node, n: 1 });
+            return;
+        }
+        let (mnt, mode, handle) = self.inner.inode_identity(node).unwrap_or((0, 0, None));
+        j.append(&Record::NodeNew {
+            node,
+            dev: key.0,
+            ino: key.1,
+            mnt,
+            mode,
+            lookups: 1,
+            handle,
+        });
+    }
+
+    pub(super) fn journal_root(&self, key: InodeKey) {
+        let Some(j) = self.journal() else { return };
+        j.append(&Record::Reset);
+        let (mnt, mode, handle) = self.inner.inode_identity(ROOT_ID).unwrap_or((0, 0, None));
+        j.append(&Record::NodeNew {
+            node: ROOT_ID,
+            dev: key.0,
+            ino: key.1,
+            mnt,
+            mode,
+            lookups: u64::MAX / 2,
+            handle,
+        });
+    }
+
+    pub(super) fn journal_forget(&self, node: u64, n: u64) {
+        if let Some(j) = self.journal() {
+            j.append(&Record::NodeForget { node, n });
+        }
+    }
+
+    pub(super) fn journal_open(&self, handle: u64, inode: u64, flags: u32) {
+        if let Some(j) = self.journal() {
+            j.append(&Record::HandleOpen {
+                handle,
+                inode,
+                flags,
+            });
+        }
+    }
+
+    pub(super) fn journal_close(&self, handle: u64) {
+        if let Some(j) = self.journal() {
+            j.append(&Record::HandleClose { handle });
+        }
+    }
+
+    pub(super) fn journal_opendir(&self, handle: u64, inode: u64) {
+        if let Some(j) = self.journal() {
+            j.append(&Record::DirOpen { handle, inode });
+        }
+    }
+
+    pub(super) fn journal_closedir(&self, handle: u64) {
+        if let Some(j) = self.journal() {
+            j.append(&Record::DirClose { handle });
+        }
+    }
+
+    /// Lets the supervisor hold the descriptions that carry locks.
+    pub fn keep_locks_with(&self, keeper: Arc<crate::crash::keeper::KeeperLink>) {
+        self.locks.keep_with(keeper);
+    }
+
+    /// The passthrough layer's counters and INIT-negotiated flags, without
+    /// its tables.
+    pub fn session_flags(&self) -> PassthroughState {
+        let s = self.inner.session_state();
+        PassthroughState {
+            next_inode: s.next_inode,
+            next_handle: s.next_handle,
+            writeback: s.writeback,
+            no_open: s.no_open,
+            no_opendir: s.no_opendir,
+            killpriv_v2: s.killpriv_v2,
+            perfile_dax: s.perfile_dax,
+            inodes: Vec::new(),
+            handles: Vec::new(),
+        }
+    }
+
+    /// Opens an inode by its file handle on the share's file system.
+    pub fn reopen_by_handle(&self, handle: &(i32, Vec<u8>), flags: i32) -> io::Result<OwnedFd> {
+        const MAX_HANDLE: usize = 128;
+        let (typ, bytes) = handle;
+        if bytes.len() > MAX_HANDLE {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let mut buf = [0u8; 8 + MAX_HANDLE];
+        buf[..4].copy_from_slice(&(bytes.len() as u32).to_ne_bytes());
+        buf[4..8].copy_from_slice(&typ.to_ne_bytes());
+        buf[8..8 + bytes.len()].copy_from_slice(bytes);
+        // SAFETY: `buf` holds a complete file_handle structure.
+        let fd = unsafe {
+            libc::open_by_handle_at(
+                self.confined.root_fd().as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::file_handle,
+                flags | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor the kernel just returned.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Whether the guest's open file `fh` appends (unknown: yes).
+    pub fn handle_appends(&self, fh: u64) -> bool {
+        self.handle_flags
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .map_or(true, |f| *f as i32 & libc::O_APPEND != 0)
+    }
+
+    /// After a crash, what the guest read under each grant is unknown. So
+    /// every protected inode it holds counts as read under every
+    /// principal's grant: when a grant ends, all of them are flushed from
+    /// the guest (more than needed, never less).
+    pub fn assume_read_under_grant(
+        &self,
+        held: &HashSet<InodeKey>,
+    ) -> Vec<(String, Vec<InodeKey>)> {
+        let Some(g) = &self.guard else {
+            return Vec::new();
+        };
+        let protected: Vec<InodeKey> = held
+            .iter()
+            .copied()
+            .filter(|k| g.labels.has_key(*k))
+            .collect();
+        g.policy()
+            .principals
+            .iter()
+            .map(|p| (p.clone(), protected.clone()))
+            .collect()
+    }
+}
