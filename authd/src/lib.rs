@@ -12,6 +12,7 @@
 //!
 //! | concern | module |
 //! |---|---|
+//! | crash-safe replacement of a small file (temporary file, fsync, rename) | [`atomic_file`] |
 //! | append-only JSON-lines audit of prompts and outcomes (never passwords) | [`audit`] |
 //! | daemon configuration (JSON file, every field defaulted) | [`config`] |
 //! | the trusted dialog: pure renderer, window process, parent side | [`dialog`] |
@@ -25,6 +26,7 @@
 //! | the root-only credential store with crash-safe atomic replace | [`store`] |
 //! | terminal fallback prompt for hosts without a display | [`tty`] |
 
+pub mod atomic_file;
 pub mod audit;
 pub mod config;
 pub mod dialog;
