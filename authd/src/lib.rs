@@ -20,6 +20,7 @@
 //! | the grant table: lifetimes, revocation, expiry | [`grants`] |
 //! | failure delay and lockout per principal, prompt rate per VM | [`limits`] |
 //! | argon2id hashing and verification | [`password`] |
+//! | live grants and counters kept across restarts (`runtime.json`) | [`persist`] |
 //! | asking the person: coalescing, one prompt per VM, dialog or terminal | [`prompt`] |
 //! | the seal: a phrase and colour chosen by the user, shown only by authd | [`seal`] |
 //! | the daemon: socket, peer credential check, request dispatch | [`server`] |
@@ -34,6 +35,7 @@ pub mod error;
 pub mod grants;
 pub mod limits;
 pub mod password;
+pub mod persist;
 pub mod prompt;
 pub mod seal;
 pub mod server;
