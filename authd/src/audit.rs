@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::persist::GrantsDropped;
 use authd_client::protocol::{
     now_unix_ms, Choice, DenyReason, EndCause, Grant, Provenance, Reason,
 };
@@ -78,6 +79,29 @@ pub enum Record<'a> {
     },
     Started {
         pid: u32,
+    },
+    /// The runtime state an earlier daemon saved was read back: `grants`
+    /// live again, `expired` ended while no daemon ran (each also has its
+    /// `grant_ended`), `dropped` not restored for `grants_dropped`'s reason,
+    /// and the failure records of `principals`.
+    StateRestored {
+        grants: usize,
+        expired: usize,
+        dropped: usize,
+        grants_dropped: Option<GrantsDropped>,
+        principals: usize,
+    },
+    /// The runtime state file could not be trusted: no grant was restored
+    /// and these principals start locked out.
+    StateUnusable {
+        error: &'a str,
+        locked: &'a [String],
+    },
+    /// The daemon stops on a signal. With persistent runtime state `kept`
+    /// grants stay live for its next start; without, every grant ended.
+    Stopped {
+        signal: i32,
+        kept: usize,
     },
 }
 

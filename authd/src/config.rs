@@ -69,6 +69,15 @@ pub struct Config {
     pub socket: PathBuf,
     /// Directory of the credential store (0700).
     pub state_dir: PathBuf,
+    /// Directory of the runtime state file (`runtime.json`: live grants,
+    /// failure and prompt counters), which a restart of the daemon reads
+    /// back (`crate::persist`); `state_dir` when unset. Created 0700 when
+    /// missing; refused when group or others may write it.
+    pub runtime_state_dir: Option<PathBuf>,
+    /// Whether grants and counters survive a restart (the default). `false`
+    /// keeps them in memory only, as authd did before: a restart ends every
+    /// grant and forgets failed passwords (said in the log at start).
+    pub persist_runtime_state: bool,
     /// JSON-lines audit log.
     pub audit_log: PathBuf,
     /// Peer uids (SO_PEERCRED) allowed to talk to the daemon.
@@ -111,6 +120,8 @@ impl Default for Config {
         Config {
             socket: PathBuf::from("/run/authd/authd.sock"),
             state_dir: PathBuf::from("/var/lib/authd"),
+            runtime_state_dir: None,
+            persist_runtime_state: true,
             audit_log: PathBuf::from("/var/log/authd/audit.jsonl"),
             allow_uids: vec![0],
             max_grant_secs: 3600,
@@ -141,6 +152,15 @@ impl Config {
             reason: e.to_string(),
         })
     }
+
+    /// Where the runtime state lives, or `None` when it is memory-only.
+    pub fn persisted_state_dir(&self) -> Option<PathBuf> {
+        self.persist_runtime_state.then(|| {
+            self.runtime_state_dir
+                .clone()
+                .unwrap_or_else(|| self.state_dir.clone())
+        })
+    }
 }
 
 #[cfg(test)]
@@ -154,5 +174,18 @@ mod tests {
         let c: Config = serde_json::from_str(r#"{"faillock":{"deny":5}}"#).unwrap();
         assert_eq!(c.faillock.deny, 5);
         assert_eq!(c.faillock.unlock_time_secs, 600);
+    }
+
+    #[test]
+    fn runtime_state_defaults_to_the_state_dir() {
+        let c = Config::default();
+        assert_eq!(
+            c.persisted_state_dir(),
+            Some(PathBuf::from("/var/lib/authd"))
+        );
+        let c: Config = serde_json::from_str(r#"{"runtime_state_dir":"/run/authd"}"#).unwrap();
+        assert_eq!(c.persisted_state_dir(), Some(PathBuf::from("/run/authd")));
+        let c: Config = serde_json::from_str(r#"{"persist_runtime_state":false}"#).unwrap();
+        assert_eq!(c.persisted_state_dir(), None);
     }
 }

@@ -36,6 +36,8 @@ pub enum Error {
     Tty(String),
     #[error("protocol: {0}")]
     Protocol(String),
+    #[error(transparent)]
+    Persist(#[from] crate::persist::PersistError),
 }
 
 impl Error {

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use authd_client::protocol::{now_unix_ms, EndCause, Grant, RevokeScope};
+use authd_client::protocol::{now_unix_ms, Grant, RevokeScope};
+
+use crate::persist::Clock;
 
 struct Entry {
     grant: Grant,
@@ -95,6 +97,32 @@ impl GrantTable {
         out
     }
 
+    /// Puts back grants an earlier daemon saved (`crate::persist`). A grant
+    /// runs until its wall-clock `expires_at_ms`, but never longer from
+    /// `clock` than its lifetime or `cap` (the configured maximum): a wall
+    /// clock stepped back while no daemon ran does not lengthen it. Returns
+    /// the grants whose time ran out meanwhile; they are not put back.
+    pub fn restore(&self, saved: Vec<Grant>, clock: &Clock, cap: Duration) -> Vec<Grant> {
+        let mut expired = Vec::new();
+        let mut live = self.lock();
+        for grant in saved {
+            let Some(left) = clock.left_until(grant.expires_at_ms) else {
+                expired.push(grant);
+                continue;
+            };
+            let left = left.min(Duration::from_secs(grant.lifetime_secs)).min(cap);
+            live.insert(
+                grant.id.clone(),
+                Entry {
+                    grant,
+                    deadline: clock.mono + left,
+                },
+            );
+        }
+        self.changed.notify_all();
+        expired
+    }
+
     /// Removes and returns grants whose deadline has passed.
     pub fn take_expired(&self, now: Instant) -> Vec<Grant> {
         let mut live = self.lock();
@@ -109,11 +137,13 @@ impl GrantTable {
             .collect()
     }
 
-    /// Runs forever: ends grants at their deadline and reports each end.
-    pub fn run_expiry(&self, on_end: impl Fn(&Grant, EndCause)) {
+    /// Runs forever: ends grants at their deadline and reports the ones
+    /// that ended together in one call (one save of the state for them).
+    pub fn run_expiry(&self, on_expired: impl Fn(&[Grant])) {
         loop {
-            for g in self.take_expired(Instant::now()) {
-                on_end(&g, EndCause::Expired);
+            let expired = self.take_expired(Instant::now());
+            if !expired.is_empty() {
+                on_expired(&expired);
             }
             let live = self.lock();
             let next = live.values().map(|e| e.deadline).min();
@@ -158,5 +188,51 @@ mod tests {
         assert!(t.revoke(&RevokeScope::Grant("nope".into())).is_empty());
         assert_eq!(t.revoke(&RevokeScope::Grant(a.id.clone())), vec![a]);
         assert!(t.list().is_empty());
+    }
+
+    #[test]
+    fn restored_grants_keep_their_end_and_never_outlast_their_lifetime() {
+        let clock = Clock::now();
+        let grant = |id: &str, in_ms: i64, lifetime_secs| Grant {
+            id: id.into(),
+            vm: "vm1".into(),
+            principal: id.into(),
+            expires_at_ms: (clock.wall_ms as i64 + in_ms) as u64,
+            lifetime_secs,
+        };
+        let t = GrantTable::new();
+        let expired = t.restore(
+            vec![
+                grant("live", 30_000, 60),
+                grant("gone", -1, 60),
+                // Ends in an hour by the wall clock, but was given 60 s: the
+                // clock went back while no daemon ran.
+                grant("stretched", 3_600_000, 60),
+            ],
+            &clock,
+            Duration::from_secs(3600),
+        );
+        assert_eq!(
+            expired.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(),
+            ["gone"]
+        );
+        let deadline = |id: &str| t.lock()[id].deadline - clock.mono;
+        assert_eq!(deadline("live"), Duration::from_secs(30));
+        assert_eq!(deadline("stretched"), Duration::from_secs(60));
+        assert_eq!(t.find_live("vm1", "live").unwrap().id, "live");
+        assert!(t.find_live("vm1", "gone").is_none());
+        // A lowered maximum applies to restored grants too.
+        let t = GrantTable::new();
+        t.restore(
+            vec![grant("capped", 30_000, 60)],
+            &clock,
+            Duration::from_secs(10),
+        );
+        assert_eq!(
+            t.lock()["capped"].deadline - clock.mono,
+            Duration::from_secs(10)
+        );
+        // What the protocol shows stays what was granted.
+        assert_eq!(t.list()[0].expires_at_ms, clock.wall_ms + 30_000);
     }
 }

@@ -12,6 +12,7 @@
 //!
 //! | concern | module |
 //! |---|---|
+//! | crash-safe replacement of a small file (temporary file, fsync, rename) | [`atomic_file`] |
 //! | append-only JSON-lines audit of prompts and outcomes (never passwords) | [`audit`] |
 //! | daemon configuration (JSON file, every field defaulted) | [`config`] |
 //! | the trusted dialog: pure renderer, window process, parent side | [`dialog`] |
@@ -19,12 +20,14 @@
 //! | the grant table: lifetimes, revocation, expiry | [`grants`] |
 //! | failure delay and lockout per principal, prompt rate per VM | [`limits`] |
 //! | argon2id hashing and verification | [`password`] |
+//! | live grants and counters kept across restarts (`runtime.json`) | [`persist`] |
 //! | asking the person: coalescing, one prompt per VM, dialog or terminal | [`prompt`] |
 //! | the seal: a phrase and colour chosen by the user, shown only by authd | [`seal`] |
 //! | the daemon: socket, peer credential check, request dispatch | [`server`] |
 //! | the root-only credential store with crash-safe atomic replace | [`store`] |
 //! | terminal fallback prompt for hosts without a display | [`tty`] |
 
+pub mod atomic_file;
 pub mod audit;
 pub mod config;
 pub mod dialog;
@@ -32,6 +35,7 @@ pub mod error;
 pub mod grants;
 pub mod limits;
 pub mod password;
+pub mod persist;
 pub mod prompt;
 pub mod seal;
 pub mod server;

@@ -2,6 +2,10 @@
 //! reads JSON-lines requests and answers each with its own id. An
 //! authentication runs on its own thread so one open prompt never blocks
 //! other calls; grant ends are pushed to every subscriber.
+//!
+//! Grants and counters are saved after every change and read back at start
+//! ([`crate::persist`]), so a restart (SIGTERM, or a crash) keeps live
+//! grants and failure counts; revocation and `lock` end grants for good.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -16,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::grants::GrantTable;
 use crate::limits::{FailState, Faillock, PromptRate};
 use crate::password;
+use crate::persist::{Clock, Loaded, Persist, Snapshot};
 use crate::prompt::{Answer, Broker, Frontend};
 use crate::store::{validate_principal, Store};
 use authd_client::protocol::{
@@ -68,6 +73,9 @@ pub struct Daemon {
     frontend: Frontend,
     audit: Audit,
     subscribers: Mutex<Vec<Subscriber>>,
+    /// The runtime state file; `None` when grants and counters are
+    /// memory-only (`persist_runtime_state: false`).
+    persist: Option<Persist>,
 }
 
 fn deny(why: DenyReason) -> ReplyBody {
@@ -110,10 +118,24 @@ fn validate(vm: &str, principal: &str, reason: &Reason) -> bool {
 }
 
 impl Daemon {
+    /// Sets the daemon up; with persistent runtime state this takes the
+    /// state directory's lock (a second daemon on the same state fails
+    /// here), and [`Self::serve`] reads the saved state back.
     pub fn new(cfg: Config) -> Result<Arc<Daemon>> {
         let audit = Audit::open(&cfg.audit_log)?;
         let frontend = Frontend::from_config(&cfg);
+        let persist = match cfg.persisted_state_dir() {
+            Some(dir) => Some(Persist::open(&dir)?),
+            None => {
+                log::warn!(
+                    "runtime state is memory-only (persist_runtime_state: false): \
+                     a restart ends every grant and forgets failed passwords"
+                );
+                None
+            }
+        };
         Ok(Arc::new(Daemon {
+            persist,
             store: Store::new(cfg.state_dir.clone()),
             grants: GrantTable::new(),
             faillock: Faillock::new(cfg.faillock.clone()),
@@ -126,8 +148,11 @@ impl Daemon {
         }))
     }
 
-    /// Binds the socket and serves until SIGTERM or SIGINT, which end every
-    /// grant (subscribers hear `locked`) before the process exits.
+    /// Binds the socket, reads the saved runtime state back and serves until
+    /// SIGTERM or SIGINT. Those save the state and exit, keeping every grant
+    /// for the next start (subscribers see their connection close); with
+    /// memory-only state they end every grant first (subscribers hear
+    /// `locked`).
     pub fn serve(self: &Arc<Self>) -> Result<()> {
         let signals = block_termination_signals()?;
         let path = &self.cfg.socket;
@@ -152,6 +177,8 @@ impl Daemon {
         self.audit.record(Record::Started {
             pid: std::process::id(),
         });
+        // Before the first request is accepted and the expiry thread runs.
+        self.restore_state();
         log::info!(
             "listening on {} (frontend: {})",
             path.display(),
@@ -167,7 +194,14 @@ impl Daemon {
         let me = self.clone();
         std::thread::Builder::new()
             .name("grant-expiry".into())
-            .spawn(move || me.grants.run_expiry(|g, cause| me.grant_ended(g, cause)))
+            .spawn(move || {
+                me.grants.run_expiry(|ended| {
+                    me.save_state();
+                    for g in ended {
+                        me.grant_ended(g, EndCause::Expired);
+                    }
+                })
+            })
             .map_err(|e| Error::io("spawning expiry thread", e))?;
 
         for stream in listener.incoming() {
@@ -188,10 +222,137 @@ impl Daemon {
         let mut sig: libc::c_int = 0;
         // SAFETY: `set` is an initialised signal set; `sig` is a valid out pointer.
         while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
-        let ended = self.lock_all();
-        log::info!("signal {sig}: ended {ended} grants, exiting");
+        match &self.persist {
+            // A stop is most often a restart (an upgrade, `systemctl
+            // restart`): the grants stay, for the next start to restore.
+            // Whoever wants them ended says so: `authd lock`.
+            Some(p) => {
+                // Taken under the file's lock (inside `save_final`): one
+                // taken before it could undo a revocation saved meanwhile.
+                let kept = std::cell::Cell::new(0);
+                let saved = p.save_final(|| {
+                    let snapshot = self.snapshot();
+                    kept.set(snapshot.grants.len());
+                    snapshot
+                });
+                let kept = kept.get();
+                if let Err(e) = saved {
+                    log::error!("runtime state: {e}; the next start restores no grant");
+                }
+                self.audit.record(Record::Stopped { signal: sig, kept });
+                log::info!(
+                    "signal {sig}: {kept} live grants kept in {} for the next start, exiting",
+                    p.path().display()
+                );
+            }
+            None => {
+                let ended = self.lock_all();
+                self.audit.record(Record::Stopped {
+                    signal: sig,
+                    kept: 0,
+                });
+                log::info!("signal {sig}: ended {ended} grants, exiting");
+            }
+        }
         let _ = std::fs::remove_file(&self.cfg.socket);
         std::process::exit(0);
+    }
+
+    /// The grants and counters now, in wall-clock time.
+    fn snapshot(&self) -> Snapshot {
+        let clock = Clock::now();
+        Snapshot {
+            grants: self.grants.list(),
+            faillock: self.faillock.export(&clock),
+            prompts: self.rate.export(&clock),
+        }
+    }
+
+    /// Writes the runtime state after a change. A failure is logged, not
+    /// fatal: the daemon goes on deciding from memory, and the file was
+    /// made stale, so a restart cannot bring back a grant ended since.
+    fn save_state(&self) {
+        let Some(p) = &self.persist else { return };
+        if let Err(e) = p.save(|| self.snapshot()) {
+            log::error!("runtime state: {e}; a restart now restores counters but no grant");
+        }
+    }
+
+    /// Reads back what the previous daemon saved, and writes the state as
+    /// it now is (expired grants gone, counters aged).
+    ///
+    /// A file that cannot be trusted fails closed: no grant is restored,
+    /// and every enrolled principal is locked out for `unlock_time_secs`,
+    /// since how many of its guesses were spent is unknown. Starting anyway
+    /// (rather than refusing to) keeps `grants`, `revoke` and `lock`
+    /// working and heals by itself when the lockout ends; an operator who
+    /// knows better stops authd, removes the file and starts it again.
+    fn restore_state(&self) {
+        let Some(p) = &self.persist else { return };
+        let clock = Clock::now();
+        match p.load() {
+            Loaded::Nothing => log::info!(
+                "runtime state: none yet at {}; grants and counters start empty",
+                p.path().display()
+            ),
+            Loaded::Restored {
+                state,
+                grants_dropped,
+                dropped,
+            } => {
+                let cap = Duration::from_secs(self.cfg.max_grant_secs);
+                let principals = state.faillock.len();
+                let expired = self.grants.restore(state.grants, &clock, cap);
+                for g in &expired {
+                    self.audit.record(Record::GrantEnded {
+                        grant: g,
+                        cause: EndCause::Expired,
+                    });
+                }
+                self.faillock.restore(state.faillock, &clock);
+                self.rate.restore(state.prompts, &clock);
+                let grants = self.grants.list().len();
+                if let Some(why) = grants_dropped {
+                    log::warn!("runtime state: {dropped} saved grants not restored ({why:?})");
+                }
+                log::info!(
+                    "runtime state restored from {}: {grants} live grants, {} expired \
+                     while authd was down, failure records of {principals} principals",
+                    p.path().display(),
+                    expired.len()
+                );
+                self.audit.record(Record::StateRestored {
+                    grants,
+                    expired: expired.len(),
+                    dropped,
+                    grants_dropped,
+                    principals,
+                });
+            }
+            Loaded::Unusable(e) => {
+                let locked = self.store.principals().unwrap_or_else(|se| {
+                    log::error!("store: {se}");
+                    Vec::new()
+                });
+                for principal in &locked {
+                    self.faillock.lock_out(principal, clock.mono);
+                }
+                log::error!(
+                    "RUNTIME STATE UNUSABLE: {e}. Failing closed: no grant is restored, \
+                     and {} enrolled principals are locked out for {} s. The file is \
+                     kept as runtime.json.bad; to start afresh instead, stop authd, \
+                     remove it and start again.",
+                    locked.len(),
+                    self.cfg.faillock.unlock_time_secs
+                );
+                p.set_aside();
+                self.audit.record(Record::StateUnusable {
+                    error: &e.to_string(),
+                    locked: &locked,
+                });
+            }
+        }
+        self.save_state();
     }
 
     fn handle_conn(self: Arc<Self>, stream: UnixStream) {
@@ -335,6 +496,11 @@ impl Daemon {
             Call::Revoke { scope } => {
                 let ended = self.grants.revoke(&scope);
                 let count = ended.len();
+                // Saved before anyone hears of it: a revoked grant never
+                // comes back with a restart.
+                if count > 0 {
+                    self.save_state();
+                }
                 for g in &ended {
                     self.grant_ended(g, EndCause::Revoked);
                 }
@@ -360,6 +526,9 @@ impl Daemon {
     /// Ends every grant; returns how many there were.
     pub fn lock_all(&self) -> usize {
         let ended = self.grants.revoke(&RevokeScope::All);
+        if !ended.is_empty() {
+            self.save_state();
+        }
         for g in &ended {
             self.grant_ended(g, EndCause::Locked);
         }
@@ -472,6 +641,7 @@ impl Daemon {
                 retry_after_ms: Some(wait.as_millis() as u64),
             };
         }
+        self.save_state();
         let reason = Reason {
             operation: "confirm".into(),
             ..Reason::default()
@@ -564,6 +734,7 @@ impl Daemon {
                 retry_after_ms: Some(wait.as_millis() as u64),
             };
         }
+        self.save_state();
         std::thread::sleep(delay);
 
         let request = DialogRequest {
@@ -616,6 +787,7 @@ impl Daemon {
                 });
                 self.faillock.record_success(principal);
                 let grant = self.grants.issue(vm, principal, lifetime);
+                self.save_state();
                 self.audit.record(Record::Granted {
                     vm,
                     principal,
@@ -634,6 +806,7 @@ impl Daemon {
                 if self.faillock.record_failure(principal, Instant::now()) {
                     log::warn!("principal {principal} locked after repeated failures");
                 }
+                self.save_state();
                 deny(DenyReason::WrongPassword)
             }
             Err(e) => {

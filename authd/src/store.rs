@@ -6,12 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::atomic_file;
 use crate::error::{Error, Result};
 use crate::password;
 use crate::seal::Seal;
@@ -187,28 +187,11 @@ impl Store {
 
     /// Crash-safe replace: temp file, fsync, rename, fsync directory.
     fn write(&self, file: &StoreFile) -> Result<()> {
-        let tmp = self
-            .dir
-            .join(format!(".{STORE_FILE}.tmp.{}", std::process::id()));
-        let data = serde_json::to_vec_pretty(file).map_err(|e| self.store_err(e.to_string()))?;
-        let result = (|| -> std::io::Result<()> {
-            let _ = fs::remove_file(&tmp);
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&data)?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-            drop(f);
-            fs::rename(&tmp, self.path())?;
-            File::open(&self.dir)?.sync_all()
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result.map_err(|e| Error::io(format!("writing {}", self.path().display()), e))
+        let mut data =
+            serde_json::to_vec_pretty(file).map_err(|e| self.store_err(e.to_string()))?;
+        data.push(b'\n');
+        atomic_file::replace(&self.dir, STORE_FILE, &data)
+            .map_err(|e| Error::io(format!("writing {}", self.path().display()), e))
     }
 }
 

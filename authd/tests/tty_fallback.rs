@@ -290,13 +290,17 @@ fn grant_cache_follows_revokes_and_fails_closed_when_authd_dies() {
     cache.stop();
 }
 
+/// With memory-only runtime state a stop loses the grants, so SIGTERM ends
+/// them and says so. (With the default, persistent, state SIGTERM keeps
+/// them for the next start: tests/restart.rs.)
 #[test]
-fn sigterm_ends_every_grant_and_tells_subscribers() {
+fn memory_only_sigterm_ends_every_grant_and_tells_subscribers() {
     let pty = Pty::open();
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = Daemon::config(tmp.path());
     cfg.frontend = FrontendKind::Tty;
     cfg.tty = Some(pty.path.clone().into());
+    cfg.persist_runtime_state = false;
     let mut d = Daemon::start(tmp.path(), cfg);
     d.enroll("alice", PASSWORD);
     let mut sub = d.client().subscribe(Duration::from_secs(5)).unwrap();
@@ -314,6 +318,10 @@ fn sigterm_ends_every_grant_and_tells_subscribers() {
         .expect("end event");
     assert_eq!((ev.grant, ev.cause), (grant, EndCause::Locked));
     assert!(!d.cfg.socket.exists(), "socket removed on exit");
+    assert!(
+        !d.cfg.state_dir.join("runtime.json").exists(),
+        "memory-only: no runtime state file"
+    );
 }
 
 #[test]
