@@ -591,13 +591,20 @@ impl Engine {
                     (Some(i), Some(t)) if i.task != *t => None,
                     (Some(i), _) => Some(i.subject()),
                     (None, None) => Some(Subject::UnverifiedProcess { pid: *pid }),
+                    // The newest live process in that task slot: a choice
+                    // that does not depend on the hash map's order, so the
+                    // answer is the same after a restart.
                     (None, Some(t)) => vm
                         .procs
                         .iter()
                         .map(|(k, _)| k)
-                        .find(|k| {
+                        .filter(|k| {
                             matches!(k, Subject::Process { task, .. } if task == t)
                                 && !vm.procs.is_retired(k)
+                        })
+                        .max_by_key(|k| match k {
+                            Subject::Process { start_time, .. } => *start_time,
+                            _ => 0,
                         })
                         .cloned(),
                 };
