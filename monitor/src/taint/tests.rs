@@ -164,7 +164,14 @@ impl T {
     }
 
     fn guest(&mut self, vm: &VmId, events: Vec<GuestEvent>) -> super::Effects {
-        let r = self.rec(vm, Input::Guest { events, dropped: 0 });
+        let r = self.rec(
+            vm,
+            Input::Guest {
+                events,
+                dropped: 0,
+                seq: None,
+            },
+        );
         self.e.apply(&r).unwrap()
     }
 
@@ -453,6 +460,7 @@ fn a_leak_raises_one_alert_with_its_chain_and_calls_the_freezer() {
         Input::Guest {
             events: vec![curl.exec(&a)],
             dropped: 0,
+            seq: None,
         },
     )
     .unwrap();
@@ -467,6 +475,7 @@ fn a_leak_raises_one_alert_with_its_chain_and_calls_the_freezer() {
     let send = |peer: &str| Input::Guest {
         events: vec![curl.inet(&a, true, Transport::Tcp, "10.0.2.15:44312", peer)],
         dropped: 0,
+        seq: None,
     };
     let fx = svc.ingest(a.clone(), send("93.184.216.34:443")).unwrap();
     let alerts: Vec<_> = fx.alerts().cloned().collect();
@@ -508,6 +517,7 @@ fn a_leak_raises_one_alert_with_its_chain_and_calls_the_freezer() {
         Input::Guest {
             events: vec![nginx.inet(&b, false, Transport::Tcp, "10.0.0.2:80", "10.0.2.15:44312")],
             dropped: 0,
+            seq: None,
         },
     )
     .unwrap();
@@ -867,6 +877,7 @@ fn a_million_forks_and_files_stay_within_the_bounds() {
             Input::Guest {
                 events: forks,
                 dropped: 0,
+                seq: None,
             },
         );
         let writes = (i..i + BATCH)
@@ -961,6 +972,7 @@ fn state_survives_a_restart() {
             Input::Guest {
                 events: vec![cat.exec(&v)],
                 dropped: 0,
+                seq: None,
             },
         )
         .unwrap();
@@ -985,6 +997,7 @@ fn state_survives_a_restart() {
             Input::Guest {
                 events: vec![cat.fork(&v, &child)],
                 dropped: 0,
+                seq: None,
             },
         )
         .unwrap();
