@@ -1,6 +1,8 @@
 //! The engine driven by synthetic events: every propagation rule, the
 //! separation of VMs, pid reuse, bounds, persistence and garbage.
 
+mod persistence;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -953,91 +955,6 @@ fn more_vms_than_the_bound_are_refused() {
         t.e.apply(&r),
         Err(super::TaintError::TooManyVms(2))
     ));
-}
-
-#[test]
-fn state_survives_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = TaintConfig {
-        state_dir: Some(dir.path().join("state")),
-        ..TaintConfig::default()
-    };
-    let internal = HashSet::new();
-    let v = vm(1);
-    let cat = P::new(100, "cat");
-    let child = P::new(101, "cat");
-    let feed = |svc: &TaintService, k: u64| {
-        svc.ingest(
-            v.clone(),
-            Input::Guest {
-                events: vec![cat.exec(&v)],
-                dropped: 0,
-                seq: None,
-            },
-        )
-        .unwrap();
-        svc.ingest(
-            v.clone(),
-            Input::Files {
-                events: vec![
-                    fe(100, 10, FileAccess::Read, Some(RULE)),
-                    fe(100, 20 + k, FileAccess::Write, None),
-                ],
-                dropped: 1,
-            },
-        )
-        .unwrap();
-    };
-    let before = {
-        let (svc, restored) = TaintService::open(&config, internal.clone()).unwrap();
-        assert_eq!(restored.unwrap().replayed, 0);
-        feed(&svc, 0);
-        svc.ingest(
-            v.clone(),
-            Input::Guest {
-                events: vec![cat.fork(&v, &child)],
-                dropped: 0,
-                seq: None,
-            },
-        )
-        .unwrap();
-        (svc.status(None), svc.graph(&v.uuid))
-    };
-    // A restart replays the journal.
-    let (svc, restored) = TaintService::open(&config, internal.clone()).unwrap();
-    let restored = restored.unwrap();
-    assert_eq!((restored.from_snapshot, restored.replayed), (false, 3));
-    assert_eq!((svc.status(None), svc.graph(&v.uuid)), before);
-    assert!(svc.status(None).persistent);
-    assert!(svc
-        .query(
-            &v.uuid,
-            &Query::Process {
-                pid: 101,
-                task: None
-            }
-        )
-        .0
-        .is_some());
-    // A snapshot, more batches, a torn last line: all come back.
-    svc.snapshot().unwrap();
-    feed(&svc, 1);
-    let before = (svc.status(None), svc.graph(&v.uuid));
-    drop(svc);
-    let journal = dir.path().join("state").join(super::journal::JOURNAL);
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&journal)
-        .unwrap();
-    std::io::Write::write_all(&mut f, b"{\"at_ms\":1,\"vm\":{\"uu").unwrap();
-    let (svc, restored) = TaintService::open(&config, internal).unwrap();
-    let restored = restored.unwrap();
-    assert_eq!(
-        (restored.from_snapshot, restored.replayed, restored.skipped),
-        (true, 2, 1)
-    );
-    assert_eq!((svc.status(None), svc.graph(&v.uuid)), before);
-    assert_eq!(svc.status(None).vms[0].fsd_dropped, 1);
 }
 
 #[test]
