@@ -17,7 +17,7 @@ use crate::protocol::{
     to_line, FailureKind, Op, Reply, ReplyBody, Request, MAX_REPLY_LINE, VERSION,
 };
 use crate::report::{FlushReport, FreezeReport, Identity, Process};
-use crate::taint::{FileEvent, GuestEvent, SocketOwner, SocketQuery, Transport};
+use crate::taint::{FileEvent, GuestEvent, PluginSeq, SocketOwner, SocketQuery, Transport};
 use crate::taint_report::{DerivedFile, Query, TaintNotice, TaintStatus, TaintedEntry, VmEntry};
 
 /// Why a call did not return a result.
@@ -274,10 +274,25 @@ impl Client {
         dropped: u64,
         timeout: Duration,
     ) -> Result<u64, ClientError> {
+        self.numbered_guest_events(vm, events, dropped, None, timeout)
+    }
+
+    /// As [`Client::guest_events`], from a plugin that numbers its events:
+    /// `seq` says which of its numbers the batch accounts for (what lets a
+    /// restarted monitor show that it missed none).
+    pub fn numbered_guest_events(
+        &mut self,
+        vm: &str,
+        events: Vec<GuestEvent>,
+        dropped: u64,
+        seq: Option<PluginSeq>,
+        timeout: Duration,
+    ) -> Result<u64, ClientError> {
         let op = Op::GuestEvents {
             vm: vm.into(),
             events,
             dropped,
+            seq,
         };
         match self.call(op, timeout)? {
             ReplyBody::Accepted { count, .. } => Ok(count),

@@ -21,7 +21,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::report::{FlushReport, FreezeReport, Identity, Process};
-use crate::taint::{FileEvent, GuestEvent, SocketOwner, SocketQuery, Transport};
+use crate::taint::{FileEvent, GuestEvent, PluginSeq, SocketOwner, SocketQuery, Transport};
 use crate::taint_report::{DerivedFile, Query, TaintNotice, TaintStatus, TaintedEntry, VmEntry};
 
 /// Protocol version spoken by this build.
@@ -85,6 +85,10 @@ pub enum Op {
         /// Events the hooks lost since they started (their ring was full).
         #[serde(default)]
         dropped: u64,
+        /// The plugin's event numbers this batch accounts for, when the
+        /// events come from a plugin that numbers them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<PluginSeq>,
     },
     /// Taint tracking counted, for one VM or all; [`ReplyBody::TaintStatus`].
     TaintStatus {
@@ -477,6 +481,12 @@ mod tests {
                     },
                 ],
                 dropped: 0,
+                seq: Some(PluginSeq {
+                    instance: "boot/1234/5678".into(),
+                    first: 17,
+                    last: 18,
+                    ended: false,
+                }),
             },
             Op::TaintStatus { vm: None },
             Op::TaintStatus {

@@ -157,6 +157,33 @@ pub struct GuestEvent {
     pub comm: String,
 }
 
+/// Which of a hook plugin's numbered events a batch of guest events
+/// accounts for.
+///
+/// The plugin numbers every event at the hit, whether or not a monitor
+/// reads it. A batch that says "events `first..=last` of plugin
+/// `instance`" promises that each of them is in the batch, was of no use
+/// to the engine, or is counted in the batch's `dropped`. That is what lets
+/// a monitor that restarted show that it missed nothing while it was down:
+/// the first batch after the restart continues the numbering where the
+/// last batch it kept ended (docs/taint.md, "Persistence").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSeq {
+    /// Which plugin: one QEMU process (its host boot, pid and start time).
+    /// Numbers of different instances are not comparable.
+    pub instance: String,
+    /// The first number this batch accounts for.
+    pub first: u64,
+    /// The last; `first - 1` when the batch accounts for none (it only
+    /// says that the plugin ended).
+    pub last: u64,
+    /// The plugin said goodbye after `last` (QEMU exits): every event it
+    /// made is accounted for, and it makes no more.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ended: bool,
+}
+
 /// The kinds of guest kernel event, with what each adds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]

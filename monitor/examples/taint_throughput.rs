@@ -93,6 +93,7 @@ fn known() -> Input {
             })
             .collect(),
         dropped: 0,
+        seq: None,
     }
 }
 
@@ -192,6 +193,7 @@ fn propagation(n: usize, batch: usize) -> Vec<Input> {
         out.push(Input::Guest {
             events: hooks,
             dropped: 0,
+            seq: None,
         });
         out.push(Input::Files {
             events: files,
@@ -222,6 +224,7 @@ fn flood(n: usize, batch: usize) -> Vec<Input> {
                 })
                 .collect(),
             dropped: 0,
+            seq: None,
         })
         .collect()
 }
@@ -233,6 +236,7 @@ fn count(inputs: &[Input]) -> usize {
             Input::Files { events, .. } => events.len(),
             Input::Guest { events, .. } => events.len(),
             Input::Processes { .. } => 1,
+            Input::Restarted { .. } => 0,
         })
         .sum()
 }
@@ -329,12 +333,17 @@ fn main() {
                     events,
                     dropped,
                 },
-                Input::Guest { events, dropped } => Op::GuestEvents {
+                Input::Guest {
+                    events,
+                    dropped,
+                    seq,
+                } => Op::GuestEvents {
                     vm: "bench".into(),
                     events,
                     dropped,
+                    seq,
                 },
-                Input::Processes { .. } => unreachable!(),
+                Input::Processes { .. } | Input::Restarted { .. } => unreachable!(),
             };
             to_line(&Request::new(i as u64 + 1, op)).unwrap()
         })
@@ -360,8 +369,15 @@ fn main() {
                         events, dropped, ..
                     } => Input::Files { events, dropped },
                     Op::GuestEvents {
-                        events, dropped, ..
-                    } => Input::Guest { events, dropped },
+                        events,
+                        dropped,
+                        seq,
+                        ..
+                    } => Input::Guest {
+                        events,
+                        dropped,
+                        seq,
+                    },
                     _ => unreachable!(),
                 };
                 svc.ingest(vm(), input).unwrap();
@@ -406,6 +422,7 @@ fn memory(a: &Args, tainted_source: &[Record]) {
                 })
                 .collect(),
             dropped: 0,
+            seq: None,
         };
         let writes = Input::Files {
             events: (start..end)

@@ -236,7 +236,15 @@ impl State {
                 vm,
                 events,
                 dropped,
-            } => self.ingest(&vm, Input::Guest { events, dropped })?,
+                seq,
+            } => self.ingest(
+                &vm,
+                Input::Guest {
+                    events,
+                    dropped,
+                    seq,
+                },
+            )?,
             Op::TaintStatus { vm } => {
                 let uuid = vm.map(|v| self.vm_id(&v)).transpose()?.map(|id| id.uuid);
                 ReplyBody::TaintStatus {
@@ -405,6 +413,7 @@ impl HookSink for State {
             Input::Guest {
                 events,
                 dropped: lost,
+                seq: None,
             },
         )
         .map(|_| ())

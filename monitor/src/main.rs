@@ -497,11 +497,29 @@ fn run(cli: &Cli) -> Result<()> {
             let (taint, restored) = TaintService::open(&config.taint, config.internal_addrs())?;
             if let Some(r) = restored {
                 log::info!(
-                    "taint state restored ({} snapshot, {} journal batches replayed, {} skipped)",
+                    "taint state restored ({} snapshot, {} journal batches replayed, {} skipped{}); \
+                     {} VMs must show what they missed while the monitor was down",
                     if r.from_snapshot { "from a" } else { "no" },
                     r.replayed,
-                    r.skipped
+                    r.skipped,
+                    if r.stale_journal {
+                        ", the journal was in the snapshot already"
+                    } else {
+                        ""
+                    },
+                    r.vms
                 );
+                if let Some(d) = &r.damage {
+                    log::error!(
+                        "taint journal damaged at line {} (offset {}): {}; loaded what came \
+                         before, every VM's tracking is marked incomplete; the damaged journal \
+                         is kept as {}",
+                        d.line,
+                        d.offset,
+                        d.what,
+                        d.kept.display()
+                    );
+                }
             }
             let freeze_on_leak = config.taint.freeze_on_leak;
             let state = std::sync::Arc::new(monitor::daemon::State::with_taint(

@@ -31,11 +31,12 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+use super::restart::{Continuity, Heard, Lost};
 use super::rules::{Leak, Step};
 use super::tables::{Bounded, Stored};
 use super::{Limits, TaintError};
 use crate::report::Process;
-use monitor_client::taint::{FileEvent, GuestEvent};
+use monitor_client::taint::{FileEvent, GuestEvent, PluginSeq};
 use monitor_client::taint_report::{
     DerivedFile, LeakAlert, Origin, Query, Subject, SubjectKind, TaintNotice, TaintStatus,
     TaintedEntry, VmEntry, VmTaintStatus,
@@ -58,13 +59,23 @@ pub enum Input {
         events: Vec<FileEvent>,
         dropped: u64,
     },
-    /// From hooks in the guest kernel; `dropped` as for fsd.
+    /// From hooks in the guest kernel; `dropped` as for fsd, `seq` the
+    /// plugin's numbers the batch accounts for (when it numbers them).
     Guest {
         events: Vec<GuestEvent>,
         dropped: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<PluginSeq>,
     },
     /// A process list the monitor read itself (`ps`): the pids that exist.
     Processes { processes: Vec<Process> },
+    /// The monitor started again with this VM's state: events of the time
+    /// it was down may be lost, and `lost` names causes known to have lost
+    /// some for good (see [`super::restart`]).
+    Restarted {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        lost: Vec<Lost>,
+    },
 }
 
 /// An input with its VM and the time it arrived: what the journal stores.
@@ -202,6 +213,9 @@ pub struct VmState {
     /// seconds only.
     pub(super) recent: VecDeque<Recent>,
     pub counters: Counters,
+    /// What restarts of the monitor may have cost, and what showed since
+    /// that they cost nothing.
+    pub(super) continuity: Continuity,
 }
 
 /// A fork or send by a process that was clean then.
@@ -242,6 +256,7 @@ impl VmState {
             alerted: Bounded::new(l.alerts),
             recent: VecDeque::new(),
             counters: Counters::default(),
+            continuity: Continuity::default(),
         }
     }
 
@@ -362,6 +377,7 @@ impl VmState {
                 c.evicted
             ));
         }
+        incomplete.extend(self.continuity.incomplete());
         VmTaintStatus {
             vm: self.id.uuid.clone(),
             name: self.id.name.clone(),
@@ -429,6 +445,13 @@ impl Engine {
         self.vms.get(uuid)
     }
 
+    /// Every VM with state, by UUID.
+    pub fn vm_ids(&self) -> Vec<VmId> {
+        let mut ids: Vec<VmId> = self.vms.values().map(|v| v.id.clone()).collect();
+        ids.sort_by(|a, b| a.uuid.cmp(&b.uuid));
+        ids
+    }
+
     /// The UUID of the VM last addressed by `name`.
     pub fn uuid_of_name(&self, name: &str) -> Option<&str> {
         self.vms
@@ -461,25 +484,35 @@ impl Engine {
         }
         let mut fx = Effects::default();
         {
-            let c = &mut self
-                .vms
-                .get_mut(&rec.vm.uuid)
-                .expect("inserted above")
-                .counters;
+            let vm = self.vms.get_mut(&rec.vm.uuid).expect("inserted above");
+            let (c, continuity) = (&mut vm.counters, &mut vm.continuity);
             match &rec.input {
                 Input::Files { dropped, .. } => {
+                    continuity.fsd_reported(rec.at_ms, *dropped, c.fsd_dropped_last);
                     Counters::add_dropped(&mut c.fsd_dropped, &mut c.fsd_dropped_last, *dropped)
                 }
-                Input::Guest { dropped, .. } => {
+                Input::Guest { dropped, seq, .. } => {
+                    c.hooks_dropped += continuity.hooks_reported(rec.at_ms, seq.as_ref());
                     Counters::add_dropped(&mut c.hooks_dropped, &mut c.hooks_dropped_last, *dropped)
                 }
                 Input::Processes { .. } => {}
+                Input::Restarted { lost } => {
+                    let heard = Heard {
+                        fsd: c.file_events > 0 || c.fsd_dropped_last > 0,
+                        hooks: c.guest_events > 0 || continuity.plugin.is_some(),
+                    };
+                    continuity.restarted(rec.at_ms, heard, lost);
+                    // The hook feeds are the daemon's own threads: they
+                    // count their losses from 0 again.
+                    c.hooks_dropped_last = 0;
+                }
             }
         }
         let n = match &rec.input {
             Input::Files { events, .. } => events.len(),
             Input::Guest { events, .. } => events.len(),
             Input::Processes { .. } => 1,
+            Input::Restarted { .. } => 0,
         };
         for i in 0..n {
             let leaks = {
@@ -500,6 +533,7 @@ impl Engine {
                     Input::Files { events, .. } => step.file_event(&events[i]),
                     Input::Guest { events, .. } => step.guest_event(&events[i]),
                     Input::Processes { processes } => step.processes(processes),
+                    Input::Restarted { .. } => {}
                 }
                 step.leaks
             };
@@ -591,13 +625,20 @@ impl Engine {
                     (Some(i), Some(t)) if i.task != *t => None,
                     (Some(i), _) => Some(i.subject()),
                     (None, None) => Some(Subject::UnverifiedProcess { pid: *pid }),
+                    // The newest live process in that task slot: a choice
+                    // that does not depend on the hash map's order, so the
+                    // answer is the same after a restart.
                     (None, Some(t)) => vm
                         .procs
                         .iter()
                         .map(|(k, _)| k)
-                        .find(|k| {
+                        .filter(|k| {
                             matches!(k, Subject::Process { task, .. } if task == t)
                                 && !vm.procs.is_retired(k)
+                        })
+                        .max_by_key(|k| match k {
+                            Subject::Process { start_time, .. } => *start_time,
+                            _ => 0,
                         })
                         .cloned(),
                 };
@@ -708,11 +749,13 @@ impl Engine {
                 derived_next: v.derived_next,
                 alerted: v.alerted.to_stored(),
                 counters: v.counters.clone(),
+                continuity: v.continuity.clone(),
             })
             .collect();
         vms.sort_by(|a, b| a.id.uuid.cmp(&b.id.uuid));
         Snapshot {
             version: SNAPSHOT_VERSION,
+            journal: 0,
             seq: self.seq,
             vms,
             flows: self.flows.to_stored(),
@@ -739,6 +782,7 @@ impl Engine {
                 alerted: Bounded::from_stored(l.alerts, v.alerted),
                 recent: VecDeque::new(),
                 counters: v.counters,
+                continuity: v.continuity,
                 id: v.id,
             };
             vms.insert(state.id.uuid.clone(), state);
@@ -760,6 +804,11 @@ pub const SNAPSHOT_VERSION: u32 = 1;
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Snapshot {
     pub version: u32,
+    /// The generation of the journal that continues this snapshot: a
+    /// journal of an older generation is in the snapshot already (see
+    /// [`super::journal`]).
+    #[serde(default)]
+    pub journal: u64,
     pub seq: u64,
     pub vms: Vec<VmSnapshot>,
     pub flows: Vec<Stored<Subject, FlowMark>>,
@@ -778,4 +827,6 @@ pub struct VmSnapshot {
     pub derived_next: u64,
     pub alerted: Vec<Stored<(Subject, SocketAddr), ()>>,
     pub counters: Counters,
+    #[serde(default)]
+    pub continuity: Continuity,
 }

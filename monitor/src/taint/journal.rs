@@ -9,28 +9,73 @@
 //! the journal starts afresh: the disk used is bounded by the tables' bounds
 //! plus one journal's worth.
 //!
+//! **Generations.** The journal's first line names its generation
+//! (`{"journal":G}`), and a snapshot names the generation of the journal
+//! that continues it. Writing a snapshot and emptying the journal are two
+//! steps; a crash between them leaves a journal whose batches are in the
+//! snapshot already. Its older generation tells it apart, and it is not
+//! replayed a second time. (A journal without the line, as older monitors
+//! wrote it, is generation 0.)
+//!
+//! **Damage.** Reading stops at the first line that is not a whole record:
+//! a line cut short (a crash in the middle of a write), bytes that are no
+//! JSON (a disk fault, a host crash that left zeros), a journal of a later
+//! generation than the snapshot (the snapshot it continued is gone).
+//! Everything before it is loaded; every VM is marked as having lost
+//! events for good ([`Lost::JournalDamaged`]); the damaged file is kept
+//! beside the state as [`DAMAGED`] for a person to look at, and a snapshot
+//! and a new journal take its place.
+//!
+//! **Restarts.** Every VM with state gets an [`Input::Restarted`] record,
+//! journaled like any batch: its producers must show that they lost nothing
+//! while the monitor was down ([`super::restart`]).
+//!
 //! Journal lines are not synced one by one (that would cost a disk flush
 //! per batch): a host crash can lose the batches since the last snapshot
 //! that the page cache had not written yet; a monitor crash loses nothing
-//! the kernel accepted. A torn last line (a crash in the middle of a write)
-//! is skipped and counted.
+//! the kernel accepted.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use super::engine::{Engine, EngineConfig, Record, Snapshot};
+use serde::{Deserialize, Serialize};
+
+use super::engine::{Engine, EngineConfig, Input, Record, Snapshot};
+use super::restart::Lost;
 use super::TaintError;
 
 /// The snapshot's file name in the state directory.
 pub const SNAPSHOT: &str = "taint-snapshot.json";
 /// The journal's.
 pub const JOURNAL: &str = "taint-journal.jsonl";
+/// Where a damaged journal is kept (the last one found).
+pub const DAMAGED: &str = "taint-journal.damaged.jsonl";
 /// Batches between snapshots.
 pub const SNAPSHOT_EVERY: u64 = 20_000;
 /// Journal size that calls for a snapshot sooner.
 pub const SNAPSHOT_BYTES: u64 = 64 << 20;
+
+/// The journal's first line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    journal: u64,
+}
+
+/// Where and how the journal was found damaged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The first line not loaded (from 1; the generation line counts).
+    pub line: u64,
+    /// Its offset in the file.
+    pub offset: u64,
+    /// What was wrong with it.
+    pub what: String,
+    /// Where the damaged journal was kept.
+    pub kept: PathBuf,
+}
 
 /// What opening the state found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -38,14 +83,23 @@ pub struct Restored {
     pub from_snapshot: bool,
     /// Journal batches applied again.
     pub replayed: u64,
-    /// Journal lines that could not be read or applied.
+    /// Journal batches read but not applied (a VM beyond today's bound).
     pub skipped: u64,
+    /// The journal was older than the snapshot, so already in it, and was
+    /// not replayed.
+    pub stale_journal: bool,
+    /// The journal was damaged: what was before the damage is loaded.
+    pub damage: Option<Damage>,
+    /// VMs marked as restarted (their producers must show what they lost).
+    pub vms: usize,
 }
 
 /// The journal being written.
 pub struct Journal {
     dir: PathBuf,
     file: File,
+    /// This journal's generation.
+    generation: u64,
     batches: u64,
     bytes: u64,
     every: u64,
@@ -58,13 +112,87 @@ fn state_err(path: &Path) -> impl Fn(std::io::Error) -> TaintError + '_ {
     }
 }
 
+fn open_journal(path: &Path) -> Result<File, TaintError> {
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(state_err(path))
+}
+
+/// The journal as read: its generation, and the batches up to any damage.
+struct Read {
+    /// `None` for an empty file.
+    generation: Option<u64>,
+    records: Vec<Record>,
+    bytes: u64,
+    /// The first line not read, its offset, and why.
+    damage: Option<(u64, u64, String)>,
+}
+
+fn read_journal(file: &File, path: &Path) -> Result<Read, TaintError> {
+    let mut r = BufReader::new(file);
+    let mut out = Read {
+        generation: None,
+        records: Vec::new(),
+        bytes: 0,
+        damage: None,
+    };
+    let mut line = Vec::new();
+    let mut n = 0u64;
+    loop {
+        line.clear();
+        let got = r.read_until(b'\n', &mut line).map_err(state_err(path))?;
+        if got == 0 {
+            return Ok(out);
+        }
+        n += 1;
+        let at = out.bytes;
+        let what = if line.last() != Some(&b'\n') {
+            Some("a line cut short (the monitor stopped in the middle of writing it?)".to_string())
+        } else if n == 1 {
+            match serde_json::from_slice::<Header>(&line) {
+                Ok(h) => {
+                    out.generation = Some(h.journal);
+                    None
+                }
+                // A journal of an older monitor starts with a batch.
+                Err(_) => match serde_json::from_slice::<Record>(&line) {
+                    Ok(rec) => {
+                        out.generation = Some(0);
+                        out.records.push(rec);
+                        None
+                    }
+                    Err(e) => Some(format!("not a journal record: {e}")),
+                },
+            }
+        } else {
+            match serde_json::from_slice::<Record>(&line) {
+                Ok(rec) => {
+                    out.records.push(rec);
+                    None
+                }
+                Err(e) => Some(format!("not a journal record: {e}")),
+            }
+        };
+        if let Some(what) = what {
+            out.damage = Some((n, at, what));
+            return Ok(out);
+        }
+        out.bytes += got as u64;
+    }
+}
+
 impl Journal {
     /// Opens the state in `dir` (created, mode 0700, if missing): the
-    /// engine as the snapshot and the journal leave it, and the journal to
-    /// continue.
+    /// engine as the snapshot and the journal leave it, every VM marked as
+    /// restarted at `now_ms`, and the journal to continue.
     pub fn open(
         dir: &Path,
         config: EngineConfig,
+        now_ms: u64,
     ) -> Result<(Journal, Engine, Restored), TaintError> {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -73,7 +201,7 @@ impl Journal {
             .map_err(state_err(dir))?;
         let mut restored = Restored::default();
         let snap_path = dir.join(SNAPSHOT);
-        let mut engine = match std::fs::read(&snap_path) {
+        let (mut engine, snap_gen) = match std::fs::read(&snap_path) {
             Ok(bytes) => {
                 let snap: Snapshot = serde_json::from_slice(&bytes).map_err(|source| {
                     TaintError::SnapshotFormat {
@@ -82,38 +210,88 @@ impl Journal {
                     }
                 })?;
                 restored.from_snapshot = true;
-                Engine::restore(config, snap)?
+                let generation = snap.journal;
+                (Engine::restore(config, snap)?, generation)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Engine::new(config),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Engine::new(config), 0),
             Err(e) => return Err(state_err(&snap_path)(e)),
         };
         let journal_path = dir.join(JOURNAL);
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&journal_path)
-            .map_err(state_err(&journal_path))?;
-        let mut bytes = 0;
-        for line in BufReader::new(&file).split(b'\n') {
-            let line = line.map_err(state_err(&journal_path))?;
-            bytes += line.len() as u64 + 1;
-            match serde_json::from_slice::<Record>(&line) {
-                Ok(rec) if engine.apply_with(&rec, false).is_ok() => restored.replayed += 1,
-                _ => restored.skipped += 1,
+        let file = open_journal(&journal_path)?;
+        let read = read_journal(&file, &journal_path)?;
+        let mut damage = read.damage;
+        let generation = read.generation.unwrap_or(snap_gen);
+        if generation < snap_gen {
+            restored.stale_journal = true;
+        } else {
+            if generation > snap_gen && damage.is_none() {
+                damage = Some((
+                    1,
+                    0,
+                    format!(
+                        "journal generation {generation} continues a snapshot that is not there \
+                         (the snapshot is of generation {snap_gen})"
+                    ),
+                ));
+            }
+            for rec in &read.records {
+                match engine.apply_with(rec, false) {
+                    Ok(_) => restored.replayed += 1,
+                    Err(e) => {
+                        log::warn!(
+                            "taint journal: a batch of VM {} not applied: {e}",
+                            rec.vm.name
+                        );
+                        restored.skipped += 1;
+                    }
+                }
             }
         }
+        let lost: Vec<Lost> = damage.iter().map(|_| Lost::JournalDamaged).collect();
+        let marks: Vec<Record> = engine
+            .vm_ids()
+            .into_iter()
+            .map(|vm| Record {
+                at_ms: now_ms,
+                vm,
+                input: Input::Restarted { lost: lost.clone() },
+            })
+            .collect();
+        for rec in &marks {
+            engine.apply_with(rec, false)?;
+        }
+        restored.vms = marks.len();
         let mut journal = Journal {
             dir: dir.to_owned(),
             file,
+            generation: generation.max(snap_gen),
             batches: restored.replayed,
-            bytes,
+            bytes: read.bytes,
             every: SNAPSHOT_EVERY,
         };
-        if restored.skipped > 0 {
-            // Start from a clean journal rather than append after a torn line.
+        if let Some((line, offset, what)) = damage {
+            // The snapshot first: until it is in place, the damaged journal
+            // is what holds the batches before the damage.
+            journal.write_snapshot(&engine)?;
+            let kept = dir.join(DAMAGED);
+            std::fs::rename(&journal_path, &kept).map_err(state_err(&kept))?;
+            journal.file = open_journal(&journal_path)?;
+            journal.begin()?;
+            restored.damage = Some(Damage {
+                line,
+                offset,
+                what,
+                kept,
+            });
+        } else if restored.stale_journal {
             journal.snapshot(&engine)?;
+        } else {
+            if read.generation.is_none() {
+                journal.begin()?;
+            }
+            for rec in &marks {
+                journal.append(rec)?;
+            }
         }
         Ok((journal, engine, restored))
     }
@@ -123,14 +301,29 @@ impl Journal {
         self.every = every.max(1);
     }
 
+    fn write_line(&mut self, line: &[u8]) -> Result<(), TaintError> {
+        let path = self.dir.join(JOURNAL);
+        self.file.write_all(line).map_err(state_err(&path))?;
+        self.bytes += line.len() as u64;
+        Ok(())
+    }
+
+    /// Starts the (empty) journal with its generation line.
+    fn begin(&mut self) -> Result<(), TaintError> {
+        let mut line = serde_json::to_vec(&Header {
+            journal: self.generation,
+        })
+        .map_err(TaintError::Encode)?;
+        line.push(b'\n');
+        self.write_line(&line)
+    }
+
     /// Appends one applied batch.
     pub fn append(&mut self, rec: &Record) -> Result<(), TaintError> {
         let mut line = serde_json::to_vec(rec).map_err(TaintError::Encode)?;
         line.push(b'\n');
-        let path = self.dir.join(JOURNAL);
-        self.file.write_all(&line).map_err(state_err(&path))?;
+        self.write_line(&line)?;
         self.batches += 1;
-        self.bytes += line.len() as u64;
         Ok(())
     }
 
@@ -139,12 +332,14 @@ impl Journal {
         self.batches >= self.every || self.bytes >= SNAPSHOT_BYTES
     }
 
-    /// Writes the engine's state as the new snapshot and empties the
-    /// journal.
-    pub fn snapshot(&mut self, engine: &Engine) -> Result<(), TaintError> {
+    /// Writes the engine's state as the snapshot that the next generation
+    /// of the journal continues.
+    fn write_snapshot(&mut self, engine: &Engine) -> Result<(), TaintError> {
         let path = self.dir.join(SNAPSHOT);
         let tmp = self.dir.join(format!("{SNAPSHOT}.tmp"));
-        let bytes = serde_json::to_vec(&engine.snapshot()).map_err(TaintError::Encode)?;
+        let mut snap = engine.snapshot();
+        snap.journal = self.generation + 1;
+        let bytes = serde_json::to_vec(&snap).map_err(TaintError::Encode)?;
         {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -160,10 +355,18 @@ impl Journal {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(state_err(&self.dir))?;
-        let journal = self.dir.join(JOURNAL);
-        self.file.set_len(0).map_err(state_err(&journal))?;
+        self.generation += 1;
         self.batches = 0;
         self.bytes = 0;
         Ok(())
+    }
+
+    /// Writes the engine's state as the new snapshot and empties the
+    /// journal (which then starts the next generation).
+    pub fn snapshot(&mut self, engine: &Engine) -> Result<(), TaintError> {
+        self.write_snapshot(engine)?;
+        let journal = self.dir.join(JOURNAL);
+        self.file.set_len(0).map_err(state_err(&journal))?;
+        self.begin()
     }
 }

@@ -15,6 +15,7 @@
 //! | the propagation rules, applied to batches of events | [`engine`] |
 //! | the same event by event: what taints what | [`rules`] (private) |
 //! | state that survives a restart: snapshot and journal | [`journal`] |
+//! | what a restart may have missed, and what shows it missed nothing | [`restart`] |
 //! | leak alerts: audit log, watchers, the freeze hook | [`alert`] |
 //! | the graph in Graphviz's DOT language, SVG through `dot` | [`graph`] |
 //! | all of it together, as the daemon serves it | [`service`] |
@@ -23,6 +24,7 @@ pub mod alert;
 pub mod engine;
 pub mod graph;
 pub mod journal;
+pub mod restart;
 mod rules;
 pub mod service;
 pub mod tables;

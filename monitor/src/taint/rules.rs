@@ -588,13 +588,18 @@ impl Step<'_> {
                 },
             );
         }
-        let gone: Vec<(u32, Ident)> = self
+        let mut gone: Vec<(u32, Ident)> = self
             .vm
             .known
             .iter()
             .filter(|(_, i)| !leaders.contains(&i.tgid))
             .map(|(t, i)| (*t, i.clone()))
             .collect();
+        // Retired in pid order, not the hash map's (which differs from one
+        // process to the next): the order of retirement is the order of
+        // eviction, and a journal replayed after a restart must evict what
+        // the daemon before it would have.
+        gone.sort_unstable_by_key(|(t, _)| *t);
         for (tid, ident) in gone {
             self.vm.known.remove(&tid);
             if tid == ident.tgid {

@@ -46,7 +46,7 @@ impl TaintService {
         };
         let (engine, journal, restored) = match &config.state_dir {
             Some(dir) => {
-                let (j, e, r) = Journal::open(dir, engine_config)?;
+                let (j, e, r) = Journal::open(dir, engine_config, now_ms())?;
                 (e, Some(j), Some(r))
             }
             None => (Engine::new(engine_config), None, None),

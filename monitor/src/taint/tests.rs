@@ -1,6 +1,8 @@
 //! The engine driven by synthetic events: every propagation rule, the
 //! separation of VMs, pid reuse, bounds, persistence and garbage.
 
+mod persistence;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -164,7 +166,14 @@ impl T {
     }
 
     fn guest(&mut self, vm: &VmId, events: Vec<GuestEvent>) -> super::Effects {
-        let r = self.rec(vm, Input::Guest { events, dropped: 0 });
+        let r = self.rec(
+            vm,
+            Input::Guest {
+                events,
+                dropped: 0,
+                seq: None,
+            },
+        );
         self.e.apply(&r).unwrap()
     }
 
@@ -453,6 +462,7 @@ fn a_leak_raises_one_alert_with_its_chain_and_calls_the_freezer() {
         Input::Guest {
             events: vec![curl.exec(&a)],
             dropped: 0,
+            seq: None,
         },
     )
     .unwrap();
@@ -467,6 +477,7 @@ fn a_leak_raises_one_alert_with_its_chain_and_calls_the_freezer() {
     let send = |peer: &str| Input::Guest {
         events: vec![curl.inet(&a, true, Transport::Tcp, "10.0.2.15:44312", peer)],
         dropped: 0,
+        seq: None,
     };
     let fx = svc.ingest(a.clone(), send("93.184.216.34:443")).unwrap();
     let alerts: Vec<_> = fx.alerts().cloned().collect();
@@ -508,6 +519,7 @@ fn a_leak_raises_one_alert_with_its_chain_and_calls_the_freezer() {
         Input::Guest {
             events: vec![nginx.inet(&b, false, Transport::Tcp, "10.0.0.2:80", "10.0.2.15:44312")],
             dropped: 0,
+            seq: None,
         },
     )
     .unwrap();
@@ -867,6 +879,7 @@ fn a_million_forks_and_files_stay_within_the_bounds() {
             Input::Guest {
                 events: forks,
                 dropped: 0,
+                seq: None,
             },
         );
         let writes = (i..i + BATCH)
@@ -942,89 +955,6 @@ fn more_vms_than_the_bound_are_refused() {
         t.e.apply(&r),
         Err(super::TaintError::TooManyVms(2))
     ));
-}
-
-#[test]
-fn state_survives_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = TaintConfig {
-        state_dir: Some(dir.path().join("state")),
-        ..TaintConfig::default()
-    };
-    let internal = HashSet::new();
-    let v = vm(1);
-    let cat = P::new(100, "cat");
-    let child = P::new(101, "cat");
-    let feed = |svc: &TaintService, k: u64| {
-        svc.ingest(
-            v.clone(),
-            Input::Guest {
-                events: vec![cat.exec(&v)],
-                dropped: 0,
-            },
-        )
-        .unwrap();
-        svc.ingest(
-            v.clone(),
-            Input::Files {
-                events: vec![
-                    fe(100, 10, FileAccess::Read, Some(RULE)),
-                    fe(100, 20 + k, FileAccess::Write, None),
-                ],
-                dropped: 1,
-            },
-        )
-        .unwrap();
-    };
-    let before = {
-        let (svc, restored) = TaintService::open(&config, internal.clone()).unwrap();
-        assert_eq!(restored.unwrap().replayed, 0);
-        feed(&svc, 0);
-        svc.ingest(
-            v.clone(),
-            Input::Guest {
-                events: vec![cat.fork(&v, &child)],
-                dropped: 0,
-            },
-        )
-        .unwrap();
-        (svc.status(None), svc.graph(&v.uuid))
-    };
-    // A restart replays the journal.
-    let (svc, restored) = TaintService::open(&config, internal.clone()).unwrap();
-    let restored = restored.unwrap();
-    assert_eq!((restored.from_snapshot, restored.replayed), (false, 3));
-    assert_eq!((svc.status(None), svc.graph(&v.uuid)), before);
-    assert!(svc.status(None).persistent);
-    assert!(svc
-        .query(
-            &v.uuid,
-            &Query::Process {
-                pid: 101,
-                task: None
-            }
-        )
-        .0
-        .is_some());
-    // A snapshot, more batches, a torn last line: all come back.
-    svc.snapshot().unwrap();
-    feed(&svc, 1);
-    let before = (svc.status(None), svc.graph(&v.uuid));
-    drop(svc);
-    let journal = dir.path().join("state").join(super::journal::JOURNAL);
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&journal)
-        .unwrap();
-    std::io::Write::write_all(&mut f, b"{\"at_ms\":1,\"vm\":{\"uu").unwrap();
-    let (svc, restored) = TaintService::open(&config, internal).unwrap();
-    let restored = restored.unwrap();
-    assert_eq!(
-        (restored.from_snapshot, restored.replayed, restored.skipped),
-        (true, 2, 1)
-    );
-    assert_eq!((svc.status(None), svc.graph(&v.uuid)), before);
-    assert_eq!(svc.status(None).vms[0].fsd_dropped, 1);
 }
 
 #[test]
