@@ -95,7 +95,7 @@ impl SharedFs {
     /// Continues a predecessor's session: afterwards every node id and file
     /// handle the guest holds names what it named there.
     pub fn import_state(&self, st: FsState, fds: &mut Received) -> io::Result<()> {
-        self.journal_base_from(&st);
+        let base = Self::journal_base_of(&st);
         let p = st.passthrough;
         // Mount ids are per mount namespace: the predecessor's share root
         // is this process's share root (a sandboxed predecessor had its own
@@ -165,6 +165,7 @@ impl SharedFs {
             g.restore_read_under_grants(st.read_under_grant);
         }
         self.dir_paths.write().unwrap().clear();
+        self.set_journal_base(base);
         Ok(())
     }
 }

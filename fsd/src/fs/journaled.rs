@@ -17,6 +17,12 @@ use crate::crash::journal::{Folded, Journal, Record};
 use crate::handover::state::{FsState, PassthroughState};
 use crate::policy::labels::InodeKey;
 
+/// A taken-over session's tables, as the journal needs them.
+pub(super) struct JournalBase {
+    nodes: Vec<(u64, u64, u64, u64)>,
+    handles: Vec<(u64, u64, u32)>,
+}
+
 impl SharedFs {
     fn journal(&self) -> Option<&Arc<Journal>> {
         self.journal.get()
@@ -39,30 +45,54 @@ impl SharedFs {
         j.fds()
     }
 
-    /// Remembers a taken-over session's tables as the journal's start.
-    pub(super) fn journal_base_from(&self, st: &FsState) {
+    /// What of a taken-over session's tables the journal starts with,
+    /// taken before the import consumes them: node ids with their host
+    /// keys and lookup counts, open files with their inode and flags.
+    pub(super) fn journal_base_of(st: &FsState) -> JournalBase {
+        let nodes = st
+            .passthrough
+            .inodes
+            .iter()
+            .map(|i| {
+                let lookups = st
+                    .nodes
+                    .iter()
+                    .find(|n| n.node == i.inode)
+                    .map_or(i.refcount, |n| n.lookups);
+                (i.inode, i.dev, i.ino, lookups)
+            })
+            .collect();
+        let handles = st
+            .passthrough
+            .handles
+            .iter()
+            .map(|h| (h.handle, h.inode, h.flags))
+            .collect();
+        JournalBase { nodes, handles }
+    }
+
+    /// Sets the journal's start once the tables are imported: mount ids
+    /// and file handles as this process holds them (mount ids are per
+    /// mount namespace, and each sandboxed fsd has its own).
+    pub(super) fn set_journal_base(&self, b: JournalBase) {
         let mut f = Folded::default();
-        for i in &st.passthrough.inodes {
-            let lookups = st
-                .nodes
-                .iter()
-                .find(|n| n.node == i.inode)
-                .map_or(i.refcount, |n| n.lookups);
+        for (node, dev, ino, lookups) in b.nodes {
+            let (mnt, mode, handle) = self.inner.inode_identity(node).unwrap_or((0, 0, None));
             f.apply(Record::NodeNew {
-                node: i.inode,
-                dev: i.dev,
-                ino: i.ino,
-                mnt: i.mnt,
-                mode: i.mode,
+                node,
+                dev,
+                ino,
+                mnt,
+                mode,
                 lookups,
-                handle: i.handle.clone(),
+                handle,
             });
         }
-        for h in &st.passthrough.handles {
+        for (handle, inode, flags) in b.handles {
             f.apply(Record::HandleOpen {
-                handle: h.handle,
-                inode: h.inode,
-                flags: h.flags,
+                handle,
+                inode,
+                flags,
             });
         }
         *self.journal_base.lock().unwrap() = f;
