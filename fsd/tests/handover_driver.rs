@@ -24,6 +24,7 @@ use testrig::Sandbox;
 
 const GETLK: u32 = 31;
 const SETLK: u32 = 32;
+const SETLKW: u32 = 33;
 const POSIX_OWNER: u64 = 7;
 
 /// A running handover test: the daemon started from `exe`, its log, the
@@ -498,6 +499,49 @@ fn pause_against_inodes_and_memory() {
             median(&mut paused),
             median(&mut gaps)
         );
+        drop(rig);
+        // The same guest state, fsd killed instead (crash recovery).
+        let device = DeviceConfig {
+            mem_size: mem,
+            ..DeviceConfig::default()
+        };
+        let Some(mut rig) =
+            Rig::start_with(Sandbox::None, &["--crash-recovery"], device, |share| {
+                std::fs::create_dir(share.join("many")).unwrap();
+                for i in 0..inodes {
+                    std::fs::write(share.join("many").join(format!("{i}")), b"").unwrap();
+                }
+            })
+        else {
+            return;
+        };
+        let held = {
+            let mut s = Session::new(rig.device.queue(1).unwrap());
+            let held = setup(&mut s);
+            let many = s.lookup(1, b"many").unwrap().nodeid;
+            for i in 0..inodes {
+                s.lookup(many, format!("{i}").as_bytes()).unwrap();
+            }
+            held
+        };
+        let mut gaps = Vec::new();
+        for round in 0..5u64 {
+            std::thread::sleep(Duration::from_millis(400));
+            let delay = Duration::from_micros(1000 + 3571 * round);
+            gaps.push(kill_under_reads(
+                &mut rig,
+                Sandbox::None,
+                held.file,
+                held.fh,
+                &held.content[..8],
+                delay,
+            ));
+        }
+        println!(
+            "bench crash recovery: {inodes} inodes, {} MiB guest RAM: longest read wait median {:?} (5 kills)",
+            mem / MIB,
+            median(&mut gaps)
+        );
     }
 }
 
@@ -507,7 +551,6 @@ fn pause_against_inodes_and_memory() {
 /// handover goes through with the lock where it belongs.
 #[test]
 fn a_waiting_lock_postpones_the_handover() {
-    const SETLKW: u32 = 33;
     let Some(mut rig) = Rig::start(Sandbox::None) else {
         return;
     };
@@ -794,6 +837,57 @@ fn daemon_of(pid: u32, sandbox: Sandbox) -> u32 {
         .unwrap_or_else(|| panic!("the sandboxed daemon of {pid}"))
 }
 
+/// Kills the serving daemon after `delay` while reading `file` in a tight
+/// loop, until a new fsd has taken over; every read must be answered with
+/// `expect`. Returns the longest wait for one read.
+fn kill_under_reads(
+    rig: &mut Rig,
+    sandbox: Sandbox,
+    file: u64,
+    fh: u64,
+    expect: &[u8],
+    delay: Duration,
+) -> Duration {
+    let before = recovered(&log_text(&rig.log)).len();
+    let victim = daemon_of(rig.serving, sandbox);
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(delay);
+        // SAFETY: killing a daemon this test started.
+        unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut worst = Duration::ZERO;
+    let new = loop {
+        let t = Instant::now();
+        let r = Session::new(rig.device.queue(1).unwrap())
+            .call(
+                &read_request(file, fh, 0, expect.len() as u32),
+                expect.len() as u32,
+            )
+            .unwrap_or_else(|e| {
+                panic!("a read across the crash: {e}; log:\n{}", log_text(&rig.log))
+            });
+        assert_eq!(r.errno(), 0, "a read across the crash");
+        assert_eq!(
+            &r.body[..expect.len()],
+            expect,
+            "the bytes read across the crash"
+        );
+        worst = worst.max(t.elapsed());
+        if let Some(&pid) = recovered(&log_text(&rig.log)).get(before) {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recovery within 30 s; log:\n{}",
+            log_text(&rig.log)
+        );
+    };
+    killer.join().unwrap();
+    rig.serving = new;
+    worst
+}
+
 #[test]
 fn a_killed_fsd_is_replaced_and_the_session_goes_on() {
     crash_rounds(Sandbox::None);
@@ -831,45 +925,11 @@ fn crash_rounds(sandbox: Sandbox) {
     for round in 0..ROUNDS {
         // The device's setup reaches the supervisor within 200 ms of a change.
         std::thread::sleep(Duration::from_millis(400));
-        let before = recovered(&log_text(&rig.log)).len();
-        let victim = daemon_of(rig.serving, sandbox);
         let delay = Duration::from_micros(1000 + 7919 * round as u64 % 20_000);
-        let killer = std::thread::spawn(move || {
-            std::thread::sleep(delay);
-            // SAFETY: killing a daemon this test started.
-            unsafe { libc::kill(victim as i32, libc::SIGKILL) };
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut worst = Duration::ZERO;
-        let new = loop {
-            let t = Instant::now();
-            let r = Session::new(rig.device.queue(1).unwrap())
-                .call(&read_request(file, fh, 0, 8), 8)
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "round {round}: a read across the crash: {e}; log:\n{}",
-                        log_text(&rig.log)
-                    )
-                });
-            assert_eq!(r.errno(), 0, "round {round}: a read across the crash");
-            assert_eq!(
-                &r.body[..8],
-                &held.content[..8],
-                "round {round}: the bytes read"
-            );
-            worst = worst.max(t.elapsed());
-            if let Some(&pid) = recovered(&log_text(&rig.log)).get(before) {
-                break pid;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: no recovery within 30 s; log:\n{}",
-                log_text(&rig.log)
-            );
-        };
-        killer.join().unwrap();
-        gaps.push(worst);
-        rig.serving = new;
+        let expect = held.content[..8].to_vec();
+        gaps.push(kill_under_reads(
+            &mut rig, sandbox, file, fh, &expect, delay,
+        ));
         let mut s = Session::new(rig.device.queue(1).unwrap());
         check(&mut s, &mut held, round);
     }
@@ -878,4 +938,90 @@ fn crash_rounds(sandbox: Sandbox) {
         median(&mut gaps.clone()),
         gaps.iter().max().unwrap(),
     );
+}
+
+/// A request fsd had taken and not answered when it was killed gets its
+/// answer from the new fsd: a blocking lock request (SETLKW, waiting for a
+/// lock another owner holds) is answered EINTR, as docs/rejuvenation.md
+/// lists, and the lock it waited for is still held by its owner.
+#[test]
+fn a_request_in_flight_at_the_kill_is_answered_by_the_new_fsd() {
+    let Some(mut rig) = Rig::start_with(
+        Sandbox::None,
+        &["--crash-recovery"],
+        DeviceConfig::default(),
+        |_| {},
+    ) else {
+        return;
+    };
+    let held = {
+        let mut s = Session::new(rig.device.queue(1).unwrap());
+        setup(&mut s)
+    };
+    // Another owner waits for the POSIX lock `setup` took.
+    let waiting = lock_req(
+        held.file,
+        held.fh,
+        POSIX_OWNER + 9,
+        libc::F_WRLCK,
+        false,
+        SETLKW,
+    );
+    let token = rig
+        .device
+        .queue(1)
+        .unwrap()
+        .submit(&waiting.chain(driver::session::next_unique(), 64))
+        .unwrap();
+    // Taken by fsd (a waiter thread) and the device's setup with the
+    // supervisor.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        rig.device
+            .queue(1)
+            .unwrap()
+            .wait(Duration::ZERO)
+            .unwrap_or_default()
+            .is_empty(),
+        "the lock request waits"
+    );
+    let before = recovered(&log_text(&rig.log)).len();
+    // SAFETY: killing the daemon this test started.
+    assert_eq!(unsafe { libc::kill(rig.serving as i32, libc::SIGKILL) }, 0);
+    let c = rig
+        .device
+        .queue(1)
+        .unwrap()
+        .wait_for(token, Duration::from_secs(30))
+        .unwrap_or_else(|e| {
+            panic!(
+                "no answer after the kill: {e}; log:\n{}",
+                log_text(&rig.log)
+            )
+        });
+    let r = driver::fuse::Reply::decode(&c).unwrap();
+    assert_eq!(r.errno(), libc::EINTR, "the waiting lock request");
+    let log = log_text(&rig.log);
+    assert!(recovered(&log).len() > before, "{log}");
+    assert!(
+        log.contains("0 requests in flight run again, 1 answered with an error"),
+        "{log}"
+    );
+    rig.serving = recovered(&log)[before];
+    // The owner's lock is still held: the other owner still cannot take it.
+    let mut s = Session::new(rig.device.queue(1).unwrap());
+    let r = s
+        .call(
+            &lock_req(
+                held.file,
+                held.fh,
+                POSIX_OWNER + 9,
+                libc::F_WRLCK,
+                false,
+                SETLK,
+            ),
+            64,
+        )
+        .unwrap();
+    assert_eq!(r.errno(), libc::EAGAIN, "the lock survives the crash");
 }

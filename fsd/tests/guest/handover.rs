@@ -377,7 +377,9 @@ fn under_load(sandbox: Sandbox, root_on_fsd: bool, event: Event) {
                 .lines()
                 .filter(|l| {
                     (l.contains("can't") || l.contains("error") || l.contains("No such"))
-                        && !["ERR ", "rounds ", "ticks "].iter().any(|p| l.starts_with(p))
+                        && !["ERR ", "rounds ", "ticks "]
+                            .iter()
+                            .any(|p| l.starts_with(p))
                 })
                 .collect();
             for l in &tool_errors {
@@ -391,8 +393,23 @@ fn under_load(sandbox: Sandbox, root_on_fsd: bool, event: Event) {
                 .filter(|l| l.starts_with("ERR "))
                 .filter_map(|l| l.rsplit(' ').next())
                 .collect();
+            // What the new fsd found in flight, from its log lines
+            // "crash recovery: N requests in flight run again, M answered with an error".
+            let (mut rerun, mut failed) = (0usize, 0usize);
+            for l in std::fs::read_to_string(&log).unwrap_or_default().lines() {
+                if let Some((_, rest)) = l.split_once("crash recovery: ") {
+                    let nums: Vec<usize> = rest
+                        .split_whitespace()
+                        .filter_map(|w| w.parse().ok())
+                        .collect();
+                    if rest.contains("run again") && nums.len() == 2 {
+                        rerun += nums[0];
+                        failed += nums[1];
+                    }
+                }
+            }
             println!(
-                "crash recovery under a guest: {} guest rounds with an EIO across {KILLS} kills; tool messages: {tool_errors:?}",
+                "crash recovery under a guest: {rerun} requests in flight run again and {failed} answered with an error by the new fsd; {} guest rounds with an EIO across {KILLS} kills; tool messages: {tool_errors:?}",
                 failed_rounds.len()
             );
             assert!(failed_rounds.len() <= KILLS, "{out}");
