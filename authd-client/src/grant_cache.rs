@@ -6,6 +6,13 @@
 //! **and** its `expires_at_ms` has not passed by the local clock. If the
 //! subscription breaks (authd restarted or killed), every grant is dropped
 //! at once and the cache subscribes again.
+//!
+//! [`GrantCache::start_adopting`] also takes over, with every subscription,
+//! the grants authd lists as live (those the caller says are its own): authd
+//! keeps its grants across a restart, and a file server that was restarted
+//! or handed over starts with none, so without this the person would be
+//! asked again for a grant that is still running, and handles opened under
+//! it would stay refused.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,6 +41,14 @@ impl Ended {
 }
 
 type OnEnd = Box<dyn Fn(&Ended) + Send + Sync>;
+type Adopt = Box<dyn Fn(&Grant) -> bool + Send + Sync>;
+
+/// The first wait before subscribing again; it doubles up to the caller's
+/// `retry`. A restarted authd is usually back within this, and every grant
+/// is unusable until the subscription is up again.
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+/// How long authd may take to list its grants.
+const LIST_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Inner {
     /// Live grants by (vm, principal).
@@ -44,6 +59,8 @@ struct Inner {
     /// was up when it was asked for is still the one up when it arrives.
     generation: AtomicU64,
     on_end: OnEnd,
+    /// Which of authd's live grants to take over on each subscription.
+    adopt: Option<Adopt>,
     stop: AtomicBool,
 }
 
@@ -63,11 +80,34 @@ impl GrantCache {
         retry: Duration,
         on_end: impl Fn(&Ended) + Send + Sync + 'static,
     ) -> GrantCache {
+        Self::start_with(client, retry, None, Box::new(on_end))
+    }
+
+    /// As [`Self::start`], and each time the subscription comes up (the
+    /// first time, and every time authd is back) takes over the grants
+    /// authd lists as live that `adopt` accepts, e.g. those of the caller's
+    /// VM. The list is asked for once the subscription is up and before any
+    /// end is read from it: an end before the list leaves the grant out of
+    /// it, an end after it is read next, so none is missed. The cache counts
+    /// as subscribed only once the list is in; if authd does not list, the
+    /// cache subscribes again (after the same waits as for a failed
+    /// subscription) rather than run without the grants it should have.
+    pub fn start_adopting(
+        client: Client,
+        retry: Duration,
+        adopt: impl Fn(&Grant) -> bool + Send + Sync + 'static,
+        on_end: impl Fn(&Ended) + Send + Sync + 'static,
+    ) -> GrantCache {
+        Self::start_with(client, retry, Some(Box::new(adopt)), Box::new(on_end))
+    }
+
+    fn start_with(client: Client, retry: Duration, adopt: Option<Adopt>, on_end: OnEnd) -> Self {
         let inner = Arc::new(Inner {
             grants: Mutex::new(HashMap::new()),
             subscribed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
-            on_end: Box::new(on_end),
+            on_end,
+            adopt,
             stop: AtomicBool::new(false),
         });
         let (c, i) = (client.clone(), inner.clone());
@@ -103,6 +143,16 @@ impl GrantCache {
             }
             None => None,
         }
+    }
+
+    /// Every live grant in the cache.
+    pub fn live_grants(&self) -> Vec<Grant> {
+        let now = now_unix_ms();
+        let g = self.inner.grants.lock().unwrap_or_else(|p| p.into_inner());
+        g.values()
+            .filter(|g| g.expires_at_ms > now)
+            .cloned()
+            .collect()
     }
 
     /// Returns the live grant, or asks authd for one. Without a working
@@ -150,20 +200,66 @@ fn drop_all(inner: &Inner) {
     }
 }
 
+/// The grants of authd's list that `adopt` accepts and that are live, one
+/// per (VM, principal): the one that lasts longest, as authd would answer.
+fn adoptable(list: Vec<Grant>, adopt: &Adopt) -> HashMap<(String, String), Grant> {
+    let now = now_unix_ms();
+    let mut out: HashMap<(String, String), Grant> = HashMap::new();
+    for g in list
+        .into_iter()
+        .filter(|g| g.expires_at_ms > now && adopt(g))
+    {
+        let key = (g.vm.clone(), g.principal.clone());
+        match out.get(&key) {
+            Some(o) if o.expires_at_ms >= g.expires_at_ms => {}
+            _ => {
+                out.insert(key, g);
+            }
+        }
+    }
+    out
+}
+
 fn watch(client: Client, inner: Arc<Inner>, retry: Duration) {
+    let mut wait = FIRST_RETRY.min(retry);
+    let backoff = |wait: &mut Duration| {
+        std::thread::sleep(*wait);
+        *wait = (*wait * 2).min(retry);
+    };
     while !inner.stop.load(Ordering::SeqCst) {
         let mut sub = match client.subscribe(Duration::from_secs(5)) {
             Ok(s) => s,
             Err(e) => {
                 log::debug!("authd subscribe: {e}");
-                std::thread::sleep(retry);
+                backoff(&mut wait);
                 continue;
             }
         };
+        let adopted = match &inner.adopt {
+            None => None,
+            Some(adopt) => match client.list_grants(LIST_TIMEOUT) {
+                Ok(list) => Some(adoptable(list, adopt)),
+                Err(e) => {
+                    log::warn!("authd does not list its grants ({e}); subscribing again");
+                    backoff(&mut wait);
+                    continue;
+                }
+            },
+        };
         {
-            let _g = inner.grants.lock().unwrap_or_else(|p| p.into_inner());
+            let mut g = inner.grants.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(adopted) = &adopted {
+                g.extend(adopted.clone());
+            }
             inner.generation.fetch_add(1, Ordering::SeqCst);
             inner.subscribed.store(true, Ordering::SeqCst);
+        }
+        wait = FIRST_RETRY.min(retry);
+        if let Some(adopted) = adopted {
+            log::info!(
+                "authd subscription up; {} live grants taken over from its list",
+                adopted.len()
+            );
         }
         loop {
             if inner.stop.load(Ordering::SeqCst) {
@@ -192,5 +288,39 @@ fn watch(client: Client, inner: Arc<Inner>, retry: Duration) {
             inner.subscribed.store(false, Ordering::SeqCst);
         }
         drop_all(&inner);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(id: &str, vm: &str, principal: &str, in_ms: i64) -> Grant {
+        Grant {
+            id: id.into(),
+            vm: vm.into(),
+            principal: principal.into(),
+            expires_at_ms: (now_unix_ms() as i64 + in_ms) as u64,
+            lifetime_secs: 600,
+        }
+    }
+
+    #[test]
+    fn adopts_live_accepted_grants_the_longest_per_principal() {
+        let adopt: Adopt = Box::new(|g| g.vm == "vm1");
+        let got = adoptable(
+            vec![
+                grant("short", "vm1", "alice", 60_000),
+                grant("long", "vm1", "alice", 120_000),
+                grant("bob", "vm1", "bob", 60_000),
+                grant("ended", "vm1", "carol", -1),
+                grant("other", "vm2", "alice", 60_000),
+            ],
+            &adopt,
+        );
+        let mut ids: Vec<&str> = got.values().map(|g| g.id.as_str()).collect();
+        ids.sort();
+        assert_eq!(ids, ["bob", "long"]);
+        assert_eq!(got[&("vm1".to_owned(), "alice".to_owned())].id, "long");
     }
 }

@@ -301,7 +301,6 @@ impl Daemon {
                 dropped,
             } => {
                 let cap = Duration::from_secs(self.cfg.max_grant_secs);
-                let principals = state.faillock.len();
                 let expired = self.grants.restore(state.grants, &clock, cap);
                 for g in &expired {
                     self.audit.record(Record::GrantEnded {
@@ -312,6 +311,8 @@ impl Daemon {
                 self.faillock.restore(state.faillock, &clock);
                 self.rate.restore(state.prompts, &clock);
                 let grants = self.grants.list().len();
+                // Those that still count (aged-out failures are gone).
+                let principals = self.faillock.export(&clock).len();
                 if let Some(why) = grants_dropped {
                     log::warn!("runtime state: {dropped} saved grants not restored ({why:?})");
                 }

@@ -290,6 +290,69 @@ fn grant_cache_follows_revokes_and_fails_closed_when_authd_dies() {
     cache.stop();
 }
 
+/// authd keeps its grants across a restart (SIGTERM, then a new start); a
+/// cache that takes over authd's list on each subscription drops its grant
+/// while authd is away and has it back, without a prompt, once authd is;
+/// another VM's grant it leaves alone.
+#[test]
+fn grant_cache_takes_back_the_grants_authd_kept_across_a_restart() {
+    use authd_client::grant_cache::{Ended, GrantCache};
+
+    let pty = Pty::open();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = Daemon::config(tmp.path());
+    cfg.frontend = FrontendKind::Tty;
+    cfg.tty = Some(pty.path.clone().into());
+    let mut d = Daemon::start(tmp.path(), cfg);
+    d.enroll("alice", PASSWORD);
+
+    let ended: Arc<Mutex<Vec<Ended>>> = Arc::default();
+    let log = ended.clone();
+    let cache = GrantCache::start_adopting(
+        d.client(),
+        Duration::from_millis(100),
+        |g| g.vm == "vm-a",
+        move |e| log.lock().unwrap().push(e.clone()),
+    );
+    assert!(cache.wait_subscribed(Duration::from_secs(10)));
+    let c = d.client();
+    let pending = thread::spawn(move || c.authenticate(&req("vm-b", 600), Duration::from_secs(60)));
+    pty.wait_prompt(1);
+    pty.type_line(PASSWORD);
+    let other = pending.join().unwrap().grant().cloned().expect("granted");
+    let (c, r) = (cache.clone(), req("vm-a", 600));
+    let pending = thread::spawn(move || c.ensure(&r, Duration::from_secs(60)));
+    pty.wait_prompt(2);
+    pty.type_line(PASSWORD);
+    let grant = pending.join().unwrap().grant().cloned().expect("granted");
+
+    assert!(d.terminate().success());
+    assert!(common::wait_for(Duration::from_secs(10), || cache
+        .live("vm-a", "alice")
+        .is_none()));
+    assert!(ended
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| matches!(e, Ended::Disconnected(g) if *g == grant)));
+    assert!(cache
+        .ensure(&req("vm-a", 600), Duration::from_secs(5))
+        .grant()
+        .is_none());
+
+    d.restart();
+    assert!(
+        common::wait_for(Duration::from_secs(10), || cache.live("vm-a", "alice")
+            == Some(grant.clone())),
+        "the grant is taken back"
+    );
+    assert_eq!(cache.live_grants(), vec![grant.clone()], "not {other:?}");
+    let again = cache.ensure(&req("vm-a", 600), Duration::from_secs(5));
+    assert_eq!(again.grant(), Some(&grant));
+    assert_eq!(pty.text().matches("Password: ").count(), 2, "no new prompt");
+    cache.stop();
+}
+
 /// With memory-only runtime state a stop loses the grants, so SIGTERM ends
 /// them and says so. (With the default, persistent, state SIGTERM keeps
 /// them for the next start: tests/restart.rs.)

@@ -146,9 +146,11 @@ fn use_file_handles(s: &Settings, shared: &std::path::Path) -> Result<bool> {
 /// Loads the policy, labels the share and opens the audit log, all before
 /// the sandbox hides host paths; later reopenings go through `broker`.
 ///
-/// A successor (`takes_over`) also honours the grants authd lists as live
-/// for this VM (see [`handover::grants`]), and gets its label database back
-/// unread, to read at the takeover.
+/// The grant cache takes over the grants authd lists as live for this VM
+/// whenever its subscription comes up (see [`handover::grants`]): at start,
+/// so that a successor (`takes_over`) honours the grants its predecessor
+/// had, and each time authd is back after a restart. A successor also gets
+/// its label database back unread, to read at the takeover.
 fn load_guard(
     a: &AccessControl,
     shared: &std::path::Path,
@@ -206,12 +208,11 @@ fn load_guard(
                 Arc::new(move || b.open(Resource::Authd).map(UnixStream::from)),
             );
             let on_end = cell.clone();
-            let adopted = handover::grants::AdoptedSet::default();
-            let adopted_end = adopted.clone();
-            let listed = takes_over.then(|| client.list_grants(Duration::from_secs(2)));
-            let cache = GrantCache::start(client, Duration::from_secs(1), move |ended| {
+            let vm = a.vm.clone();
+            let adopt = move |g: &_| handover::grants::adopts(&vm, g);
+            let retry = Duration::from_secs(1);
+            let cache = GrantCache::start_adopting(client, retry, adopt, move |ended| {
                 let g = ended.grant();
-                handover::grants::ended(g, &adopted_end);
                 // authd reports the ends of every VM's grants; this fsd serves one.
                 let Some(guard) = on_end.get().filter(|guard| guard.vm() == g.vm) else {
                     return;
@@ -234,23 +235,14 @@ fn load_guard(
                     socket.display()
                 );
             }
-            match listed {
-                None => Arc::new(cache),
-                Some(list) => {
-                    let n = match list {
-                        Ok(list) => handover::grants::adopt(&a.vm, list, &adopted),
-                        Err(e) => {
-                            log::warn!("handover: authd does not list its grants ({e}); rules that ask will ask again");
-                            0
-                        }
-                    };
-                    info!(
-                        "handover: {n} live grants of VM {} taken over from authd",
-                        a.vm
-                    );
-                    Arc::new(handover::grants::WithAdopted::new(Arc::new(cache), adopted))
-                }
+            if takes_over {
+                info!(
+                    "handover: {} live grants of VM {} taken over from authd",
+                    cache.live_grants().len(),
+                    a.vm
+                );
             }
+            Arc::new(cache)
         }
         None => {
             if asks {

@@ -1,102 +1,43 @@
-//! Grants that were live when this fsd took a session over.
+//! Grants that were live before this fsd's link to authd came up.
 //!
 //! fsd keeps the grants authd gave it in memory (authd-client's
-//! `GrantCache`); a successor starts with none, and the guest's next access
-//! to a protected file would prompt the person again for a grant that is
-//! still running. So a successor asks authd (the source of truth, never the
-//! predecessor) which grants are live for its VM and honours them until
-//! they expire or authd reports their end. If authd does not answer, it
-//! adopts nothing: access then asks again, as after any fsd start.
+//! `GrantCache`), and drops them all when the link to authd breaks, since
+//! their ends can no longer be heard. Two kinds of start would then prompt
+//! the person again for a grant that is still running, and refuse the
+//! handles the guest opened under it: a successor after a handover starts
+//! with none, and authd restarted under a running fsd (it keeps its grants
+//! across restarts) comes back to a cache that dropped them. So whenever
+//! the subscription comes up, the cache asks authd (the source of truth,
+//! never the predecessor) which grants are live and takes over those that
+//! [`adopts`] accepts: this VM's. They are honoured until they expire or
+//! authd reports their end, and dropped with the rest if the link breaks
+//! again. If authd does not list them, the cache does not count as linked
+//! and subscribes again: meanwhile rules that ask deny, as while authd is
+//! away.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use authd_client::protocol::Grant;
 
-use authd_client::protocol::{now_unix_ms, Grant};
-
-use crate::policy::grants::{AccessRequest, GrantSource, Refusal};
-
-/// Adopted grants by id, shared with the grant-end callback.
-pub type AdoptedSet = Arc<Mutex<HashMap<String, Grant>>>;
-
-/// A grant source that also honours adopted grants.
-pub struct WithAdopted {
-    inner: Arc<dyn GrantSource>,
-    adopted: AdoptedSet,
-}
-
-impl WithAdopted {
-    pub fn new(inner: Arc<dyn GrantSource>, adopted: AdoptedSet) -> Self {
-        WithAdopted { inner, adopted }
-    }
-}
-
-/// Keeps the grants of `list` that belong to `vm` and have not expired.
-pub fn adopt(vm: &str, list: Vec<Grant>, into: &AdoptedSet) -> usize {
-    let now = now_unix_ms();
-    let mut set = into.lock().unwrap();
-    for g in list {
-        if g.vm == vm && g.expires_at_ms > now {
-            set.insert(g.id.clone(), g);
-        }
-    }
-    set.len()
-}
-
-/// authd reported the end of `g`.
-pub fn ended(g: &Grant, from: &AdoptedSet) {
-    from.lock().unwrap().remove(&g.id);
-}
-
-impl GrantSource for WithAdopted {
-    fn is_live(&self, vm: &str, principal: &str) -> bool {
-        if self.inner.is_live(vm, principal) {
-            return true;
-        }
-        let now = now_unix_ms();
-        let mut set = self.adopted.lock().unwrap();
-        set.retain(|_, g| g.expires_at_ms > now);
-        set.values().any(|g| g.vm == vm && g.principal == principal)
-    }
-
-    fn ask(&self, req: &AccessRequest, timeout: Duration) -> Result<(), Refusal> {
-        self.inner.ask(req, timeout)
-    }
+/// Whether this fsd, serving `vm`, takes `grant` over from authd's list:
+/// authd lists every VM's grants, and only the VM's own may serve it.
+pub fn adopts(vm: &str, grant: &Grant) -> bool {
+    grant.vm == vm
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::grants::NoGrants;
-
-    fn grant(id: &str, vm: &str, principal: &str, in_ms: i64) -> Grant {
-        Grant {
-            id: id.into(),
-            vm: vm.into(),
-            principal: principal.into(),
-            expires_at_ms: (now_unix_ms() as i64 + in_ms) as u64,
-            lifetime_secs: 60,
-        }
-    }
 
     #[test]
-    fn only_live_grants_of_this_vm_count_until_they_end() {
-        let set = AdoptedSet::default();
-        let n = adopt(
-            "vm1",
-            vec![
-                grant("a", "vm1", "alice", 60_000),
-                grant("b", "vm2", "alice", 60_000),
-                grant("c", "vm1", "bob", -1),
-            ],
-            &set,
-        );
-        assert_eq!(n, 1);
-        let src = WithAdopted::new(Arc::new(NoGrants), set.clone());
-        assert!(src.is_live("vm1", "alice"));
-        assert!(!src.is_live("vm2", "alice"), "another VM's grant");
-        assert!(!src.is_live("vm1", "bob"), "an expired grant");
-        ended(&grant("a", "vm1", "alice", 0), &set);
-        assert!(!src.is_live("vm1", "alice"), "ended by authd");
+    fn only_this_vms_grants() {
+        let grant = |vm: &str| Grant {
+            id: "a".into(),
+            vm: vm.into(),
+            principal: "alice".into(),
+            expires_at_ms: u64::MAX,
+            lifetime_secs: 60,
+        };
+        assert!(adopts("vm1", &grant("vm1")));
+        assert!(!adopts("vm1", &grant("vm2")));
+        assert!(!adopts("vm1", &grant("vm10")));
     }
 }
