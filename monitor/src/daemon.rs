@@ -407,13 +407,14 @@ impl HookSink for State {
         vm: &str,
         events: Vec<monitor_client::taint::GuestEvent>,
         lost: u64,
+        seq: Option<monitor_client::taint::PluginSeq>,
     ) -> Result<()> {
         self.ingest(
             vm,
             Input::Guest {
                 events,
                 dropped: lost,
-                seq: None,
+                seq,
             },
         )
         .map(|_| ())

@@ -16,6 +16,7 @@
 //!   it streams back (fork, exit, exec, socket send/receive, file I/O).
 //! - [`hook_feed`]: the daemon's end of the plugin: arming each VM's hooks
 //!   and feeding their events to taint tracking.
+//! - [`host`]: what tells one host boot and one host process from another.
 //! - [`taint`]: following confidential data across files, processes and
 //!   sockets of many VMs (engine, bounds, journal, alerts, graph).
 //! - [`sockets`]: which process owns a TCP or UDP socket (for a packet
@@ -34,6 +35,7 @@ pub mod freeze;
 pub mod gdb;
 pub mod hook_feed;
 pub mod hooks;
+pub mod host;
 pub mod inject;
 pub mod kernel;
 pub mod mem;
