@@ -428,3 +428,80 @@ fn a_journal_already_in_the_snapshot_is_not_replayed_twice() {
     );
     assert!(has(&incomplete(&svc, &v), "journal was found damaged"));
 }
+
+#[test]
+fn a_snapshot_keeps_the_forks_a_late_read_reaches_back_to() {
+    let mut t = T::new();
+    let v = vm(1);
+    let sh = P::new(100, "sh");
+    let curl = P::new(101, "curl");
+    t.guest(&v, vec![sh.exec(&v), sh.fork(&v, &curl)]);
+    // The monitor restarts from a snapshot before fsd's report of sh's
+    // read arrives, within the window: the fork is still taken back.
+    let snap = serde_json::to_vec(&t.e.snapshot()).unwrap();
+    t.e = Engine::restore(
+        EngineConfig::default(),
+        serde_json::from_slice(&snap).unwrap(),
+    )
+    .unwrap();
+    t.files(&v, vec![fe(100, 10, FileAccess::Read, Some(RULE))]);
+    assert!(t.tainted(&v, &curl.subject()));
+}
+
+#[test]
+fn a_lowered_bound_evicts_at_the_restart_and_says_so() {
+    let mut t = T::new();
+    let (a, b, c) = (vm(1), vm(2), vm(3));
+    for v in [&a, &b, &c] {
+        case1(&mut t, v);
+    }
+    // b is the VM heard of last; the one before it, a.
+    t.files(&a, vec![]);
+    t.files(&b, vec![]);
+    let snap = serde_json::to_value(t.e.snapshot()).unwrap();
+    assert_eq!(snap["version"], 2);
+    let limits = Limits {
+        vms: 2,
+        files: 1,
+        ..Limits::default()
+    };
+    let back = Engine::restore(
+        EngineConfig {
+            limits,
+            ..EngineConfig::default()
+        },
+        serde_json::from_value(snap.clone()).unwrap(),
+    )
+    .unwrap();
+    assert!(back.vm(&c.uuid).is_none(), "the VM heard of longest ago");
+    let s = back.status(Some(&a.uuid)).vms.remove(0);
+    assert_eq!((s.files, s.evicted), (1, 1), "{s:?}");
+    assert!(!s.complete && s.incomplete.iter().any(|r| r.contains("evicted")));
+    assert_eq!(
+        back.query(
+            &c.uuid,
+            &Query::Process {
+                pid: 100,
+                task: None
+            }
+        ),
+        (None, false),
+        "a VM left out is one nothing is known of"
+    );
+    // Version 1 (before restart marks) is read; a later one is refused.
+    let mut v1 = snap.clone();
+    v1["version"] = 1.into();
+    for vm in v1["vms"].as_array_mut().unwrap() {
+        let vm = vm.as_object_mut().unwrap();
+        for k in ["continuity", "recent", "last_at_ms"] {
+            vm.remove(k);
+        }
+    }
+    assert!(Engine::restore(EngineConfig::default(), serde_json::from_value(v1).unwrap()).is_ok());
+    let mut v3 = snap;
+    v3["version"] = 3.into();
+    assert!(matches!(
+        Engine::restore(EngineConfig::default(), serde_json::from_value(v3).unwrap()),
+        Err(super::super::TaintError::SnapshotVersion(3))
+    ));
+}
