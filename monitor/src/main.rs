@@ -509,6 +509,20 @@ fn run(cli: &Cli) -> Result<()> {
                     },
                     r.vms
                 );
+                if r.host_crashed {
+                    log::error!(
+                        "the monitor before did not stop, and the host booted since: the taint \
+                         journal's last batches may not have reached the disk; every VM's \
+                         tracking is marked incomplete"
+                    );
+                }
+                if r.missing > 0 {
+                    log::error!(
+                        "{} VMs had taint state that is not there any more: brought back empty, \
+                         marked incomplete",
+                        r.missing
+                    );
+                }
                 if let Some(d) = &r.damage {
                     log::error!(
                         "taint journal damaged at line {} (offset {}): {}; loaded what came \

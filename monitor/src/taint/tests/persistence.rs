@@ -505,3 +505,79 @@ fn a_lowered_bound_evicts_at_the_restart_and_says_so() {
         Err(super::super::TaintError::SnapshotVersion(3))
     ));
 }
+
+#[test]
+fn a_clean_stop_a_host_crash_and_state_gone_missing() {
+    use super::super::manifest::{Manifest, MANIFEST};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let v = vm(1);
+    let cat = P::new(100, "cat");
+    let (svc, _) = open(dir.path());
+    guest(&svc, &v, vec![cat.exec(&v)], seq(PLUGIN, 1, 1));
+    files(&svc, &v, vec![fe(100, 10, FileAccess::Read, Some(RULE))], 0);
+    let m = Manifest::read(&state).unwrap().unwrap();
+    assert!(!m.clean && !m.synced && m.boot_id.is_some());
+    assert_eq!(m.vms, vec![v.clone()], "a new VM is recorded at once");
+    // A clean stop: later batches are refused, queries still answered.
+    svc.close().unwrap();
+    assert!(matches!(
+        svc.ingest(
+            v.clone(),
+            Input::Files {
+                events: vec![],
+                dropped: 0
+            }
+        ),
+        Err(super::super::TaintError::Closed)
+    ));
+    let before = view(&svc, &v, &[cat]);
+    drop(svc);
+    assert!(Manifest::read(&state).unwrap().unwrap().clean);
+    let (svc, restored) = open(dir.path());
+    assert!(!restored.host_crashed && restored.from_snapshot);
+    assert_eq!(restored.replayed, 0, "all in the snapshot");
+    assert_eq!(view(&svc, &v, &[cat]), before);
+    drop(svc);
+    // Killed, and the host booted since: the last unsynced lines may be
+    // gone.
+    let mut m = Manifest::read(&state).unwrap().unwrap();
+    assert!(!m.clean);
+    m.boot_id = Some("another boot".into());
+    m.write(&state).unwrap();
+    let (svc, restored) = open(dir.path());
+    assert!(restored.host_crashed);
+    assert!(has(&incomplete(&svc, &v), "the host went down"));
+    drop(svc);
+    // The same with every line synced: nothing answered was lost.
+    let synced = TaintConfig {
+        journal_sync: super::super::JournalSync::Batch,
+        ..config(dir.path())
+    };
+    let v2 = vm(2);
+    {
+        let (svc, _) = TaintService::open(&synced, HashSet::new()).unwrap();
+        guest(&svc, &v2, vec![cat.exec(&v2)], seq(PLUGIN, 1, 1));
+    }
+    let mut m = Manifest::read(&state).unwrap().unwrap();
+    assert!(m.synced);
+    m.boot_id = Some("yet another boot".into());
+    m.write(&state).unwrap();
+    let (svc, restored) = TaintService::open(&synced, HashSet::new()).unwrap();
+    assert!(!restored.unwrap().host_crashed);
+    guest(&svc, &v2, vec![], seq(PLUGIN, 2, 1));
+    assert!(svc.status(Some(&v2.uuid)).vms[0].complete);
+    drop(svc);
+    // The snapshot and journal gone, the manifest left: the VMs it names
+    // come back empty and incomplete, not as VMs never seen.
+    for f in [SNAPSHOT, JOURNAL] {
+        std::fs::remove_file(state.join(f)).unwrap();
+    }
+    assert!(state.join(MANIFEST).exists());
+    let (svc, restored) = open(dir.path());
+    assert_eq!(restored.missing, 2);
+    for v in [&v, &v2] {
+        assert!(has(&incomplete(&svc, v), "not found at a restart"));
+        assert_eq!(svc.status(Some(&v.uuid)).vms[0].files, 0);
+    }
+}
