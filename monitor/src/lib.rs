@@ -23,6 +23,7 @@
 //!   filter).
 //! - [`daemon`]: serving fsd's (and operators') requests, e.g. "flush
 //!   these inodes in VM X", over a Unix socket.
+//! - [`shutdown`]: a clean stop on SIGTERM (taint state saved).
 //! - [`error`]: what can go wrong, one variant per cause.
 //! - [`protocol`], [`report`] and [`taint_report`]: the wire protocol and
 //!   the result types, defined once in the `monitor-client` crate that fsd
@@ -43,6 +44,7 @@ pub mod pagecache;
 pub mod paging;
 pub mod process;
 pub mod qmp;
+pub mod shutdown;
 pub mod smbios;
 pub mod sockets;
 pub mod taint;

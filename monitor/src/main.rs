@@ -480,6 +480,8 @@ fn run(cli: &Cli) -> Result<()> {
             }
         }
         Cmd::Daemon { socket } => {
+            // Before any thread starts, so that none of them takes them.
+            let stop_signals = monitor::shutdown::block()?;
             let path = cli
                 .config
                 .clone()
@@ -541,6 +543,7 @@ fn run(cli: &Cli) -> Result<()> {
                 cli.profile_cache.clone(),
                 std::sync::Arc::new(taint),
             ));
+            monitor::shutdown::stop_on(stop_signals, state.clone())?;
             if freeze_on_leak {
                 monitor::daemon::start_freezer(state.clone())?;
             }
