@@ -465,6 +465,16 @@ impl Engine {
             .map(|v| v.id.uuid.as_str())
     }
 
+    /// Whether a batch of VM `vm` would be taken in: the VM has state, or
+    /// there is room for one more.
+    pub fn admits(&self, vm: &VmId) -> Result<(), TaintError> {
+        if self.vms.contains_key(&vm.uuid) || self.vms.len() < self.config.limits.vms {
+            Ok(())
+        } else {
+            Err(TaintError::TooManyVms(self.config.limits.vms))
+        }
+    }
+
     /// Applies one batch, with a notice for every entry tainted.
     pub fn apply(&mut self, rec: &Record) -> Result<Effects, TaintError> {
         self.apply_with(rec, true)
@@ -479,9 +489,7 @@ impl Engine {
         tainted_notices: bool,
     ) -> Result<Effects, TaintError> {
         if !self.vms.contains_key(&rec.vm.uuid) {
-            if self.vms.len() >= self.config.limits.vms {
-                return Err(TaintError::TooManyVms(self.config.limits.vms));
-            }
+            self.admits(&rec.vm)?;
             self.vms.insert(
                 rec.vm.uuid.clone(),
                 VmState::new(rec.vm.clone(), &self.config.limits),
@@ -490,7 +498,10 @@ impl Engine {
         let mut fx = Effects::default();
         {
             let vm = self.vms.get_mut(&rec.vm.uuid).expect("inserted above");
-            vm.last_at_ms = vm.last_at_ms.max(rec.at_ms);
+            // A restart is not the VM being heard of.
+            if !matches!(rec.input, Input::Restarted { .. }) {
+                vm.last_at_ms = vm.last_at_ms.max(rec.at_ms);
+            }
             let (c, continuity) = (&mut vm.counters, &mut vm.continuity);
             match &rec.input {
                 Input::Files { dropped, .. } => {

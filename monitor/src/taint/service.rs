@@ -106,26 +106,36 @@ impl TaintService {
     }
 
     /// Applies one batch as given. The batch is journaled (and a VM seen
-    /// for the first time recorded in the manifest) before this returns,
-    /// that is, before its producer is answered.
+    /// for the first time recorded in the manifest) before it is applied,
+    /// and so before its producer is answered: a batch that cannot be kept
+    /// is refused, not applied, and its producer counts it as lost, so that
+    /// the state a restart brings back is never less than what was
+    /// answered.
     pub fn ingest_record(&self, rec: Record) -> Result<Effects, TaintError> {
         let fx = {
             let mut inner = self.lock();
             if inner.closed {
                 return Err(TaintError::Closed);
             }
-            let new_vm = inner.engine.vm(&rec.vm.uuid).is_none();
-            let fx = inner.engine.apply_with(&rec, !self.watchers.is_empty())?;
             let Inner {
                 engine, journal, ..
             } = &mut *inner;
+            let new_vm = engine.vm(&rec.vm.uuid).is_none();
+            if new_vm {
+                engine.admits(&rec.vm)?;
+            }
             if let Some(j) = journal {
-                let kept = j
-                    .append(&rec)
-                    .and_then(|()| if new_vm { j.remember(&rec.vm) } else { Ok(()) })
-                    .and_then(|()| if j.due() { j.snapshot(engine) } else { Ok(()) });
-                if let Err(e) = kept {
-                    log::error!("taint state not persisted: {e}");
+                if new_vm {
+                    j.remember(&rec.vm)?;
+                }
+                j.append(&rec)?;
+            }
+            let fx = engine.apply_with(&rec, !self.watchers.is_empty())?;
+            if let Some(j) = journal.as_mut().filter(|j| j.due()) {
+                // The journal holds the batch: a snapshot that fails now
+                // is tried again at the next batch.
+                if let Err(e) = j.snapshot(engine) {
+                    log::error!("taint snapshot not written: {e}");
                 }
             }
             fx
