@@ -273,10 +273,16 @@ impl Feed {
         })
     }
 
-    /// Hands a batch to the sink.
+    /// Hands a batch to the sink. A batch the sink refuses is lost, and
+    /// counted so: the next batch says so.
     fn deliver(&mut self, events: Vec<GuestEvent>, ended: bool) -> Result<()> {
         let seq = self.take_seq(ended);
-        self.sink.deliver(&self.cfg.vm, events, self.lost, seq)
+        let n = events.len() as u64;
+        let r = self.sink.deliver(&self.cfg.vm, events, self.lost, seq);
+        if r.is_err() {
+            self.lost += n;
+        }
+        r
     }
 
     /// One connection: connect, plan, arm, then feed until it ends.
