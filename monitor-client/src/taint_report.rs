@@ -242,8 +242,10 @@ pub struct VmTaintStatus {
     pub evicted: u64,
     pub alerts: u64,
     /// Whether the tables can be trusted to hold every taint: false once
-    /// anything was dropped or evicted, or while no hook events arrive (no
-    /// process or socket tracking beyond fsd's view).
+    /// anything was dropped or evicted, while no hook events arrive (no
+    /// process or socket tracking beyond fsd's view), and after a restart
+    /// of the monitor until its producers show that it missed nothing (for
+    /// good when that cannot be shown, or its journal was damaged).
     pub complete: bool,
     /// Why not, for people.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

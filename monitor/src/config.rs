@@ -6,8 +6,8 @@
 //! { "vms": { "web": { "qmp": "/run/vm/web.qmp", "gdb": "/run/vm/web.gdb",
 //!                     "mem": "/dev/shm/web-ram", "vmlinux": "/boot/vmlinux-6.1",
 //!                     "uuid": "6f1c3e2a-…", "addrs": ["10.0.0.2"] } },
-//!   "taint": { "state_dir": "/var/lib/monitor/taint", "audit_log": "/var/log/monitor/taint.log",
-//!              "freeze_on_leak": false } }
+//!   "taint": { "state_dir": "/var/lib/monitor/taint", "journal_sync": "interval",
+//!              "audit_log": "/var/log/monitor/taint.log", "freeze_on_leak": false } }
 //! ```
 //!
 //! The same VM fields can be given as command-line flags instead. `uuid`

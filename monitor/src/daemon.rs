@@ -146,6 +146,26 @@ impl State {
         }
     }
 
+    /// The VM a taint query names: as [`State::vm_id`], but when QEMU
+    /// cannot give the UUID of a configured VM without `uuid` (it is down,
+    /// or this daemon restarted since it last asked), the UUID the taint
+    /// state last knew by that name. What is known of a VM's taint must
+    /// not depend on the VM running, nor be forgotten with a restart.
+    /// (Events are keyed by QEMU's answer only: a VM created again under
+    /// the same name is another VM.)
+    fn query_id(&self, name: &str) -> Result<VmId> {
+        match self.vm_id(name) {
+            Err(e) if !matches!(e, Error::UnknownVm(_)) => match self.taint.uuid_of_name(name) {
+                Some(uuid) => Ok(VmId {
+                    uuid,
+                    name: name.to_string(),
+                }),
+                None => Err(e),
+            },
+            r => r,
+        }
+    }
+
     /// Owners of guest sockets, through the VM's [`SocketTable`]; the
     /// table is dropped with the VM's connection.
     fn socket_owners(
@@ -246,17 +266,17 @@ impl State {
                 },
             )?,
             Op::TaintStatus { vm } => {
-                let uuid = vm.map(|v| self.vm_id(&v)).transpose()?.map(|id| id.uuid);
+                let uuid = vm.map(|v| self.query_id(&v)).transpose()?.map(|id| id.uuid);
                 ReplyBody::TaintStatus {
                     status: self.taint.status(uuid.as_deref()),
                 }
             }
             Op::TaintQuery { vm, query } => {
-                let (tainted, complete) = self.taint.query(&self.vm_id(&vm)?.uuid, &query);
+                let (tainted, complete) = self.taint.query(&self.query_id(&vm)?.uuid, &query);
                 ReplyBody::TaintAnswer { tainted, complete }
             }
             Op::TaintGraph { vm } => {
-                let uuid = self.vm_id(&vm)?.uuid;
+                let uuid = self.query_id(&vm)?.uuid;
                 ReplyBody::TaintGraph {
                     nodes: self.taint.graph(&uuid),
                     vm: uuid,
@@ -265,7 +285,7 @@ impl State {
             Op::TaintDerived { vm, after } => {
                 let (files, next) =
                     self.taint
-                        .derived_after(&self.vm_id(&vm)?.uuid, after, DERIVED_PER_REPLY);
+                        .derived_after(&self.query_id(&vm)?.uuid, after, DERIVED_PER_REPLY);
                 ReplyBody::Derived { files, next }
             }
             // Served by `serve_connection`, which owns the connection.
@@ -407,13 +427,14 @@ impl HookSink for State {
         vm: &str,
         events: Vec<monitor_client::taint::GuestEvent>,
         lost: u64,
+        seq: Option<monitor_client::taint::PluginSeq>,
     ) -> Result<()> {
         self.ingest(
             vm,
             Input::Guest {
                 events,
                 dropped: lost,
-                seq: None,
+                seq,
             },
         )
         .map(|_| ())
@@ -731,6 +752,54 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 5, "{seen:?}");
+    }
+
+    #[test]
+    fn a_vm_qemu_cannot_name_is_still_found_by_the_name_its_taint_was_kept_under() {
+        // "web" has no `uuid` in the configuration and its QEMU is not
+        // there: a daemon that restarted cannot ask QEMU for the UUID.
+        let config: Config = serde_json::from_value(serde_json::json!({
+            "vms": {"web": {"qmp": "/nonexistent/q", "mem": "/nonexistent/m", "vmlinux": "/k"}}
+        }))
+        .unwrap();
+        let taint = TaintService::in_memory(EngineConfig::default());
+        let web = VmId {
+            uuid: UUID_A.into(),
+            name: "web".into(),
+        };
+        let ev = FileEvent {
+            pid: 31,
+            dev: 2051,
+            ino: 1,
+            access: FileAccess::Read,
+            path: Some("secret/a".into()),
+            rule: Some("secret/**".into()),
+        };
+        taint
+            .ingest(
+                web,
+                Input::Files {
+                    events: vec![ev],
+                    dropped: 0,
+                },
+            )
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("monitor.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let state = Arc::new(State::with_taint(config, None, Arc::new(taint)));
+        std::thread::spawn(move || serve(listener, state));
+        let mut c = Client::connect(&path).unwrap();
+        assert_eq!(c.taint_status(Some("web"), T).unwrap().vms[0].files, 1);
+        assert_eq!(c.taint_graph("web", T).unwrap().0, UUID_A);
+        let q = Query::Process {
+            pid: 31,
+            task: None,
+        };
+        assert!(c.taint_query("web", q, T).unwrap().0.is_some());
+        // New events still need QEMU's word.
+        let (kind, _) = failure(c.file_events("web", vec![], 0, T));
+        assert_eq!(kind, FailureKind::Failed);
     }
 
     fn failure(r: std::result::Result<impl std::fmt::Debug, ClientError>) -> (FailureKind, String) {

@@ -15,7 +15,11 @@
 //! whose fields could not be read in the guest, a gap in the plugin's
 //! sequence numbers (its ring was full), a connection that broke. Each
 //! counts as lost events, which marks the VM's tracking incomplete
-//! (`taint status`). A plugin that goes away is connected to again, with a
+//! (`taint status`). Each batch also says which of the plugin's numbers it
+//! accounts for ([`PluginSeq`], the plugin named by its QEMU process), so
+//! that a monitor restarted later can show where its predecessor's last
+//! batch ended and count what the plugin made meanwhile as lost
+//! (`taint::restart`). A plugin that goes away is connected to again, with a
 //! growing pause; nothing here ever blocks the daemon's other work, since
 //! each VM's feed is a thread of its own and talks to the rest only through
 //! [`HookSink`].
@@ -26,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use monitor_client::taint::{GuestEvent, GuestEventKind, SocketInfo, Transport};
+use monitor_client::taint::{GuestEvent, GuestEventKind, PluginSeq, SocketInfo, Transport};
 
 use crate::error::Result;
 use crate::hooks::{self, EventKind, HookPlan, LinkError, Message, PluginLink, Reply};
@@ -39,14 +43,27 @@ pub const LINGER: Duration = Duration::from_millis(20);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long arming may take (the plugin flushes QEMU's translations).
 const ARM_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long events the engine takes nothing from (other socket families,
+/// the idle task) wait before a batch without events says how far the
+/// numbering went: so that the state's last number stays close to the
+/// plugin's, and a restart does not count them as lost.
+pub const PROGRESS_LINGER: Duration = Duration::from_secs(1);
 
 /// What a feed needs from the daemon.
 pub trait HookSink: Send + Sync {
     /// The hook table for the kernel now running in VM `vm`.
     fn plan(&self, vm: &str) -> Result<HookPlan>;
     /// One batch of `vm`'s events, with the feed's count of events lost
-    /// since it started (cumulative, as fsd reports its own).
-    fn deliver(&self, vm: &str, events: Vec<GuestEvent>, lost: u64) -> Result<()>;
+    /// since it started (cumulative, as fsd reports its own) and the
+    /// plugin's numbers the batch accounts for (when the plugin could be
+    /// named).
+    fn deliver(
+        &self,
+        vm: &str,
+        events: Vec<GuestEvent>,
+        lost: u64,
+        seq: Option<PluginSeq>,
+    ) -> Result<()>;
 }
 
 /// Why a plugin event is of no use to the engine.
@@ -204,6 +221,12 @@ struct Feed {
     /// the same plugin, so events made while none was connected show as a
     /// gap; a smaller number means a new plugin).
     last_seq: Option<u64>,
+    /// The first sequence number seen since the last delivery.
+    pending_first: Option<u64>,
+    /// The last sequence number delivered, of this plugin.
+    delivered: Option<u64>,
+    /// The plugin of this connection ([`PluginLink::peer_instance`]).
+    instance: Option<String>,
 }
 
 /// How one connection ended.
@@ -222,6 +245,44 @@ impl Feed {
             _ => {}
         }
         self.last_seq = Some(seq);
+        self.pending_first.get_or_insert(seq);
+    }
+
+    /// The numbers a delivery now accounts for: from the one after the
+    /// last delivered (or the first seen, in a new connection to another
+    /// plugin) to the last seen, gaps being counted in `lost`; or none, but
+    /// the goodbye.
+    fn take_seq(&mut self, ended: bool) -> Option<PluginSeq> {
+        let instance = self.instance.clone()?;
+        let last = self.last_seq?;
+        let seen = self.pending_first.take();
+        if seen.is_none() && !ended {
+            return None;
+        }
+        let first = match (self.delivered, seen) {
+            (Some(d), _) => d + 1,
+            (None, Some(first)) => first,
+            (None, None) => last + 1,
+        };
+        self.delivered = Some(last);
+        Some(PluginSeq {
+            instance,
+            first,
+            last,
+            ended,
+        })
+    }
+
+    /// Hands a batch to the sink. A batch the sink refuses is lost, and
+    /// counted so: the next batch says so.
+    fn deliver(&mut self, events: Vec<GuestEvent>, ended: bool) -> Result<()> {
+        let seq = self.take_seq(ended);
+        let n = events.len() as u64;
+        let r = self.sink.deliver(&self.cfg.vm, events, self.lost, seq);
+        if r.is_err() {
+            self.lost += n;
+        }
+        r
     }
 
     /// One connection: connect, plan, arm, then feed until it ends.
@@ -229,6 +290,17 @@ impl Feed {
         let vm = self.cfg.vm.clone();
         let mut link = PluginLink::connect(&self.cfg.socket, Duration::ZERO)
             .map_err(|e| format!("connect: {e}"))?;
+        let instance = link.peer_instance();
+        if instance.is_none() {
+            log::warn!("{vm}: the plugin's QEMU process cannot be told (SO_PEERCRED, /proc): its events go without their numbers, and a restart of the monitor leaves the VM's tracking incomplete");
+        }
+        if instance != self.instance {
+            // Another plugin: its numbers are no continuation.
+            self.last_seq = None;
+            self.delivered = None;
+        }
+        self.instance = instance;
+        self.pending_first = None;
         let plan = self.sink.plan(&vm).map_err(|e| format!("plan: {e}"))?;
         let generation = link
             .arm(&plan, ARM_TIMEOUT)
@@ -239,6 +311,9 @@ impl Feed {
         );
         let mut batch: Vec<GuestEvent> = Vec::new();
         let mut first_at = Instant::now();
+        // When the numbers delivered last fell behind (events of no use
+        // to the engine since).
+        let mut behind_since: Option<Instant> = None;
         let mut reported_lost = None;
         let mut overflow = 0;
         let result = loop {
@@ -256,6 +331,7 @@ impl Feed {
             match msg {
                 Ok(Some(Message::Event(e))) => {
                     self.saw_seq(e.seq);
+                    behind_since.get_or_insert_with(Instant::now);
                     match to_taint(&vm, &e) {
                         Ok(ev) => {
                             log::trace!("{vm}: hook event #{}: {ev:?}", e.seq);
@@ -293,17 +369,21 @@ impl Feed {
             }
             let due = batch.len() >= self.cfg.batch
                 || (!batch.is_empty() && first_at.elapsed() >= self.cfg.linger)
-                || reported_lost != Some(self.lost);
+                || reported_lost != Some(self.lost)
+                || behind_since.is_some_and(|t| t.elapsed() >= PROGRESS_LINGER);
             if due {
                 let events = std::mem::take(&mut batch);
-                match self.sink.deliver(&vm, events, self.lost) {
+                behind_since = None;
+                match self.deliver(events, false) {
                     Ok(()) => reported_lost = Some(self.lost),
                     Err(e) => log::warn!("{vm}: hook events not taken: {e}"),
                 }
             }
         };
-        if !batch.is_empty() || reported_lost != Some(self.lost) {
-            if let Err(e) = self.sink.deliver(&vm, batch, self.lost) {
+        let ended = matches!(result, Ok(End::Bye));
+        if !batch.is_empty() || reported_lost != Some(self.lost) || ended || behind_since.is_some()
+        {
+            if let Err(e) = self.deliver(batch, ended) {
                 log::warn!("{vm}: hook events not taken: {e}");
             }
         }
@@ -320,6 +400,9 @@ pub fn run(cfg: FeedConfig, sink: Arc<dyn HookSink>, stop: Arc<AtomicBool>) {
         sink,
         lost: 0,
         last_seq: None,
+        pending_first: None,
+        delivered: None,
+        instance: None,
     };
     let mut pause = Duration::from_millis(100);
     let mut last_error = String::new();

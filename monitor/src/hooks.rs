@@ -416,6 +416,13 @@ impl PluginLink {
         })
     }
 
+    /// The plugin's QEMU process, as one process of one boot
+    /// ([`crate::host::process_instance`]): its event numbers continue only
+    /// its own. `None` when the peer cannot be told.
+    pub fn peer_instance(&self) -> Option<String> {
+        crate::host::process_instance(crate::host::peer_pid(&self.writer)?)
+    }
+
     fn send(&mut self, v: &Value) -> std::result::Result<(), LinkError> {
         let mut line = v.to_string();
         line.push('\n');

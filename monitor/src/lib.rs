@@ -16,12 +16,14 @@
 //!   it streams back (fork, exit, exec, socket send/receive, file I/O).
 //! - [`hook_feed`]: the daemon's end of the plugin: arming each VM's hooks
 //!   and feeding their events to taint tracking.
+//! - [`host`]: what tells one host boot and one host process from another.
 //! - [`taint`]: following confidential data across files, processes and
 //!   sockets of many VMs (engine, bounds, journal, alerts, graph).
 //! - [`sockets`]: which process owns a TCP or UDP socket (for a packet
 //!   filter).
 //! - [`daemon`]: serving fsd's (and operators') requests, e.g. "flush
 //!   these inodes in VM X", over a Unix socket.
+//! - [`shutdown`]: a clean stop on SIGTERM (taint state saved).
 //! - [`error`]: what can go wrong, one variant per cause.
 //! - [`protocol`], [`report`] and [`taint_report`]: the wire protocol and
 //!   the result types, defined once in the `monitor-client` crate that fsd
@@ -34,6 +36,7 @@ pub mod freeze;
 pub mod gdb;
 pub mod hook_feed;
 pub mod hooks;
+pub mod host;
 pub mod inject;
 pub mod kernel;
 pub mod mem;
@@ -41,6 +44,7 @@ pub mod pagecache;
 pub mod paging;
 pub mod process;
 pub mod qmp;
+pub mod shutdown;
 pub mod smbios;
 pub mod sockets;
 pub mod taint;

@@ -480,6 +480,8 @@ fn run(cli: &Cli) -> Result<()> {
             }
         }
         Cmd::Daemon { socket } => {
+            // Before any thread starts, so that none of them takes them.
+            let stop_signals = monitor::shutdown::block()?;
             let path = cli
                 .config
                 .clone()
@@ -509,6 +511,20 @@ fn run(cli: &Cli) -> Result<()> {
                     },
                     r.vms
                 );
+                if r.host_crashed {
+                    log::error!(
+                        "the monitor before did not stop, and the host booted since: the taint \
+                         journal's last batches may not have reached the disk; every VM's \
+                         tracking is marked incomplete"
+                    );
+                }
+                if r.missing > 0 {
+                    log::error!(
+                        "{} VMs had taint state that is not there any more: brought back empty, \
+                         marked incomplete",
+                        r.missing
+                    );
+                }
                 if let Some(d) = &r.damage {
                     log::error!(
                         "taint journal damaged at line {} (offset {}): {}; loaded what came \
@@ -527,6 +543,7 @@ fn run(cli: &Cli) -> Result<()> {
                 cli.profile_cache.clone(),
                 std::sync::Arc::new(taint),
             ));
+            monitor::shutdown::stop_on(stop_signals, state.clone())?;
             if freeze_on_leak {
                 monitor::daemon::start_freezer(state.clone())?;
             }

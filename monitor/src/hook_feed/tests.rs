@@ -121,6 +121,7 @@ fn plugin_events_in_the_engines_form() {
 #[derive(Default)]
 struct Kept {
     batches: Mutex<Vec<(Vec<GuestEvent>, u64)>>,
+    seqs: Mutex<Vec<PluginSeq>>,
     plans: Mutex<usize>,
 }
 
@@ -132,8 +133,15 @@ impl HookSink for Kept {
             offsets: BTreeMap::from([("task_struct.pid".to_string(), 2416)]),
         })
     }
-    fn deliver(&self, _vm: &str, events: Vec<GuestEvent>, lost: u64) -> Result<()> {
+    fn deliver(
+        &self,
+        _vm: &str,
+        events: Vec<GuestEvent>,
+        lost: u64,
+        seq: Option<PluginSeq>,
+    ) -> Result<()> {
         self.batches.lock().unwrap().push((events, lost));
+        self.seqs.lock().unwrap().extend(seq);
         Ok(())
     }
 }
@@ -144,6 +152,16 @@ impl Kept {
     }
     fn lost(&self) -> u64 {
         self.batches.lock().unwrap().last().map_or(0, |b| b.1)
+    }
+    /// The numbers delivered, as (first, last, ended), and whether every
+    /// range continues the one before it.
+    fn ranges(&self) -> (Vec<(u64, u64, bool)>, bool) {
+        let seqs = self.seqs.lock().unwrap();
+        let me = crate::host::process_instance(std::process::id()).unwrap();
+        assert!(seqs.iter().all(|s| s.instance == me), "{seqs:?}");
+        let ranges: Vec<_> = seqs.iter().map(|s| (s.first, s.last, s.ended)).collect();
+        let continuous = ranges.windows(2).all(|w| w[1].0 == w[0].1 + 1);
+        (ranges, continuous)
     }
 }
 
@@ -231,6 +249,50 @@ fn a_plugin_that_sends_garbage_or_goes_away_is_counted_and_fed_again() {
     wait("the last event", || sink.events() == 4);
     assert_eq!(sink.lost(), 8);
     assert_eq!(*sink.plans.lock().unwrap(), 3);
+    // Every number 1..=8 is accounted for, by ranges that follow one
+    // another (the gap 3..=5 inside one, counted in `lost`); the plugin is
+    // this test process, and its goodbye ends the last range.
+    wait("the goodbye delivered", || {
+        sink.ranges().0.last().is_some_and(|r| r.2)
+    });
+    let (ranges, continuous) = sink.ranges();
+    assert!(continuous, "{ranges:?}");
+    assert_eq!(ranges.first().map(|r| r.0), Some(1), "{ranges:?}");
+    assert_eq!(ranges.last().map(|r| r.1), Some(8), "{ranges:?}");
+    stop.store(true, Ordering::Relaxed);
+    feed.join().unwrap();
+}
+
+#[test]
+fn events_of_no_use_still_move_the_numbers_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plugin.sock");
+    let sink = Arc::new(Kept::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let l = UnixListener::bind(&path).unwrap();
+    let feed = spawn(
+        FeedConfig::new("web", path.clone()),
+        sink.clone(),
+        stop.clone(),
+    )
+    .unwrap();
+    let s = accept_and_arm(&l, 1);
+    let mut w = &s;
+    writeln!(w, "{}", exit_line(1, 70)).unwrap();
+    wait("the event", || sink.events() == 1);
+    // A netlink send: nothing for the engine, but its number is delivered
+    // in a batch without events, soon.
+    writeln!(
+        w,
+        r#"{{"ev":"send","seq":2,"ns":1,"vcpu":0,"gen":1,"fn":"__sock_sendmsg",{TASK},"sock":{{"ptr":5,"type":3,"family":16}}}}"#
+    )
+    .unwrap();
+    wait("the number delivered", || {
+        sink.ranges().0.last().is_some_and(|r| r.1 == 2)
+    });
+    let (ranges, continuous) = sink.ranges();
+    assert!(continuous && ranges[0].0 == 1, "{ranges:?}");
+    assert_eq!(sink.events(), 1);
     stop.store(true, Ordering::Relaxed);
     feed.join().unwrap();
 }

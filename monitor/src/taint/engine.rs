@@ -209,18 +209,21 @@ pub struct VmState {
     /// Forks and sends of processes that were clean when they were applied,
     /// newest last (at most [`RECENT`]): fsd's report of a read made just
     /// before them can arrive after them, and then they are applied again
-    /// (see `rules::Step::replay`). Not kept in snapshots: it matters for
-    /// seconds only.
+    /// (see `rules::Step::replay`). Kept in snapshots too: a restart may
+    /// take less than the seconds they matter for.
     pub(super) recent: VecDeque<Recent>,
     pub counters: Counters,
     /// What restarts of the monitor may have cost, and what showed since
     /// that they cost nothing.
     pub(super) continuity: Continuity,
+    /// When the VM's last batch came (ms): of two VMs that were given the
+    /// same name, the later one is the name's.
+    pub(super) last_at_ms: u64,
 }
 
 /// A fork or send by a process that was clean then.
-#[derive(Clone, Debug)]
-pub(super) struct Recent {
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Recent {
     pub(super) at_ms: u64,
     pub(super) actor: Subject,
     pub(super) event: GuestEvent,
@@ -257,6 +260,7 @@ impl VmState {
             recent: VecDeque::new(),
             counters: Counters::default(),
             continuity: Continuity::default(),
+            last_at_ms: 0,
         }
     }
 
@@ -456,8 +460,19 @@ impl Engine {
     pub fn uuid_of_name(&self, name: &str) -> Option<&str> {
         self.vms
             .values()
-            .find(|v| v.id.name == name)
+            .filter(|v| v.id.name == name)
+            .max_by(|a, b| (a.last_at_ms, &a.id.uuid).cmp(&(b.last_at_ms, &b.id.uuid)))
             .map(|v| v.id.uuid.as_str())
+    }
+
+    /// Whether a batch of VM `vm` would be taken in: the VM has state, or
+    /// there is room for one more.
+    pub fn admits(&self, vm: &VmId) -> Result<(), TaintError> {
+        if self.vms.contains_key(&vm.uuid) || self.vms.len() < self.config.limits.vms {
+            Ok(())
+        } else {
+            Err(TaintError::TooManyVms(self.config.limits.vms))
+        }
     }
 
     /// Applies one batch, with a notice for every entry tainted.
@@ -474,9 +489,7 @@ impl Engine {
         tainted_notices: bool,
     ) -> Result<Effects, TaintError> {
         if !self.vms.contains_key(&rec.vm.uuid) {
-            if self.vms.len() >= self.config.limits.vms {
-                return Err(TaintError::TooManyVms(self.config.limits.vms));
-            }
+            self.admits(&rec.vm)?;
             self.vms.insert(
                 rec.vm.uuid.clone(),
                 VmState::new(rec.vm.clone(), &self.config.limits),
@@ -485,6 +498,10 @@ impl Engine {
         let mut fx = Effects::default();
         {
             let vm = self.vms.get_mut(&rec.vm.uuid).expect("inserted above");
+            // A restart is not the VM being heard of.
+            if !matches!(rec.input, Input::Restarted { .. }) {
+                vm.last_at_ms = vm.last_at_ms.max(rec.at_ms);
+            }
             let (c, continuity) = (&mut vm.counters, &mut vm.continuity);
             match &rec.input {
                 Input::Files { dropped, .. } => {
@@ -750,6 +767,8 @@ impl Engine {
                 alerted: v.alerted.to_stored(),
                 counters: v.counters.clone(),
                 continuity: v.continuity.clone(),
+                recent: v.recent.iter().cloned().collect(),
+                last_at_ms: v.last_at_ms,
             })
             .collect();
         vms.sort_by(|a, b| a.id.uuid.cmp(&b.id.uuid));
@@ -764,30 +783,72 @@ impl Engine {
 
     /// An engine holding a snapshot's state, with today's configuration
     /// (and so today's bounds).
+    ///
+    /// Entries beyond a bound lowered since are evicted as the tables
+    /// evict, and counted as evicted (the VM's tracking is incomplete).
+    /// VMs beyond the bound on VMs are left out, the latest-used kept:
+    /// what is asked of a VM left out is answered as of a VM the monitor
+    /// knows nothing of (incomplete).
     pub fn restore(config: EngineConfig, s: Snapshot) -> Result<Engine, TaintError> {
-        if s.version != SNAPSHOT_VERSION {
+        if !(MIN_SNAPSHOT_VERSION..=SNAPSHOT_VERSION).contains(&s.version) {
             return Err(TaintError::SnapshotVersion(s.version));
         }
         let l = &config.limits;
+        let mut kept = s.vms;
+        if kept.len() > l.vms {
+            kept.sort_by(|a, b| (b.last_at_ms, &b.id.uuid).cmp(&(a.last_at_ms, &a.id.uuid)));
+            for v in kept.drain(l.vms..) {
+                log::warn!(
+                    "taint state of VM {} ({}) left out: more VMs than taint.limits.vms = {}",
+                    v.id.name,
+                    v.id.uuid,
+                    l.vms
+                );
+            }
+        }
         let mut vms = HashMap::new();
-        for v in s.vms.into_iter().take(l.vms) {
+        for v in kept {
+            let mut evicted = 0;
+            let mut table = |cap, entries| {
+                let (t, out) = Bounded::from_stored_evicting(cap, entries);
+                evicted += out.len() as u64;
+                t
+            };
+            let (files, procs) = (table(l.files, v.files), table(l.processes, v.processes));
+            let (unix, inet) = (table(l.sockets, v.unix), table(l.sockets, v.inet));
+            let mut derived: VecDeque<DerivedFile> = v.derived.into_iter().collect();
+            while derived.len() > l.derived {
+                derived.pop_front();
+            }
+            let mut recent: VecDeque<Recent> = v.recent.into_iter().collect();
+            while recent.len() > RECENT {
+                recent.pop_front();
+            }
+            let mut counters = v.counters;
+            counters.evicted += evicted;
             let state = VmState {
-                files: Bounded::from_stored(l.files, v.files),
-                procs: Bounded::from_stored(l.processes, v.processes),
-                unix: Bounded::from_stored(l.sockets, v.unix),
-                inet: Bounded::from_stored(l.sockets, v.inet),
+                files,
+                procs,
+                unix,
+                inet,
                 known: Bounded::from_stored(l.known_processes, v.known),
-                derived: v.derived.into_iter().collect(),
+                derived,
                 derived_next: v.derived_next,
                 alerted: Bounded::from_stored(l.alerts, v.alerted),
-                recent: VecDeque::new(),
-                counters: v.counters,
+                recent,
+                counters,
                 continuity: v.continuity,
+                last_at_ms: v.last_at_ms,
                 id: v.id,
             };
             vms.insert(state.id.uuid.clone(), state);
         }
-        let flows = Bounded::from_stored(l.sockets, s.flows);
+        let (flows, evicted) = Bounded::from_stored_evicting(l.sockets, s.flows);
+        for (_, mark) in evicted {
+            if let Some(v) = vms.get_mut(&mark.vm) {
+                v.counters.evicted += 1;
+            }
+        }
         Ok(Engine {
             config,
             vms,
@@ -797,8 +858,15 @@ impl Engine {
     }
 }
 
-/// Format of [`Snapshot`]; another is refused rather than misread.
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// Format of [`Snapshot`] written; one outside
+/// [`MIN_SNAPSHOT_VERSION`]`..=`[`SNAPSHOT_VERSION`] is refused rather than
+/// misread. Version 2 added what a restart must keep besides the tables
+/// (restart marks, the plugin's last number, the recent forks and sends,
+/// when each VM was last heard of): an older monitor refuses it instead of
+/// dropping those.
+pub const SNAPSHOT_VERSION: u32 = 2;
+/// The oldest format read (what it lacks starts empty).
+pub const MIN_SNAPSHOT_VERSION: u32 = 1;
 
 /// The engine's whole state.
 #[derive(Debug, Serialize, Deserialize)]
@@ -829,4 +897,8 @@ pub struct VmSnapshot {
     pub counters: Counters,
     #[serde(default)]
     pub continuity: Continuity,
+    #[serde(default)]
+    pub recent: Vec<Recent>,
+    #[serde(default)]
+    pub last_at_ms: u64,
 }

@@ -30,21 +30,31 @@
 //! journaled like any batch: its producers must show that they lost nothing
 //! while the monitor was down ([`super::restart`]).
 //!
-//! Journal lines are not synced one by one (that would cost a disk flush
-//! per batch): a host crash can lose the batches since the last snapshot
-//! that the page cache had not written yet; a monitor crash loses nothing
-//! the kernel accepted.
+//! **Durability** ([`JournalSync`]). A line is written (`write(2)`, no
+//! buffer in between) before its batch is answered, so a monitor crash
+//! loses nothing the kernel accepted. Reaching the disk is the choice of
+//! `taint.journal_sync`: within [`SYNC_INTERVAL`] by a thread of its own
+//! (the default; a host crash can lose the last second, and the manifest
+//! tells the next start so: [`super::manifest`]), or before each answer
+//! (`fdatasync` per batch). Snapshots and the manifest are always synced.
+//!
+//! **Stopping** ([`Journal::close`]): a last snapshot, then a manifest
+//! that says the stop was clean.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::engine::{Engine, EngineConfig, Input, Record, Snapshot};
+use super::engine::{Engine, EngineConfig, Input, Record, Snapshot, VmId};
+use super::manifest::Manifest;
 use super::restart::Lost;
-use super::TaintError;
+use super::{JournalSync, TaintError};
 
 /// The snapshot's file name in the state directory.
 pub const SNAPSHOT: &str = "taint-snapshot.json";
@@ -56,6 +66,8 @@ pub const DAMAGED: &str = "taint-journal.damaged.jsonl";
 pub const SNAPSHOT_EVERY: u64 = 20_000;
 /// Journal size that calls for a snapshot sooner.
 pub const SNAPSHOT_BYTES: u64 = 64 << 20;
+/// How long a journal line may wait for the disk ([`JournalSync::Interval`]).
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The journal's first line.
 #[derive(Debug, Serialize, Deserialize)]
@@ -90,6 +102,12 @@ pub struct Restored {
     pub stale_journal: bool,
     /// The journal was damaged: what was before the damage is loaded.
     pub damage: Option<Damage>,
+    /// The monitor before did not stop cleanly, in another boot of the
+    /// host, with lines not synced: the last batches may be lost.
+    pub host_crashed: bool,
+    /// VMs the manifest names whose state was not found (brought back
+    /// empty, marked).
+    pub missing: usize,
     /// VMs marked as restarted (their producers must show what they lost).
     pub vms: usize,
 }
@@ -103,6 +121,45 @@ pub struct Journal {
     batches: u64,
     bytes: u64,
     every: u64,
+    sync: JournalSync,
+    /// The syncing thread's view ([`JournalSync::Interval`]).
+    syncer: Option<Arc<Syncer>>,
+    manifest: Manifest,
+}
+
+/// What the thread that syncs the journal works on: a descriptor of the
+/// journal of its own (so that syncing never holds up an append), and
+/// whether anything was written since the last sync.
+struct Syncer {
+    file: Mutex<File>,
+    dirty: AtomicBool,
+}
+
+impl Syncer {
+    /// Starts the thread; it ends with the journal (the last strong
+    /// reference).
+    fn start(file: &File, path: &Path) -> Result<Arc<Syncer>, TaintError> {
+        let s = Arc::new(Syncer {
+            file: Mutex::new(file.try_clone().map_err(state_err(path))?),
+            dirty: AtomicBool::new(false),
+        });
+        let weak: Weak<Syncer> = Arc::downgrade(&s);
+        let path = path.to_owned();
+        std::thread::Builder::new()
+            .name("taint-journal-sync".into())
+            .spawn(move || loop {
+                std::thread::sleep(SYNC_INTERVAL);
+                let Some(s) = weak.upgrade() else { return };
+                if s.dirty.swap(false, Ordering::Relaxed) {
+                    let f = s.file.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Err(e) = f.sync_data() {
+                        log::error!("taint journal {}: sync: {e}", path.display());
+                    }
+                }
+            })
+            .map_err(TaintError::SyncThread)?;
+        Ok(s)
+    }
 }
 
 fn state_err(path: &Path) -> impl Fn(std::io::Error) -> TaintError + '_ {
@@ -188,9 +245,11 @@ fn read_journal(file: &File, path: &Path) -> Result<Read, TaintError> {
 impl Journal {
     /// Opens the state in `dir` (created, mode 0700, if missing): the
     /// engine as the snapshot and the journal leave it, every VM marked as
-    /// restarted at `now_ms`, and the journal to continue.
+    /// restarted at `now_ms`, and the journal to continue, synced as
+    /// `sync` says.
     pub fn open(
         dir: &Path,
+        sync: JournalSync,
         config: EngineConfig,
         now_ms: u64,
     ) -> Result<(Journal, Engine, Restored), TaintError> {
@@ -200,6 +259,11 @@ impl Journal {
             .create(dir)
             .map_err(state_err(dir))?;
         let mut restored = Restored::default();
+        let boot_id = crate::host::boot_id();
+        let before = Manifest::read(dir)?;
+        restored.host_crashed = before
+            .as_ref()
+            .is_some_and(|m| m.host_crashed(boot_id.as_deref()));
         let snap_path = dir.join(SNAPSHOT);
         let (mut engine, snap_gen) = match std::fs::read(&snap_path) {
             Ok(bytes) => {
@@ -247,8 +311,14 @@ impl Journal {
                 }
             }
         }
-        let lost: Vec<Lost> = damage.iter().map(|_| Lost::JournalDamaged).collect();
-        let marks: Vec<Record> = engine
+        let mut lost = Vec::new();
+        if damage.is_some() {
+            lost.push(Lost::JournalDamaged);
+        }
+        if restored.host_crashed {
+            lost.push(Lost::HostCrashed);
+        }
+        let mut marks: Vec<Record> = engine
             .vm_ids()
             .into_iter()
             .map(|vm| Record {
@@ -257,10 +327,41 @@ impl Journal {
                 input: Input::Restarted { lost: lost.clone() },
             })
             .collect();
+        let mut manifest = before.unwrap_or_default();
+        // VMs that had state the snapshot and journal no longer hold come
+        // back empty and marked, within the bound on VMs.
+        let room = engine.config().limits.vms.saturating_sub(marks.len());
+        let missing: Vec<VmId> = manifest
+            .vms
+            .iter()
+            .filter(|v| engine.vm(&v.uuid).is_none())
+            .take(room)
+            .cloned()
+            .collect();
+        restored.missing = missing.len();
+        for vm in missing {
+            let mut lost = lost.clone();
+            lost.push(Lost::StateMissing);
+            marks.push(Record {
+                at_ms: now_ms,
+                vm,
+                input: Input::Restarted { lost },
+            });
+        }
         for rec in &marks {
             engine.apply_with(rec, false)?;
         }
         restored.vms = marks.len();
+        for vm in engine.vm_ids() {
+            manifest.remember(&vm);
+        }
+        manifest.boot_id = boot_id;
+        manifest.clean = false;
+        manifest.synced = sync == JournalSync::Batch;
+        let syncer = match sync {
+            JournalSync::Interval => Some(Syncer::start(&file, &journal_path)?),
+            JournalSync::Batch => None,
+        };
         let mut journal = Journal {
             dir: dir.to_owned(),
             file,
@@ -268,6 +369,9 @@ impl Journal {
             batches: restored.replayed,
             bytes: read.bytes,
             every: SNAPSHOT_EVERY,
+            sync,
+            syncer,
+            manifest,
         };
         if let Some((line, offset, what)) = damage {
             // The snapshot first: until it is in place, the damaged journal
@@ -276,6 +380,10 @@ impl Journal {
             let kept = dir.join(DAMAGED);
             std::fs::rename(&journal_path, &kept).map_err(state_err(&kept))?;
             journal.file = open_journal(&journal_path)?;
+            if let Some(s) = &journal.syncer {
+                *s.file.lock().unwrap_or_else(|p| p.into_inner()) =
+                    journal.file.try_clone().map_err(state_err(&journal_path))?;
+            }
             journal.begin()?;
             restored.damage = Some(Damage {
                 line,
@@ -293,7 +401,29 @@ impl Journal {
                 journal.append(rec)?;
             }
         }
+        // Written last: until now, the manifest before still says how the
+        // monitor before stopped.
+        journal.manifest.write(dir)?;
         Ok((journal, engine, restored))
+    }
+
+    /// Records that the state now holds VM `vm`, durably, if it is new:
+    /// so that the VM is not taken for a new one should its batches be
+    /// lost. Called before the batch that made it is answered.
+    pub fn remember(&mut self, vm: &VmId) -> Result<(), TaintError> {
+        if self.manifest.remember(vm) {
+            self.manifest.write(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Stops cleanly: a last snapshot, then a manifest that says so.
+    pub fn close(&mut self, engine: &Engine) -> Result<(), TaintError> {
+        self.snapshot(engine)?;
+        let path = self.dir.join(JOURNAL);
+        self.file.sync_data().map_err(state_err(&path))?;
+        self.manifest.clean = true;
+        self.manifest.write(&self.dir)
     }
 
     /// Snapshots every `every` batches instead (tests).
@@ -305,6 +435,11 @@ impl Journal {
         let path = self.dir.join(JOURNAL);
         self.file.write_all(line).map_err(state_err(&path))?;
         self.bytes += line.len() as u64;
+        match (&self.syncer, self.sync) {
+            (Some(s), _) => s.dirty.store(true, Ordering::Relaxed),
+            (None, JournalSync::Batch) => self.file.sync_data().map_err(state_err(&path))?,
+            (None, JournalSync::Interval) => {}
+        }
         Ok(())
     }
 

@@ -15,6 +15,7 @@
 //! | the propagation rules, applied to batches of events | [`engine`] |
 //! | the same event by event: what taints what | [`rules`] (private) |
 //! | state that survives a restart: snapshot and journal | [`journal`] |
+//! | what the journal cannot tell about itself: clean stop, boot, VMs kept | [`manifest`] |
 //! | what a restart may have missed, and what shows it missed nothing | [`restart`] |
 //! | leak alerts: audit log, watchers, the freeze hook | [`alert`] |
 //! | the graph in Graphviz's DOT language, SVG through `dot` | [`graph`] |
@@ -24,6 +25,7 @@ pub mod alert;
 pub mod engine;
 pub mod graph;
 pub mod journal;
+pub mod manifest;
 pub mod restart;
 mod rules;
 pub mod service;
@@ -102,11 +104,29 @@ pub struct TaintConfig {
     /// Where the state is kept across restarts (snapshot and journal);
     /// none: in memory only.
     pub state_dir: Option<PathBuf>,
+    /// When journal lines reach the disk.
+    pub journal_sync: JournalSync,
     /// Leak alerts and freeze outcomes, one JSON line each.
     pub audit_log: Option<PathBuf>,
     /// Freeze a process that leaks (it stays parked until `monitor thaw`).
     pub freeze_on_leak: bool,
     pub limits: Limits,
+}
+
+/// When journal lines reach the disk (docs/taint.md, "Persistence"). A
+/// monitor that crashes loses nothing either way: what it wrote is in the
+/// kernel's page cache. The choice matters when the host goes down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JournalSync {
+    /// Within about a second, synced by a thread of their own: a batch
+    /// costs no disk flush; a host crash can lose the last second's
+    /// batches, and the restart after it marks every VM as incomplete.
+    #[default]
+    Interval,
+    /// Before each batch is answered: a host crash loses nothing that was
+    /// answered; each batch waits for a disk flush.
+    Batch,
 }
 
 /// What can go wrong in taint tracking.
@@ -129,6 +149,20 @@ pub enum TaintError {
         #[source]
         source: serde_json::Error,
     },
+    /// The manifest is not JSON of the expected shape.
+    #[error("taint manifest {path}: {source}")]
+    ManifestFormat {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The thread that syncs the journal could not be started.
+    #[error("starting the thread that syncs the taint journal: {0}")]
+    SyncThread(#[source] std::io::Error),
+    /// The monitor is stopping: batches are no longer taken in (their
+    /// producers count them as lost).
+    #[error("the monitor is stopping; taint events are not taken any more")]
+    Closed,
     /// The snapshot was written in another format.
     #[error("taint snapshot format {0} is not understood")]
     SnapshotVersion(u32),

@@ -52,6 +52,9 @@ pub enum Lost {
     /// Hook events came without the plugin's numbers before the restart, so
     /// nothing can show what was missed.
     Unnumbered,
+    /// The VM had state that the snapshot and journal no longer hold
+    /// (`super::manifest`).
+    StateMissing,
 }
 
 impl Lost {
@@ -76,6 +79,10 @@ impl Lost {
             Lost::Unnumbered => {
                 "hook events came without the plugin's numbers before the monitor restarted: \
                  what it missed meanwhile is unknown"
+            }
+            Lost::StateMissing => {
+                "the VM's taint state was not found at a restart (a damaged or lost journal, a \
+                 snapshot removed): it starts again empty"
             }
         }
     }

@@ -22,6 +22,8 @@ use super::{TaintConfig, TaintError};
 struct Inner {
     engine: Engine,
     journal: Option<Journal>,
+    /// Stopped ([`TaintService::close`]): no batch is taken in any more.
+    closed: bool,
 }
 
 /// The engine, its persistence and its outlets.
@@ -46,7 +48,7 @@ impl TaintService {
         };
         let (engine, journal, restored) = match &config.state_dir {
             Some(dir) => {
-                let (j, e, r) = Journal::open(dir, engine_config, now_ms())?;
+                let (j, e, r) = Journal::open(dir, config.journal_sync, engine_config, now_ms())?;
                 (e, Some(j), Some(r))
             }
             None => (Engine::new(engine_config), None, None),
@@ -58,7 +60,11 @@ impl TaintService {
             .transpose()?;
         Ok((
             TaintService {
-                inner: Mutex::new(Inner { engine, journal }),
+                inner: Mutex::new(Inner {
+                    engine,
+                    journal,
+                    closed: false,
+                }),
                 watchers: Watchers::default(),
                 audit,
                 freezer: OnceLock::new(),
@@ -73,6 +79,7 @@ impl TaintService {
             inner: Mutex::new(Inner {
                 engine: Engine::new(config),
                 journal: None,
+                closed: false,
             }),
             watchers: Watchers::default(),
             audit: None,
@@ -98,18 +105,37 @@ impl TaintService {
         })
     }
 
-    /// Applies one batch as given.
+    /// Applies one batch as given. The batch is journaled (and a VM seen
+    /// for the first time recorded in the manifest) before it is applied,
+    /// and so before its producer is answered: a batch that cannot be kept
+    /// is refused, not applied, and its producer counts it as lost, so that
+    /// the state a restart brings back is never less than what was
+    /// answered.
     pub fn ingest_record(&self, rec: Record) -> Result<Effects, TaintError> {
         let fx = {
             let mut inner = self.lock();
-            let fx = inner.engine.apply_with(&rec, !self.watchers.is_empty())?;
-            let Inner { engine, journal } = &mut *inner;
+            if inner.closed {
+                return Err(TaintError::Closed);
+            }
+            let Inner {
+                engine, journal, ..
+            } = &mut *inner;
+            let new_vm = engine.vm(&rec.vm.uuid).is_none();
+            if new_vm {
+                engine.admits(&rec.vm)?;
+            }
             if let Some(j) = journal {
-                let kept =
-                    j.append(&rec)
-                        .and_then(|()| if j.due() { j.snapshot(engine) } else { Ok(()) });
-                if let Err(e) = kept {
-                    log::error!("taint state not persisted: {e}");
+                if new_vm {
+                    j.remember(&rec.vm)?;
+                }
+                j.append(&rec)?;
+            }
+            let fx = engine.apply_with(&rec, !self.watchers.is_empty())?;
+            if let Some(j) = journal.as_mut().filter(|j| j.due()) {
+                // The journal holds the batch: a snapshot that fails now
+                // is tried again at the next batch.
+                if let Err(e) = j.snapshot(engine) {
+                    log::error!("taint snapshot not written: {e}");
                 }
             }
             fx
@@ -211,12 +237,31 @@ impl TaintService {
         self.lock().engine.vm(uuid).map(|v| v.id.name.clone())
     }
 
-    /// Writes a snapshot now (at shutdown, say).
+    /// Writes a snapshot now.
     pub fn snapshot(&self) -> Result<(), TaintError> {
         let mut inner = self.lock();
-        let Inner { engine, journal } = &mut *inner;
+        let Inner {
+            engine, journal, ..
+        } = &mut *inner;
         match journal {
             Some(j) => j.snapshot(engine),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops taking batches in and leaves the state as a clean stop does
+    /// (a last snapshot, a manifest that says so): the monitor exits next.
+    /// A batch that was being applied is applied and journaled first; one
+    /// that comes later is refused ([`TaintError::Closed`]), and its
+    /// producer counts it as lost. Queries are still answered.
+    pub fn close(&self) -> Result<(), TaintError> {
+        let mut inner = self.lock();
+        inner.closed = true;
+        let Inner {
+            engine, journal, ..
+        } = &mut *inner;
+        match journal {
+            Some(j) => j.close(engine),
             None => Ok(()),
         }
     }

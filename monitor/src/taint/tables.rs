@@ -193,7 +193,16 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
     /// A table of capacity `cap` holding `entries` (oldest first); entries
     /// beyond the capacity are evicted as they would have been.
     pub fn from_stored(cap: usize, entries: Vec<Stored<K, V>>) -> Self {
-        let mut t = Bounded::new(cap);
+        Self::from_stored_evicting(cap, entries).0
+    }
+
+    /// As [`Bounded::from_stored`], with what had to be evicted (a bound
+    /// lowered since the entries were stored): the caller counts it, as
+    /// any eviction.
+    pub fn from_stored_evicting(cap: usize, entries: Vec<Stored<K, V>>) -> (Self, Vec<(K, V)>) {
+        // All in first, ages as stored; then down to the bound in the
+        // table's own order of eviction.
+        let mut t = Bounded::new(entries.len().max(cap));
         for e in entries {
             let retired = e.retired;
             let key = e.key.clone();
@@ -202,7 +211,12 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
                 t.retire(&key);
             }
         }
-        t
+        t.cap = cap.max(1);
+        let mut evicted = Vec::new();
+        while t.map.len() > t.cap {
+            evicted.extend(t.evict());
+        }
+        (t, evicted)
     }
 }
 
@@ -260,5 +274,9 @@ mod tests {
         let mut back = back;
         assert_eq!(back.insert(9, 90), Some((1, 10)));
         assert_eq!(back.insert(8, 80), Some((0, 0)));
+        // A lower bound evicts as the table would have: retired first.
+        let (small, evicted) = Bounded::from_stored_evicting(2, t.to_stored());
+        assert_eq!(small.len(), 2);
+        assert_eq!(evicted.iter().map(|e| e.0).collect::<Vec<_>>(), vec![1, 0]);
     }
 }

@@ -428,3 +428,156 @@ fn a_journal_already_in_the_snapshot_is_not_replayed_twice() {
     );
     assert!(has(&incomplete(&svc, &v), "journal was found damaged"));
 }
+
+#[test]
+fn a_snapshot_keeps_the_forks_a_late_read_reaches_back_to() {
+    let mut t = T::new();
+    let v = vm(1);
+    let sh = P::new(100, "sh");
+    let curl = P::new(101, "curl");
+    t.guest(&v, vec![sh.exec(&v), sh.fork(&v, &curl)]);
+    // The monitor restarts from a snapshot before fsd's report of sh's
+    // read arrives, within the window: the fork is still taken back.
+    let snap = serde_json::to_vec(&t.e.snapshot()).unwrap();
+    t.e = Engine::restore(
+        EngineConfig::default(),
+        serde_json::from_slice(&snap).unwrap(),
+    )
+    .unwrap();
+    t.files(&v, vec![fe(100, 10, FileAccess::Read, Some(RULE))]);
+    assert!(t.tainted(&v, &curl.subject()));
+}
+
+#[test]
+fn a_lowered_bound_evicts_at_the_restart_and_says_so() {
+    let mut t = T::new();
+    let (a, b, c) = (vm(1), vm(2), vm(3));
+    for v in [&a, &b, &c] {
+        case1(&mut t, v);
+    }
+    // b is the VM heard of last; the one before it, a.
+    t.files(&a, vec![]);
+    t.files(&b, vec![]);
+    let snap = serde_json::to_value(t.e.snapshot()).unwrap();
+    assert_eq!(snap["version"], 2);
+    let limits = Limits {
+        vms: 2,
+        files: 1,
+        ..Limits::default()
+    };
+    let back = Engine::restore(
+        EngineConfig {
+            limits,
+            ..EngineConfig::default()
+        },
+        serde_json::from_value(snap.clone()).unwrap(),
+    )
+    .unwrap();
+    assert!(back.vm(&c.uuid).is_none(), "the VM heard of longest ago");
+    let s = back.status(Some(&a.uuid)).vms.remove(0);
+    assert_eq!((s.files, s.evicted), (1, 1), "{s:?}");
+    assert!(!s.complete && s.incomplete.iter().any(|r| r.contains("evicted")));
+    assert_eq!(
+        back.query(
+            &c.uuid,
+            &Query::Process {
+                pid: 100,
+                task: None
+            }
+        ),
+        (None, false),
+        "a VM left out is one nothing is known of"
+    );
+    // Version 1 (before restart marks) is read; a later one is refused.
+    let mut v1 = snap.clone();
+    v1["version"] = 1.into();
+    for vm in v1["vms"].as_array_mut().unwrap() {
+        let vm = vm.as_object_mut().unwrap();
+        for k in ["continuity", "recent", "last_at_ms"] {
+            vm.remove(k);
+        }
+    }
+    assert!(Engine::restore(EngineConfig::default(), serde_json::from_value(v1).unwrap()).is_ok());
+    let mut v3 = snap;
+    v3["version"] = 3.into();
+    assert!(matches!(
+        Engine::restore(EngineConfig::default(), serde_json::from_value(v3).unwrap()),
+        Err(super::super::TaintError::SnapshotVersion(3))
+    ));
+}
+
+#[test]
+fn a_clean_stop_a_host_crash_and_state_gone_missing() {
+    use super::super::manifest::{Manifest, MANIFEST};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let v = vm(1);
+    let cat = P::new(100, "cat");
+    let (svc, _) = open(dir.path());
+    guest(&svc, &v, vec![cat.exec(&v)], seq(PLUGIN, 1, 1));
+    files(&svc, &v, vec![fe(100, 10, FileAccess::Read, Some(RULE))], 0);
+    let m = Manifest::read(&state).unwrap().unwrap();
+    assert!(!m.clean && !m.synced && m.boot_id.is_some());
+    assert_eq!(m.vms, vec![v.clone()], "a new VM is recorded at once");
+    // A clean stop: later batches are refused, queries still answered.
+    svc.close().unwrap();
+    assert!(matches!(
+        svc.ingest(
+            v.clone(),
+            Input::Files {
+                events: vec![],
+                dropped: 0
+            }
+        ),
+        Err(super::super::TaintError::Closed)
+    ));
+    let before = view(&svc, &v, &[cat]);
+    drop(svc);
+    assert!(Manifest::read(&state).unwrap().unwrap().clean);
+    let (svc, restored) = open(dir.path());
+    assert!(!restored.host_crashed && restored.from_snapshot);
+    assert_eq!(restored.replayed, 0, "all in the snapshot");
+    assert_eq!(view(&svc, &v, &[cat]), before);
+    drop(svc);
+    // Killed, and the host booted since: the last unsynced lines may be
+    // gone.
+    let mut m = Manifest::read(&state).unwrap().unwrap();
+    assert!(!m.clean);
+    m.boot_id = Some("another boot".into());
+    m.write(&state).unwrap();
+    let (svc, restored) = open(dir.path());
+    assert!(restored.host_crashed);
+    assert!(has(&incomplete(&svc, &v), "the host went down"));
+    drop(svc);
+    // The same with every line synced: nothing answered was lost.
+    let synced = TaintConfig {
+        journal_sync: super::super::JournalSync::Batch,
+        ..config(dir.path())
+    };
+    let v2 = vm(2);
+    {
+        let (svc, _) = TaintService::open(&synced, HashSet::new()).unwrap();
+        guest(&svc, &v2, vec![cat.exec(&v2)], seq(PLUGIN, 1, 1));
+    }
+    let mut m = Manifest::read(&state).unwrap().unwrap();
+    assert!(m.synced);
+    m.boot_id = Some("yet another boot".into());
+    m.write(&state).unwrap();
+    let (svc, restored) = TaintService::open(&synced, HashSet::new()).unwrap();
+    assert!(!restored.unwrap().host_crashed);
+    guest(&svc, &v2, vec![], seq(PLUGIN, 2, 1));
+    assert!(svc.status(Some(&v2.uuid)).vms[0].complete);
+    drop(svc);
+    // The snapshot and journal gone, the manifest left: the VMs it names
+    // come back empty and incomplete, not as VMs never seen.
+    for f in [SNAPSHOT, JOURNAL] {
+        std::fs::remove_file(state.join(f)).unwrap();
+    }
+    assert!(state.join(MANIFEST).exists());
+    let (svc, restored) = open(dir.path());
+    assert_eq!(restored.missing, 2);
+    for v in [&v, &v2] {
+        assert!(has(&incomplete(&svc, v), "not found at a restart"));
+        assert_eq!(svc.status(Some(&v.uuid)).vms[0].files, 0);
+    }
+}
