@@ -18,7 +18,9 @@
 # program is delegated: root in the guest may not write the share's
 # etc/shadow, but pwchange, run on alice's behalf in a second guest (the
 # helper VM, booted in the background), changes her line of it. Her
-# grant has ended by then, so the dialog asks her again.
+# grant has ended by then, so the dialog asks her again. Last, fsd is
+# replaced under the running guest twice: a live handover (SIGUSR2) and a
+# crash (SIGKILL, with --crash-recovery), while the guest reads in a loop.
 #
 #   scripts/demo.sh            set up, boot, run the tour, power off
 #   scripts/demo.sh --shell    same, but an interactive console (Ctrl-A X quits);
@@ -48,7 +50,7 @@ for arg in "$@"; do
     esac
 done
 
-STEPS=(deps build rootfs authd monitor fsd filter helper person guest look freeze taint connect revoke delegate finish host_view)
+STEPS=(deps build rootfs authd monitor fsd filter helper person guest look freeze taint connect revoke delegate rejuvenate finish host_view)
 
 target=${CARGO_TARGET_DIR:-$repo/target}
 bin=$target/debug
@@ -180,6 +182,12 @@ echo
 echo "guest# echo n3w-secret | pwchange --stdin    (fsd shows the delegation client as pwchange: the host asks alice, a helper VM runs the real program)"
 echo n3w-secret | /usr/bin/pwchange --stdin; echo "guest: pwchange exited with status $?"
 host shadow
+( n=0; bad=0; while [ ! -e /tmp/stop-reading ]; do n=$((n+1)); cat /root/hello.txt >/dev/null || bad=$((bad+1)); done; echo "$n $bad" >/tmp/reads ) &
+reader=$!
+host rejuvenate
+touch /tmp/stop-reading; wait "$reader"
+read -r n bad </tmp/reads
+echo "guest: $n reads of /root/hello.txt while fsd was replaced twice; $bad failed"
 echo "guest: the tour is over"
 TOUR
     if [ "$shell" -eq 1 ]; then
@@ -346,8 +354,10 @@ step_fsd() {
     rm -f "$sock"
     "$bin/fsd" --socket-path="$sock" --shared-dir="$root" --cache=auto --sandbox="$sandbox" \
         --policy="$work/policy.toml" --vm=demo --authd-socket="$work/authd/authd.sock" \
-        --audit-log="$work/fsd-audit.jsonl" --monitor-socket="$work/monitor.sock" >"$work/fsd.log" 2>&1 &
-    pids+=($!)
+        --audit-log="$work/fsd-audit.jsonl" --monitor-socket="$work/monitor.sock" \
+        --crash-recovery >"$work/fsd.log" 2>&1 &
+    fsd_pid=$!
+    pids+=($fsd_pid)
     await_socket "$sock" "$work/fsd.log"
 }
 
@@ -614,12 +624,61 @@ step_delegate() {
     go
 }
 
+# Waits up to 60 s for a line of fsd's log with "$1 N ..." and prints N.
+await_fsd_line() {
+    local i n
+    for i in $(seq 1 600); do
+        n=$(grep -o "$1 [0-9]*" "$work/fsd.log" | sed -n "$2p" | grep -o '[0-9]*$' || true)
+        [ -n "$n" ] && { echo "$n"; return 0; }
+        sleep 0.1
+    done
+    die "no \"$1\" in fsd's log"
+}
+
+# The process that serves the guest: fsd itself, or its sandboxed child.
+serving_daemon() {
+    [ "$sandbox" = none ] && { echo "$1"; return; }
+    local c
+    for c in $(cat "/proc/$1/task/$1/children" 2>/dev/null); do
+        grep -q '^fsd' "/proc/$c/comm" 2>/dev/null && { echo "$c"; return; }
+    done
+    echo "$1"
+}
+
+step_rejuvenate() {
+    [ "$shell" -eq 0 ] || return 0
+    follow rejuvenate
+    banner "fsd replaced under the running guest: a live handover, then a crash"
+    echo "host\$ kill -USR2 $fsd_pid    (fsd starts the binary on disk and hands its session over)"
+    kill -USR2 "$fsd_pid"
+    local new
+    new=$(await_fsd_line "handover: done; pid" 1)
+    pids+=("$new")
+    grep -h 'handover: done' "$work/fsd.log" | sed 's/^/  fsd log: /'
+    if ! grep -q 'the session is journaled' "$work/fsd.log"; then
+        echo "  (no crash recovery here: fsd has no file handles without root; the SIGKILL is left out)"
+        go
+        return
+    fi
+    sleep 1
+    local victim
+    victim=$(serving_daemon "$new")
+    echo "host\$ kill -KILL $victim    (the serving fsd dies; its supervisor keeps the session and starts a new fsd on it)"
+    kill -KILL "$victim"
+    new=$(await_fsd_line "crash recovery: done; pid" 1)
+    pids+=("$new")
+    grep -h 'crash recovery: \(fsd died\|serving\|done\)' "$work/fsd.log" | sed 's/^/  fsd log: /'
+    go
+}
+
 step_finish() {
     [ "$shell" -eq 0 ] || return 0
     follow end
     local rc=0
     wait "$guest" || rc=$?
     [ "$rc" -eq 0 ] || { tail -n 30 "$work/console.log" >&2; die "the guest's tour failed (rc $rc)"; }
+    grep -q 'while fsd was replaced twice; 0 failed' "$work/console.log" ||
+        die "the guest saw failed reads while fsd was replaced"
     echo "(the guest powered off)"
 }
 
