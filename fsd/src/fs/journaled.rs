@@ -49,16 +49,14 @@ impl SharedFs {
     /// taken before the import consumes them: node ids with their host
     /// keys and lookup counts, open files with their inode and flags.
     pub(super) fn journal_base_of(st: &FsState) -> JournalBase {
+        let counted: std::collections::HashMap<u64, u64> =
+            st.nodes.iter().map(|n| (n.node, n.lookups)).collect();
         let nodes = st
             .passthrough
             .inodes
             .iter()
             .map(|i| {
-                let lookups = st
-                    .nodes
-                    .iter()
-                    .find(|n| n.node == i.inode)
-                    .map_or(i.refcount, |n| n.lookups);
+                let lookups = counted.get(&i.inode).copied().unwrap_or(i.refcount);
                 (i.inode, i.dev, i.ino, lookups)
             })
             .collect();
