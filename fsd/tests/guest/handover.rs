@@ -258,7 +258,9 @@ fn under_load(sandbox: Sandbox, root_on_fsd: bool, event: Event) {
         .unwrap()
         .subsec_nanos() as u64
         | 1;
-    println!("kill moments from seed {seed}");
+    if event == Event::Crash {
+        println!("kill moments from seed {seed}");
+    }
     for n in 1..=events {
         // Each handover falls into a different round of the guest loop:
         // wait until it finished one more since the last handover.
