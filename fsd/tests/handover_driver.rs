@@ -1001,6 +1001,12 @@ fn a_request_in_flight_at_the_kill_is_answered_by_the_new_fsd() {
         });
     let r = driver::fuse::Reply::decode(&c).unwrap();
     assert_eq!(r.errno(), libc::EINTR, "the waiting lock request");
+    // The supervisor logs the recovery once the new fsd said it serves,
+    // which may come after the new fsd's first answer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while recovered(&log_text(&rig.log)).len() <= before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let log = log_text(&rig.log);
     assert!(recovered(&log).len() > before, "{log}");
     assert!(
