@@ -9,7 +9,7 @@
 //! the handover is then given up and the old process goes on serving (see
 //! docs/rejuvenation.md, "Blocking requests").
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,12 @@ pub struct Quiesce {
     /// Held (shared) by a queue thread while it pops; taken exclusively by
     /// [`Self::pause`] to know that none is popping any more.
     gate: RwLock<()>,
-    in_flight: Mutex<usize>,
+    /// Requests popped and not answered. An atomic, not a mutex: every
+    /// request passes here twice, and only a pause needs to be woken.
+    in_flight: AtomicUsize,
+    /// Taken by a pause while it checks the count, and by the last answer
+    /// before it wakes the pause, so that no wake-up falls between.
+    waiting: Mutex<()>,
     idle: Condvar,
 }
 
@@ -29,10 +34,11 @@ pub struct InFlight(Arc<Quiesce>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut n = self.0.in_flight.lock().unwrap();
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            self.0.idle.notify_all();
+        let q = &self.0;
+        // No system call on the request path unless a pause waits.
+        if q.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 && q.paused.load(Ordering::Acquire) {
+            let _g = q.waiting.lock().unwrap();
+            q.idle.notify_all();
         }
     }
 }
@@ -47,7 +53,7 @@ impl Quiesce {
 
     /// Counts a popped request until the returned value is dropped.
     pub fn popped(self: &Arc<Self>) -> InFlight {
-        *self.in_flight.lock().unwrap() += 1;
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
     }
 
@@ -59,15 +65,18 @@ impl Quiesce {
         // No queue thread is between `enter` and the end of its pass.
         drop(self.gate.write().unwrap());
         let deadline = Instant::now() + wait;
-        let mut n = self.in_flight.lock().unwrap();
-        while *n > 0 {
+        let mut g = self.waiting.lock().unwrap();
+        loop {
+            let n = self.in_flight.load(Ordering::Acquire);
+            if n == 0 {
+                return Ok(());
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(*n);
+                return Err(n);
             }
-            n = self.idle.wait_timeout(n, left).unwrap().0;
+            g = self.idle.wait_timeout(g, left).unwrap().0;
         }
-        Ok(())
     }
 
     pub fn resume(&self) {
