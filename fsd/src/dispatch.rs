@@ -233,7 +233,12 @@ impl Dispatcher {
     /// Such requests run on a thread of their own, so that every other
     /// request keeps flowing meanwhile.
     pub fn needs_own_thread(&self, chain: &Chain) -> bool {
-        let Some(h) = Self::peek_header(chain) else {
+        self.needs_own_thread_for(Self::peek_header(chain).as_ref())
+    }
+
+    /// [`Self::needs_own_thread`] for a header already read.
+    pub fn needs_own_thread_for(&self, header: Option<&InHeader>) -> bool {
+        let Some(h) = header else {
             return false;
         };
         h.opcode == Opcode::Setlkw as u32 || self.fs.would_wait(h.nodeid)
@@ -254,13 +259,21 @@ impl Dispatcher {
     /// Handles one chain and returns the number of bytes written into it,
     /// which is the length to put in the used ring.
     pub fn handle(&self, chain: Chain, blocking: Blocking) -> u32 {
+        let header = Self::peek_header(&chain);
+        self.handle_peeked(chain, header, blocking)
+    }
+
+    /// [`Self::handle`] with the header the caller already read from the
+    /// chain ([`Self::peek_header`]): reading it walks the chain through
+    /// guest memory, which is worth doing once per request, not twice.
+    pub fn handle_peeked(&self, chain: Chain, header: Option<InHeader>, blocking: Blocking) -> u32 {
         match blocking {
-            Blocking::Allowed => waiting_allowed(|| self.handle_inner(chain, blocking)),
-            Blocking::Refused => self.handle_inner(chain, blocking),
+            Blocking::Allowed => waiting_allowed(|| self.handle_inner(chain, header, blocking)),
+            Blocking::Refused => self.handle_inner(chain, header, blocking),
         }
     }
 
-    fn handle_inner(&self, chain: Chain, blocking: Blocking) -> u32 {
+    fn handle_inner(&self, chain: Chain, header: Option<InHeader>, blocking: Blocking) -> u32 {
         let mem = chain.memory();
         // One reader for the whole request, built once: the dispatcher's
         // checks read from clones of it, and the server gets it as it is.
@@ -271,7 +284,7 @@ impl Dispatcher {
                 return 0;
             }
         };
-        let Some(header) = Self::peek_header(&chain) else {
+        let Some(header) = header else {
             warn!("request too short for a FUSE header");
             return 0;
         };

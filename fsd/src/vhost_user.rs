@@ -157,7 +157,9 @@ impl FsBackend {
         let head = chain.head_index();
         // Answered when dropped, on every path below.
         let popped: InFlight = self.quiesce.popped();
-        if self.dispatcher.needs_own_thread(&chain) {
+        // Read once, used twice: for the routing here and by the handler.
+        let header = Dispatcher::peek_header(&chain);
+        if self.dispatcher.needs_own_thread_for(header.as_ref()) {
             match self.lock_waiters.try_reserve() {
                 Some(permit) => {
                     let d = self.dispatcher.clone();
@@ -166,7 +168,7 @@ impl FsBackend {
                         std::thread::Builder::new()
                             .name("fsd-waiter".into())
                             .spawn(move || {
-                                let len = d.handle(chain, Blocking::Allowed);
+                                let len = d.handle_peeked(chain, header, Blocking::Allowed);
                                 Self::complete(&done2, head, len);
                                 drop(permit);
                                 drop(popped);
@@ -179,7 +181,9 @@ impl FsBackend {
                 }
                 None => {
                     warn!("too many waiting requests; refusing one that would wait");
-                    let len = self.dispatcher.handle(chain, Blocking::Refused);
+                    let len = self
+                        .dispatcher
+                        .handle_peeked(chain, header, Blocking::Refused);
                     Self::complete(&done, head, len);
                 }
             }
@@ -187,13 +191,15 @@ impl FsBackend {
         }
         match self.pool.as_ref().filter(|_| !inline) {
             None => {
-                let len = self.dispatcher.handle(chain, Blocking::Refused);
+                let len = self
+                    .dispatcher
+                    .handle_peeked(chain, header, Blocking::Refused);
                 Self::complete(&done, head, len);
             }
             Some(pool) => {
                 let d = self.dispatcher.clone();
                 let job = Box::new(move || {
-                    let len = d.handle(chain, Blocking::Refused);
+                    let len = d.handle_peeked(chain, header, Blocking::Refused);
                     Self::complete(&done, head, len);
                     drop(popped);
                 });

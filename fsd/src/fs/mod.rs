@@ -110,6 +110,12 @@ pub struct SharedFs {
     journal_base: std::sync::Mutex<crate::crash::journal::Folded>,
 }
 
+/// Read-only descriptors kept open for the next read-only OPEN of the same
+/// inode with the same flags (no open and close per OPEN/RELEASE pair; see
+/// the vendored passthrough layer's `ro_share`). They come out of the
+/// descriptors fsd keeps for itself ([`nodes::RESERVED_FDS`]).
+pub const READONLY_SHARED: usize = 64;
+
 /// Settings of [`SharedFs`] beyond those of the passthrough layer.
 pub struct SharedFsOptions {
     pub readonly: bool,
@@ -148,6 +154,7 @@ impl SharedFs {
             ..cfg
         };
         let inner = PassthroughFs::<()>::new(cfg)?;
+        inner.set_readonly_sharing(READONLY_SHARED);
         Ok(SharedFs {
             inner,
             readonly: opts.readonly,
@@ -677,9 +684,14 @@ impl FileSystem for SharedFs {
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
         valid_open_flags(flags)?;
         // Directories are opened with OPENDIR; a guest kernel never sends
-        // OPEN for one, and a file handle on a directory is no use.
-        let (st, _) = self.inner.getattr(ctx, inode, None)?;
-        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        // OPEN for one, and a file handle on a directory is no use. An
+        // inode's type never changes: the mode the passthrough layer keeps
+        // answers without a system call.
+        let mode = self
+            .inner
+            .inode_mode(inode)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+        if mode & libc::S_IFMT == libc::S_IFDIR {
             return Err(io::Error::from_raw_os_error(libc::EISDIR));
         }
         if self.readonly && wants_write(flags) {

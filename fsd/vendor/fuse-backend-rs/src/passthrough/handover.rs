@@ -127,6 +127,18 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
         }
     }
 
+    /// Lets read-only handles share recently opened descriptors, at most
+    /// `n` of them (0: every OPEN opens, as upstream does).
+    pub fn set_readonly_sharing(&self, n: usize) {
+        self.ro_share.set_capacity(n);
+    }
+
+    /// The mode (file type and permissions as last seen) of an inode the
+    /// guest holds: OPEN's check for a directory needs no system call.
+    pub fn inode_mode(&self, inode: u64) -> Option<u32> {
+        self.inode_map.get(inode).ok().map(|d| d.mode)
+    }
+
     /// One inode as a crash journal records it: mount id, mode and file
     /// handle (type, bytes), without a descriptor; `None` for an unknown
     /// inode, and no handle for one held by descriptor.
@@ -189,6 +201,7 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
             }
         }
         self.handle_map.clear();
+        self.ro_share.clear();
         for h in state.handles {
             self.handle_map
                 .insert(h.handle, HandleData::new(h.inode, h.file, h.flags));

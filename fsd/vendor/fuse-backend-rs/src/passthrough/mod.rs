@@ -55,6 +55,7 @@ mod inode_store;
 mod mount_fd;
 mod os_compat;
 mod overlay;
+mod ro_share;
 mod statx;
 mod sync_io;
 mod util;
@@ -258,13 +259,19 @@ impl InodeMap {
 
 struct HandleData {
     inode: Inode,
-    file: File,
+    // fsd patch (shared read-only descriptors): an `Arc`, so that read-only
+    // handles of one inode can share one description (see `ro_share`).
+    file: Arc<File>,
     lock: Mutex<()>,
     open_flags: AtomicU32,
 }
 
 impl HandleData {
     fn new(inode: Inode, file: File, flags: u32) -> Self {
+        Self::shared(inode, Arc::new(file), flags)
+    }
+
+    fn shared(inode: Inode, file: Arc<File>, flags: u32) -> Self {
         HandleData {
             inode,
             file,
@@ -362,6 +369,8 @@ pub struct PassthroughFs<S: BitmapSlice + Send + Sync = ()> {
     // used for reading and writing data.
     handle_map: HandleMap,
     next_handle: AtomicU64,
+    // fsd patch (shared read-only descriptors).
+    ro_share: ro_share::RoShare,
 
     // Use to generate unique inode
     ino_allocator: UniqueInodeGenerator,
@@ -445,6 +454,7 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
 
             handle_map: HandleMap::new(),
             next_handle: AtomicU64::new(1),
+            ro_share: Default::default(),
 
             mount_fds,
             proc_self_fd,
@@ -775,6 +785,8 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
                     .is_ok()
                 {
                     if new == 0 {
+                        // fsd patch (shared read-only descriptors).
+                        self.ro_share.forget(inode);
                         // We just removed the last refcount for this inode.
                         // The allocated inode number should be kept in the map when use_host_ino
                         // is false or host inode(don't use the virtual 56bit inode) is bigger than MAX_HOST_INO.

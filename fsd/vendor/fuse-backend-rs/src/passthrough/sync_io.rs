@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::ro_share;
 use super::os_compat::LinuxDirent64;
 use super::util::{stat_fd, sync_fd};
 use super::*;
@@ -192,10 +193,22 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
         } else {
             None
         };
-        let file = self.open_inode(inode, flags as i32)?;
+        // fsd patch (shared read-only descriptors): a read-only open of an
+        // inode opened the same way a moment ago reuses that descriptor.
+        let shareable = self.ro_share.enabled() && ro_share::shareable(flags);
+        let file = match shareable.then(|| self.ro_share.get(inode, flags)).flatten() {
+            Some(f) => f,
+            None => {
+                let f = Arc::new(self.open_inode(inode, flags as i32)?);
+                if shareable {
+                    self.ro_share.put(inode, flags, f.clone());
+                }
+                f
+            }
+        };
         drop(killpriv);
 
-        let data = HandleData::new(inode, file, flags);
+        let data = HandleData::shared(inode, file, flags);
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.handle_map.insert(handle, data);
 
@@ -345,6 +358,8 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
 
     fn destroy(&self) {
         self.handle_map.clear();
+        // fsd patch (shared read-only descriptors).
+        self.ro_share.clear();
         self.inode_map.clear();
 
         if let Err(e) = self.import() {
