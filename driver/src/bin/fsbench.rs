@@ -1,8 +1,8 @@
 //! `fsbench`: fsd and virtiofsd side by side on the same files.
 //!
 //! Starts both daemons on one scratch share, drives each through the same
-//! workloads at queue depth 1 and 32 (and fsd also with two request queues
-//! in parallel), repeats, and prints a Markdown table of medians with the
+//! workloads at queue depth 1 and 32 (`--depths`; and fsd also with 2 and
+//! 4 request queues driven in parallel, 32 in flight in all), repeats, and prints a Markdown table of medians with the
 //! ratio fsd/virtiofsd and the host's own `pread` ceiling beside the read
 //! rows. `--smoke` uses tiny counts to check that everything works.
 //! `--policy-rules N` compares fsd with an access-control policy of N rules
@@ -45,7 +45,17 @@ struct Args {
     /// leave this out).
     #[arg(long, default_value_t = 100_000)]
     held: usize,
+    /// Queue depths of the one-queue rows.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 32])]
+    depths: Vec<usize>,
+    /// Extra arguments for fsd (e.g. `--fsd-arg=--thread-pool-size=2`).
+    #[arg(long = "fsd-arg", allow_hyphen_values = true)]
+    fsd_args: Vec<String>,
 }
+
+/// Request queues fsd is driven through in parallel, 32 requests in
+/// flight in all (each queue at 32/N): against the one-queue row at 32.
+const PARALLEL_QUEUES: [usize; 2] = [2, 4];
 
 struct Target {
     kind: DaemonKind,
@@ -105,18 +115,27 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 (
                     DaemonKind::Fsd,
                     format!("fsd+{n} rules"),
-                    vec![
+                    [
                         format!("--policy={}", policy.display()),
                         "--vm=bench".into(),
-                    ],
+                    ]
+                    .into_iter()
+                    .chain(a.fsd_args.iter().cloned())
+                    .collect(),
                 ),
-                (DaemonKind::Fsd, "fsd".into(), Vec::new()),
+                (DaemonKind::Fsd, "fsd".into(), a.fsd_args.clone()),
             ]
         }
         None => [DaemonKind::Fsd, DaemonKind::Virtiofsd]
             .into_iter()
             .filter(|k| a.daemon == "both" || a.daemon == k.name())
-            .map(|k| (k, k.name().to_string(), Vec::new()))
+            .map(|k| {
+                let extra = match k {
+                    DaemonKind::Fsd => a.fsd_args.clone(),
+                    _ => Vec::new(),
+                };
+                (k, k.name().to_string(), extra)
+            })
             .collect(),
     };
     let mut targets = Vec::new();
@@ -131,7 +150,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         spec.extra_args = extra;
         let daemon = Daemon::spawn(spec)?;
         let cfg = DeviceConfig {
-            request_queues: if kind == DaemonKind::Fsd { 2 } else { 1 },
+            request_queues: if kind == DaemonKind::Fsd { 4 } else { 1 },
             queue_size: 256,
             mem_size: 256 << 20,
             ..Default::default()
@@ -181,7 +200,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             continue;
         }
         let ops = ops_for(w, a.smoke, a.scale);
-        for depth in [1usize, 32] {
+        for &depth in &a.depths {
             let mut per: Vec<Vec<Measurement>> = vec![Vec::new(); targets.len()];
             for _ in 0..reps {
                 for (i, t) in targets.iter_mut().enumerate() {
@@ -194,20 +213,28 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             let ceiling = bench::host_ceiling(&share, w, ops.max(100));
             print_row(w, &depth.to_string(), &targets, &per, ceiling);
         }
-        // fsd with two request queues driven in parallel.
-        let two_queues = a.policy_rules.is_none();
+        // fsd with several request queues driven in parallel.
+        let parallel_rows = a.policy_rules.is_none();
         if let Some(ti) = targets
             .iter()
             .position(|t| t.kind == DaemonKind::Fsd)
-            .filter(|_| two_queues)
+            .filter(|_| parallel_rows)
         {
-            let mut ms = Vec::new();
-            for _ in 0..reps {
-                ms.push(parallel(&mut targets[ti], w, ops)?);
+            for nq in PARALLEL_QUEUES {
+                let mut ms = Vec::new();
+                for _ in 0..reps {
+                    ms.push(parallel(&mut targets[ti], w, ops, nq)?);
+                }
+                let mut per: Vec<Vec<Measurement>> = vec![Vec::new(); targets.len()];
+                per[ti] = ms;
+                print_row(
+                    w,
+                    &format!("{nq} queues × {}", 32 / nq),
+                    &targets,
+                    &per,
+                    None,
+                );
             }
-            let mut per: Vec<Vec<Measurement>> = vec![Vec::new(); targets.len()];
-            per[ti] = ms;
-            print_row(w, "2 queues × 16", &targets, &per, None);
         }
     }
     if held > 0 {
@@ -249,30 +276,40 @@ fn hold(targets: &mut [Target], n: usize) -> Result<(), Box<dyn std::error::Erro
     Ok(())
 }
 
-/// Two threads, each driving one request queue at depth 16.
-fn parallel(t: &mut Target, w: Workload, ops: u64) -> Result<Measurement, String> {
+/// `nq` threads, each driving one request queue at depth 32/`nq`.
+fn parallel(t: &mut Target, w: Workload, ops: u64, nq: usize) -> Result<Measurement, String> {
     let prep = t.prep.clone();
     let queues = t.dev.queues_mut();
     let (_, req) = queues.split_at_mut(1);
-    let (q1, q2) = req.split_at_mut(1);
+    let nq = nq.min(req.len()).min(prep.len()).max(1);
+    let depth = (32 / nq).max(1);
     let t0 = std::time::Instant::now();
-    let (a, b) = std::thread::scope(|s| {
-        let h1 = s.spawn(|| bench::run(&mut q1[0], &prep[0], w, 16, ops / 2 + ops % 2, 0));
-        let h2 = s.spawn(|| bench::run(&mut q2[0], &prep[1], w, 16, ops / 2, 1000));
-        (h1.join(), h2.join())
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = req[..nq]
+            .iter_mut()
+            .enumerate()
+            .map(|(i, q)| {
+                let p = &prep[i];
+                let share = ops / nq as u64 + u64::from((i as u64) < ops % nq as u64);
+                s.spawn(move || bench::run(q, p, w, depth, share, 1000 * i as u64))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join()).collect()
     });
     let secs = t0.elapsed().as_secs_f64();
-    let a = a
-        .map_err(|_| "worker panicked")?
-        .map_err(|e| e.to_string())?;
-    let b = b
-        .map_err(|_| "worker panicked")?
-        .map_err(|e| e.to_string())?;
-    Ok(Measurement {
-        ops: a.ops + b.ops,
-        bytes: a.bytes + b.bytes,
+    let mut total = Measurement {
+        ops: 0,
+        bytes: 0,
         secs,
-    })
+    };
+    for r in results {
+        let m = r
+            .map_err(|_| "worker panicked")?
+            .map_err(|e| e.to_string())?;
+        total.ops += m.ops;
+        total.bytes += m.bytes;
+    }
+    Ok(total)
 }
 
 fn print_row(
