@@ -51,6 +51,10 @@ struct Args {
     /// Extra arguments for fsd (e.g. `--fsd-arg=--thread-pool-size=2`).
     #[arg(long = "fsd-arg", allow_hyphen_values = true)]
     fsd_args: Vec<String>,
+    /// Compare fsd with these extra arguments against fsd without them
+    /// (instead of fsd against virtiofsd), e.g. `--variant=--thread-pool-size=2`.
+    #[arg(long, allow_hyphen_values = true)]
+    variant: Vec<String>,
 }
 
 /// Request queues fsd is driven through in parallel, 32 requests in
@@ -109,6 +113,14 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     // What to run: (kind, name in the table, extra flags).
     let plans: Vec<(DaemonKind, String, Vec<String>)> = match a.policy_rules {
+        None if !a.variant.is_empty() => vec![
+            (
+                DaemonKind::Fsd,
+                format!("fsd {}", a.variant.join(" ")),
+                a.variant.iter().chain(&a.fsd_args).cloned().collect(),
+            ),
+            (DaemonKind::Fsd, "fsd".into(), a.fsd_args.clone()),
+        ],
         Some(n) => {
             let policy = write_policy(scratch.path(), n)?;
             vec![
@@ -214,7 +226,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             print_row(w, &depth.to_string(), &targets, &per, ceiling);
         }
         // fsd with several request queues driven in parallel.
-        let parallel_rows = a.policy_rules.is_none();
+        let parallel_rows = a.policy_rules.is_none() && a.variant.is_empty();
         if let Some(ti) = targets
             .iter()
             .position(|t| t.kind == DaemonKind::Fsd)
