@@ -669,6 +669,9 @@ step done
 /// store) grants again. Killing authd once more ends that grant in fsd at
 /// once (its subscription breaks), long before the grant's own expiry:
 /// both a new open and a descriptor opened under the grant are refused.
+/// Started again, authd still holds the grant (it keeps live grants across
+/// a restart), fsd takes it back, and the guest reads again without a
+/// prompt.
 #[test]
 fn authd_killed_mid_prompt_fails_closed_and_recovers() {
     let Some(mut rig) = Rig::start(Setup {
@@ -699,6 +702,9 @@ await killed-again
 t open-after-second-kill cat secret/doc.txt
 t fd-after-second-kill sh -c 'dd bs=4096 count=1 <&3'
 t pub-end cat public/ok.txt
+step down-again
+await restarted-again
+t after-second-restart cat secret/doc.txt
 step done
 "#,
     }) else {
@@ -747,6 +753,24 @@ step done
     rig.expect_eacces("open-after-second-kill");
     rig.expect_eacces("fd-after-second-kill");
     rig.expect_ok("pub-end", PUBLIC);
+    rig.guest.step("down-again");
+
+    // authd kept the live grant across its death: started again, it lists
+    // the grant, fsd takes it back, and the guest reads without a prompt.
+    let fsd_log = rig.work.path().join("fsd.log");
+    let taken_back = |log: &str| {
+        log.matches("1 live grants taken over from its list")
+            .count()
+    };
+    let before = taken_back(&std::fs::read_to_string(&fsd_log).unwrap_or_default());
+    rig.authd.start();
+    if !wait_for(Duration::from_secs(30), || {
+        taken_back(&std::fs::read_to_string(&fsd_log).unwrap_or_default()) > before
+    }) {
+        rig.fail("fsd did not take the grant back from the restarted authd");
+    }
+    rig.guest.go("restarted-again");
+    rig.expect_ok("after-second-restart", MARKER);
     rig.guest.step("done");
     let out = rig.finish();
     println!("{out}");
@@ -757,16 +781,21 @@ step done
         "{opens:?}"
     );
     let n = opens.len();
-    assert!(n >= 5, "{opens:?}");
-    assert_eq!(opens[n - 3], "allowed: granted by authd", "{opens:?}");
+    assert!(n >= 6, "{opens:?}");
+    assert_eq!(opens[n - 4], "allowed: granted by authd", "{opens:?}");
     assert_eq!(
-        opens[n - 2],
+        opens[n - 3],
         "allowed",
         "exec 3< under the grant: {opens:?}"
     );
     assert!(
-        opens[n - 1].starts_with("denied: authd unreachable or failed"),
+        opens[n - 2].starts_with("denied: authd unreachable or failed"),
         "{opens:?}"
+    );
+    assert_eq!(
+        opens[n - 1],
+        "allowed",
+        "after authd's second restart: {opens:?}"
     );
     // The read through the descriptor from the ended grant is refused
     // without asking anyone.
@@ -776,6 +805,7 @@ step done
         ["denied: the grant this handle was opened under has ended"],
         "{reads:?}"
     );
+    // No prompt after the second restart: the grant outlived authd.
     assert_eq!(rig.authd.audit("prompt").len(), 2);
     assert_eq!(rig.authd.audit("granted").len(), 1);
     println!(
