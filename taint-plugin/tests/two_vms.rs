@@ -248,6 +248,8 @@ struct Rig {
     monitor_bin: PathBuf,
     socket: PathBuf,
     monitor: Daemon,
+    /// How the monitor was started, to start it again.
+    monitor_spec: DaemonSpec,
     /// `monitor taint watch --json`, writing to `watch.jsonl`.
     watch: Option<Child>,
     authd: authd_stub::FakeAuthd,
@@ -371,7 +373,8 @@ fn start() -> Option<Rig> {
         &config,
         serde_json::to_vec_pretty(&serde_json::json!({
             "vms": vms,
-            "taint": {"freeze_on_leak": true, "audit_log": d.join("taint-audit.jsonl")}
+            "taint": {"freeze_on_leak": true, "audit_log": d.join("taint-audit.jsonl"),
+                      "state_dir": d.join("taint-state")}
         }))
         .unwrap(),
     )
@@ -458,6 +461,7 @@ fn start() -> Option<Rig> {
         monitor_bin,
         socket: monitor_socket,
         monitor,
+        monitor_spec: spec,
         watch: None,
         authd,
         sides,
@@ -475,6 +479,7 @@ fn taint_tracking_in_two_vms() {
     leak(&mut rig);
     derived_files(&mut rig);
     nothing_lost(&rig);
+    monitor_restarted(&mut rig);
     println!("two VMs, all cases: {:?}", t0.elapsed());
 }
 
@@ -801,5 +806,70 @@ fn nothing_lost(rig: &Rig) {
             st.incomplete
         );
         assert_eq!(st.hooks_dropped + st.fsd_dropped, 0, "{st:?}");
+    }
+}
+
+/// The monitor is killed (SIGKILL) and started again on the same state
+/// directory: every VM's taint graph and counts are as before, both VMs
+/// are still known, and the daemon serves queries again.
+fn monitor_restarted(rig: &mut Rig) {
+    let snapshot = |rig: &Rig| {
+        let status = rig.client().taint_status(None, T).unwrap();
+        let mut out = Vec::new();
+        for st in &status.vms {
+            let graph: BTreeSet<String> = rig
+                .graph(&st.name)
+                .iter()
+                .map(|e| format!("{:?} {:?}", e.entry.subject, e.entry.origin))
+                .collect();
+            out.push((
+                st.name.clone(),
+                (
+                    st.files,
+                    st.processes,
+                    st.unix_sockets,
+                    st.inet_flows,
+                    st.alerts,
+                ),
+                graph,
+            ));
+        }
+        out.sort();
+        out
+    };
+    let before = snapshot(rig);
+    assert_eq!(before.len(), 2, "{before:?}");
+    // SAFETY: killing the monitor this test started.
+    unsafe { libc::kill(rig.monitor.pid() as i32, libc::SIGKILL) };
+    rig.monitor.wait_exit(Duration::from_secs(10));
+    let t = Instant::now();
+    rig.monitor = Daemon::spawn_on_path(&rig.monitor_spec, &rig.socket)
+        .unwrap_or_else(|e| panic!("the monitor did not start again: {e}"));
+    let after = until("the restarted monitor answers", || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| snapshot(rig))).ok()
+    });
+    for ((name, counts, graph), (name2, counts2, graph2)) in before.iter().zip(&after) {
+        assert_eq!(name, name2);
+        assert_eq!(
+            counts, counts2,
+            "{name}: counts after the monitor's restart"
+        );
+        assert_eq!(
+            graph, graph2,
+            "{name}: taint graph after the monitor's restart"
+        );
+    }
+    let status = rig.client().taint_status(None, T).unwrap();
+    for st in &status.vms {
+        println!(
+            "{}: after the monitor's SIGKILL and restart ({:?}): {} files, {} processes, {} alerts, complete: {} {:?}",
+            st.name,
+            t.elapsed(),
+            st.files,
+            st.processes,
+            st.alerts,
+            st.complete,
+            st.incomplete
+        );
     }
 }
