@@ -158,6 +158,43 @@ fn read_written_header(chain: &Chain) -> Option<OutHeader> {
     read_head(chain, true)
 }
 
+/// Where the reply's header goes, zeroed before the server runs so that
+/// afterwards fsd can tell whether it wrote a reply. Usually the first
+/// writable buffer holds the whole header: then it is zeroed and read back
+/// through that buffer, without walking the chain (which reads every
+/// descriptor from guest memory) twice more per request.
+enum HeaderArea<'a> {
+    Buffer(vm_memory::VolatileSlice<'a, ()>),
+    /// A guest that splits the header over buffers: the chain is walked.
+    Chain,
+}
+
+impl<'a> HeaderArea<'a> {
+    fn clear(writer: &VirtioFsWriter<'a, ()>, mem: &GuestMem, chain: &Chain) -> Self {
+        let zero = [0u8; size_of::<OutHeader>()];
+        match writer.first_slice() {
+            Some(b) if b.len() >= zero.len() && b.write_slice(&zero, 0).is_ok() => {
+                HeaderArea::Buffer(b)
+            }
+            _ => {
+                clear_header_area(mem, chain);
+                HeaderArea::Chain
+            }
+        }
+    }
+
+    fn written(&self, chain: &Chain) -> Option<OutHeader> {
+        match self {
+            HeaderArea::Buffer(b) => {
+                let mut h = OutHeader::default();
+                b.read_slice(h.as_mut_slice(), 0).ok()?;
+                Some(h)
+            }
+            HeaderArea::Chain => read_written_header(chain),
+        }
+    }
+}
+
 /// Zeroes the reply header area, so that [`read_written_header`] can tell
 /// whether the server wrote anything.
 fn clear_header_area(mem: &GuestMem, chain: &Chain) {
@@ -339,13 +376,13 @@ impl Dispatcher {
                 }
             }
             _ => {
-                clear_header_area(mem, &chain);
+                let area = HeaderArea::clear(&writer, mem, &chain);
                 match self
                     .server
                     .handle_message(full, Writer::VirtioFs(writer), None, None)
                 {
                     Ok(n) => {
-                        if is_init && read_written_header(&chain).is_some_and(|h| h.error == 0) {
+                        if is_init && area.written(&chain).is_some_and(|h| h.error == 0) {
                             self.initialized.store(true, Ordering::SeqCst);
                             self.session.store(true, Ordering::SeqCst);
                         }
@@ -353,7 +390,7 @@ impl Dispatcher {
                     }
                     Err(e) => {
                         debug!("request {} failed: {e}", header.opcode);
-                        match read_written_header(&chain) {
+                        match area.written(&chain) {
                             Some(h) if h.len != 0 => h.len as usize,
                             _ if no_reply => 0,
                             // A fresh writer: the server's went with it.
