@@ -126,16 +126,7 @@ impl FsBackend {
     /// asked to be. With crash recovery, the answer is committed in the
     /// in-flight table under the vring lock.
     fn complete(done: &Done, head: u16, len: u32) {
-        let added = {
-            let mut st = done.vring.get_mut();
-            match &done.inflight {
-                Some(t) => {
-                    let used_before = st.get_queue().next_used();
-                    t.answer(done.queue, head, used_before, || st.add_used(head, len))
-                }
-                None => st.add_used(head, len),
-            }
-        };
+        let added = add_used(&done.vring, done.inflight.as_deref(), done.queue, head, len);
         if let Err(e) = added {
             error!("cannot add to the used ring: {e}");
             return;
@@ -249,6 +240,25 @@ impl FsBackend {
             self.run(chain, done.clone(), i == last);
         }
         Ok(())
+    }
+}
+
+/// Puts `head` in the used ring; with a crash-recovery table, the answer is
+/// committed in it under the vring lock (see [`crate::crash::inflight`]).
+pub fn add_used(
+    vring: &VringRwLock,
+    inflight: Option<&InFlightTable>,
+    queue: usize,
+    head: u16,
+    len: u32,
+) -> Result<(), virtio_queue::Error> {
+    let mut st = vring.get_mut();
+    match inflight {
+        Some(t) => {
+            let used_before = st.get_queue().next_used();
+            t.answer(queue, head, used_before, || st.add_used(head, len))
+        }
+        None => st.add_used(head, len),
     }
 }
 

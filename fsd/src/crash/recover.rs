@@ -348,10 +348,7 @@ pub fn answer_pending(
                     0
                 }
             };
-            let mut st = vring.get_mut();
-            let used_before = st.get_queue().next_used();
-            table
-                .answer(index, head, used_before, || st.add_used(head, len))
+            crate::vhost_user::add_used(vring, Some(table), index, head, len)
                 .map_err(|e| io::Error::other(e.to_string()))?;
         }
         let _ = vring.signal_used_queue();

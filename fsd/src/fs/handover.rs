@@ -32,13 +32,6 @@ impl SharedFs {
         let e = self.inner.export_state()?;
         let s = e.session;
         let passthrough = PassthroughState {
-            next_inode: s.next_inode,
-            next_handle: s.next_handle,
-            writeback: s.writeback,
-            no_open: s.no_open,
-            no_opendir: s.no_opendir,
-            killpriv_v2: s.killpriv_v2,
-            perfile_dax: s.perfile_dax,
             inodes: e
                 .inodes
                 .into_iter()
@@ -63,6 +56,7 @@ impl SharedFs {
                     fd: bag.put(h.file.into()),
                 })
                 .collect(),
+            ..session_flags(s)
         };
         let (nodes, handles_held) = self.nodes.export();
         let (posix_locks, flock_locks) = self.locks.export(bag)?;
@@ -170,6 +164,22 @@ impl SharedFs {
     }
 }
 
+/// The passthrough layer's counters and INIT-negotiated flags, with no
+/// tables (a handover adds them; the crash journal keeps them apart).
+pub(super) fn session_flags(s: ExportedSession) -> PassthroughState {
+    PassthroughState {
+        next_inode: s.next_inode,
+        next_handle: s.next_handle,
+        writeback: s.writeback,
+        no_open: s.no_open,
+        no_opendir: s.no_opendir,
+        killpriv_v2: s.killpriv_v2,
+        perfile_dax: s.perfile_dax,
+        inodes: Vec::new(),
+        handles: Vec::new(),
+    }
+}
+
 /// Reopens the inode of `fd` (O_PATH) by its file handle beneath `root`:
 /// the descriptor and its mount id, or `None` when the file system has no
 /// handles, the inode is on another mount, or it is not the same inode.
@@ -205,27 +215,7 @@ fn open_handle(
     bytes: &[u8],
     key: (u64, u64),
 ) -> Option<(OwnedFd, u64)> {
-    const MAX_HANDLE: usize = 128;
-    if bytes.len() > MAX_HANDLE {
-        return None;
-    }
-    let mut buf = [0u8; 8 + MAX_HANDLE];
-    buf[..4].copy_from_slice(&(bytes.len() as u32).to_ne_bytes());
-    buf[4..8].copy_from_slice(&typ.to_ne_bytes());
-    buf[8..8 + bytes.len()].copy_from_slice(bytes);
-    // SAFETY: `buf` holds a complete file_handle structure.
-    let new = unsafe {
-        libc::open_by_handle_at(
-            root.as_raw_fd(),
-            buf.as_mut_ptr() as *mut libc::file_handle,
-            libc::O_PATH | libc::O_CLOEXEC,
-        )
-    };
-    if new < 0 {
-        return None;
-    }
-    // SAFETY: a descriptor the kernel just returned, owned from here.
-    let new = unsafe { OwnedFd::from_raw_fd(new) };
+    let new = open_by_handle(root, typ, bytes, libc::O_PATH).ok()?;
     // SAFETY: statx writes into a zeroed statx structure.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
     // SAFETY: as above; the path is empty, with AT_EMPTY_PATH.
@@ -240,6 +230,38 @@ fn open_handle(
     };
     let dev = libc::makedev(stx.stx_dev_major, stx.stx_dev_minor);
     (r == 0 && (dev, stx.stx_ino) == key).then_some((new, stx.stx_mnt_id))
+}
+
+/// Opens the inode with file handle (`typ`, `bytes`) on the file system of
+/// `root`, with `flags` (close-on-exec added). Used for a handover's
+/// inodes and for a crash recovery's open files alike.
+pub(super) fn open_by_handle(
+    root: BorrowedFd<'_>,
+    typ: i32,
+    bytes: &[u8],
+    flags: i32,
+) -> io::Result<OwnedFd> {
+    const MAX_HANDLE: usize = 128;
+    if bytes.len() > MAX_HANDLE {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut buf = [0u8; 8 + MAX_HANDLE];
+    buf[..4].copy_from_slice(&(bytes.len() as u32).to_ne_bytes());
+    buf[4..8].copy_from_slice(&typ.to_ne_bytes());
+    buf[8..8 + bytes.len()].copy_from_slice(bytes);
+    // SAFETY: `buf` holds a complete file_handle structure.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            root.as_raw_fd(),
+            buf.as_mut_ptr() as *mut libc::file_handle,
+            flags | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel just returned, owned from here.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The mount id of `fd`.

@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use fuse_backend_rs::api::filesystem::ROOT_ID;
@@ -173,44 +173,17 @@ impl SharedFs {
     /// The passthrough layer's counters and INIT-negotiated flags, without
     /// its tables.
     pub fn session_flags(&self) -> PassthroughState {
-        let s = self.inner.session_state();
-        PassthroughState {
-            next_inode: s.next_inode,
-            next_handle: s.next_handle,
-            writeback: s.writeback,
-            no_open: s.no_open,
-            no_opendir: s.no_opendir,
-            killpriv_v2: s.killpriv_v2,
-            perfile_dax: s.perfile_dax,
-            inodes: Vec::new(),
-            handles: Vec::new(),
-        }
+        super::handover::session_flags(self.inner.session_state())
     }
 
     /// Opens an inode by its file handle on the share's file system.
     pub fn reopen_by_handle(&self, handle: &(i32, Vec<u8>), flags: i32) -> io::Result<OwnedFd> {
-        const MAX_HANDLE: usize = 128;
-        let (typ, bytes) = handle;
-        if bytes.len() > MAX_HANDLE {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        }
-        let mut buf = [0u8; 8 + MAX_HANDLE];
-        buf[..4].copy_from_slice(&(bytes.len() as u32).to_ne_bytes());
-        buf[4..8].copy_from_slice(&typ.to_ne_bytes());
-        buf[8..8 + bytes.len()].copy_from_slice(bytes);
-        // SAFETY: `buf` holds a complete file_handle structure.
-        let fd = unsafe {
-            libc::open_by_handle_at(
-                self.confined.root_fd().as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::file_handle,
-                flags | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a descriptor the kernel just returned.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        super::handover::open_by_handle(
+            self.confined.root_fd(),
+            handle.0,
+            &handle.1,
+            flags | libc::O_NOFOLLOW,
+        )
     }
 
     /// Whether the guest's open file `fh` appends (unknown: yes).

@@ -71,15 +71,7 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
     /// descriptor. Inodes held by file handle are opened (O_PATH) here.
     /// The caller must keep requests away meanwhile.
     pub fn export_state(&self) -> io::Result<Exported> {
-        let session = ExportedSession {
-            next_inode: self.next_inode.load(Ordering::Acquire),
-            next_handle: self.next_handle.load(Ordering::Acquire),
-            writeback: self.writeback.load(Ordering::Acquire),
-            no_open: self.no_open.load(Ordering::Acquire),
-            no_opendir: self.no_opendir.load(Ordering::Acquire),
-            killpriv_v2: self.killpriv_v2.load(Ordering::Acquire),
-            perfile_dax: self.perfile_dax.load(Ordering::Acquire),
-        };
+        let session = self.session_state();
         let mut inodes = Vec::new();
         for d in self.inode_map.inodes.read().unwrap().values() {
             let (file, handle) = match &d.handle {

@@ -51,7 +51,7 @@ impl RoShare {
     pub(crate) fn set_capacity(&self, n: usize) {
         self.capacity
             .store(n, std::sync::atomic::Ordering::Relaxed);
-        self.trim(n);
+        self.inner.lock().unwrap().trim(n);
     }
 
     pub(crate) fn enabled(&self) -> bool {
@@ -71,14 +71,7 @@ impl RoShare {
         if g.files.insert((inode, flags), file).is_none() {
             g.order.push_back((inode, flags));
         }
-        while g.files.len() > cap {
-            match g.order.pop_front() {
-                Some(k) => {
-                    g.files.remove(&k);
-                }
-                None => break,
-            }
-        }
+        g.trim(cap);
     }
 
     /// The guest forgot `inode`: its descriptors go (once no handle uses them).
@@ -98,12 +91,15 @@ impl RoShare {
         g.order.clear();
     }
 
-    fn trim(&self, cap: usize) {
-        let mut g = self.inner.lock().unwrap();
-        while g.files.len() > cap {
-            match g.order.pop_front() {
+}
+
+impl Inner {
+    /// Drops the oldest descriptors beyond `cap`.
+    fn trim(&mut self, cap: usize) {
+        while self.files.len() > cap {
+            match self.order.pop_front() {
                 Some(k) => {
-                    g.files.remove(&k);
+                    self.files.remove(&k);
                 }
                 None => break,
             }
