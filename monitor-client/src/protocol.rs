@@ -577,6 +577,7 @@ mod tests {
                     pages_before: 256,
                     invalidated: 250,
                     zeroed: 248,
+                    restored: 1,
                     still_cached: 6,
                     busy: 2,
                     zeroed_late: 1,

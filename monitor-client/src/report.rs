@@ -20,6 +20,10 @@ pub struct FlushReport {
     pub invalidated: u64,
     /// Frames zeroed at the safe point.
     pub zeroed: u64,
+    /// Frames zeroed before the guest's call that it kept cached after all
+    /// (a reader took them meanwhile): their content was written back.
+    #[serde(default)]
+    pub restored: u64,
     /// Pages still cached after the flush (dirty, locked, under writeback or
     /// mapped in the guest): their content stays in guest RAM.
     pub still_cached: u64,
@@ -47,12 +51,13 @@ impl fmt::Display for FlushReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} inodes, {} pages cached, {} invalidated, {} frames zeroed, {} still cached, \
-             {} busy ({} zeroed later), {} ms waiting for a safe point, {} ms work",
+            "{} inodes, {} pages cached, {} invalidated, {} frames zeroed, {} given back, \
+             {} still cached, {} busy ({} zeroed later), {} ms waiting for a safe point, {} ms work",
             self.inodes,
             self.pages_before,
             self.invalidated,
             self.zeroed,
+            self.restored,
             self.still_cached,
             self.busy,
             self.zeroed_late,

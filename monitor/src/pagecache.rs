@@ -8,13 +8,19 @@
 //!
 //! Flushing: at a safe point the guest kernel runs
 //! `invalidate_mapping_pages(mapping, 0, -1)` by call injection; it drops
-//! every clean, unlocked, unmapped page under its own locks. Still stopped
-//! there, the monitor zeroes each frame recorded before the call that left
-//! the file's cache and is free (`_refcount` 0, not dirty, locked, under
-//! writeback or mapped): the kernel's free lists do not clear memory, so
-//! without this the data would stay readable in guest RAM.
+//! every clean, unlocked, unmapped page under its own locks. The kernel's
+//! free lists do not clear memory, so without scrubbing the data would stay
+//! readable in guest RAM. The frames the call will drop (clean, unlocked,
+//! not under writeback, unmapped) are zeroed *before* it, while the VM is
+//! stopped: the guest runs during the call and may allocate a freed frame
+//! at once (the per-CPU free lists hand out the most recently freed
+//! first), and a frame with a new owner can no longer be zeroed. A frame
+//! zeroed that way which stays cached after all (a reader took a reference
+//! meanwhile) gets its content back. Frames that were not droppable at
+//! the start but left the cache anyway are zeroed after the call if they
+//! are free (`_refcount` 0), or in a few later passes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -138,6 +144,17 @@ pub fn cached_inodes(k: &Kernel, host_inos: &BTreeSet<u64>) -> Result<Vec<Cached
     Ok(out)
 }
 
+/// True when `invalidate_mapping_pages` may drop the page: not dirty,
+/// locked, under writeback or mapped. It may still keep it (a reference
+/// taken while the call runs); the caller checks afterwards.
+fn droppable(k: &Kernel, page: u64) -> Result<bool> {
+    let flags = k.read_field(page, "page", "flags")?;
+    let bit = |n: &str| -> Result<u64> { Ok(1u64 << k.profile.constant(n)?) };
+    let busy = bit("PG_locked")? | bit("PG_dirty")? | bit("PG_writeback")?;
+    let mapcount = k.read_field(page, "page", "_mapcount")? as u32 as i32;
+    Ok(flags & busy == 0 && mapcount < 0)
+}
+
 /// True when the frame behind `page` is free and holds no state the kernel
 /// still needs: it left `mapping`, nobody references it, and it is not
 /// dirty, locked, under writeback or mapped.
@@ -174,6 +191,20 @@ pub fn flush(vm: &mut Vm, host_inos: &BTreeSet<u64>, timeout: Duration) -> Resul
             pages_before: before.iter().map(|i| i.pages.len() as u64).sum(),
             ..Default::default()
         };
+        // Zero what the call will drop while nothing runs; keep the
+        // content to give back to frames the guest keeps.
+        let zeros = vec![0u8; PAGE_SIZE as usize];
+        let mut saved: HashMap<u64, Vec<u8>> = HashMap::new();
+        for inode in &before {
+            for p in &inode.pages {
+                if droppable(&k, p.page)? && !saved.contains_key(&p.pfn) {
+                    let mut content = vec![0u8; PAGE_SIZE as usize];
+                    vm.ram.read_phys(p.pfn * PAGE_SIZE, &mut content)?;
+                    vm.ram.write_phys(p.pfn * PAGE_SIZE, &zeros)?;
+                    saved.insert(p.pfn, content);
+                }
+            }
+        }
         for inode in &before {
             if !inode.pages.is_empty() {
                 report.invalidated += sp.call(
@@ -184,7 +215,6 @@ pub fn flush(vm: &mut Vm, host_inos: &BTreeSet<u64>, timeout: Duration) -> Resul
             }
         }
         sp.finish()?;
-        let zeros = vec![0u8; PAGE_SIZE as usize];
         let mut busy = Vec::new();
         for inode in &before {
             let still: BTreeSet<u64> = mapping_pages(&k, inode.mapping)?
@@ -194,9 +224,15 @@ pub fn flush(vm: &mut Vm, host_inos: &BTreeSet<u64>, timeout: Duration) -> Resul
             report.still_cached += still.len() as u64;
             for p in &inode.pages {
                 if still.contains(&p.pfn) {
+                    if let Some(content) = saved.get(&p.pfn) {
+                        vm.ram.write_phys(p.pfn * PAGE_SIZE, content)?;
+                        report.restored += 1;
+                    }
                     continue;
                 }
-                if scrubbable(&k, p.page, inode.mapping)? {
+                if saved.contains_key(&p.pfn) {
+                    report.zeroed += 1;
+                } else if scrubbable(&k, p.page, inode.mapping)? {
                     vm.ram.write_phys(p.pfn * PAGE_SIZE, &zeros)?;
                     report.zeroed += 1;
                 } else {
