@@ -187,9 +187,9 @@ impl Daemon {
         self.process.open_fds()
     }
 
-    /// Descriptors and resident memory (KiB) of the daemon and every
-    /// process below it (a daemon may serve from a child), from /proc.
-    pub fn footprint(&self) -> (usize, u64) {
+    /// The daemon and every process below it (a daemon may serve from a
+    /// child), from /proc.
+    fn tree(&self) -> Vec<u32> {
         let mut pids = vec![self.pid()];
         let mut i = 0;
         while i < pids.len() {
@@ -205,6 +205,31 @@ impl Daemon {
             }
             i += 1;
         }
+        pids
+    }
+
+    /// CPU time the daemon's live threads (and those of its children) have
+    /// run, to the nanosecond (`/proc/PID/task/TID/schedstat`). A thread
+    /// that has exited no longer counts: compare figures taken while the
+    /// same threads run.
+    pub fn cpu_time(&self) -> Duration {
+        let mut ns = 0u64;
+        for pid in self.tree() {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task"));
+            for t in tasks.into_iter().flatten().flatten() {
+                ns += std::fs::read_to_string(t.path().join("schedstat"))
+                    .ok()
+                    .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        Duration::from_nanos(ns)
+    }
+
+    /// Descriptors and resident memory (KiB) of the daemon and every
+    /// process below it (a daemon may serve from a child), from /proc.
+    pub fn footprint(&self) -> (usize, u64) {
+        let pids = self.tree();
         let mut fds = 0;
         let mut rss = 0;
         for pid in pids {

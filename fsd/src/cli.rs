@@ -12,6 +12,10 @@ use std::str::FromStr;
 
 use clap::{Parser, ValueEnum};
 
+/// Default of `--poll-max-us`: about one thread wake-up on an idle host,
+/// the time a synchronous guest takes to answer (docs/benchmarks.md).
+pub const DEFAULT_POLL_MAX_US: u64 = 64;
+
 /// Guest cache policy, with virtiofsd's semantics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CacheMode {
@@ -138,6 +142,12 @@ pub struct Opt {
     /// Worker threads; 0 handles requests on each queue's own thread.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub thread_pool_size: usize,
+
+    /// Longest time a queue's thread watches for the next request before
+    /// it sleeps, in microseconds; adapts down to 0 for idle or slow guests
+    /// (docs/fsd.md, "Polling"). 0 turns polling off.
+    #[arg(long, default_value_t = DEFAULT_POLL_MAX_US, value_name = "US", value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub poll_max_us: u64,
 
     /// Number of request queues offered (the guest may use fewer).
     #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -335,6 +345,7 @@ pub struct Settings {
     pub seccomp: SeccompMode,
     pub crash_recovery: bool,
     pub thread_pool_size: usize,
+    pub poll_max_us: u64,
     pub request_queues: usize,
     pub xattr: bool,
     pub announce_submounts: bool,
@@ -480,6 +491,7 @@ impl Opt {
             seccomp: self.seccomp,
             crash_recovery: self.crash_recovery,
             thread_pool_size: self.thread_pool_size,
+            poll_max_us: self.poll_max_us,
             request_queues: self.request_queues as usize,
             xattr: self.xattr,
             announce_submounts: self.announce_submounts,

@@ -11,6 +11,7 @@
 //! | the vhost-user device: queues, features, config space | [`vhost_user`] |
 //! | one request: decode, route, always reply | [`dispatch`] |
 //! | worker threads | [`pool`] |
+//! | adaptive polling of a queue before its thread sleeps | [`poll`] |
 //! | the file system: passthrough behind name checks, readonly, locks | [`fs`] |
 //! | live handover to a new fsd under a running guest (SIGUSR2) | [`handover`] |
 //! | a new fsd on the session after a crash (`--crash-recovery`) | [`crash`] |
@@ -35,6 +36,7 @@ pub mod handover;
 pub mod logging;
 pub mod monitor_link;
 pub mod policy;
+pub mod poll;
 pub mod pool;
 pub mod sandbox;
 pub mod seccomp;

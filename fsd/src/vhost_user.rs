@@ -12,6 +12,7 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
 
 use log::{error, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -28,6 +29,7 @@ use vmm_sys_util::event::{
 use crate::crash::inflight::InFlightTable;
 use crate::dispatch::{AtomicMem, Blocking, Chain, Dispatcher};
 use crate::handover::quiesce::{InFlight, Quiesce};
+use crate::poll::Poller;
 use crate::pool::{LockWaiters, Pool};
 
 /// Largest queue size offered; the guest may choose less.
@@ -41,6 +43,8 @@ pub struct DeviceConfig {
     pub tag: Option<String>,
     pub request_queues: usize,
     pub thread_pool_size: usize,
+    /// Longest adaptive poll of a queue before its thread sleeps.
+    pub poll_max: Duration,
 }
 
 /// The vhost-user back-end of one virtio-fs device.
@@ -56,6 +60,8 @@ pub struct FsBackend {
     /// Requests taken and not yet answered, for crash recovery (set when
     /// `--crash-recovery` is on; see [`crate::crash::inflight`]).
     inflight: OnceLock<Arc<InFlightTable>>,
+    /// Adaptive polling before a queue's thread sleeps.
+    poller: Poller,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +91,9 @@ impl FsBackend {
             0 => None,
             n => Some(Pool::new(n)?),
         };
+        let poller = Poller::new(cfg.poll_max, 1 + cfg.request_queues);
         Ok(FsBackend {
+            poller,
             cfg,
             dispatcher,
             pool,
@@ -199,6 +207,18 @@ impl FsBackend {
                 }
             }
         }
+    }
+
+    /// Whether the guest added chains not taken yet. An error says yes, so
+    /// that popping reports it.
+    fn has_avail(&self, vring: &VringRwLock) -> bool {
+        let Some(mem) = self.mem.read().unwrap().as_ref().map(|m| m.memory()) else {
+            return false;
+        };
+        let st = vring.get_ref();
+        let q = st.get_queue();
+        q.avail_idx(&*mem, Ordering::Acquire)
+            .map_or(true, |idx| idx.0 != q.next_avail())
     }
 
     fn process_queue(&self, queue: usize, vring: &VringRwLock) -> Result<(), DeviceError> {
@@ -364,18 +384,25 @@ impl VhostUserBackend for FsBackend {
         let Some(_popping) = self.quiesce.enter() else {
             return Ok(());
         };
-        if self.event_idx.load(Ordering::Acquire) {
-            // Process until the guest has stopped adding chains, with
-            // notifications off meanwhile (VIRTIO_RING_F_EVENT_IDX).
-            loop {
-                vring.disable_notification().map_err(DeviceError::Queue)?;
-                self.process_queue(thread_id, vring)?;
-                if !vring.enable_notification().map_err(DeviceError::Queue)? {
-                    break;
-                }
-            }
-        } else {
+        // Process until the guest has stopped adding chains, with
+        // notifications off meanwhile (VIRTIO_RING_F_EVENT_IDX, or the
+        // used ring's NO_NOTIFY flag without it), and watch the ring a
+        // little longer before sleeping (`crate::poll`).
+        loop {
+            self.poller.woke(thread_id);
+            vring.disable_notification().map_err(DeviceError::Queue)?;
             self.process_queue(thread_id, vring)?;
+            let more = self.poller.poll(thread_id, || {
+                self.quiesce.is_paused() || self.has_avail(vring)
+            });
+            // A pause waits for this thread to leave.
+            if more && !self.quiesce.is_paused() {
+                continue;
+            }
+            if !vring.enable_notification().map_err(DeviceError::Queue)? || self.quiesce.is_paused()
+            {
+                break;
+            }
         }
         Ok(())
     }

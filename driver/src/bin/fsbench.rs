@@ -165,6 +165,9 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             request_queues: if kind == DaemonKind::Fsd { 4 } else { 1 },
             queue_size: 256,
             mem_size: 256 << 20,
+            // As a Linux guest on QEMU does: no kick while the daemon is
+            // still taking requests, no interrupt the guest did not ask for.
+            event_idx: true,
             ..Default::default()
         };
         let mut dev = Device::connect(daemon.socket(), &cfg)?;
@@ -199,14 +202,22 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         [a, b, ..] => format!("{}/{}", a.name, b.name),
         _ => "ratio".into(),
     };
-    println!("| workload | depth | {} | {ratio_name} | host pread |", {
-        targets
-            .iter()
-            .map(|t| format!("{0} ops/s | {0} MB/s", t.name))
-            .collect::<Vec<_>>()
-            .join(" | ")
-    });
-    println!("|---|---|{}---|---|", "---|---|".repeat(targets.len()));
+    let cpu_name = targets
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect::<Vec<_>>()
+        .join(" / ");
+    println!(
+        "| workload | depth | {} | {ratio_name} | host pread | daemon CPU µs/op ({cpu_name}) |",
+        {
+            targets
+                .iter()
+                .map(|t| format!("{0} ops/s | {0} MB/s", t.name))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        }
+    );
+    println!("|---|---|{}---|---|---|", "---|---|".repeat(targets.len()));
     for w in Workload::ALL {
         if a.only.as_deref().is_some_and(|o| !w.label().contains(o)) {
             continue;
@@ -214,16 +225,19 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         let ops = ops_for(w, a.smoke, a.scale);
         for &depth in &a.depths {
             let mut per: Vec<Vec<Measurement>> = vec![Vec::new(); targets.len()];
+            let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
             for _ in 0..reps {
                 for (i, t) in targets.iter_mut().enumerate() {
                     let p = t.prep[0].clone();
+                    let before = t.daemon.cpu_time();
                     let m = bench::run(t.dev.queue(1)?, &p, w, depth, ops, 0)
                         .map_err(|e| format!("{} {} depth {depth}: {e}", t.name, w.label()))?;
+                    cpu[i].push(cpu_per_op(t.daemon.cpu_time() - before, &m));
                     per[i].push(m);
                 }
             }
             let ceiling = bench::host_ceiling(&share, w, ops.max(100));
-            print_row(w, &depth.to_string(), &targets, &per, ceiling);
+            print_row(w, &depth.to_string(), &targets, &per, &cpu, ceiling);
         }
         // fsd with several request queues driven in parallel.
         let parallel_rows = a.policy_rules.is_none() && a.variant.is_empty();
@@ -234,16 +248,23 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         {
             for nq in PARALLEL_QUEUES {
                 let mut ms = Vec::new();
+                let mut cs = Vec::new();
                 for _ in 0..reps {
-                    ms.push(parallel(&mut targets[ti], w, ops, nq)?);
+                    let before = targets[ti].daemon.cpu_time();
+                    let m = parallel(&mut targets[ti], w, ops, nq)?;
+                    cs.push(cpu_per_op(targets[ti].daemon.cpu_time() - before, &m));
+                    ms.push(m);
                 }
                 let mut per: Vec<Vec<Measurement>> = vec![Vec::new(); targets.len()];
+                let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
                 per[ti] = ms;
+                cpu[ti] = cs;
                 print_row(
                     w,
                     &format!("{nq} queues × {}", 32 / nq),
                     &targets,
                     &per,
+                    &cpu,
                     None,
                 );
             }
@@ -324,11 +345,18 @@ fn parallel(t: &mut Target, w: Workload, ops: u64, nq: usize) -> Result<Measurem
     Ok(total)
 }
 
+/// Daemon CPU time per operation, in microseconds: what a speed-up costs
+/// the host (polling, for one, trades CPU for latency).
+fn cpu_per_op(cpu: std::time::Duration, m: &Measurement) -> f64 {
+    cpu.as_secs_f64() * 1e6 / m.ops.max(1) as f64
+}
+
 fn print_row(
     w: Workload,
     depth: &str,
     targets: &[Target],
     per: &[Vec<Measurement>],
+    cpu: &[Vec<f64>],
     ceiling: Option<Measurement>,
 ) {
     let mut cells = Vec::new();
@@ -364,8 +392,19 @@ fn print_row(
     let ceil = ceiling
         .map(|c| format!("{:.0} ops/s, {:.0} MB/s", c.ops_per_sec(), c.mb_per_sec()))
         .unwrap_or_else(|| "".into());
+    let cpu = cpu
+        .iter()
+        .map(|c| {
+            if c.is_empty() {
+                "n/a".to_string()
+            } else {
+                format!("{:.1}", median(c.clone()))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" / ");
     println!(
-        "| {} | {depth} | {} | {ratio} | {ceil} |",
+        "| {} | {depth} | {} | {ratio} | {ceil} | {cpu} |",
         w.label(),
         cells.join(" | ")
     );
