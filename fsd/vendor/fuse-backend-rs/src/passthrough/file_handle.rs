@@ -219,64 +219,44 @@ impl FileHandle {
     ///
     /// Return an `io::Error` for all other errors.
     pub fn from_name_at(dir_fd: &impl AsRawFd, path: &CStr) -> io::Result<Option<Self>> {
+        // fsd patch (one system call per LOOKUP fewer): ask with room for the
+        // largest handle the kernel makes (MAX_HANDLE_SZ) instead of asking
+        // for the size first, then keep only the bytes it filled in.
+        #[repr(C)]
+        struct Room {
+            handle_bytes: libc::c_uint,
+            handle_type: libc::c_int,
+            f_handle: [u8; MAX_HANDLE_SIZE],
+        }
+        let mut room = Room {
+            handle_bytes: MAX_HANDLE_SIZE as libc::c_uint,
+            handle_type: 0,
+            f_handle: [0; MAX_HANDLE_SIZE],
+        };
         let mut mount_id: libc::c_int = 0;
-        let mut c_fh = CFileHandle::new(0);
-
-        // Per name_to_handle_at(2), the caller can discover the required size
-        // for the file_handle structure by making a call in which
-        // handle->handle_bytes is zero.  In this case, the call fails with the
-        // error EOVERFLOW and handle->handle_bytes is set to indicate the
-        // required size; the caller can then use this information to allocate a
-        // structure of the correct size.
+        // SAFETY: `room` has the layout of `struct file_handle` with
+        // `handle_bytes` bytes of room after the header.
         let ret = unsafe {
             name_to_handle_at(
                 dir_fd.as_raw_fd(),
                 path.as_ptr(),
-                c_fh.wrapper.as_mut_fam_struct_ptr(),
+                (&mut room as *mut Room).cast::<CFileHandleInner>(),
                 &mut mount_id,
                 libc::AT_EMPTY_PATH,
             )
         };
         if ret == -1 {
             let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                // Got the needed buffer size.
-                Some(libc::EOVERFLOW) => {}
+            return match err.raw_os_error() {
                 // Filesystem does not support file handles
-                Some(libc::EOPNOTSUPP) => return Ok(None),
-                // Other error
-                _ => return Err(err),
-            }
-        } else {
-            return Err(io::Error::from(io::ErrorKind::InvalidData));
+                Some(libc::EOPNOTSUPP) => Ok(None),
+                // EOVERFLOW with the largest room: an automount point (see
+                // name_to_handle_at(2)), an error as before.
+                _ => Err(err),
+            };
         }
-
-        let needed = c_fh.wrapper.as_fam_struct_ref().handle_bytes as usize;
-        let mut c_fh = CFileHandle::new(needed);
-
-        // name_to_handle_at() does not trigger a mount when the final component of the pathname is
-        // an automount point. When a filesystem supports both file handles and automount points,
-        // a name_to_handle_at() call on an automount point will return with error EOVERFLOW
-        // without having increased handle_bytes.  This can happen since Linux 4.13 with NFS
-        // when accessing a directory which is on a separate filesystem on the server. In this case,
-        // the automount can be triggered by adding a "/" to the end of the pathname.
-        let ret = unsafe {
-            name_to_handle_at(
-                dir_fd.as_raw_fd(),
-                path.as_ptr(),
-                c_fh.wrapper.as_mut_fam_struct_ptr(),
-                &mut mount_id,
-                libc::AT_EMPTY_PATH,
-            )
-        };
-        if ret == -1 {
-            return Err(io::Error::last_os_error());
-        }
-
-        Ok(Some(FileHandle {
-            mnt_id: mount_id as MountId,
-            handle: c_fh,
-        }))
+        let len = (room.handle_bytes as usize).min(MAX_HANDLE_SIZE);
+        Self::from_raw_parts(mount_id as MountId, room.handle_type, &room.f_handle[..len]).map(Some)
     }
 
     /// Create a file handle from a `fd`.
