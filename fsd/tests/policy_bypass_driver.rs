@@ -176,6 +176,23 @@ fn raw_fuse_bypass_attempts_are_refused() {
     // READDIRPLUS shows names and sizes (docs/policy.md) but opens nothing.
     let entries = s.readdir_all(secret, true, 4096).unwrap();
     assert!(entries.iter().any(|e| e.name == b"doc"));
+    // READDIRPLUS naming the public directory's node with the protected
+    // directory's stream: refused, never the protected entries looked up
+    // as if they were the public directory's.
+    let stream = s.open(secret, libc::O_RDONLY as u32, true).unwrap().fh;
+    let mixed = driver::Request::new(driver::fuse::op::READDIRPLUS, public).arg(
+        &fuse_backend_rs::abi::fuse_abi::ReadIn {
+            fh: stream,
+            size: 4096,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        s.call(&mixed, 4096).unwrap().errno(),
+        libc::EBADF,
+        "READDIRPLUS with another directory's stream"
+    );
+    s.release(secret, stream, true).unwrap();
     // Unprotected files keep working.
     let open = s.lookup(public, b"open").unwrap();
     let fh = s

@@ -16,6 +16,7 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 
 use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem, ROOT_ID};
@@ -76,6 +77,21 @@ impl SharedFs {
             );
             io::Error::from_raw_os_error(libc::EACCES)
         })
+    }
+
+    /// [`Self::lookup_presented`] in `parent`, open as `dir` (the caller
+    /// checked that it is), without opening `parent` again.
+    pub(super) fn lookup_presented_in(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+    ) -> io::Result<Entry> {
+        if !self.delegated(parent, name)? {
+            return self.inner.lookup_in(&dir, name);
+        }
+        self.lookup_presented(ctx, parent, name)
     }
 
     /// Looks up `path` (a plain relative path, checked by the policy

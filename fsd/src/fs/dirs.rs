@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -17,6 +17,8 @@ use crate::handover::state::{DirStream, FdBag, Received};
 
 /// One entry as read from the host.
 pub struct RawDirent<'a> {
+    /// The directory being read (lookups of its entries may use it).
+    pub dir: BorrowedFd<'a>,
     pub ino: u64,
     /// Cookie of the *next* entry, to resume after this one.
     pub next: u64,
@@ -131,6 +133,7 @@ impl DirTable {
                 let raw = &rec[19..reclen];
                 let name = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
                 match f(RawDirent {
+                    dir: dir.as_fd(),
                     ino,
                     next,
                     typ,

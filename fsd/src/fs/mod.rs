@@ -954,6 +954,12 @@ impl FileSystem for SharedFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        // Entries are looked up in the stream's own descriptor, not by
+        // opening `inode` again for each, once it is known to be open on
+        // `inode`: a guest that pairs one directory's node with another's
+        // stream gets EBADF, never entries of one registered under the
+        // other (the policy names them by parent).
+        let mut checked = false;
         self.dirs.read(handle, offset, size, &mut |d| {
             let dirent = DirEntry {
                 ino: d.ino,
@@ -966,9 +972,15 @@ impl FileSystem for SharedFs {
                 // a zero node id tells it there is no entry to cache.
                 return Ok(add_entry(dirent, no_entry())? != 0);
             }
+            if !checked {
+                if !self.inner.is_open_on(inode, &d.dir)? {
+                    return Err(io::Error::from_raw_os_error(libc::EBADF));
+                }
+                checked = true;
+            }
             let name = std::ffi::CString::new(d.name)
                 .map_err(|_| io::Error::from_raw_os_error(libc::EIO))?;
-            let entry = self.lookup_presented(ctx, inode, &name)?;
+            let entry = self.lookup_presented_in(ctx, inode, d.dir, &name)?;
             if let Err(e) = self.register(ctx, inode, &entry) {
                 if e.raw_os_error() != Some(libc::ENFILE) {
                     return Err(e);

@@ -6,8 +6,10 @@
 // take the inode and handle tables out of one `PassthroughFs` (with a
 // descriptor for each entry) and put them into a fresh one.
 
+use std::ffi::CStr;
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -15,6 +17,8 @@ use vm_memory::bitmap::BitmapSlice;
 
 use super::file_handle::FileHandle;
 use super::inode_store::InodeId;
+use super::statx::statx;
+use crate::api::filesystem::Entry;
 use super::{HandleData, InodeData, InodeHandle, PassthroughFs};
 
 /// One inode the guest holds.
@@ -129,6 +133,25 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
     /// guest holds: OPEN's check for a directory needs no system call.
     pub fn inode_mode(&self, inode: u64) -> Option<u32> {
         self.inode_map.get(inode).ok().map(|d| d.mode)
+    }
+
+    /// fsd patch (READDIRPLUS opens its directory once): whether `dir` is
+    /// open on the file `inode` names (same inode, device and mount), so
+    /// that lookups in it may stand for lookups in `inode`.
+    pub fn is_open_on(&self, inode: u64, dir: &impl AsRawFd) -> io::Result<bool> {
+        let d = self.inode_map.get(inode)?;
+        Ok(InodeId::from_stat(&statx(dir, None)?) == d.id)
+    }
+
+    /// fsd patch (READDIRPLUS opens its directory once): LOOKUP of `name` in
+    /// the directory open as `dir`, without opening that directory again.
+    /// The caller checks with [`Self::is_open_on`] which inode `dir` is;
+    /// `name` must be one component (no `/`).
+    pub fn lookup_in(&self, dir: &impl AsRawFd, name: &CStr) -> io::Result<Entry> {
+        if name.to_bytes().contains(&b'/') {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        self.do_lookup_in(dir, name)
     }
 
     /// One inode as a crash journal records it: mount id, mode and file

@@ -659,7 +659,13 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
 
         let dir = self.inode_map.get(parent)?;
         let dir_file = dir.get_file()?;
-        let (path_fd, handle_opt, st) = Self::open_file_and_handle(self, &dir_file, name)?;
+        self.do_lookup_in(&dir_file, name)
+    }
+
+    /// fsd patch (READDIRPLUS opens its directory once): the lookup of
+    /// `name` in the directory open as `dir_file`.
+    pub(crate) fn do_lookup_in(&self, dir_file: &impl AsRawFd, name: &CStr) -> io::Result<Entry> {
+        let (path_fd, handle_opt, st) = Self::open_file_and_handle(self, dir_file, name)?;
         let id = InodeId::from_stat(&st);
 
         let mut found = None;
