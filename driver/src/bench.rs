@@ -557,15 +557,25 @@ pub fn run(
 }
 
 /// The host's own ceiling for the read rows: the same request size with
-/// `pread` from the page cache (and open/close for the 4 KiB row).
-pub fn host_ceiling(share: &std::path::Path, w: Workload, ops: u64) -> Option<Measurement> {
-    let mut buf = AlignedBuf::new(1 << 20);
+/// `pread` from the page cache (and open/close for the 4 KiB row), into
+/// `depth` buffers in turn: the memory a run at that depth fills (32 MiB of
+/// buffers at depth 32 do not stay in the CPU caches as one does).
+pub fn host_ceiling(
+    share: &std::path::Path,
+    w: Workload,
+    ops: u64,
+    depth: usize,
+) -> Option<Measurement> {
+    let mut bufs: Vec<AlignedBuf> = (0..depth.max(1))
+        .map(|_| AlignedBuf::new(1 << 20))
+        .collect();
     let t0 = Instant::now();
     let mut bytes = 0u64;
     match w {
         Workload::OpenRead4k => {
-            for _ in 0..ops {
+            for i in 0..ops {
                 let f = File::open(share.join("small")).ok()?;
+                let buf = &mut bufs[i as usize % depth.max(1)];
                 bytes += f.read_at(&mut buf.as_mut()[..4096], 0).ok()? as u64;
             }
         }
@@ -573,7 +583,8 @@ pub fn host_ceiling(share: &std::path::Path, w: Workload, ops: u64) -> Option<Me
             let f = File::open(share.join("big")).ok()?;
             let size = f.metadata().ok()?.len().max(1 << 20);
             let mut off = 0u64;
-            for _ in 0..ops {
+            for i in 0..ops {
+                let buf = &mut bufs[i as usize % depth.max(1)];
                 bytes += f.read_at(buf.as_mut(), off).ok()? as u64;
                 off = (off + (1 << 20)) % size;
             }

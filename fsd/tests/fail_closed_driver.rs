@@ -230,18 +230,35 @@ fn exhaustion_fails_closed() {
         assert_eq!(refused_open, 1, "{handles}: fsd bounds the open handles");
         // And nodes, until fsd refuses more.
         let mut refused_lookup = 0;
+        let mut nodes = Vec::new();
         for i in 0..1500 {
-            if let Err(e) = s.lookup(many_node, format!("f{i}").as_bytes()) {
-                let got = errno::<()>(Err(e));
-                assert!(
-                    got == libc::ENFILE || got == libc::EMFILE,
-                    "{handles}: lookup refused with {got}"
-                );
-                refused_lookup += 1;
+            match s.lookup(many_node, format!("f{i}").as_bytes()) {
+                Ok(e) => nodes.push(e.nodeid),
+                Err(e) => {
+                    let got = errno::<()>(Err(e));
+                    assert!(
+                        got == libc::ENFILE || got == libc::EMFILE,
+                        "{handles}: lookup refused with {got}"
+                    );
+                    refused_lookup += 1;
+                }
             }
         }
         if handles == "never" {
             assert!(refused_lookup > 0, "never: 1500 nodes pass a 1024 limit");
+        } else {
+            // The O_PATH descriptors kept for recently used inodes stay
+            // within their bound however many nodes are used.
+            let before: usize = pids.iter().map(|&p| fd_count(p)).sum();
+            for &n in &nodes {
+                s.getattr(n).unwrap();
+            }
+            let after: usize = pids.iter().map(|&p| fd_count(p)).sum();
+            assert!(
+                after <= before + fsd::fs::PATH_SHARED,
+                "prefer: GETATTR of {} nodes took {before} to {after} descriptors",
+                nodes.len()
+            );
         }
         let fds: usize = pids.iter().map(|&p| fd_count(p)).sum();
         println!(

@@ -236,7 +236,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                     per[i].push(m);
                 }
             }
-            let ceiling = bench::host_ceiling(&share, w, ops.max(100));
+            let ceiling = bench::host_ceiling(&share, w, ops.max(100), depth);
             print_row(w, &depth.to_string(), &targets, &per, &cpu, ceiling);
         }
         // fsd with several request queues driven in parallel.

@@ -116,6 +116,12 @@ pub struct SharedFs {
 /// descriptors fsd keeps for itself ([`nodes::RESERVED_FDS`]).
 pub const READONLY_SHARED: usize = 64;
 
+/// O_PATH descriptors of recently used inodes kept open, so that GETATTR,
+/// LOOKUP, CREATE and the like on an inode held by file handle do not open
+/// and close it by handle each time (see the vendored passthrough layer's
+/// `inode_file`). They come out of [`nodes::RESERVED_FDS`] too.
+pub const PATH_SHARED: usize = 64;
+
 /// Settings of [`SharedFs`] beyond those of the passthrough layer.
 pub struct SharedFsOptions {
     pub readonly: bool,
@@ -155,6 +161,7 @@ impl SharedFs {
         };
         let inner = PassthroughFs::<()>::new(cfg)?;
         inner.set_readonly_sharing(READONLY_SHARED);
+        inner.set_path_sharing(PATH_SHARED);
         Ok(SharedFs {
             inner,
             readonly: opts.readonly,

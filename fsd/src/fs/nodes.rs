@@ -24,8 +24,9 @@ use crate::policy::labels::InodeKey;
 
 /// Descriptors fsd keeps for itself beyond what the guest may hold: the
 /// share root, `/proc/self/fd`, sockets, eventfds, the policy's peers, the
-/// descriptors a check opens for a moment.
-pub const RESERVED_FDS: u64 = 256;
+/// descriptors a check opens for a moment, and the shared read-only and
+/// O_PATH descriptors ([`super::READONLY_SHARED`], [`super::PATH_SHARED`]).
+pub const RESERVED_FDS: u64 = 320;
 
 /// How much one guest may hold at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

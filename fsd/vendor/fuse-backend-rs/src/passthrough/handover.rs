@@ -129,6 +129,14 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
         self.ro_share.set_capacity(n);
     }
 
+    /// Keeps the O_PATH descriptors of up to `n` recently used inodes held
+    /// by file handle open (0: every request opens by handle, as upstream
+    /// does). Off when node ids may be reused (`use_host_ino`).
+    pub fn set_path_sharing(&self, n: usize) {
+        let n = if self.cfg.use_host_ino { 0 } else { n };
+        self.path_share.set_capacity(n);
+    }
+
     /// The mode (file type and permissions as last seen) of an inode the
     /// guest holds: OPEN's check for a directory needs no system call.
     pub fn inode_mode(&self, inode: u64) -> Option<u32> {
@@ -217,6 +225,7 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
         }
         self.handle_map.clear();
         self.ro_share.clear();
+        self.path_share.clear();
         for h in state.handles {
             self.handle_map
                 .insert(h.handle, HandleData::new(h.inode, h.file, h.flags));

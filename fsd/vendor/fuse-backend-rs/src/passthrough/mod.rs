@@ -34,7 +34,7 @@ use self::inode_store::{InodeId, InodeStore};
 use self::mount_fd::MountFds;
 use self::statx::{statx, StatExt};
 use self::util::{
-    ebadf, einval, enosys, eperm, is_dir, is_safe_inode, openat, reopen_fd_through_proc, stat_fd,
+    ebadf, einval, enosys, eperm, is_dir, is_safe_inode, openat, reopen_fd_through_proc,
     UniqueInodeGenerator,
 };
 use crate::abi::fuse_abi as fuse;
@@ -77,6 +77,8 @@ const MAX_HOST_INO: u64 = 0x7fff_ffff_ffff;
 enum InodeFile<'a> {
     Owned(File),
     Ref(&'a File),
+    /// fsd patch (shared O_PATH descriptors): one kept open for the inode.
+    Shared(Arc<File>),
 }
 
 impl AsRawFd for InodeFile<'_> {
@@ -86,6 +88,7 @@ impl AsRawFd for InodeFile<'_> {
         match self {
             Self::Owned(file) => file.as_raw_fd(),
             Self::Ref(file_ref) => file_ref.as_raw_fd(),
+            Self::Shared(file) => file.as_raw_fd(),
         }
     }
 }
@@ -95,6 +98,7 @@ impl AsFd for InodeFile<'_> {
         match self {
             Self::Owned(file) => file.as_fd(),
             Self::Ref(file_ref) => file_ref.as_fd(),
+            Self::Shared(file) => file.as_fd(),
         }
     }
 }
@@ -127,16 +131,6 @@ impl InodeHandle {
         match self {
             InodeHandle::File(f) => reopen_fd_through_proc(f, flags, proc_self_fd),
             InodeHandle::Handle(h) => h.open(flags),
-        }
-    }
-
-    fn stat(&self) -> io::Result<libc::stat64> {
-        match self {
-            InodeHandle::File(f) => stat_fd(f, None),
-            InodeHandle::Handle(_h) => {
-                let file = self.get_file()?;
-                stat_fd(&file, None)
-            }
         }
     }
 }
@@ -371,6 +365,8 @@ pub struct PassthroughFs<S: BitmapSlice + Send + Sync = ()> {
     next_handle: AtomicU64,
     // fsd patch (shared read-only descriptors).
     ro_share: ro_share::RoShare,
+    // fsd patch (shared O_PATH descriptors).
+    path_share: ro_share::RoShare,
 
     // Use to generate unique inode
     ino_allocator: UniqueInodeGenerator,
@@ -455,6 +451,7 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
             handle_map: HandleMap::new(),
             next_handle: AtomicU64::new(1),
             ro_share: Default::default(),
+            path_share: Default::default(),
 
             mount_fds,
             proc_self_fd,
@@ -658,8 +655,31 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
             };
 
         let dir = self.inode_map.get(parent)?;
-        let dir_file = dir.get_file()?;
+        let dir_file = self.inode_file(&dir)?;
         self.do_lookup_in(&dir_file, name)
+    }
+
+    /// fsd patch (shared O_PATH descriptors): the O_PATH descriptor of an
+    /// inode held by file handle is kept open for the next request on it
+    /// (a few dozen at most, see `set_path_sharing`), so that GETATTR,
+    /// LOOKUP in a directory and the like do not open and close the inode
+    /// by handle each time. Node ids are never reused within a session
+    /// (`use_host_ino` off), so an id names one file for the life of an
+    /// entry; a forgotten inode leaves the cache.
+    fn inode_file<'a>(&self, data: &'a InodeData) -> io::Result<InodeFile<'a>> {
+        let InodeHandle::Handle(h) = &data.handle else {
+            return data.get_file();
+        };
+        if !self.path_share.enabled() {
+            return data.get_file();
+        }
+        let key = libc::O_PATH as u32;
+        if let Some(f) = self.path_share.get(data.inode, key) {
+            return Ok(InodeFile::Shared(f));
+        }
+        let f = Arc::new(h.open(libc::O_PATH)?);
+        self.path_share.put(data.inode, key, f.clone());
+        Ok(InodeFile::Shared(f))
     }
 
     /// fsd patch (READDIRPLUS opens its directory once): the lookup of
@@ -793,6 +813,7 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
                     if new == 0 {
                         // fsd patch (shared read-only descriptors).
                         self.ro_share.forget(inode);
+                        self.path_share.forget(inode);
                         // We just removed the last refcount for this inode.
                         // The allocated inode number should be kept in the map when use_host_ino
                         // is false or host inode(don't use the virtual 56bit inode) is bigger than MAX_HOST_INO.

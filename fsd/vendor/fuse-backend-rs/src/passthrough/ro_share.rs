@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use super::Inode;
 
@@ -44,14 +44,15 @@ struct Inner {
 #[derive(Default)]
 pub(crate) struct RoShare {
     capacity: std::sync::atomic::AtomicUsize,
-    inner: Mutex<Inner>,
+    /// Read-locked on the hot path (a hit); written on a miss or forget.
+    inner: RwLock<Inner>,
 }
 
 impl RoShare {
     pub(crate) fn set_capacity(&self, n: usize) {
         self.capacity
             .store(n, std::sync::atomic::Ordering::Relaxed);
-        self.inner.lock().unwrap().trim(n);
+        self.inner.write().unwrap().trim(n);
     }
 
     pub(crate) fn enabled(&self) -> bool {
@@ -59,7 +60,7 @@ impl RoShare {
     }
 
     pub(crate) fn get(&self, inode: Inode, flags: u32) -> Option<Arc<File>> {
-        self.inner.lock().unwrap().files.get(&(inode, flags)).cloned()
+        self.inner.read().unwrap().files.get(&(inode, flags)).cloned()
     }
 
     pub(crate) fn put(&self, inode: Inode, flags: u32, file: Arc<File>) {
@@ -67,7 +68,7 @@ impl RoShare {
         if cap == 0 {
             return;
         }
-        let mut g = self.inner.lock().unwrap();
+        let mut g = self.inner.write().unwrap();
         if g.files.insert((inode, flags), file).is_none() {
             g.order.push_back((inode, flags));
         }
@@ -79,14 +80,14 @@ impl RoShare {
         if !self.enabled() {
             return;
         }
-        let mut g = self.inner.lock().unwrap();
+        let mut g = self.inner.write().unwrap();
         g.files.retain(|k, _| k.0 != inode);
         g.order.retain(|k| k.0 != inode);
     }
 
     /// Everything goes (a new session).
     pub(crate) fn clear(&self) {
-        let mut g = self.inner.lock().unwrap();
+        let mut g = self.inner.write().unwrap();
         g.files.clear();
         g.order.clear();
     }

@@ -255,7 +255,7 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
                 let hd = self.handle_map.get(h, inode)?;
                 stat_fd(hd.get_file(), None)
             }
-            _ => data.handle.stat(),
+            _ => stat_fd(&self.inode_file(&data)?, None),
         };
 
         let st = st.map_err(|e| {
@@ -268,7 +268,7 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
 
     fn do_unlink(&self, parent: Inode, name: &CStr, flags: libc::c_int) -> io::Result<()> {
         let data = self.inode_map.get(parent)?;
-        let file = data.get_file()?;
+        let file = self.inode_file(&data)?;
         // Safe because this doesn't modify any memory and we check the return value.
         let res = unsafe { libc::unlinkat(file.as_raw_fd(), name.as_ptr(), flags) };
         if res == 0 {
@@ -360,6 +360,7 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
         self.handle_map.clear();
         // fsd patch (shared read-only descriptors).
         self.ro_share.clear();
+        self.path_share.clear();
         self.inode_map.clear();
 
         if let Err(e) = self.import() {
@@ -370,7 +371,7 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
     fn statfs(&self, _ctx: &Context, inode: Inode) -> io::Result<libc::statvfs64> {
         let mut out = MaybeUninit::<libc::statvfs64>::zeroed();
         let data = self.inode_map.get(inode)?;
-        let file = data.get_file()?;
+        let file = self.inode_file(&data)?;
 
         // Safe because this will only modify `out` and we check the return value.
         match unsafe { libc::fstatvfs64(file.as_raw_fd(), out.as_mut_ptr()) } {
@@ -447,7 +448,7 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
         let res = {
             let (_uid, _gid) = set_creds(ctx.uid, ctx.gid)?;
 
-            let file = data.get_file()?;
+            let file = self.inode_file(&data)?;
             // Safe because this doesn't modify any memory and we check the return value.
             unsafe { libc::mkdirat(file.as_raw_fd(), name.as_ptr(), mode & !umask) }
         };
@@ -574,7 +575,7 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
         self.validate_path_component(name)?;
 
         let dir = self.inode_map.get(parent)?;
-        let dir_file = dir.get_file()?;
+        let dir_file = self.inode_file(&dir)?;
 
         let new_file = {
             let (_uid, _gid) = set_creds(ctx.uid, ctx.gid)?;
@@ -757,7 +758,7 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
             ProcPath(CString),
         }
 
-        let file = inode_data.get_file()?;
+        let file = self.inode_file(&inode_data)?;
         let data = if self.no_open.load(Ordering::Relaxed) {
             let pathname = CString::new(format!("{}", file.as_raw_fd()))
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
@@ -908,8 +909,8 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
 
         let old_inode = self.inode_map.get(olddir)?;
         let new_inode = self.inode_map.get(newdir)?;
-        let old_file = old_inode.get_file()?;
-        let new_file = new_inode.get_file()?;
+        let old_file = self.inode_file(&old_inode)?;
+        let new_file = self.inode_file(&new_inode)?;
 
         // Safe because this doesn't modify any memory and we check the return value.
         // TODO: Switch to libc::renameat2 once https://github.com/rust-lang/libc/pull/1508 lands
@@ -943,7 +944,7 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
         self.validate_path_component(name)?;
 
         let data = self.inode_map.get(parent)?;
-        let file = data.get_file()?;
+        let file = self.inode_file(&data)?;
 
         let res = {
             let (_uid, _gid) = set_creds(ctx.uid, ctx.gid)?;
@@ -976,8 +977,8 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
 
         let data = self.inode_map.get(inode)?;
         let new_inode = self.inode_map.get(newparent)?;
-        let file = data.get_file()?;
-        let new_file = new_inode.get_file()?;
+        let file = self.inode_file(&data)?;
+        let new_file = self.inode_file(&new_inode)?;
 
         // Safe because this is a constant value and a valid C string.
         let empty = unsafe { CStr::from_bytes_with_nul_unchecked(EMPTY_CSTR) };
@@ -1013,7 +1014,7 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
         let res = {
             let (_uid, _gid) = set_creds(ctx.uid, ctx.gid)?;
 
-            let file = data.get_file()?;
+            let file = self.inode_file(&data)?;
             // Safe because this doesn't modify any memory and we check the return value.
             unsafe { libc::symlinkat(linkname.as_ptr(), file.as_raw_fd(), name.as_ptr()) }
         };
@@ -1029,7 +1030,7 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
         let empty = unsafe { CStr::from_bytes_with_nul_unchecked(EMPTY_CSTR) };
         let mut buf = Vec::<u8>::with_capacity(libc::PATH_MAX as usize);
         let data = self.inode_map.get(inode)?;
-        let file = data.get_file()?;
+        let file = self.inode_file(&data)?;
 
         // Safe because this will only modify the contents of `buf` and we check the return value.
         let res = unsafe {
@@ -1106,7 +1107,7 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
 
     fn access(&self, ctx: &Context, inode: Inode, mask: u32) -> io::Result<()> {
         let data = self.inode_map.get(inode)?;
-        let st = stat_fd(&data.get_file()?, None)?;
+        let st = stat_fd(&self.inode_file(&data)?, None)?;
         let mode = mask as i32 & (libc::R_OK | libc::W_OK | libc::X_OK);
 
         if mode == libc::F_OK {
@@ -1159,7 +1160,7 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
         }
 
         let data = self.inode_map.get(inode)?;
-        let file = data.get_file()?;
+        let file = self.inode_file(&data)?;
         let pathname = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
 
@@ -1194,7 +1195,7 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
         }
 
         let data = self.inode_map.get(inode)?;
-        let file = data.get_file()?;
+        let file = self.inode_file(&data)?;
         let mut buf = Vec::<u8>::with_capacity(size as usize);
         let pathname = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd(),))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
@@ -1229,7 +1230,7 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
         }
 
         let data = self.inode_map.get(inode)?;
-        let file = data.get_file()?;
+        let file = self.inode_file(&data)?;
         let mut buf = Vec::<u8>::with_capacity(size as usize);
         let pathname = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
@@ -1263,7 +1264,7 @@ impl<S: BitmapSlice + Send + Sync> FileSystem for PassthroughFs<S> {
         }
 
         let data = self.inode_map.get(inode)?;
-        let file = data.get_file()?;
+        let file = self.inode_file(&data)?;
         let pathname = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
 
