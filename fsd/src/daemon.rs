@@ -516,11 +516,20 @@ pub fn run(s: Settings) -> Result<()> {
                 }
                 start_keeping()
             };
+            // The supervisor gets the device before any queue runs.
+            let mut device_ready = |d: &handover::vhost::Daemon, conn: &UnixStream| {
+                if let Some(k) = &keeper {
+                    k.refresh_device(d, &backend, conn);
+                }
+            };
             successor::take_over(
                 &chan,
                 &mut daemon,
                 &backend,
-                &mut read_labels,
+                successor::Hooks {
+                    before_serving: &mut read_labels,
+                    device_ready: &mut device_ready,
+                },
                 inflight.clone(),
             )
             .map_err(Error::Handover)?

@@ -57,15 +57,25 @@ pub fn greet(chan: &Channel) -> Result<u32, HandoverError> {
 /// there: the predecessor may label files until it pauses). With `track`,
 /// requests in flight are tracked in it from the first one on (crash
 /// recovery).
+/// Hooks of [`take_over`] into the daemon's start.
+pub struct Hooks<'a> {
+    /// After the file system state is imported, before anything is served
+    /// (labels, the crash journal).
+    pub before_serving: &'a mut dyn FnMut() -> std::io::Result<()>,
+    /// After the device is set up again, before any queue runs: a crash
+    /// from the first request on must find the device with the supervisor.
+    pub device_ready: &'a mut dyn FnMut(&Daemon, &UnixStream),
+}
+
 pub fn take_over(
     chan: &Channel,
     daemon: &mut Daemon,
     backend: &Arc<FsBackend>,
-    before_serving: &mut dyn FnMut() -> std::io::Result<()>,
+    hooks: Hooks<'_>,
     track: Option<Arc<InFlightTable>>,
 ) -> Result<UnixStream, HandoverError> {
     chan.set_timeout(None).map_err(HandoverError::Channel)?;
-    let result = restore(chan, daemon, backend, before_serving, track);
+    let result = restore(chan, daemon, backend, hooks, track);
     match &result {
         Ok(_) => chan.send(&Msg::Done, &[])?,
         Err(e) => {
@@ -79,7 +89,7 @@ fn restore(
     chan: &Channel,
     daemon: &mut Daemon,
     backend: &Arc<FsBackend>,
-    before_serving: &mut dyn FnMut() -> std::io::Result<()>,
+    hooks: Hooks<'_>,
     track: Option<Arc<InFlightTable>>,
 ) -> Result<UnixStream, HandoverError> {
     let dispatcher = backend.dispatcher();
@@ -119,7 +129,7 @@ fn restore(
         .fs()
         .import_state(state.fs, fs_fds.as_mut().unwrap_or(&mut device_fds))
         .map_err(HandoverError::FileSystem)?;
-    before_serving().map_err(HandoverError::FileSystem)?;
+    (hooks.before_serving)().map_err(HandoverError::FileSystem)?;
     // What can fail is done before the queues start: once a worker of this
     // process has served a request, the predecessor cannot take the rings
     // back.
@@ -146,6 +156,7 @@ fn restore(
         }
         backend.track_in_flight(t);
     }
+    (hooks.device_ready)(daemon, &conn);
     let kicks = replayed.start(daemon)?;
     daemon
         .start_on_stream(served)
