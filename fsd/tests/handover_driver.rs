@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use driver::session::read_request;
 use driver::{DaemonKind, Device, DeviceConfig, Harness, Request, Session};
 use fuse_backend_rs::abi::fuse_abi::{LkIn, LkOut, LK_FLOCK};
+use testrig::rejuvenation::{handed_over, recovered, serving_daemon};
 use testrig::Sandbox;
 
 const GETLK: u32 = 31;
@@ -51,14 +52,6 @@ fn alive(pid: u32) -> bool {
 
 fn log_text(log: &Path) -> String {
     std::fs::read_to_string(log).unwrap_or_default()
-}
-
-/// The pids named by "handover: done; pid N serves now" lines, in order.
-fn successors(log: &str) -> Vec<u32> {
-    log.lines()
-        .filter_map(|l| l.split_once("handover: done; pid "))
-        .filter_map(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
-        .collect()
 }
 
 fn fds_of(pid: u32) -> usize {
@@ -143,7 +136,7 @@ impl Rig {
     /// loop (the guest's requests). Returns the new pid, or `None` when the
     /// old one goes on serving (it logged "handover failed").
     fn hand_over(&mut self, mut during: impl FnMut(&mut Device)) -> Option<u32> {
-        let before = successors(&log_text(&self.log)).len();
+        let before = handed_over(&log_text(&self.log)).len();
         let failed_before = log_text(&self.log).matches("handover failed").count();
         // SAFETY: sending a signal to a process of this test.
         assert_eq!(unsafe { libc::kill(self.serving as i32, libc::SIGUSR2) }, 0);
@@ -151,7 +144,7 @@ impl Rig {
         loop {
             during(&mut self.device);
             let log = log_text(&self.log);
-            let done = successors(&log);
+            let done = handed_over(&log);
             if done.len() > before {
                 let pid = done[before];
                 let old = self.serving;
@@ -812,31 +805,6 @@ fn a_moved_protected_file_stays_protected_across_handovers() {
     assert!(log_text(&rig.log).contains("labels from the label database"));
 }
 
-/// The pids named by "crash recovery: done; pid N serves now" lines.
-fn recovered(log: &str) -> Vec<u32> {
-    log.lines()
-        .filter_map(|l| l.split_once("crash recovery: done; pid "))
-        .filter_map(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
-        .collect()
-}
-
-/// The process that serves requests: fsd itself, or under a sandbox the
-/// daemon its broker parent forked.
-fn daemon_of(pid: u32, sandbox: Sandbox) -> u32 {
-    if sandbox == Sandbox::None {
-        return pid;
-    }
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    children
-        .split_whitespace()
-        .filter_map(|c| c.parse().ok())
-        .find(|&c: &u32| {
-            std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.starts_with("fsd"))
-        })
-        .unwrap_or_else(|| panic!("the sandboxed daemon of {pid}"))
-}
-
 /// Kills the serving daemon after `delay` while reading `file` in a tight
 /// loop, until a new fsd has taken over; every read must be answered with
 /// `expect`. Returns the longest wait for one read.
@@ -849,7 +817,8 @@ fn kill_under_reads(
     delay: Duration,
 ) -> Duration {
     let before = recovered(&log_text(&rig.log)).len();
-    let victim = daemon_of(rig.serving, sandbox);
+    let victim = serving_daemon(rig.serving, sandbox)
+        .unwrap_or_else(|| panic!("the sandboxed daemon of {}", rig.serving));
     let killer = std::thread::spawn(move || {
         std::thread::sleep(delay);
         // SAFETY: killing a daemon this test started.

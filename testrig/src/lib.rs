@@ -35,6 +35,8 @@
 //! - [`libvirt`]: a private libvirtd (in a mount namespace of its own) to
 //!   run domains whose file system is served by fsd, as deployed.
 //! - [`process`]: children killed on drop, polling with a deadline.
+//! - [`rejuvenation`]: which fsd process serves after a handover or a crash
+//!   recovery, from its log and /proc.
 //!
 //! Cache layout under `$FSD_CACHE` (default `~/.cache/fsd`) is written by
 //! `scripts/install-deps.sh`; see [`paths`].
@@ -54,6 +56,7 @@ pub mod paths;
 pub mod prereq;
 pub mod process;
 pub mod qemu;
+pub mod rejuvenation;
 pub mod rootfs;
 pub mod script;
 pub mod shell;

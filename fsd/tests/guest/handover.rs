@@ -21,6 +21,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::common::{denying_policy, guest_tools, TAG};
+use testrig::rejuvenation::{handed_over, recovered, serving_daemon};
 use testrig::{
     require, rootfs, Daemon, DaemonSpec, InitramfsBuilder, Need, QemuConfig, Sandbox, Vm,
 };
@@ -81,13 +82,6 @@ cat /tmp/f.log /tmp/p.log
 echo "held file still open: $(read l <&3 && echo yes)"
 "#;
 
-fn log_successors(log: &str) -> Vec<u32> {
-    log.lines()
-        .filter_map(|l| l.split_once("handover: done; pid "))
-        .filter_map(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
-        .collect()
-}
-
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
         !s.rsplit_once(')')
@@ -144,29 +138,6 @@ fn guest_with_its_root_on_fsd_goes_on_after_ten_crashes() {
 
 fn twenty_handovers(sandbox: Sandbox, root_on_fsd: bool) {
     under_load(sandbox, root_on_fsd, Event::Handover);
-}
-
-/// The pids named by "crash recovery: done; pid N serves now" lines.
-fn log_recovered(log: &str) -> Vec<u32> {
-    log.lines()
-        .filter_map(|l| l.split_once("crash recovery: done; pid "))
-        .filter_map(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
-        .collect()
-}
-
-/// The process serving requests: fsd itself, or its sandboxed child.
-fn daemon_of(pid: u32, sandbox: Sandbox) -> u32 {
-    if sandbox == Sandbox::None {
-        return pid;
-    }
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|c| c.parse().ok())
-        .find(|&c: &u32| {
-            std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.starts_with("fsd"))
-        })
-        .unwrap_or(pid)
 }
 
 /// Error messages of the guest's tools that name an error the docs list
@@ -284,14 +255,18 @@ fn under_load(sandbox: Sandbox, root_on_fsd: bool, event: Event) {
             seed ^= seed >> 7;
             seed ^= seed << 17;
             std::thread::sleep(Duration::from_millis(seed % 400));
-            let before = log_recovered(&std::fs::read_to_string(&log).unwrap()).len();
-            let victim = daemon_of(serving, sandbox);
+            let before = recovered(&std::fs::read_to_string(&log).unwrap()).len();
+            let victim = serving_daemon(serving, sandbox).unwrap_or_else(|| {
+                fail(&format!(
+                    "no serving daemon under {serving} before kill {n}"
+                ))
+            });
             let t = Instant::now();
             // SAFETY: killing the daemon this test started (or its successor).
             assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
             let deadline = Instant::now() + Duration::from_secs(60);
             serving = loop {
-                let done = log_recovered(&std::fs::read_to_string(&log).unwrap());
+                let done = recovered(&std::fs::read_to_string(&log).unwrap());
                 if done.len() > before {
                     break done[before];
                 }
@@ -308,13 +283,13 @@ fn under_load(sandbox: Sandbox, root_on_fsd: bool, event: Event) {
             // replaces the file by renaming over it).
             testrig::process::install_executable(Path::new(crate::common::FSD), &exe).unwrap();
         }
-        let before = log_successors(&std::fs::read_to_string(&log).unwrap()).len();
+        let before = handed_over(&std::fs::read_to_string(&log).unwrap()).len();
         let t = Instant::now();
         // SAFETY: signalling the daemon this test started (or its successor).
         assert_eq!(unsafe { libc::kill(serving as i32, libc::SIGUSR2) }, 0);
         let deadline = Instant::now() + Duration::from_secs(60);
         let next = loop {
-            let done = log_successors(&std::fs::read_to_string(&log).unwrap());
+            let done = handed_over(&std::fs::read_to_string(&log).unwrap());
             if done.len() > before {
                 break done[before];
             }
