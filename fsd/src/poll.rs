@@ -16,9 +16,11 @@
 //! and halves after a wait longer than the maximum, down to zero, so an
 //! idle or a slow guest costs no CPU after a few sleeps. The poll yields
 //! the core on every turn, so on a host with more runnable threads than
-//! cores it takes no time from them. `--poll-max-us=0` turns polling off.
+//! cores it takes little time from them, and at most half the host's cores
+//! (at least one) poll at once, whatever the number of queues.
+//! `--poll-max-us=0` turns polling off.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The first window after a short wait.
@@ -31,6 +33,11 @@ pub struct Poller {
     /// The clock's origin; times below are nanoseconds since it.
     origin: Instant,
     queues: Box<[QueuePoll]>,
+    /// Queue threads polling now, and how many may at once: half the
+    /// host's cores (at least one), so that polling queues never take every
+    /// core from the guest's vCPUs and the VMM.
+    polling: AtomicUsize,
+    max_polling: usize,
 }
 
 /// One queue's window and when its thread began to wait. Only that queue's
@@ -46,10 +53,18 @@ struct QueuePoll {
 impl Poller {
     /// `max`: the longest window; zero turns polling off.
     pub fn new(max: Duration, queues: usize) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_pollers(max, queues, (cores / 2).max(1))
+    }
+
+    /// [`Self::new`] with at most `max_polling` queue threads polling at once.
+    pub fn with_pollers(max: Duration, queues: usize, max_polling: usize) -> Self {
         Poller {
             max_ns: u64::try_from(max.as_nanos()).unwrap_or(u64::MAX),
             origin: Instant::now(),
             queues: (0..queues).map(|_| QueuePoll::default()).collect(),
+            polling: AtomicUsize::new(0),
+            max_polling,
         }
     }
 
@@ -101,20 +116,32 @@ impl Poller {
         if window == 0 {
             return false;
         }
+        // Another queue's thread polls already on a small host: sleep.
+        let admitted = self
+            .polling
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_polling).then_some(n + 1)
+            })
+            .is_ok();
+        if !admitted {
+            return false;
+        }
         let end = start.saturating_add(window);
-        loop {
+        let found = loop {
             if more() {
                 q.waiting_since_ns.store(0, Ordering::Relaxed);
-                return true;
+                break true;
             }
             if self.now_ns() >= end {
-                return false;
+                break false;
             }
             // Give the core to whatever else is runnable on it (on a small
             // host, often the very guest thread that will send the next
             // request); with nothing else to run this returns at once.
             std::thread::yield_now();
-        }
+        };
+        self.polling.fetch_sub(1, Ordering::AcqRel);
+        found
     }
 
     /// Marks the start of a wait unless one is under way; returns now.
@@ -191,6 +218,35 @@ mod tests {
         }));
         assert_eq!(calls, 3);
         assert!(t.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn no_more_threads_poll_at_once_than_allowed() {
+        let p = Poller::with_pollers(Duration::from_secs(10), 2, 1);
+        for q in 0..2 {
+            for _ in 0..30 {
+                p.began_waiting(&p.queues[q]);
+                p.woke(q);
+            }
+        }
+        let inside = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            let first = s.spawn(|| {
+                p.poll(0, || {
+                    inside.wait();
+                    // Held until the other queue has tried.
+                    inside.wait();
+                    true
+                })
+            });
+            inside.wait();
+            // Queue 1 is not let in while queue 0 polls.
+            assert!(!p.poll(1, || panic!("two queues polled at once")));
+            inside.wait();
+            assert!(first.join().unwrap());
+        });
+        // Free again.
+        assert!(p.poll(1, || true));
     }
 
     #[test]
