@@ -28,10 +28,15 @@ pub struct SerialShell {
 impl SerialShell {
     /// The guest script (for `InitramfsBuilder::run_script`): run lines from
     /// `/dev/ttyS1` and answer there.
+    /// A `read` cut short by a signal (status above 128: a background
+    /// child of an earlier command ending, say) waits for the line again
+    /// instead of ending the loop.
     pub const SCRIPT: &'static str = r#"
 stty -F /dev/ttyS1 raw -echo
 echo CTL-READY
-while IFS= read -r line; do eval "$line"; done </dev/ttyS1 >/dev/ttyS1 2>&1
+while :; do
+  if IFS= read -r line; then eval "$line"; elif [ $? -le 128 ]; then break; fi
+done </dev/ttyS1 >/dev/ttyS1 2>&1
 "#;
 
     /// Adds the second serial port to `cfg`, served by QEMU on `socket`.

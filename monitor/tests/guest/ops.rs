@@ -200,7 +200,9 @@ fn freeze_thaw_and_page_cache_flush() {
         thawed[2] > after_cont[2],
         "not running after thaw: {after_cont:?} then {thawed:?}"
     );
-    g.sh(&format!("kill -9 {burn}"));
+    // Reaped here, so that its end does not reach the command loop while it
+    // waits for the next line.
+    g.sh(&format!("kill -9 {burn}; wait {burn} 2>/dev/null; true"));
 
     // An interruptible sleeper parks at once (woken into the trap by
     // injected wake_up_state), and resumes its sleep after thaw.
@@ -230,7 +232,9 @@ fn freeze_thaw_and_page_cache_flush() {
         "sleeper still parked after thaw: {wchan:?}"
     );
     assert_eq!(stat_field(&mut g, sleeper, 3), "S");
-    g.sh(&format!("kill -9 {sleeper}"));
+    g.sh(&format!(
+        "kill -9 {sleeper}; wait {sleeper} 2>/dev/null; true"
+    ));
     let dmesg = g.sh("dmesg");
     for bad in ["WARNING", "BUG:", "Oops", "sleeping function called"] {
         assert!(!dmesg.contains(bad), "guest kernel complained:\n{dmesg}");
