@@ -20,14 +20,14 @@ use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{QueueOwnedT, QueueT};
-use vm_memory::GuestAddressSpace;
+use vm_memory::{GuestAddressSpace, GuestMemoryLoadGuard};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
 use crate::crash::inflight::InFlightTable;
-use crate::dispatch::{AtomicMem, Blocking, Chain, Dispatcher};
+use crate::dispatch::{AtomicMem, Blocking, Chain, Dispatcher, GuestMem};
 use crate::handover::quiesce::{InFlight, Quiesce};
 use crate::poll::Poller;
 use crate::pool::{LockWaiters, Pool};
@@ -209,33 +209,30 @@ impl FsBackend {
         }
     }
 
-    /// Whether the guest added chains not taken yet. An error says yes, so
-    /// that popping reports it.
-    fn has_avail(&self, vring: &VringRwLock) -> bool {
-        let Some(mem) = self.mem.read().unwrap().as_ref().map(|m| m.memory()) else {
-            return false;
-        };
-        let st = vring.get_ref();
-        let q = st.get_queue();
-        q.avail_idx(&*mem, Ordering::Acquire)
-            .map_or(true, |idx| idx.0 != q.next_avail())
-    }
-
-    fn process_queue(&self, queue: usize, vring: &VringRwLock) -> Result<(), DeviceError> {
-        let mem = self
+    /// Guest memory as it is now, for one pass over a queue.
+    fn guest_memory(&self) -> Result<GuestMemoryLoadGuard<GuestMem>, DeviceError> {
+        Ok(self
             .mem
             .read()
             .unwrap()
             .as_ref()
             .ok_or(DeviceError::NoMemory)?
-            .memory();
+            .memory())
+    }
+
+    fn process_queue(
+        &self,
+        queue: usize,
+        vring: &VringRwLock,
+        mem: &GuestMemoryLoadGuard<GuestMem>,
+    ) -> Result<(), DeviceError> {
         let event_idx = self.event_idx.load(Ordering::Acquire);
         let inflight = self.inflight.get().cloned();
         let chains: Vec<Chain> = {
             let mut st = vring.get_mut();
             let q = st.get_queue_mut();
             let start = q.next_avail();
-            let chains: Vec<Chain> = q.iter(mem).map_err(DeviceError::Queue)?.collect();
+            let chains: Vec<Chain> = q.iter(mem.clone()).map_err(DeviceError::Queue)?.collect();
             if let Some(t) = &inflight {
                 // Marked before any is handled, and next_avail after all are
                 // marked (see `crash::inflight`).
@@ -261,6 +258,15 @@ impl FsBackend {
         }
         Ok(())
     }
+}
+
+/// Whether the guest added chains to `vring` not taken yet. An error says
+/// yes, so that popping reports it.
+fn has_avail(vring: &VringRwLock, mem: &GuestMem) -> bool {
+    let st = vring.get_ref();
+    let q = st.get_queue();
+    q.avail_idx(mem, Ordering::Acquire)
+        .map_or(true, |idx| idx.0 != q.next_avail())
 }
 
 /// Puts `head` in the used ring; with a crash-recovery table, the answer is
@@ -391,9 +397,11 @@ impl VhostUserBackend for FsBackend {
         loop {
             self.poller.woke(thread_id);
             vring.disable_notification().map_err(DeviceError::Queue)?;
-            self.process_queue(thread_id, vring)?;
+            // Read once per pass: the poll below looks at the ring often.
+            let mem = self.guest_memory()?;
+            self.process_queue(thread_id, vring, &mem)?;
             let more = self.poller.poll(thread_id, || {
-                self.quiesce.is_paused() || self.has_avail(vring)
+                self.quiesce.is_paused() || has_avail(vring, &mem)
             });
             // A pause waits for this thread to leave.
             if more && !self.quiesce.is_paused() {
