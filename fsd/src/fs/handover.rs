@@ -17,11 +17,12 @@
 //! is kept (docs/rejuvenation.md says what that costs).
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use fuse_backend_rs::passthrough::handover::{
     Exported, ExportedHandle, ExportedInode, ExportedSession,
 };
+use rustix::fs::{statx, AtFlags, Statx, StatxFlags};
 
 use super::SharedFs;
 use crate::handover::state::{FdBag, FsState, HandleState, InodeState, PassthroughState, Received};
@@ -216,20 +217,14 @@ fn open_handle(
     key: (u64, u64),
 ) -> Option<(OwnedFd, u64)> {
     let new = open_by_handle(root, typ, bytes, libc::O_PATH).ok()?;
-    // SAFETY: statx writes into a zeroed statx structure.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; the path is empty, with AT_EMPTY_PATH.
-    let r = unsafe {
-        libc::statx(
-            new.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            libc::STATX_INO | libc::STATX_MNT_ID,
-            &mut stx,
-        )
-    };
+    let stx = statx_fd(new.as_fd(), StatxFlags::INO | StatxFlags::MNT_ID)?;
     let dev = libc::makedev(stx.stx_dev_major, stx.stx_dev_minor);
-    (r == 0 && (dev, stx.stx_ino) == key).then_some((new, stx.stx_mnt_id))
+    ((dev, stx.stx_ino) == key).then_some((new, stx.stx_mnt_id))
+}
+
+/// `statx` of `fd` itself.
+fn statx_fd(fd: BorrowedFd<'_>, mask: StatxFlags) -> Option<Statx> {
+    statx(fd, c"", AtFlags::EMPTY_PATH, mask).ok()
 }
 
 /// Opens the inode with file handle (`typ`, `bytes`) on the file system of
@@ -266,17 +261,5 @@ pub(super) fn open_by_handle(
 
 /// The mount id of `fd`.
 fn mount_id(fd: BorrowedFd<'_>) -> Option<u64> {
-    // SAFETY: statx writes into a zeroed statx structure.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; the path is empty, with AT_EMPTY_PATH.
-    let r = unsafe {
-        libc::statx(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            libc::STATX_MNT_ID,
-            &mut stx,
-        )
-    };
-    (r == 0).then_some(stx.stx_mnt_id)
+    statx_fd(fd, StatxFlags::MNT_ID).map(|stx| stx.stx_mnt_id)
 }
