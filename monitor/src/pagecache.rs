@@ -159,13 +159,12 @@ fn droppable(k: &Kernel, page: u64) -> Result<bool> {
 /// still needs: it left `mapping`, nobody references it, and it is not
 /// dirty, locked, under writeback or mapped.
 fn scrubbable(k: &Kernel, page: u64, mapping: u64) -> Result<bool> {
-    let flags = k.read_field(page, "page", "flags")?;
-    let bit = |n: &str| -> Result<u64> { Ok(1u64 << k.profile.constant(n)?) };
-    let busy = bit("PG_locked")? | bit("PG_dirty")? | bit("PG_writeback")?;
+    if !droppable(k, page)? {
+        return Ok(false);
+    }
     let refcount = k.read_field(page, "page", "_refcount")? as u32 as i32;
-    let mapcount = k.read_field(page, "page", "_mapcount")? as u32 as i32;
     let owner = k.read_field(page, "page", "mapping")?;
-    Ok(flags & busy == 0 && refcount == 0 && mapcount < 0 && owner != mapping)
+    Ok(refcount == 0 && owner != mapping)
 }
 
 /// Flush the guest page cache of the given host inodes in this VM.
