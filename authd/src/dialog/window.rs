@@ -12,7 +12,7 @@
 
 use std::num::NonZeroU32;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ab_glyph::FontRef;
 use winit::application::ApplicationHandler;
@@ -51,30 +51,42 @@ struct App<'f> {
     cursor: (f64, f64),
     on_shown: Option<Box<dyn FnOnce() + 'f>>,
     error: Option<Error>,
-    /// Where the window's inside belongs, until it is there.
-    target: Option<PhysicalPosition<i32>>,
+    /// Where the window's inside belongs, and until when to keep putting
+    /// it there.
+    target: Option<(PhysicalPosition<i32>, Instant)>,
 }
+
+/// How long the dialog keeps moving itself to where it belongs: a window
+/// manager may frame it (and so move it) some time after it appeared.
+/// After that the person may move it.
+const SETTLE_FOR: Duration = Duration::from_secs(3);
+/// How often it looks while it settles, besides on each move.
+const SETTLE_EVERY: Duration = Duration::from_millis(50);
 
 impl App<'_> {
     /// A window manager puts its frame where the window asked to be, and
     /// the window inside it by the frame's width; once the frame is known,
-    /// move the frame so that the window itself is where it belongs.
+    /// move the frame so that the window itself is where it belongs. The
+    /// window is where it asked to be before the manager frames it, too:
+    /// only a framed window in place, or the end of [`SETTLE_FOR`], ends
+    /// the settling (without a window manager, the window is in place from
+    /// the start and there is nothing to do until then).
     fn settle_position(&mut self) {
-        let (Some(target), Some(w)) = (self.target, self.window.as_ref()) else {
+        let (Some((target, until)), Some(w)) = (self.target, self.window.as_ref()) else {
             return;
         };
         let (Ok(inner), Ok(outer)) = (w.inner_position(), w.outer_position()) else {
             self.target = None;
             return;
         };
-        if inner == target {
+        let framed = inner != outer;
+        if Instant::now() >= until || (inner == target && framed) {
             self.target = None;
-        } else if inner != outer {
+        } else if inner != target && framed {
             w.set_outer_position(PhysicalPosition::new(
                 target.x - (inner.x - outer.x),
                 target.y - (inner.y - outer.y),
             ));
-            self.target = None;
         }
     }
 
@@ -136,7 +148,7 @@ impl ApplicationHandler<External> for App<'_> {
             .with_active(true);
         if let Some((x, y)) = place(event_loop, self.dialog.request()) {
             attrs = attrs.with_position(PhysicalPosition::new(x, y));
-            self.target = Some(PhysicalPosition::new(x, y));
+            self.target = Some((PhysicalPosition::new(x, y), Instant::now() + SETTLE_FOR));
         }
         let made = event_loop
             .create_window(attrs)
@@ -216,9 +228,14 @@ impl ApplicationHandler<External> for App<'_> {
     }
 
     fn about_to_wait(&mut self, event_loop: &ActiveEventLoop) {
-        let (wake, stale) = self.dialog.tick(Instant::now());
+        let now = Instant::now();
+        let (mut wake, stale) = self.dialog.tick(now);
         if stale {
             self.request_redraw();
+        }
+        self.settle_position();
+        if self.target.is_some() {
+            wake = wake.min(now + SETTLE_EVERY);
         }
         self.settle(event_loop);
         event_loop.set_control_flow(ControlFlow::WaitUntil(wake));
