@@ -74,6 +74,16 @@ pub enum Error {
     Io(&'static str, #[source] io::Error),
 }
 
+impl Error {
+    /// The errno of a FUSE error reply; `None` for every other failure.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::Fuse { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+}
+
 /// Result alias used throughout the crate.
 pub type Result<T> = std::result::Result<T, Error>;
 

@@ -136,6 +136,20 @@ impl<'q> Session<'q> {
         Ok(self.ok(read_request(node, fh, offset, size), size)?.body)
     }
 
+    /// Looks up each name of `path` from the root, opens the last one
+    /// read-only and reads up to `size` bytes from its start, as a guest's
+    /// `cat` does; the handle is released whatever the read gives.
+    pub fn read_path(&mut self, path: &[&[u8]], size: u32) -> Result<Vec<u8>> {
+        let mut node = 1;
+        for name in path {
+            node = self.lookup(node, name)?.nodeid;
+        }
+        let fh = self.open(node, libc::O_RDONLY as u32, false)?.fh;
+        let data = self.read(node, fh, 0, size);
+        self.release(node, fh, false)?;
+        data
+    }
+
     /// FUSE_WRITE of `data` at `offset`; returns bytes written.
     pub fn write(&mut self, node: u64, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
         let w: WriteOut = self

@@ -24,21 +24,10 @@ const POLICY: &str =
     [[rule]]\npath = \"vault/**\"\nowner = \"alice\"\nwithout_grant = \"ask\"\ngrant_secs = 3600\n\
     [[rule]]\npath = \"closed/**\"\nowner = \"bob\"\nwithout_grant = \"ask\"\ngrant_secs = 3600\n";
 
-/// Opens and reads `dir/doc`; the errno if refused.
+/// Reads `dir/doc`; the errno of the step the daemon refused.
 fn read_doc(s: &mut Session<'_>, dir: &[u8]) -> Result<Vec<u8>, i32> {
-    let d = s.lookup(1, dir).unwrap().nodeid;
-    let f = s.lookup(d, b"doc").unwrap().nodeid;
-    let fh = match s.open(f, libc::O_RDONLY as u32, false) {
-        Ok(o) => o.fh,
-        Err(driver::Error::Fuse { errno, .. }) => return Err(errno),
-        Err(e) => panic!("{e}"),
-    };
-    let data = s.read(f, fh, 0, 100);
-    s.release(f, fh, false).unwrap();
-    data.map_err(|e| match e {
-        driver::Error::Fuse { errno, .. } => errno,
-        e => panic!("{e}"),
-    })
+    s.read_path(&[dir, b"doc"], 100)
+        .map_err(|e| e.errno().unwrap_or_else(|| panic!("{e}")))
 }
 
 /// Reads through a handle already open: 0 when it reads, else the errno.

@@ -261,6 +261,12 @@ fn check(s: &mut Session<'_>, h: &mut Held, round: usize) {
     s.forget(e.nodeid, 1).unwrap();
 }
 
+/// Reads `dir/doc`; the errno of the step the daemon refused.
+fn read_doc(s: &mut Session<'_>, dir: &[u8]) -> Result<Vec<u8>, i32> {
+    s.read_path(&[dir, b"doc"], 100)
+        .map_err(|e| e.errno().unwrap_or_else(|| panic!("{e}")))
+}
+
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -678,27 +684,13 @@ fn a_live_grant_survives_the_handover_without_a_prompt() {
     }) else {
         return;
     };
-    let read = |s: &mut Session<'_>, dir: &[u8]| -> Result<Vec<u8>, i32> {
-        let d = s.lookup(1, dir).map_err(|_| -1)?.nodeid;
-        let f = s.lookup(d, b"doc").map_err(|_| -2)?.nodeid;
-        let fh = match s.open(f, libc::O_RDONLY as u32, false) {
-            Ok(o) => o.fh,
-            Err(driver::Error::Fuse { errno, .. }) => return Err(errno),
-            Err(e) => panic!("{e}"),
-        };
-        let data = s.read(f, fh, 0, 100);
-        s.release(f, fh, false).unwrap();
-        data.map_err(|e| match e {
-            driver::Error::Fuse { errno, .. } => errno,
-            e => panic!("{e}"),
-        })
-    };
+
     authd.grant.store(true, Ordering::SeqCst);
     {
         let mut s = Session::new(rig.device.queue(1).unwrap());
         s.init().unwrap();
-        assert_eq!(read(&mut s, b"vault").unwrap(), b"granted content");
-        assert_eq!(read(&mut s, b"closed"), Err(libc::EACCES));
+        assert_eq!(read_doc(&mut s, b"vault").unwrap(), b"granted content");
+        assert_eq!(read_doc(&mut s, b"closed"), Err(libc::EACCES));
         // Read only before the handovers: its flush at the grant's end
         // needs the predecessor's record of it.
         let v = s.lookup(1, b"vault").unwrap().nodeid;
@@ -715,11 +707,15 @@ fn a_live_grant_survives_the_handover_without_a_prompt() {
         rig.hand_over(|_| {}).expect("handover");
         let mut s = Session::new(rig.device.queue(1).unwrap());
         assert_eq!(
-            read(&mut s, b"vault").unwrap(),
+            read_doc(&mut s, b"vault").unwrap(),
             b"granted content",
             "round {round}: the live grant holds"
         );
-        assert_eq!(read(&mut s, b"closed"), Err(libc::EACCES), "round {round}");
+        assert_eq!(
+            read_doc(&mut s, b"closed"),
+            Err(libc::EACCES),
+            "round {round}"
+        );
     }
     assert_eq!(
         authd.asked.load(Ordering::SeqCst),
@@ -732,7 +728,7 @@ fn a_live_grant_survives_the_handover_without_a_prompt() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut s = Session::new(rig.device.queue(1).unwrap());
-        if read(&mut s, b"vault") == Err(libc::EACCES) {
+        if read_doc(&mut s, b"vault") == Err(libc::EACCES) {
             break;
         }
         assert!(

@@ -47,12 +47,7 @@ pub enum Record {
     /// inode is held by descriptor (it cannot be recovered).
     NodeNew {
         node: u64,
-        dev: u64,
-        ino: u64,
-        mnt: u64,
-        mode: u32,
-        lookups: u64,
-        handle: Option<(i32, Vec<u8>)>,
+        n: JNode,
     },
     /// More lookups of a known node.
     NodeRef {
@@ -91,21 +86,13 @@ impl Record {
         out.extend_from_slice(&[0u8; 4]);
         let put = |out: &mut Vec<u8>, v: u64| out.extend_from_slice(&v.to_le_bytes());
         match self {
-            Record::NodeNew {
-                node,
-                dev,
-                ino,
-                mnt,
-                mode,
-                lookups,
-                handle,
-            } => {
+            Record::NodeNew { node, n } => {
                 out.push(1);
-                for v in [*node, *dev, *ino, *mnt, *lookups] {
+                for v in [*node, n.dev, n.ino, n.mnt, n.lookups] {
                     put(out, v);
                 }
-                out.extend_from_slice(&mode.to_le_bytes());
-                match handle {
+                out.extend_from_slice(&n.mode.to_le_bytes());
+                match &n.handle {
                     Some((typ, bytes)) => {
                         out.extend_from_slice(&typ.to_le_bytes());
                         out.push(bytes.len().min(MAX_HANDLE) as u8);
@@ -192,12 +179,14 @@ impl Record {
                     };
                     Record::NodeNew {
                         node,
-                        dev,
-                        ino,
-                        mnt,
-                        mode,
-                        lookups,
-                        handle,
+                        n: JNode {
+                            dev,
+                            ino,
+                            mnt,
+                            mode,
+                            lookups,
+                            handle,
+                        },
                     }
                 }
                 2 => Record::NodeRef {
@@ -275,26 +264,8 @@ pub struct Folded {
 impl Folded {
     pub fn apply(&mut self, r: Record) {
         match r {
-            Record::NodeNew {
-                node,
-                dev,
-                ino,
-                mnt,
-                mode,
-                lookups,
-                handle,
-            } => {
-                self.nodes.insert(
-                    node,
-                    JNode {
-                        dev,
-                        ino,
-                        mnt,
-                        mode,
-                        lookups,
-                        handle,
-                    },
-                );
+            Record::NodeNew { node, n } => {
+                self.nodes.insert(node, n);
             }
             Record::NodeRef { node, n } => {
                 if let Some(x) = self.nodes.get_mut(&node) {
@@ -331,15 +302,10 @@ impl Folded {
 
     /// The fewest records that fold to `self`.
     fn records(&self) -> impl Iterator<Item = Record> + '_ {
-        let nodes = self.nodes.iter().map(|(&node, n)| Record::NodeNew {
-            node,
-            dev: n.dev,
-            ino: n.ino,
-            mnt: n.mnt,
-            mode: n.mode,
-            lookups: n.lookups,
-            handle: n.handle.clone(),
-        });
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|(&node, n)| Record::NodeNew { node, n: n.clone() });
         let handles = self
             .handles
             .iter()
@@ -545,12 +511,14 @@ mod tests {
     fn node(node: u64, lookups: u64) -> Record {
         Record::NodeNew {
             node,
-            dev: 1,
-            ino: node + 100,
-            mnt: 7,
-            mode: 0o100644,
-            lookups,
-            handle: Some((1, vec![1, 2, 3, node as u8])),
+            n: JNode {
+                dev: 1,
+                ino: node + 100,
+                mnt: 7,
+                mode: 0o100644,
+                lookups,
+                handle: Some((1, vec![1, 2, 3, node as u8])),
+            },
         }
     }
 

@@ -27,10 +27,8 @@ use log::{error, info, warn};
 use serde::{Deserialize, Serialize};
 
 use crate::handover::launcher::Successors;
-use crate::handover::predecessor::{RESTORE_TIMEOUT, START_TIMEOUT};
-use crate::handover::state::{
-    FdBag, FuseState, HeldDescription, PassthroughState, VhostState, STATE_VERSION,
-};
+use crate::handover::predecessor::{self, RESTORE_TIMEOUT};
+use crate::handover::state::{FdBag, FuseState, HeldDescription, PassthroughState, VhostState};
 use crate::handover::transfer::{Channel, Msg};
 use crate::handover::vhost::{self, Daemon};
 use crate::handover::HandoverError;
@@ -230,25 +228,7 @@ impl Keeper {
 
     fn recover(self, successors: &mut Successors) -> Result<u32, HandoverError> {
         let (chan, pid) = successors.start().map_err(HandoverError::Launch)?;
-        chan.set_timeout(Some(START_TIMEOUT))
-            .map_err(HandoverError::Channel)?;
-        chan.send(
-            &Msg::Hello {
-                version: STATE_VERSION,
-                pid: std::process::id(),
-            },
-            &[],
-        )?;
-        match chan.recv()?.0 {
-            Msg::Ready { .. } => {}
-            Msg::Refused { why } => return Err(HandoverError::Refused(why)),
-            m => {
-                return Err(HandoverError::Protocol(format!(
-                    "expected Ready, got {}",
-                    m.name()
-                )))
-            }
-        }
+        predecessor::greet(&chan)?;
         let (device, mut fds) = self.device.expect("checked by the caller");
         let mut bag = FdBag::default();
         // The device's descriptors keep their indices: they come first.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use fuse_backend_rs::api::filesystem::ROOT_ID;
 
 use super::SharedFs;
-use crate::crash::journal::{Folded, Journal, Record};
+use crate::crash::journal::{Folded, JNode, Journal, Record};
 use crate::handover::state::{FsState, PassthroughState};
 use crate::policy::labels::InodeKey;
 
@@ -75,16 +75,7 @@ impl SharedFs {
     pub(super) fn set_journal_base(&self, b: JournalBase) {
         let mut f = Folded::default();
         for (node, dev, ino, lookups) in b.nodes {
-            let (mnt, mode, handle) = self.inner.inode_identity(node).unwrap_or((0, 0, None));
-            f.apply(Record::NodeNew {
-                node,
-                dev,
-                ino,
-                mnt,
-                mode,
-                lookups,
-                handle,
-            });
+            f.apply(self.node_record(node, (dev, ino), lookups));
         }
         for (handle, inode, flags) in b.handles {
             f.apply(Record::HandleOpen {
@@ -104,31 +95,29 @@ impl SharedFs {
             j.append(&Record::NodeRef { node, n: 1 });
             return;
         }
+        j.append(&self.node_record(node, key, 1));
+    }
+
+    /// A node new to the journal, with what this process reopens it by.
+    fn node_record(&self, node: u64, key: InodeKey, lookups: u64) -> Record {
         let (mnt, mode, handle) = self.inner.inode_identity(node).unwrap_or((0, 0, None));
-        j.append(&Record::NodeNew {
+        Record::NodeNew {
             node,
-            dev: key.0,
-            ino: key.1,
-            mnt,
-            mode,
-            lookups: 1,
-            handle,
-        });
+            n: JNode {
+                dev: key.0,
+                ino: key.1,
+                mnt,
+                mode,
+                lookups,
+                handle,
+            },
+        }
     }
 
     pub(super) fn journal_root(&self, key: InodeKey) {
         let Some(j) = self.journal() else { return };
         j.append(&Record::Reset);
-        let (mnt, mode, handle) = self.inner.inode_identity(ROOT_ID).unwrap_or((0, 0, None));
-        j.append(&Record::NodeNew {
-            node: ROOT_ID,
-            dev: key.0,
-            ino: key.1,
-            mnt,
-            mode,
-            lookups: u64::MAX / 2,
-            handle,
-        });
+        j.append(&self.node_record(ROOT_ID, key, u64::MAX / 2));
     }
 
     pub(super) fn journal_forget(&self, node: u64, n: u64) {

@@ -59,7 +59,7 @@ pub fn hand_over(s: Serving<'_>, launcher: &Launcher) -> Result<Report, Handover
     info!("handover: starting the successor");
     let started = launcher.spawn().map_err(HandoverError::Launch)?;
     let (chan, pid) = (started.channel, started.pid);
-    match prepare(&chan) {
+    match greet(&chan) {
         Ok(version) => info!("handover: successor {pid} is ready (state version {version})"),
         Err(e) => {
             launcher.kill();
@@ -112,8 +112,10 @@ pub fn hand_over(s: Serving<'_>, launcher: &Launcher) -> Result<Report, Handover
     }
 }
 
-/// Steps 1-2: the successor is up and reads our version; its own.
-fn prepare(chan: &Channel) -> Result<u32, HandoverError> {
+/// Steps 1-2: the successor is up and reads our version; its own. Also
+/// the first step of a crash recovery, where the supervisor stands in for
+/// the dead fsd.
+pub(crate) fn greet(chan: &Channel) -> Result<u32, HandoverError> {
     chan.set_timeout(Some(START_TIMEOUT))
         .map_err(HandoverError::Channel)?;
     chan.send(
