@@ -60,7 +60,9 @@ impl Broker {
             .stderr(std::fs::File::create(p("delegate.log")).unwrap())
             .spawn()
             .unwrap();
-        assert!(wait_for(Duration::from_secs(10), || vm_sock.exists()));
+        assert!(wait_for(Duration::from_secs(10), || {
+            testrig::daemon::listens(&vm_sock)
+        }));
         Broker {
             _proc: Proc(child),
             dir,

@@ -192,7 +192,7 @@ impl Daemon {
                     log: d.log_text(),
                 });
             }
-            if socket.exists() {
+            if listens(socket) {
                 return Ok(d);
             }
             if Instant::now() >= deadline {
@@ -353,6 +353,40 @@ impl Drop for Daemon {
     }
 }
 
+/// Whether a UNIX socket at `socket` takes connections: its file exists
+/// and it is past `listen` (see [`bound_but_not_listening`]).
+pub fn listens(socket: &Path) -> bool {
+    socket.exists() && !bound_but_not_listening(socket)
+}
+
+/// A socket file appears at `bind`, before the daemon's `listen`; a client
+/// connecting in between is refused. Asks the kernel's table of UNIX
+/// sockets (`/proc/net/unix`, this network namespace) rather than
+/// connecting: a vhost-user daemon takes the first connection as its
+/// front-end. A socket the table does not show (bound in another network
+/// namespace) counts as listening once its file exists.
+fn bound_but_not_listening(socket: &Path) -> bool {
+    /// `__SO_ACCEPTCON`: the socket listens.
+    const ACCEPTING: u32 = 1 << 16;
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return false;
+    };
+    let want = socket.as_os_str().to_string_lossy();
+    let mut seen = false;
+    for line in table.lines().skip(1) {
+        // Num RefCount Protocol Flags Type St Inode Path
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 8 || f[7] != want {
+            continue;
+        }
+        seen = true;
+        if u32::from_str_radix(f[3], 16).is_ok_and(|flags| flags & ACCEPTING != 0) {
+            return false;
+        }
+    }
+    seen
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,5 +435,23 @@ mod tests {
         spec.rlimit_nofile = Some(321);
         let err = Daemon::spawn_on_path(&spec, &sock).err().unwrap();
         assert!(err.to_string().contains("321"), "{err}");
+    }
+
+    #[test]
+    fn a_socket_is_ready_at_listen_not_at_bind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let sock = rustix::net::socket(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            None,
+        )
+        .unwrap();
+        let addr = rustix::net::SocketAddrUnix::new(&path).unwrap();
+        rustix::net::bind(&sock, &addr).unwrap();
+        assert!(bound_but_not_listening(&path));
+        rustix::net::listen(&sock, 1).unwrap();
+        assert!(!bound_but_not_listening(&path));
+        assert!(!bound_but_not_listening(&dir.path().join("never")));
     }
 }

@@ -55,7 +55,7 @@ done </dev/ttyS1 >/dev/ttyS1 2>&1
     /// and waits (up to `timeout`) until its command loop runs.
     pub fn connect(vm: &mut Vm, socket: &Path, timeout: Duration) -> SerialShell {
         assert!(
-            wait_for(Duration::from_secs(30), || socket.exists()),
+            wait_for(Duration::from_secs(30), || crate::daemon::listens(socket)),
             "{} never appeared",
             socket.display()
         );
