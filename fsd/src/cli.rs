@@ -16,6 +16,13 @@ use clap::{Parser, ValueEnum};
 /// the time a synchronous guest takes to answer (docs/benchmarks.md).
 pub const DEFAULT_POLL_MAX_US: u64 = 64;
 
+/// `--bulk-read-threads` when not given: one fewer than the cores this
+/// process may run on (the queue thread has one), at most 2; measured in
+/// docs/benchmarks.md.
+fn default_bulk_read_threads() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get().saturating_sub(1).min(2))
+}
+
 /// Guest cache policy, with virtiofsd's semantics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CacheMode {
@@ -142,6 +149,14 @@ pub struct Opt {
     /// Worker threads; 0 handles requests on each queue's own thread.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub thread_pool_size: usize,
+
+    /// Threads that take READs of 256 KiB and more off a queue's thread
+    /// while other requests wait behind them, so that page-cache copies use
+    /// more than one core; 0 turns this off. Default: one fewer than the
+    /// host's cores, at most 2. Unused with --thread-pool-size, whose
+    /// workers take every request (docs/fsd.md, "Large reads").
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub bulk_read_threads: Option<u16>,
 
     /// Longest time a queue's thread watches for the next request before
     /// it sleeps, in microseconds; adapts down to 0 for idle or slow guests
@@ -345,6 +360,7 @@ pub struct Settings {
     pub seccomp: SeccompMode,
     pub crash_recovery: bool,
     pub thread_pool_size: usize,
+    pub bulk_read_threads: usize,
     pub poll_max_us: u64,
     pub request_queues: usize,
     pub xattr: bool,
@@ -491,6 +507,9 @@ impl Opt {
             seccomp: self.seccomp,
             crash_recovery: self.crash_recovery,
             thread_pool_size: self.thread_pool_size,
+            bulk_read_threads: self
+                .bulk_read_threads
+                .map_or_else(default_bulk_read_threads, usize::from),
             poll_max_us: self.poll_max_us,
             request_queues: self.request_queues as usize,
             xattr: self.xattr,

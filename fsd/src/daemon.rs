@@ -454,6 +454,7 @@ pub fn run(s: Settings) -> Result<()> {
                 tag: s.tag.clone(),
                 request_queues: s.request_queues,
                 thread_pool_size: s.thread_pool_size,
+                bulk_read_threads: s.bulk_read_threads,
                 poll_max: Duration::from_micros(s.poll_max_us),
             },
             dispatcher,

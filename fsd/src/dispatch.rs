@@ -15,8 +15,8 @@ use std::mem::size_of;
 use std::sync::Arc;
 
 use fuse_backend_rs::abi::fuse_abi::{
-    CreateIn, InHeader, LinkIn, LkIn, LkOut, MkdirIn, MknodIn, Opcode, OutHeader, Rename2In,
-    RenameIn, LK_FLOCK,
+    CreateIn, InHeader, LinkIn, LkIn, LkOut, MkdirIn, MknodIn, Opcode, OutHeader, ReadIn,
+    Rename2In, RenameIn, LK_FLOCK,
 };
 use fuse_backend_rs::api::filesystem::Context;
 use fuse_backend_rs::api::server::Server;
@@ -139,6 +139,21 @@ fn read_head<T: ByteValued + Default>(chain: &Chain, writable: bool) -> Option<T
     }
     (filled == buf.len()).then_some(obj)
 }
+
+/// The smallest READ that [`Dispatcher::is_bulk_read`] counts as bulk.
+pub const BULK_READ: u32 = 256 << 10;
+
+/// A READ's header and arguments, as they follow each other in the chain.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct ReadHead {
+    header: InHeader,
+    read: ReadIn,
+}
+
+// SAFETY: two ByteValued plain structs of 40 bytes each, without padding
+// between them; every bit pattern is valid.
+unsafe impl ByteValued for ReadHead {}
 
 /// Longest body of a request that carries names: two names and a symlink
 /// target at most.
@@ -263,6 +278,14 @@ impl Dispatcher {
     /// cheap).
     pub fn peek_header(chain: &Chain) -> Option<InHeader> {
         read_head(chain, false)
+    }
+
+    /// Whether this is a READ of [`BULK_READ`] bytes or more: a copy long
+    /// enough that handing it to another thread costs little beside it.
+    /// Only routes the request; the handler checks the request as always.
+    pub fn is_bulk_read(chain: &Chain, header: Option<&InHeader>) -> bool {
+        header.is_some_and(|h| h.opcode == Opcode::Read as u32)
+            && read_head::<ReadHead>(chain, false).is_some_and(|r| r.read.size >= BULK_READ)
     }
 
     /// Whether this request may wait for long: a blocking lock

@@ -43,6 +43,8 @@ pub struct DeviceConfig {
     pub tag: Option<String>,
     pub request_queues: usize,
     pub thread_pool_size: usize,
+    /// Threads for large READs when there is no worker pool (0: none).
+    pub bulk_read_threads: usize,
     /// Longest adaptive poll of a queue before its thread sleeps.
     pub poll_max: Duration,
 }
@@ -52,6 +54,9 @@ pub struct FsBackend {
     cfg: DeviceConfig,
     dispatcher: Arc<Dispatcher>,
     pool: Option<Pool>,
+    /// Takes large READs off a queue's thread while more requests wait
+    /// behind them (only without `pool`, whose workers take everything).
+    bulk: Option<Pool>,
     lock_waiters: LockWaiters,
     mem: RwLock<Option<AtomicMem>>,
     event_idx: AtomicBool,
@@ -91,12 +96,17 @@ impl FsBackend {
             0 => None,
             n => Some(Pool::new(n)?),
         };
+        let bulk = match cfg.bulk_read_threads {
+            n if n == 0 || pool.is_some() => None,
+            n => Some(Pool::new(n)?),
+        };
         let poller = Poller::new(cfg.poll_max, 1 + cfg.request_queues);
         Ok(FsBackend {
             poller,
             cfg,
             dispatcher,
             pool,
+            bulk,
             lock_waiters: LockWaiters::default(),
             mem: RwLock::new(None),
             event_idx: AtomicBool::new(false),
@@ -188,7 +198,17 @@ impl FsBackend {
             }
             return;
         }
-        match self.pool.as_ref().filter(|_| !inline) {
+        // A request handled here delays those behind it; the pool takes any
+        // but the last of a batch, the bulk threads only large READs (the
+        // copy then runs beside this thread's next requests, on another
+        // core).
+        let pool = match (&self.pool, &self.bulk) {
+            _ if inline => None,
+            (Some(pool), _) => Some(pool),
+            (None, Some(bulk)) if Dispatcher::is_bulk_read(&chain, header.as_ref()) => Some(bulk),
+            _ => None,
+        };
+        match pool {
             None => {
                 let len = self
                     .dispatcher
