@@ -612,6 +612,23 @@ mod tests {
         assert_eq!(s.seccomp, SeccompMode::Kill);
         assert_eq!(s.thread_pool_size, 0);
         assert!(s.readdirplus && !s.readonly && !s.xattr);
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(s.bulk_read_threads, (cores - 1).min(2));
+    }
+
+    #[test]
+    fn bulk_read_threads_bounded() {
+        let with = |v: &str| parse(&["--socket-path=/s", "--shared-dir=/d", v]);
+        assert_eq!(with("--bulk-read-threads=0").unwrap().bulk_read_threads, 0);
+        assert_eq!(
+            with("--bulk-read-threads=64").unwrap().bulk_read_threads,
+            64
+        );
+        let refused = |v: &str| {
+            Opt::try_parse_from(["fsd", "--socket-path=/s", "--shared-dir=/d", v]).is_err()
+        };
+        assert!(refused("--bulk-read-threads=65"));
+        assert!(refused("--bulk-read-threads=-1"));
     }
 
     #[test]
