@@ -437,27 +437,13 @@ impl Engine<'_> {
 /// buffer.
 fn read_chain(u: u64, node: u64, fh: u64, offset: u64, size: u32, slot: &Slot) -> Chain {
     let data = slot.data.expect("slot buffer");
-    Chain::default()
-        .push(Segment::Readable {
-            data: Request::new(op::READ, node)
-                .arg(&ReadIn {
-                    fh,
-                    offset,
-                    size,
-                    ..Default::default()
-                })
-                .encode(u),
-            align: 16,
-        })
-        .push(Segment::Writable {
-            len: OUT_HEADER_LEN,
-            align: 16,
-        })
-        .push(Segment::Raw {
-            addr: data.addr,
-            len: size,
-            writable: true,
-        })
+    let req = Request::new(op::READ, node).arg(&ReadIn {
+        fh,
+        offset,
+        size,
+        ..Default::default()
+    });
+    Chain::request_into(req.encode(u), data.addr, size)
 }
 
 /// Payload bytes of a READ reply, from the out header's length.

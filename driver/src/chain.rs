@@ -68,6 +68,26 @@ impl Chain {
         Self::request_with_data(request, Vec::new(), reply_body)
     }
 
+    /// Like [`Chain::request`] with the reply's body landing in `len` bytes
+    /// of guest memory the caller keeps at `addr` (a READ into a buffer it
+    /// reuses, as a guest's page cache does).
+    pub fn request_into(request: Vec<u8>, addr: u64, len: u32) -> Self {
+        Chain::default()
+            .push(Segment::Readable {
+                data: request,
+                align: 16,
+            })
+            .push(Segment::Writable {
+                len: OUT_HEADER_LEN,
+                align: 16,
+            })
+            .push(Segment::Raw {
+                addr,
+                len,
+                writable: true,
+            })
+    }
+
     /// Like [`Chain::request`] with a page-aligned readable data part after the
     /// request (the payload of a WRITE).
     pub fn request_with_data(request: Vec<u8>, data: Vec<u8>, reply_body: u32) -> Self {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use driver::chain::OUT_HEADER_LEN;
 use driver::session::{getattr_request, next_unique, read_request};
-use driver::{Chain, DaemonKind, Harness, HarnessOptions, Reply, Segment, Session};
+use driver::{Chain, DaemonKind, Harness, HarnessOptions, Reply, Session};
 
 /// 8 MiB and a bit: the last large read is cut short by the end of file.
 const FILE_LEN: u64 = (8 << 20) + 12345;
@@ -92,20 +92,7 @@ fn batches(args: &[&str]) {
             };
             let chain = match want {
                 Want::Attr => req.chain(next_unique(), 256),
-                _ => Chain::default()
-                    .push(Segment::Readable {
-                        data: req.encode(next_unique()),
-                        align: 16,
-                    })
-                    .push(Segment::Writable {
-                        len: OUT_HEADER_LEN,
-                        align: 16,
-                    })
-                    .push(Segment::Raw {
-                        addr: buf.addr,
-                        len: READ,
-                        writable: true,
-                    }),
+                _ => Chain::request_into(req.encode(next_unique()), buf.addr, READ),
             };
             // Poison the buffer so that a reply that says more than it wrote
             // shows.
