@@ -51,12 +51,6 @@ pub fn greet(chan: &Channel) -> Result<u32, HandoverError> {
     Ok(pid)
 }
 
-/// Steps 5-6: takes the state and serves. Returns the connection served.
-/// `before_serving` runs once the predecessor has paused and the tables are
-/// restored, before any request is served (the label database is read
-/// there: the predecessor may label files until it pauses). With `track`,
-/// requests in flight are tracked in it from the first one on (crash
-/// recovery).
 /// Hooks of [`take_over`] into the daemon's start.
 pub struct Hooks<'a> {
     /// After the file system state is imported, before anything is served
@@ -67,6 +61,12 @@ pub struct Hooks<'a> {
     pub device_ready: &'a mut dyn FnMut(&Daemon, &UnixStream),
 }
 
+/// Steps 5-6: takes the state and serves. Returns the connection served.
+/// `hooks.before_serving` runs once the predecessor has paused and the
+/// tables are restored, before any request is served (the label database
+/// is read there: the predecessor may label files until it pauses). With
+/// `track`, requests in flight are tracked in it from the first one on
+/// (crash recovery).
 pub fn take_over(
     chan: &Channel,
     daemon: &mut Daemon,
