@@ -9,12 +9,14 @@
 //! the right bytes at the right offset, the right length, the right error.
 //! The same batches run against fsd with the threads off and on.
 
+use std::mem::size_of;
 use std::path::Path;
 use std::time::Duration;
 
 use driver::chain::OUT_HEADER_LEN;
 use driver::session::{getattr_request, next_unique, read_request};
 use driver::{Chain, DaemonKind, Harness, HarnessOptions, Reply, Session};
+use fuse_backend_rs::abi::fuse_abi::AttrOut;
 
 /// 8 MiB and a bit: the last large read is cut short by the end of file.
 const FILE_LEN: u64 = (8 << 20) + 12345;
@@ -121,7 +123,10 @@ fn batches(args: &[&str]) {
                     Want::Error(e) => assert_eq!(reply.header.error, -e, "round {round}"),
                     Want::Attr => {
                         assert_eq!(reply.header.error, 0, "round {round}, getattr");
-                        assert_eq!(reply.header.len, OUT_HEADER_LEN + 104);
+                        assert_eq!(
+                            reply.header.len,
+                            OUT_HEADER_LEN + size_of::<AttrOut>() as u32
+                        );
                     }
                 }
                 left -= 1;

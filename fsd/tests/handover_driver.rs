@@ -684,7 +684,6 @@ fn a_live_grant_survives_the_handover_without_a_prompt() {
     }) else {
         return;
     };
-
     authd.grant.store(true, Ordering::SeqCst);
     {
         let mut s = Session::new(rig.device.queue(1).unwrap());
