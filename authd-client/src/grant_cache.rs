@@ -75,6 +75,9 @@ impl GrantCache {
     /// Subscribes (retrying every `retry` while authd is unreachable) and
     /// keeps the mirror current on a background thread. `on_end` is called
     /// for every grant that ends, e.g. to flush the guest's page cache.
+    /// The grant leaves the cache first and `on_end` runs after, outside
+    /// the cache's lock: a callback sees the grant gone, and an observer
+    /// that sees it gone may not yet have seen the callback.
     pub fn start(
         client: Client,
         retry: Duration,
