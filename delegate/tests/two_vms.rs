@@ -403,8 +403,8 @@ fn start_broker(slot: &mut Option<Proc>, bin: &Path, args: &[String], log: &Path
         .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
     *slot = Some(Proc(child));
     assert!(
-        wait_for(Duration::from_secs(20), || chan.exists()),
-        "the broker did not bind {}",
+        wait_for(Duration::from_secs(20), || testrig::daemon::listens(chan)),
+        "the broker does not listen on {}",
         chan.display()
     );
 }

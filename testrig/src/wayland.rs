@@ -139,7 +139,11 @@ impl Sway {
                     ipc = Some(e.path());
                 }
             }
-            socket.is_some() && ipc.is_some()
+            // Bound is not yet listening: a client would be refused.
+            socket
+                .as_ref()
+                .is_some_and(|s| crate::daemon::listens(&dir.0.join(s)))
+                && ipc.is_some()
         });
         assert!(up, "sway did not come up in {}", dir.0.display());
         let sway = Sway {
@@ -333,7 +337,7 @@ impl Weston {
         let proc = Proc(child);
         let path = dir.0.join(&socket);
         assert!(
-            wait_for(Duration::from_secs(20), || path.exists()),
+            wait_for(Duration::from_secs(20), || crate::daemon::listens(&path)),
             "weston did not come up in {}",
             dir.0.display()
         );

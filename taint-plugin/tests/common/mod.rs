@@ -159,8 +159,11 @@ pub fn boot(
     let t = Instant::now();
     let vm = testrig::Vm::start(&cfg).expect("start QEMU 10");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !ctl.exists() {
-        assert!(Instant::now() < deadline, "QEMU made no control socket");
+    while !testrig::daemon::listens(&ctl) {
+        assert!(
+            Instant::now() < deadline,
+            "QEMU does not listen on its control socket"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let ctl = UnixStream::connect(&ctl).expect("connect control serial");
