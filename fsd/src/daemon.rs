@@ -447,6 +447,12 @@ pub fn run(s: Settings) -> Result<()> {
         info!("running without a sandbox (--sandbox=none)");
     }
 
+    // The bulk-read threads take large READs when others wait behind them;
+    // as many helpers split a lone one (`fs::split_read`).
+    if s.bulk_read_threads > 0 && s.thread_pool_size == 0 {
+        fs.split_large_reads(s.bulk_read_threads)
+            .map_err(Error::FileSystem)?;
+    }
     let dispatcher = Arc::new(Dispatcher::new(fs.clone()));
     let backend = Arc::new(
         FsBackend::new(

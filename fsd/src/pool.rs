@@ -26,12 +26,18 @@ pub struct Pool {
 impl Pool {
     /// Starts `size` workers (at least one).
     pub fn new(size: usize) -> std::io::Result<Self> {
+        Self::named("fsd-worker", size)
+    }
+
+    /// Starts `size` workers (at least one) whose thread names start with
+    /// `name`.
+    pub fn named(name: &str, size: usize) -> std::io::Result<Self> {
         let (tx, rx) = channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..size.max(1) {
             let rx = rx.clone();
             thread::Builder::new()
-                .name(format!("fsd-worker-{i}"))
+                .name(format!("{name}-{i}"))
                 .spawn(move || loop {
                     let job = match rx.lock().unwrap().recv() {
                         Ok(j) => j,

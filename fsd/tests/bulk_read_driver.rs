@@ -8,6 +8,12 @@
 //! before one kick, and every answer must be the one a lone request gets:
 //! the right bytes at the right offset, the right length, the right error.
 //! The same batches run against fsd with the threads off and on.
+//!
+//! A lone large READ (nothing else in flight) is instead cut into parts
+//! that helper threads read beside the request's own thread
+//! (`fs::split_read`); those reads, one at a time, must come back as
+//! whole as one `preadv` would: ending in the first part, in a later part,
+//! at the end of the file, or not at all.
 
 use std::mem::size_of;
 use std::path::Path;
@@ -145,4 +151,106 @@ fn batches_of_large_reads_answer_as_lone_ones_with_bulk_threads() {
 #[test]
 fn batches_of_large_reads_answer_as_lone_ones_without_bulk_threads() {
     batches(&["--bulk-read-threads=0"]);
+}
+
+/// The names of the threads of `pid` and of its descendants.
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut pids = vec![pid];
+    while let Some(p) = pids.pop() {
+        let tasks = std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten();
+        for t in tasks.flatten() {
+            let dir = t.path();
+            if let Ok(n) = std::fs::read_to_string(dir.join("comm")) {
+                names.push(n.trim().to_owned());
+            }
+            let children = std::fs::read_to_string(dir.join("children")).unwrap_or_default();
+            pids.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+    }
+    names
+}
+
+/// 1 MiB READs one at a time, from offsets that end them in each part, at
+/// the end of the file and beyond it; with `split`, fsd has helpers.
+fn lone_reads(args: &[&str], split: bool) {
+    if !Harness::require(DaemonKind::Fsd) {
+        return;
+    }
+    const BIG: u32 = 1 << 20;
+    let opts = HarnessOptions {
+        extra_args: args.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    };
+    let mut h = Harness::start(DaemonKind::Fsd, &opts, populate).unwrap();
+    let helpers = thread_names(h.daemon.pid())
+        .iter()
+        .filter(|n| n.starts_with("fsd-split-read"))
+        .count();
+    assert_eq!(helpers > 0, split, "split-read helpers: {helpers}");
+    let q = h.device.queue(1).unwrap();
+    let (node, fh) = {
+        let mut s = Session::new(q);
+        s.init().unwrap();
+        let node = s.lookup(1, b"big").unwrap().nodeid;
+        (node, s.open(node, libc::O_RDONLY as u32, false).unwrap().fh)
+    };
+    let mem = q.mem().clone();
+    let buf = mem.alloc(u64::from(BIG), 4096).unwrap();
+    let mut offsets: Vec<u64> = vec![0, 4095, 123_457, 3 << 20];
+    // The file ends 100 KiB in (in the first part), 700 KiB in (a later
+    // part), exactly at the end of the read, and before the read begins.
+    offsets.extend([100 << 10, 700 << 10, u64::from(BIG), 0].map(|left| FILE_LEN - left));
+    offsets.push(FILE_LEN + 4096);
+    for round in 0..3u64 {
+        for &off in &offsets {
+            let off = off.saturating_sub(round * 512);
+            let want = FILE_LEN.saturating_sub(off).min(u64::from(BIG)) as u32;
+            mem.write(buf.addr, &vec![0xee; BIG as usize]).unwrap();
+            let chain = Chain::request_into(
+                read_request(node, fh, off, BIG).encode(next_unique()),
+                buf.addr,
+                BIG,
+            );
+            q.publish(&chain).unwrap();
+            q.notify().unwrap();
+            let c = q.wait(T).unwrap().pop().expect("an answer");
+            let reply = Reply::decode(&c).unwrap();
+            assert_eq!(reply.header.error, 0, "read at {off}");
+            let got = reply.header.len.saturating_sub(OUT_HEADER_LEN);
+            assert_eq!(got, want, "read at {off}");
+            let mut data = vec![0u8; got as usize];
+            mem.read(buf.addr, &mut data).unwrap();
+            let bad = (0..u64::from(got)).find(|&k| data[k as usize] != byte_at(off + k));
+            assert_eq!(bad, None, "read at {off}: wrong byte");
+        }
+    }
+    // A bad handle: its error, as without helpers.
+    let chain = Chain::request_into(
+        read_request(node, fh ^ 0xdead, 0, BIG).encode(next_unique()),
+        buf.addr,
+        BIG,
+    );
+    q.publish(&chain).unwrap();
+    q.notify().unwrap();
+    let c = q.wait(T).unwrap().pop().expect("an answer");
+    assert_eq!(Reply::decode(&c).unwrap().header.error, -libc::EBADF);
+    assert!(h.escaped().is_empty(), "{:?}", h.escaped());
+    assert!(h.daemon.status().is_none(), "fsd ended");
+}
+
+#[test]
+fn lone_large_reads_split_over_helpers_answer_as_one_preadv() {
+    lone_reads(&["--bulk-read-threads=2"], true);
+}
+
+#[test]
+fn lone_large_reads_without_helpers() {
+    lone_reads(&["--bulk-read-threads=0"], false);
 }

@@ -32,6 +32,7 @@ pub mod locks;
 pub mod names;
 pub mod nodes;
 mod protect;
+pub mod split_read;
 mod taint;
 pub mod xattr;
 
@@ -108,6 +109,9 @@ pub struct SharedFs {
     journal: std::sync::OnceLock<Arc<crate::crash::journal::Journal>>,
     /// The tables a taken-over session starts the journal with.
     journal_base: std::sync::Mutex<crate::crash::journal::Folded>,
+    /// Helpers that copy parts of a large READ ([`split_read`]); set once
+    /// the sandbox is up, since its threads must not exist before.
+    split_reads: std::sync::OnceLock<split_read::ReadSplitter>,
 }
 
 /// Read-only descriptors kept open for the next read-only OPEN of the same
@@ -181,7 +185,17 @@ impl SharedFs {
             handle_flags: Default::default(),
             journal: Default::default(),
             journal_base: Default::default(),
+            split_reads: Default::default(),
         })
+    }
+
+    /// Lets `threads` helper threads copy parts of large READs
+    /// ([`split_read`]). Call once the process is sandboxed.
+    pub fn split_large_reads(&self, threads: usize) -> io::Result<()> {
+        let splitter = split_read::ReadSplitter::new(threads)?;
+        self.split_reads
+            .set(splitter)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EEXIST))
     }
 
     /// Starts a FUSE session from a clean state: no node, handle, directory
@@ -777,9 +791,21 @@ impl FileSystem for SharedFs {
         // Checked on every read, not only at open: a handle opened under a
         // grant stops working when the grant ends.
         let rule = self.check(ctx, inode, Op::Read, "read", Access::Handle)?;
-        let n = self
-            .inner
-            .read(ctx, inode, handle, w, size, offset, lock_owner, flags)?;
+        let n = match self.split_reads.get() {
+            Some(s) if size as usize >= split_read::SPLIT_MIN => self.inner.read(
+                ctx,
+                inode,
+                handle,
+                &mut s.writer(w),
+                size,
+                offset,
+                lock_owner,
+                flags,
+            )?,
+            _ => self
+                .inner
+                .read(ctx, inode, handle, w, size, offset, lock_owner, flags)?,
+        };
         self.observe(ctx, inode, FileAccess::Read, rule);
         Ok(n)
     }

@@ -104,6 +104,13 @@ pub trait FileReadWriteVolatile {
         Ok(())
     }
 
+    /// fsd patch (split reads): the descriptor behind this file, if it is
+    /// one, so that a caller may read parts of it on other threads with
+    /// positional reads while the call that lent it is in progress.
+    fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        None
+    }
+
     /// Reads bytes from this file at `offset` into the given slice, returning the number of bytes
     /// read on success.
     fn read_at_volatile(&mut self, slice: FileVolatileSlice, offset: u64) -> Result<usize>;
@@ -218,6 +225,10 @@ impl<T: FileReadWriteVolatile + ?Sized> FileReadWriteVolatile for &mut T {
         (**self).write_all_volatile(slice)
     }
 
+    fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        (**self).raw_fd()
+    }
+
     fn read_at_volatile(&mut self, slice: FileVolatileSlice, offset: u64) -> Result<usize> {
         (**self).read_at_volatile(slice, offset)
     }
@@ -254,6 +265,10 @@ impl<T: FileReadWriteVolatile + ?Sized> FileReadWriteVolatile for &mut T {
 macro_rules! volatile_impl {
     ($ty:ty) => {
         impl FileReadWriteVolatile for $ty {
+            fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
+                Some(self.as_raw_fd())
+            }
+
             fn read_volatile(&mut self, slice: FileVolatileSlice) -> Result<usize> {
                 // Safe because only bytes inside the slice are accessed and the kernel is expected
                 // to handle arbitrary memory for I/O.
