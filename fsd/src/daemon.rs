@@ -447,12 +447,6 @@ pub fn run(s: Settings) -> Result<()> {
         info!("running without a sandbox (--sandbox=none)");
     }
 
-    // The bulk-read threads take large READs when others wait behind them;
-    // as many helpers split a lone one (`fs::split_read`).
-    if s.bulk_read_threads > 0 && s.thread_pool_size == 0 {
-        fs.split_large_reads(s.bulk_read_threads)
-            .map_err(Error::FileSystem)?;
-    }
     let dispatcher = Arc::new(Dispatcher::new(fs.clone()));
     let backend = Arc::new(
         FsBackend::new(
@@ -467,6 +461,13 @@ pub fn run(s: Settings) -> Result<()> {
         )
         .map_err(Error::Device)?,
     );
+    // The bulk-read threads take large READs when others wait behind them;
+    // as many helpers split a lone one (`fs::split_read`).
+    if s.bulk_read_threads > 0 && s.thread_pool_size == 0 {
+        let quiesce = backend.quiesce().clone();
+        fs.split_large_reads(s.bulk_read_threads, Box::new(move || quiesce.in_flight()))
+            .map_err(Error::FileSystem)?;
+    }
     let mem = AtomicMem::new(GuestMem::new());
     let mut daemon =
         VhostUserDaemon::new("fsd".into(), backend.clone(), mem).map_err(Error::VhostUser)?;

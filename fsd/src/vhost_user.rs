@@ -162,10 +162,10 @@ impl FsBackend {
     }
 
     /// `inline`: handle it on this (the queue's) thread even with a pool.
-    fn run(&self, chain: Chain, done: Done, inline: bool) {
+    /// `popped`: counts the request until it is answered (dropped on every
+    /// path below).
+    fn run(&self, chain: Chain, done: Done, inline: bool, popped: InFlight) {
         let head = chain.head_index();
-        // Answered when dropped, on every path below.
-        let popped: InFlight = self.quiesce.popped();
         // Read once, used twice: for the routing here and by the handler.
         let header = Dispatcher::peek_header(&chain);
         if self.dispatcher.needs_own_thread_for(header.as_ref()) {
@@ -273,8 +273,11 @@ impl FsBackend {
         // only adds a thread hop. When several are pending, the workers take
         // all but the last, which this thread handles meanwhile.
         let last = chains.len().saturating_sub(1);
-        for (i, chain) in chains.into_iter().enumerate() {
-            self.run(chain, done.clone(), i == last);
+        // The whole batch is counted before any of it runs, so that a
+        // request handled meanwhile sees the others (`fs::split_read`).
+        let popped: Vec<InFlight> = chains.iter().map(|_| self.quiesce.popped()).collect();
+        for ((i, chain), popped) in chains.into_iter().enumerate().zip(popped) {
+            self.run(chain, done.clone(), i == last, popped);
         }
         Ok(())
     }

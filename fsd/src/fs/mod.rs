@@ -189,10 +189,15 @@ impl SharedFs {
         })
     }
 
-    /// Lets `threads` helper threads copy parts of large READs
-    /// ([`split_read`]). Call once the process is sandboxed.
-    pub fn split_large_reads(&self, threads: usize) -> io::Result<()> {
-        let splitter = split_read::ReadSplitter::new(threads)?;
+    /// Lets `threads` helper threads copy parts of large READs while
+    /// nothing else is in flight ([`split_read`]). Call once the process
+    /// is sandboxed.
+    pub fn split_large_reads(
+        &self,
+        threads: usize,
+        in_flight: split_read::InFlightCount,
+    ) -> io::Result<()> {
+        let splitter = split_read::ReadSplitter::new(threads, in_flight)?;
         self.split_reads
             .set(splitter)
             .map_err(|_| io::Error::from_raw_os_error(libc::EEXIST))

@@ -9,9 +9,12 @@
 //! while the request's own thread reads the first, and the reply is sent
 //! once every part is in.
 //!
-//! Only helpers that are idle at that moment take a part, so a busy daemon
-//! (many READs in flight, each already on a core of its own) never waits
-//! for a helper and splits nothing. The result is what one `preadv` of the
+//! A READ is split only while it is the one request in flight (on any
+//! queue), and only helpers idle at that moment take a part: a busy daemon
+//! (requests waiting behind it, large READs on the bulk-read threads, each
+//! already on a core of its own) splits nothing, since more copies than
+//! cores only add hand-offs. Measured in docs/benchmarks.md, "One large
+//! read on more than one core". The result is what one `preadv` of the
 //! whole range would return: the bytes up to the first short part; an error
 //! only when no byte came before it.
 //!
@@ -46,15 +49,22 @@ pub struct ReadSplitter {
     helpers: Pool,
     /// Helpers not reading a part now.
     idle: Arc<AtomicUsize>,
+    /// The device's requests in flight (this one included).
+    in_flight: InFlightCount,
 }
 
+/// Reads the count of requests popped and not answered.
+pub type InFlightCount = Box<dyn Fn() -> usize + Send + Sync>;
+
 impl ReadSplitter {
-    /// Starts `threads` helpers (at least one).
-    pub fn new(threads: usize) -> io::Result<Self> {
+    /// Starts `threads` helpers (at least one); `in_flight` tells how many
+    /// requests the device has in flight.
+    pub fn new(threads: usize, in_flight: InFlightCount) -> io::Result<Self> {
         let threads = threads.max(1);
         Ok(ReadSplitter {
             helpers: Pool::named("fsd-split-read", threads)?,
             idle: Arc::new(AtomicUsize::new(threads)),
+            in_flight,
         })
     }
 
@@ -388,7 +398,11 @@ impl FileReadWriteVolatile for SplitFile<'_, '_> {
         bufs: &[FileVolatileSlice],
         offset: u64,
     ) -> io::Result<usize> {
-        if let Some(fd) = self.f.raw_fd() {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total < SPLIT_MIN {
+            return self.f.read_vectored_at_volatile(bufs, offset);
+        }
+        if let (Some(fd), true) = (self.f.raw_fd(), (self.splitter.in_flight)() <= 1) {
             if let Some(got) = self.splitter.read(fd, bufs, offset) {
                 return got;
             }
@@ -476,7 +490,7 @@ mod tests {
 
     #[test]
     fn a_split_read_returns_what_one_preadv_would() {
-        let s = ReadSplitter::new(3).unwrap();
+        let s = ReadSplitter::new(3, Box::new(|| 1)).unwrap();
         let f = file(3 << 20);
         let sizes = [4096, 1 << 20, 12_288];
         let total: usize = sizes.iter().sum();

@@ -86,6 +86,11 @@ impl Quiesce {
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Acquire)
     }
+
+    /// Requests popped and not answered now, on every queue.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
 }
 
 #[cfg(test)]
