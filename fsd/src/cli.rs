@@ -151,10 +151,12 @@ pub struct Opt {
     pub thread_pool_size: usize,
 
     /// Threads that take READs of 256 KiB and more off a queue's thread
-    /// while other requests wait behind them, so that page-cache copies use
-    /// more than one core; 0 turns this off. Default: one fewer than the
-    /// host's cores, at most 2. Unused with --thread-pool-size, whose
-    /// workers take every request (docs/fsd.md, "Large reads").
+    /// while other requests wait behind them, and as many helpers that read
+    /// parts of such a READ when it is the only request in flight, so that
+    /// page-cache copies use more than one core; 0 turns both off. Default:
+    /// one fewer than the host's cores, at most 2. Unused with
+    /// --thread-pool-size, whose workers take every request (docs/fsd.md,
+    /// "Large reads").
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=64))]
     pub bulk_read_threads: Option<u16>,
 
