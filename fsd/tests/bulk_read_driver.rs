@@ -49,9 +49,10 @@ enum Want {
     Attr,
 }
 
-fn batches(args: &[&str]) {
+/// fsd with `args`, its session up, and `big` open: the node and handle.
+fn start(args: &[&str]) -> Option<(Harness, u64, u64)> {
     if !Harness::require(DaemonKind::Fsd) {
-        return;
+        return None;
     }
     let opts = HarnessOptions {
         extra_args: args.iter().map(|a| a.to_string()).collect(),
@@ -59,12 +60,18 @@ fn batches(args: &[&str]) {
     };
     let mut h = Harness::start(DaemonKind::Fsd, &opts, populate).unwrap();
     let q = h.device.queue(1).unwrap();
-    let (node, fh) = {
-        let mut s = Session::new(q);
-        s.init().unwrap();
-        let node = s.lookup(1, b"big").unwrap().nodeid;
-        (node, s.open(node, libc::O_RDONLY as u32, false).unwrap().fh)
+    let mut s = Session::new(q);
+    s.init().unwrap();
+    let node = s.lookup(1, b"big").unwrap().nodeid;
+    let fh = s.open(node, libc::O_RDONLY as u32, false).unwrap().fh;
+    Some((h, node, fh))
+}
+
+fn batches(args: &[&str]) {
+    let Some((mut h, node, fh)) = start(args) else {
+        return;
     };
+    let q = h.device.queue(1).unwrap();
     let mem = q.mem().clone();
     let bufs: Vec<_> = (0..12)
         .map(|_| mem.alloc(u64::from(READ), 4096).unwrap())
@@ -180,27 +187,16 @@ fn thread_names(pid: u32) -> Vec<String> {
 /// 1 MiB READs one at a time, from offsets that end them in each part, at
 /// the end of the file and beyond it; with `split`, fsd has helpers.
 fn lone_reads(args: &[&str], split: bool) {
-    if !Harness::require(DaemonKind::Fsd) {
-        return;
-    }
     const BIG: u32 = 1 << 20;
-    let opts = HarnessOptions {
-        extra_args: args.iter().map(|a| a.to_string()).collect(),
-        ..Default::default()
+    let Some((mut h, node, fh)) = start(args) else {
+        return;
     };
-    let mut h = Harness::start(DaemonKind::Fsd, &opts, populate).unwrap();
     let helpers = thread_names(h.daemon.pid())
         .iter()
         .filter(|n| n.starts_with("fsd-split-read"))
         .count();
     assert_eq!(helpers > 0, split, "split-read helpers: {helpers}");
     let q = h.device.queue(1).unwrap();
-    let (node, fh) = {
-        let mut s = Session::new(q);
-        s.init().unwrap();
-        let node = s.lookup(1, b"big").unwrap().nodeid;
-        (node, s.open(node, libc::O_RDONLY as u32, false).unwrap().fh)
-    };
     let mem = q.mem().clone();
     let buf = mem.alloc(u64::from(BIG), 4096).unwrap();
     let mut offsets: Vec<u64> = vec![0, 4095, 123_457, 3 << 20];
