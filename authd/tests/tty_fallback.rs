@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use authd::config::FrontendKind;
+use authd::config::{Config, FrontendKind};
 use authd_client::client::AuthRequest;
 use authd_client::protocol::{DenyReason, EndCause};
 use common::{Daemon, PASSWORD, PHRASE};
@@ -90,6 +90,20 @@ impl Drop for Pty {
     }
 }
 
+/// authd asking on a pseudo-terminal, with `tune` applied to its
+/// configuration, and alice enrolled.
+fn tty_daemon(tune: impl FnOnce(&mut Config)) -> (Pty, tempfile::TempDir, Daemon) {
+    let pty = Pty::open();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = Daemon::config(tmp.path());
+    cfg.frontend = FrontendKind::Tty;
+    cfg.tty = Some(pty.path.clone().into());
+    tune(&mut cfg);
+    let d = Daemon::start(tmp.path(), cfg);
+    d.enroll("alice", PASSWORD);
+    (pty, tmp, d)
+}
+
 fn req(vm: &str, lifetime: u64) -> AuthRequest {
     AuthRequest {
         vm: vm.into(),
@@ -112,14 +126,7 @@ fn authd_cli(d: &Daemon, args: &[&str]) -> String {
 
 #[test]
 fn tty_prompt_grants_then_revoke_and_lock_push_events() {
-    let pty = Pty::open();
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = Daemon::config(tmp.path());
-    cfg.frontend = FrontendKind::Tty;
-    cfg.tty = Some(pty.path.clone().into());
-    cfg.max_grant_secs = 30;
-    let d = Daemon::start(tmp.path(), cfg);
-    d.enroll("alice", PASSWORD);
+    let (pty, _tmp, d) = tty_daemon(|c| c.max_grant_secs = 30);
     let mut sub = d.client().subscribe(Duration::from_secs(5)).unwrap();
 
     let ask = |vm: &str, lifetime| {
@@ -218,13 +225,7 @@ fn tty_prompt_grants_then_revoke_and_lock_push_events() {
 fn grant_cache_follows_revokes_and_fails_closed_when_authd_dies() {
     use authd_client::grant_cache::{Ended, GrantCache};
 
-    let pty = Pty::open();
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = Daemon::config(tmp.path());
-    cfg.frontend = FrontendKind::Tty;
-    cfg.tty = Some(pty.path.clone().into());
-    let mut d = Daemon::start(tmp.path(), cfg);
-    d.enroll("alice", PASSWORD);
+    let (pty, _tmp, mut d) = tty_daemon(|_| {});
 
     let ended: Arc<Mutex<Vec<Ended>>> = Arc::default();
     let log = ended.clone();
@@ -296,13 +297,7 @@ fn grant_cache_follows_revokes_and_fails_closed_when_authd_dies() {
 fn grant_cache_takes_back_the_grants_authd_kept_across_a_restart() {
     use authd_client::grant_cache::{Ended, GrantCache};
 
-    let pty = Pty::open();
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = Daemon::config(tmp.path());
-    cfg.frontend = FrontendKind::Tty;
-    cfg.tty = Some(pty.path.clone().into());
-    let mut d = Daemon::start(tmp.path(), cfg);
-    d.enroll("alice", PASSWORD);
+    let (pty, _tmp, mut d) = tty_daemon(|_| {});
 
     let ended: Arc<Mutex<Vec<Ended>>> = Arc::default();
     let log = ended.clone();
@@ -352,14 +347,7 @@ fn grant_cache_takes_back_the_grants_authd_kept_across_a_restart() {
 /// them for the next start: tests/restart.rs.)
 #[test]
 fn memory_only_sigterm_ends_every_grant_and_tells_subscribers() {
-    let pty = Pty::open();
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = Daemon::config(tmp.path());
-    cfg.frontend = FrontendKind::Tty;
-    cfg.tty = Some(pty.path.clone().into());
-    cfg.persist_runtime_state = false;
-    let mut d = Daemon::start(tmp.path(), cfg);
-    d.enroll("alice", PASSWORD);
+    let (pty, _tmp, mut d) = tty_daemon(|c| c.persist_runtime_state = false);
     let mut sub = d.client().subscribe(Duration::from_secs(5)).unwrap();
 
     let c = d.client();
@@ -386,13 +374,7 @@ fn version_1_client_is_answered_in_version_1_and_its_reason_shown_as_the_guests(
     use std::io::{BufRead, BufReader};
     use std::os::unix::net::UnixStream;
 
-    let pty = Pty::open();
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = Daemon::config(tmp.path());
-    cfg.frontend = FrontendKind::Tty;
-    cfg.tty = Some(pty.path.clone().into());
-    let d = Daemon::start(tmp.path(), cfg);
-    d.enroll("alice", PASSWORD);
+    let (pty, _tmp, d) = tty_daemon(|_| {});
     // A client of version 1, as fsd was before version 2: raw JSON lines.
     let connect = || {
         let s = UnixStream::connect(&d.cfg.socket).unwrap();
