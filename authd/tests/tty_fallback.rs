@@ -272,14 +272,7 @@ fn grant_cache_follows_revokes_and_fails_closed_when_authd_dies() {
 
     // authd dies: every grant goes at once, and nothing new is granted.
     d.kill();
-    assert!(common::wait_for(Duration::from_secs(10), || cache
-        .live("vm-a", "alice")
-        .is_none()
-        && disconnected(&ended, &g2)));
-    assert!(cache
-        .ensure(&req("vm-a", 600), Duration::from_secs(5))
-        .grant()
-        .is_none());
+    dropped_while_away(&cache, &ended, &g2);
 
     d.restart();
     assert!(
@@ -320,14 +313,7 @@ fn grant_cache_takes_back_the_grants_authd_kept_across_a_restart() {
     let grant = pending.join().unwrap().grant().cloned().expect("granted");
 
     assert!(d.terminate().success());
-    assert!(common::wait_for(Duration::from_secs(10), || cache
-        .live("vm-a", "alice")
-        .is_none()
-        && disconnected(&ended, &grant)));
-    assert!(cache
-        .ensure(&req("vm-a", 600), Duration::from_secs(5))
-        .grant()
-        .is_none());
+    dropped_while_away(&cache, &ended, &grant);
 
     d.restart();
     assert!(
@@ -433,15 +419,25 @@ fn version_1_client_is_answered_in_version_1_and_its_reason_shown_as_the_guests(
     );
 }
 
-/// Whether the cache has reported `grant` dropped because authd went away.
-fn disconnected(
+/// With authd away, the cache drops vm-a's `grant` and reports it dropped,
+/// and grants nothing new.
+fn dropped_while_away(
+    cache: &authd_client::grant_cache::GrantCache,
     ended: &Mutex<Vec<authd_client::grant_cache::Ended>>,
     grant: &authd_client::protocol::Grant,
-) -> bool {
+) {
     use authd_client::grant_cache::Ended;
-    ended
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|e| matches!(e, Ended::Disconnected(g) if g == grant))
+    // The grant leaves the cache before its end is reported: wait for both.
+    assert!(common::wait_for(Duration::from_secs(10), || cache
+        .live("vm-a", "alice")
+        .is_none()
+        && ended
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, Ended::Disconnected(g) if g == grant))));
+    assert!(cache
+        .ensure(&req("vm-a", 600), Duration::from_secs(5))
+        .grant()
+        .is_none());
 }
