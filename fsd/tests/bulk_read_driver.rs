@@ -227,16 +227,28 @@ fn lone_reads(args: &[&str], split: bool) {
             assert_eq!(bad, None, "read at {off}: wrong byte");
         }
     }
-    // A bad handle: its error, as without helpers.
-    let chain = Chain::request_into(
-        read_request(node, fh ^ 0xdead, 0, BIG).encode(next_unique()),
-        buf.addr,
-        BIG,
-    );
-    q.publish(&chain).unwrap();
-    q.notify().unwrap();
-    let c = q.wait(T).unwrap().pop().expect("an answer");
-    assert_eq!(Reply::decode(&c).unwrap().header.error, -libc::EBADF);
+    // A bad handle, and offsets no file reaches (the guest's numbers, which
+    // the split must not do arithmetic on unchecked): the errors, as
+    // without helpers.
+    for (fh, off, errno) in [
+        (fh ^ 0xdead, 0, libc::EBADF),
+        (fh, u64::MAX - 4096, libc::EINVAL),
+        (fh, i64::MAX as u64 - 4096, libc::EINVAL),
+    ] {
+        let chain = Chain::request_into(
+            read_request(node, fh, off, BIG).encode(next_unique()),
+            buf.addr,
+            BIG,
+        );
+        q.publish(&chain).unwrap();
+        q.notify().unwrap();
+        let c = q.wait(T).unwrap().pop().expect("an answer");
+        assert_eq!(
+            Reply::decode(&c).unwrap().header.error,
+            -errno,
+            "read at {off}"
+        );
+    }
     assert!(h.escaped().is_empty(), "{:?}", h.escaped());
     assert!(h.daemon.status().is_none(), "fsd ended");
 }

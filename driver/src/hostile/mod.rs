@@ -80,6 +80,7 @@ pub fn cases() -> Vec<Case> {
         ids::DIR_FH_AS_FILE_FH,
         ids::FORGET_STORM,
         sizes::READ_4GIB,
+        sizes::READ_OFFSET_OVERFLOW,
         sizes::WRITE_BEYOND_BUFFER,
         names::NAME_WITH_SLASH,
         names::NAME_DOTDOT_ESCAPE,

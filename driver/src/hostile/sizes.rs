@@ -1,5 +1,5 @@
 //! Sizes that lie and resources run dry: a READ of 4 GiB into a 4 KiB
-//! buffer, a WRITE claiming more payload than it carries, and opening far
+//! buffer, a READ whose end overflows, a WRITE claiming more payload than it carries, and opening far
 //! more files than the daemon has descriptors for. The daemon must never
 //! write past the guest's buffer or take more than was sent, and must
 //! answer EMFILE or ENFILE rather than fail.
@@ -33,6 +33,28 @@ pub(super) const READ_4GIB: Case =
             _ => expect_error(&o),
         })
     });
+
+pub(super) const READ_OFFSET_OVERFLOW: Case = Case::request(
+    "read-offset-overflow",
+    "READ of 1 MiB at offset 2^64 - 4096 (offset + size overflows)",
+    |x| {
+        let mut s = x.session();
+        let a = s.lookup(ROOT_ID, b"a.txt")?;
+        let fh = s.open(a.nodeid, libc::O_RDONLY as u32, false)?.fh;
+        let o = x.send(
+            &read_request(a.nodeid, fh, u64::MAX - 4095, 1 << 20),
+            1 << 20,
+        )?;
+        Ok(match &o {
+            // Nothing lies at that offset: an empty read is right too.
+            Outcome::Reply(r) if r.errno() == 0 => Finding {
+                observed: format!("read of {} bytes", r.body.len()),
+                ok: r.body.is_empty(),
+            },
+            _ => expect_error(&o),
+        })
+    },
+);
 
 pub(super) const WRITE_BEYOND_BUFFER: Case = Case::request(
     "write-beyond-buffer",

@@ -104,7 +104,12 @@ impl ReadSplitter {
         offset: u64,
     ) -> Option<io::Result<usize>> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if total < SPLIT_MIN {
+        // The offset is the guest's: one past what a file may hold is left
+        // to the plain read, which refuses it.
+        let in_range = offset
+            .checked_add(total as u64)
+            .is_some_and(|end| end <= i64::MAX as u64);
+        if total < SPLIT_MIN || !in_range {
             return None;
         }
         let helpers = self.take(total / PART_MIN - 1);
@@ -112,6 +117,10 @@ impl ReadSplitter {
             return None;
         }
         let parts = split(bufs, offset, helpers + 1);
+        // Parts of at least PART_MIN never merge, but a helper without a
+        // part must not stay taken.
+        self.idle
+            .fetch_add(helpers + 1 - parts.len(), Ordering::AcqRel);
         let done = Arc::new(Done::new(parts.len() - 1));
         for (i, part) in parts.iter().enumerate().skip(1) {
             let job = HelperJob {
@@ -217,14 +226,15 @@ impl Part {
 }
 
 /// Cuts `bufs` into `n` parts of about equal length, each after the first
-/// starting on a [`PART_ALIGN`] boundary of the file.
+/// starting on a [`PART_ALIGN`] boundary of the file. `offset` plus the
+/// buffers' length must not overflow (checked by the caller).
 fn split(bufs: &[FileVolatileSlice], offset: u64, n: usize) -> Vec<Part> {
     let total: usize = bufs.iter().map(|b| b.len()).sum();
     let mut bounds: Vec<usize> = (1..n)
         .map(|i| {
-            let at = offset as usize + total * i / n;
-            let aligned = at - at % PART_ALIGN;
-            aligned.saturating_sub(offset as usize)
+            let at = offset + (total * i / n) as u64;
+            let aligned = at - at % PART_ALIGN as u64;
+            aligned.saturating_sub(offset) as usize
         })
         .filter(|&b| b > 0 && b < total)
         .collect();
@@ -515,6 +525,10 @@ mod tests {
         // A bad descriptor: the error, as from one preadv.
         let mut mem = vec![0u8; total];
         let bufs = slices(&mut mem, &sizes);
+        // Offsets past what a file may hold are left to the plain read.
+        for offset in [u64::MAX - 10, i64::MAX as u64] {
+            assert!(s.read(f.as_raw_fd(), &bufs, offset).is_none());
+        }
         let e = s.read(-1, &bufs, 0).unwrap().unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EBADF));
         // Small reads and reads without an idle helper are not split.
