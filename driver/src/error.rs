@@ -99,6 +99,7 @@ pub fn errno_name(errno: i32) -> &'static str {
         libc::EPERM => "EPERM",
         libc::ENOENT => "ENOENT",
         libc::EIO => "EIO",
+        libc::ENXIO => "ENXIO",
         libc::EBADF => "EBADF",
         libc::EAGAIN => "EAGAIN",
         libc::ENOMEM => "ENOMEM",

@@ -81,6 +81,7 @@ pub fn cases() -> Vec<Case> {
         ids::FORGET_STORM,
         sizes::READ_4GIB,
         sizes::READ_OFFSET_OVERFLOW,
+        sizes::OFFSETS_OVERFLOW,
         sizes::WRITE_BEYOND_BUFFER,
         names::NAME_WITH_SLASH,
         names::NAME_DOTDOT_ESCAPE,

@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use fuse_backend_rs::abi::fuse_abi::{EntryOut, WriteIn, WriteOut};
+use fuse_backend_rs::abi::fuse_abi::{
+    CopyFileRangeIn, EntryOut, FallocateIn, LseekIn, SetattrIn, WriteIn, WriteOut,
+};
 
 use super::{expect_error, Case, Finding, Outcome};
 use crate::error::errno_name;
@@ -53,6 +55,96 @@ pub(super) const READ_OFFSET_OVERFLOW: Case = Case::request(
             },
             _ => expect_error(&o),
         })
+    },
+);
+
+/// Offsets and lengths no file reaches, on every request that takes one:
+/// each must be answered and change nothing.
+pub(super) const OFFSETS_OVERFLOW: Case = Case::request(
+    "offsets-overflow",
+    "WRITE, FALLOCATE, LSEEK, COPY_FILE_RANGE and SETATTR(size) at offsets near 2^64",
+    |x| {
+        let (e, o) =
+            x.session()
+                .create(ROOT_ID, b"o", libc::S_IFREG | 0o644, libc::O_RDWR as u32)?;
+        let (node, fh) = (e.nodeid, o.fh);
+        let far = u64::MAX - 50;
+        let reqs = [
+            (
+                "write",
+                Request::new(op::WRITE, node)
+                    .arg(&WriteIn {
+                        fh,
+                        offset: far,
+                        size: 100,
+                        ..Default::default()
+                    })
+                    .data(vec![7u8; 100]),
+            ),
+            (
+                "fallocate",
+                Request::new(op::FALLOCATE, node).arg(&FallocateIn {
+                    fh,
+                    offset: far,
+                    length: 100,
+                    ..Default::default()
+                }),
+            ),
+            (
+                "lseek",
+                Request::new(op::LSEEK, node).arg(&LseekIn {
+                    fh,
+                    offset: u64::MAX,
+                    whence: libc::SEEK_DATA as u32,
+                    ..Default::default()
+                }),
+            ),
+            (
+                "copy_file_range",
+                Request::new(op::COPY_FILE_RANGE, node).arg(&CopyFileRangeIn {
+                    fh_in: fh,
+                    offset_in: far,
+                    nodeid_out: node,
+                    fh_out: fh,
+                    offset_out: far,
+                    len: u64::MAX,
+                    flags: 0,
+                }),
+            ),
+            (
+                "setattr",
+                Request::new(op::SETATTR, node).arg(&SetattrIn {
+                    valid: 1 << 3, // FATTR_SIZE
+                    size: u64::MAX,
+                    ..Default::default()
+                }),
+            ),
+        ];
+        let mut observed = Vec::new();
+        let mut ok = true;
+        for (label, r) in reqs {
+            let what = match x.send(&r, 256)? {
+                Outcome::Reply(r) if r.used_len == 0 => "chain returned empty".to_owned(),
+                Outcome::Reply(r) if r.errno() != 0 => errno_name(r.errno()).to_owned(),
+                Outcome::Reply(_) => "OK".to_owned(),
+                Outcome::NoReply => {
+                    ok = false;
+                    "no reply".to_owned()
+                }
+            };
+            observed.push(format!("{label} {what}"));
+            if !ok {
+                break;
+            }
+        }
+        let size = std::fs::metadata(x.share().join("o"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        Ok(Finding {
+            observed: observed.join(", "),
+            ok,
+        }
+        .failed_if(size != 0, &format!("file grew to {size} bytes")))
     },
 );
 
