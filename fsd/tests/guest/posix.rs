@@ -22,6 +22,13 @@ drop
 after=$(md5sum big.txt | cut -d' ' -f1)
 [ "$before" = "$after" ] && echo "md5 stable across drop_caches: yes" || echo "md5 stable across drop_caches: NO"
 echo "big size: $(stat -c %s big.txt)"
+head -c 25165824 /dev/urandom > large.bin
+before=$(md5sum large.bin | cut -d' ' -f1)
+drop
+after=$(md5sum large.bin | cut -d' ' -f1)
+direct=$(dd if=large.bin bs=1M iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+[ "$before" = "$after" ] && [ "$before" = "$direct" ] && echo "24 MiB md5 stable across drop_caches and O_DIRECT: yes" || echo "24 MiB md5 stable across drop_caches and O_DIRECT: NO ($before $after $direct)"
+rm large.bin
 printf 'XY' | dd of=a.txt bs=1 seek=1 conv=notrunc 2>/dev/null
 echo appended >> a.txt
 drop
@@ -126,6 +133,7 @@ fn check_expected(out: &str, server: Server) {
             "a.txt regular file 644 1 6",
             "md5 stable across drop_caches: yes",
             "big size: 588895",
+            "24 MiB md5 stable across drop_caches and O_DIRECT: yes",
             "hXYlo",
             "appended",
             "stat old name: fail stat: can't stat 'a.txt': No such file or directory",
