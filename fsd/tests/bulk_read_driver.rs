@@ -199,6 +199,18 @@ fn lone_reads(args: &[&str], split: bool) {
     let q = h.device.queue(1).unwrap();
     let mem = q.mem().clone();
     let buf = mem.alloc(u64::from(BIG), 4096).unwrap();
+    // One READ of BIG bytes into `buf`, alone in flight.
+    let mut read = |fh: u64, off: u64| {
+        let chain = Chain::request_into(
+            read_request(node, fh, off, BIG).encode(next_unique()),
+            buf.addr,
+            BIG,
+        );
+        q.publish(&chain).unwrap();
+        q.notify().unwrap();
+        let c = q.wait(T).unwrap().pop().expect("an answer");
+        Reply::decode(&c).unwrap()
+    };
     let mut offsets: Vec<u64> = vec![0, 4095, 123_457, 3 << 20];
     // The file ends 100 KiB in (in the first part), 700 KiB in (a later
     // part), exactly at the end of the read, and before the read begins.
@@ -209,15 +221,7 @@ fn lone_reads(args: &[&str], split: bool) {
             let off = off.saturating_sub(round * 512);
             let want = FILE_LEN.saturating_sub(off).min(u64::from(BIG)) as u32;
             mem.write(buf.addr, &vec![0xee; BIG as usize]).unwrap();
-            let chain = Chain::request_into(
-                read_request(node, fh, off, BIG).encode(next_unique()),
-                buf.addr,
-                BIG,
-            );
-            q.publish(&chain).unwrap();
-            q.notify().unwrap();
-            let c = q.wait(T).unwrap().pop().expect("an answer");
-            let reply = Reply::decode(&c).unwrap();
+            let reply = read(fh, off);
             assert_eq!(reply.header.error, 0, "read at {off}");
             let got = reply.header.len.saturating_sub(OUT_HEADER_LEN);
             assert_eq!(got, want, "read at {off}");
@@ -235,19 +239,7 @@ fn lone_reads(args: &[&str], split: bool) {
         (fh, u64::MAX - 4096, libc::EINVAL),
         (fh, i64::MAX as u64 - 4096, libc::EINVAL),
     ] {
-        let chain = Chain::request_into(
-            read_request(node, fh, off, BIG).encode(next_unique()),
-            buf.addr,
-            BIG,
-        );
-        q.publish(&chain).unwrap();
-        q.notify().unwrap();
-        let c = q.wait(T).unwrap().pop().expect("an answer");
-        assert_eq!(
-            Reply::decode(&c).unwrap().header.error,
-            -errno,
-            "read at {off}"
-        );
+        assert_eq!(read(fh, off).header.error, -errno, "read at {off}");
     }
     assert!(h.escaped().is_empty(), "{:?}", h.escaped());
     assert!(h.daemon.status().is_none(), "fsd ended");
