@@ -95,8 +95,9 @@ impl ReadSplitter {
     }
 
     /// Reads `bufs` from `fd` at `offset`, the parts after the first on
-    /// helpers when any are idle; `None` when none is (the caller reads it
-    /// all itself).
+    /// helpers; `None` when the read is not to be split (small, out of a
+    /// file's range, not alone in flight, or no helper idle): the caller
+    /// reads it all itself.
     fn read(
         &self,
         fd: RawFd,
@@ -109,7 +110,7 @@ impl ReadSplitter {
         let in_range = offset
             .checked_add(total as u64)
             .is_some_and(|end| end <= i64::MAX as u64);
-        if total < SPLIT_MIN || !in_range {
+        if total < SPLIT_MIN || !in_range || (self.in_flight)() > 1 {
             return None;
         }
         let helpers = self.take(total / PART_MIN - 1);
@@ -408,16 +409,14 @@ impl FileReadWriteVolatile for SplitFile<'_, '_> {
         bufs: &[FileVolatileSlice],
         offset: u64,
     ) -> io::Result<usize> {
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if total < SPLIT_MIN {
-            return self.f.read_vectored_at_volatile(bufs, offset);
+        match self
+            .f
+            .raw_fd()
+            .and_then(|fd| self.splitter.read(fd, bufs, offset))
+        {
+            Some(got) => got,
+            None => self.f.read_vectored_at_volatile(bufs, offset),
         }
-        if let (Some(fd), true) = (self.f.raw_fd(), (self.splitter.in_flight)() <= 1) {
-            if let Some(got) = self.splitter.read(fd, bufs, offset) {
-                return got;
-            }
-        }
-        self.f.read_vectored_at_volatile(bufs, offset)
     }
 
     fn write_at_volatile(&mut self, slice: FileVolatileSlice, offset: u64) -> io::Result<usize> {
@@ -531,6 +530,9 @@ mod tests {
         }
         let e = s.read(-1, &bufs, 0).unwrap().unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+        // Not alone in flight: not split.
+        let busy = ReadSplitter::new(3, Box::new(|| 2)).unwrap();
+        assert!(busy.read(f.as_raw_fd(), &bufs, 0).is_none());
         // Small reads and reads without an idle helper are not split.
         let bufs = slices(&mut mem, &[SPLIT_MIN - 1]);
         assert!(s.read(f.as_raw_fd(), &bufs, 0).is_none());
