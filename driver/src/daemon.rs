@@ -208,6 +208,21 @@ impl Daemon {
         pids
     }
 
+    /// The names of the daemon's threads and of its children's
+    /// (`/proc/PID/task/TID/comm`, at most 15 bytes each).
+    pub fn thread_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for pid in self.tree() {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task"));
+            for t in tasks.into_iter().flatten().flatten() {
+                if let Ok(n) = std::fs::read_to_string(t.path().join("comm")) {
+                    names.push(n.trim().to_owned());
+                }
+            }
+        }
+        names
+    }
+
     /// CPU time the daemon's live threads (and those of its children) have
     /// run, to the nanosecond (`/proc/PID/task/TID/schedstat`). A thread
     /// that has exited no longer counts: compare figures taken while the

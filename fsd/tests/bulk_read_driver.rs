@@ -160,30 +160,6 @@ fn batches_of_large_reads_answer_as_lone_ones_without_bulk_threads() {
     batches(&["--bulk-read-threads=0"]);
 }
 
-/// The names of the threads of `pid` and of its descendants.
-fn thread_names(pid: u32) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut pids = vec![pid];
-    while let Some(p) = pids.pop() {
-        let tasks = std::fs::read_dir(format!("/proc/{p}/task"))
-            .into_iter()
-            .flatten();
-        for t in tasks.flatten() {
-            let dir = t.path();
-            if let Ok(n) = std::fs::read_to_string(dir.join("comm")) {
-                names.push(n.trim().to_owned());
-            }
-            let children = std::fs::read_to_string(dir.join("children")).unwrap_or_default();
-            pids.extend(
-                children
-                    .split_whitespace()
-                    .filter_map(|c| c.parse::<u32>().ok()),
-            );
-        }
-    }
-    names
-}
-
 /// 1 MiB READs one at a time, from offsets that end them in each part, at
 /// the end of the file and beyond it; with `split`, fsd has helpers.
 fn lone_reads(args: &[&str], split: bool) {
@@ -191,7 +167,9 @@ fn lone_reads(args: &[&str], split: bool) {
     let Some((mut h, node, fh)) = start(args) else {
         return;
     };
-    let helpers = thread_names(h.daemon.pid())
+    let helpers = h
+        .daemon
+        .thread_names()
         .iter()
         .filter(|n| n.starts_with("fsd-split-read"))
         .count();
